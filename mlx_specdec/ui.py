@@ -1,0 +1,286 @@
+"""The Rich live view of `specdec chat`: the answer streaming as Markdown above a status panel.
+
+`ChatView` is a context manager around one answer. It never calls mlx: it reads the loop's
+`TokenRecord`s (`add`) and a `Status` of the numbers only the caller knows (memory, energy,
+battery, the plain-decoding baseline; `update`). Rendering happens on Rich's refresh thread, at
+most `refresh_per_second` times a second, however fast tokens arrive; `add` only appends.
+
+While live, the answer is cut to the lines that fit above the panel (the newest ones); on exit
+the live region disappears and the whole answer is printed once, then a one-line summary.
+With `colour_drafts` the answer is shown as plain text with the drafter's accepted tokens in
+colour (Markdown cannot colour single tokens).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.segment import Segment
+from rich.table import Table
+from rich.text import Text
+
+from .energy import Battery
+from .stats import RunStats, TokenRecord
+
+DRAFT_STYLE = "bold cyan"
+NA = "n/a"
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the caller knows that the records do not.
+
+    draft:               the draft setting in use, as the user wrote it: "auto", "4" or "off".
+    plain_tokens_per_s:  plain decoding speed measured on this machine (None: speed-up is n/a).
+    active/peak_memory_bytes: from the backend (None: n/a).
+    energy_joules:       energy over this answer so far (None: no energy source).
+    energy_watts:        mean power over the same interval.
+    energy_source:       the source's name ("IOReport", "RAPL", "n/a").
+    battery:             level and power source (None: no battery or unknown).
+    """
+
+    draft: str = "auto"
+    plain_tokens_per_s: Optional[float] = None
+    active_memory_bytes: Optional[int] = None
+    peak_memory_bytes: Optional[int] = None
+    energy_joules: Optional[float] = None
+    energy_watts: Optional[float] = None
+    energy_source: str = NA
+    battery: Optional[Battery] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting: pure functions of RunStats + Status, shared by the panel and the summary line.
+
+
+def _bytes(n: Optional[int]) -> str:
+    if n is None:
+        return NA
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def fmt_speed(stats: RunStats) -> str:
+    return f"{stats.decode_tokens_per_s:.1f} tok/s" if stats.decode_tokens_per_s > 0 else NA
+
+
+def fmt_ttft(stats: RunStats) -> str:
+    return f"{stats.ttft_s * 1e3:.0f} ms" if stats.generated_tokens else NA
+
+
+def fmt_speedup(stats: RunStats, status: Status) -> str:
+    if not status.plain_tokens_per_s or stats.decode_tokens_per_s <= 0:
+        return NA
+    return f"{stats.decode_tokens_per_s / status.plain_tokens_per_s:.2f}x vs plain"
+
+
+def fmt_accepted(stats: RunStats, k: int) -> str:
+    if not stats.rounds:
+        return NA
+    return f"{stats.mean_accepted_per_round:.2f} of {k} ({stats.acceptance_rate:.0%})"
+
+
+def fmt_draft(status: Status, k: int) -> str:
+    if status.draft == "auto":
+        return f"auto (k={k})" if k else "auto"
+    return status.draft
+
+
+def fmt_energy(stats: RunStats, status: Status) -> str:
+    if status.energy_joules is None or not stats.generated_tokens:
+        return NA
+    text = f"{status.energy_joules / stats.generated_tokens:.3f} J/token"
+    if status.energy_watts is not None:
+        text += f", {status.energy_watts:.1f} W"
+    return f"{text} ({status.energy_source})"
+
+
+def fmt_memory(status: Status) -> str:
+    if status.active_memory_bytes is None and status.peak_memory_bytes is None:
+        return NA
+    return f"{_bytes(status.active_memory_bytes)} active, {_bytes(status.peak_memory_bytes)} peak"
+
+
+def fmt_battery(status: Status) -> str:
+    b = status.battery
+    if b is None:
+        return NA
+    source = {True: "on battery", False: "on mains", None: "power source unknown"}[b.on_battery]
+    return f"{b.percent:.0f}% {source}"
+
+
+def fmt_prefill(stats: RunStats, prompt_len: Optional[int]) -> str:
+    if not stats.generated_tokens:
+        return NA
+    text = f"{stats.prompt_tokens} new tokens"
+    if prompt_len is not None and prompt_len > stats.prompt_tokens:
+        text += f" ({prompt_len - stats.prompt_tokens} reused from cache)"
+    return text
+
+
+def histogram(stats: RunStats, k: int, width: int = 12) -> Text:
+    """Accepted drafts per round: one bar per count 0..k."""
+    text = Text()
+    counts = stats.accepted_histogram
+    top = max(counts.values(), default=0)
+    for a in range(k + 1):
+        n = counts.get(a, 0)
+        bar = "█" * (round(width * n / top) if top else 0)
+        text.append(f"{a:>2} ", style="dim")
+        text.append(f"{bar:<{width}}", style="green")
+        text.append(f" {n}\n" if a < k else f" {n}")
+    return text
+
+
+def summary_line(records: list[TokenRecord], status: Status, prompt_len: Optional[int] = None) -> str:
+    """One line for piped mode and under each answer."""
+    stats, k = RunStats.from_records(records), _draft_k(records)
+    cached = prompt_len - stats.prompt_tokens if prompt_len and stats.generated_tokens else 0
+    parts = [
+        f"{stats.generated_tokens} tokens",
+        fmt_speed(stats),
+        f"TTFT {fmt_ttft(stats)}",
+        f"prefill {stats.prompt_tokens}" + (f" (+{cached} cached)" if cached > 0 else ""),
+        f"draft {fmt_draft(status, k)}",
+    ]
+    if stats.rounds:
+        parts.append(f"{stats.mean_accepted_per_round:.2f} accepted/round")
+    speedup = fmt_speedup(stats, status)
+    parts.append(f"speed-up {speedup.replace(' vs plain', '')}")
+    if status.energy_joules is not None and stats.generated_tokens:
+        parts.append(f"{status.energy_joules / stats.generated_tokens:.3f} J/token")
+    else:
+        parts.append(f"energy {NA}")
+    return " · ".join(parts)
+
+
+def _draft_k(records: list[TokenRecord]) -> int:
+    """The largest draft length used in these records (0: plain decoding)."""
+    return max((r.draft_tokens for r in records), default=0)
+
+
+def status_panel(records: list[TokenRecord], status: Status, prompt_len: Optional[int] = None) -> Panel:
+    """The status panel for one answer's records (also what `/stats` prints)."""
+    stats, k = RunStats.from_records(records), _draft_k(records)
+    drafted = sum(r.from_draft for r in records)
+    rows = [
+        ("decode", fmt_speed(stats)),
+        ("TTFT", fmt_ttft(stats)),
+        ("prefill", fmt_prefill(stats, prompt_len)),
+        ("tokens", f"{stats.generated_tokens} ({drafted} from the drafter)" if records else NA),
+        ("draft length", fmt_draft(status, k)),
+        ("accepted/round", fmt_accepted(stats, k)),
+        ("speed-up", fmt_speedup(stats, status)),
+        ("memory", fmt_memory(status)),
+        ("energy", fmt_energy(stats, status)),
+        ("battery", fmt_battery(status)),
+    ]
+    left = Table.grid(padding=(0, 1))
+    left.add_column(style="dim", no_wrap=True)
+    left.add_column(no_wrap=True)
+    for label, value in rows:
+        left.add_row(label, value)
+    grid = Table.grid(padding=(0, 3))
+    grid.add_column()
+    grid.add_column()
+    if k:
+        right = Group(Text("accepted drafts per round", style="dim"), histogram(stats, k))
+        grid.add_row(left, right)
+    else:
+        grid.add_row(left)
+    return Panel(grid, title="specdec", title_align="left", border_style="blue", expand=True)
+
+
+class _Tail:
+    """Renders only the last lines of a renderable that fit `height` (the newest text)."""
+
+    def __init__(self, renderable, height: int):
+        self.renderable, self.height = renderable, height
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = console.render_lines(self.renderable, options.update(height=None), pad=False)
+        if self.height <= 0:
+            return
+        for line in lines[-self.height :]:
+            yield from line
+            yield Segment.line()
+
+
+class ChatView:
+    """Live view of one answer: `with ChatView(console) as view: view.add(record) ...`."""
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        status: Status = Status(),
+        colour_drafts: bool = False,
+        prompt_len: Optional[int] = None,
+        refresh_per_second: float = 8.0,
+    ):
+        self.console = console or Console()
+        self.status = status
+        self.colour_drafts = colour_drafts
+        self.prompt_len = prompt_len
+        self.records: list[TokenRecord] = []
+        self._lock = threading.Lock()  # add() runs on the caller's thread, rendering on Rich's
+        self._live = Live(
+            console=self.console,
+            get_renderable=self._live_renderable,
+            refresh_per_second=refresh_per_second,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+
+    # -- feeding -------------------------------------------------------------------------------
+    def add(self, record: TokenRecord) -> None:
+        with self._lock:
+            self.records.append(record)
+
+    def update(self, **fields) -> None:
+        """Replace some `Status` fields, e.g. `view.update(energy_joules=1.2)`."""
+        with self._lock:
+            self.status = replace(self.status, **fields)
+
+    # -- rendering -----------------------------------------------------------------------------
+    def answer(self) -> Markdown | Text:
+        with self._lock:
+            records = list(self.records)
+        if not self.colour_drafts:
+            return Markdown("".join(r.text for r in records))
+        text = Text()
+        for r in records:
+            text.append(r.text, style=DRAFT_STYLE if r.from_draft else None)
+        return text
+
+    def panel(self) -> Panel:
+        with self._lock:
+            records, status = list(self.records), self.status
+        return status_panel(records, status, self.prompt_len)
+
+    def summary(self) -> str:
+        with self._lock:
+            records, status = list(self.records), self.status
+        return summary_line(records, status, self.prompt_len)
+
+    def _live_renderable(self):
+        panel = self.panel()
+        panel_height = len(self.console.render_lines(panel, self.console.options, pad=False))
+        room = self.console.size.height - panel_height - 1
+        return Group(_Tail(self.answer(), room), panel)
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def __enter__(self) -> "ChatView":
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._live.stop()  # transient: the live region is erased ...
+        self.console.print(self.answer())  # ... and the whole answer printed once
+        self.console.print(self.summary(), style="dim", highlight=False, soft_wrap=True)
