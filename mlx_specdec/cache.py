@@ -1,0 +1,151 @@
+"""Target KV caches that rewind exactly, at every context length.
+
+Invariants:
+* Full-attention layers use mlx-lm's `KVCache` (it rewinds by moving its offset).
+* Sliding-window layers use `SlidingKVCache` below, not mlx-lm's `RotatingKVCache`: once the
+  window fills, the rotating cache cannot be trimmed and `trim_prompt_cache` silently trims
+  nothing, so speculative decoding diverges from plain decoding (DESIGN.md). Ours keeps the
+  last `window + 1 + max_rewind` positions (plus the tokens of the current forward pass), so
+  memory is bounded by the window plus the draft length, never by the context.
+* The drafter reads W + 1 sliding entries (positions p-W-1 .. p-1); the target reads W.
+* `rewind` checks every layer: a rewind that cannot happen raises, it never passes silently.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+from mlx_lm.models.cache import KVCache, _BaseCache
+
+
+class RewindError(RuntimeError):
+    """The cache cannot drop the requested number of positions."""
+
+
+class SlidingKVCache(_BaseCache):
+    """Sliding-window KV cache that can rewind up to `max_rewind` positions past its window.
+
+    Buffer layout: entries 0.._len-1 hold absolute positions `offset-_len .. offset-1`.
+    """
+
+    step = 256
+
+    def __init__(self, window: int, max_rewind: int = 16):
+        self.window = window
+        self.keep = window + 1 + max_rewind
+        self.keys = None
+        self.values = None
+        self.offset = 0
+        self._len = 0
+
+    # -- layout shared by make_mask and update_and_fetch (make_mask runs first) --------------
+    def _compacts(self, n: int) -> bool:
+        return self.keys is not None and self._len + n > self.keys.shape[2]
+
+    def _first_visible(self, n: int) -> int:
+        """Buffer index (after writing n entries) of the oldest key any of the n queries sees."""
+        length = (min(self._len, self.keep) if self._compacts(n) else self._len) + n
+        # Query at position `offset` sees keys > offset - window.
+        return max(0, length - n - (self.window - 1))
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        n = keys.shape[2]
+        if self.keys is None or self._compacts(n):
+            kept = min(self._len, self.keep)
+            B, H, _, Dk = keys.shape
+            Dv = values.shape[3]
+            cap = kept + max(self.step, n)
+            new_k = mx.zeros((B, H, cap, Dk), keys.dtype)
+            new_v = mx.zeros((B, H, cap, Dv), values.dtype)
+            if kept:
+                new_k[..., :kept, :] = self.keys[..., self._len - kept : self._len, :]
+                new_v[..., :kept, :] = self.values[..., self._len - kept : self._len, :]
+            self.keys, self.values, self._len = new_k, new_v, kept
+        start = self._first_visible(n)
+        self.keys[..., self._len : self._len + n, :] = keys
+        self.values[..., self._len : self._len + n, :] = values
+        self._len += n
+        self.offset += n
+        return self.keys[..., start : self._len, :], self.values[..., start : self._len, :]
+
+    def make_mask(self, N: int, window_size=None, return_array: bool = False):
+        """Mask for N queries over the keys `update_and_fetch` will return for them."""
+        if N == 1:
+            return None  # one query sees exactly the returned (last <= W) keys
+        start = self._first_visible(N)
+        length = (min(self._len, self.keep) if self._compacts(N) else self._len) + N
+        kpos = mx.arange(start, length) - (length - N)  # relative to the first query
+        qpos = mx.arange(N)[:, None]
+        return (kpos[None] <= qpos) & (qpos - kpos[None] < self.window)
+
+    def drafter_kv(self) -> tuple[mx.array, mx.array]:
+        """The last W + 1 entries (positions p-W-1 .. p-1), as the drafter attends to them."""
+        first = max(0, self._len - (self.window + 1))
+        return self.keys[..., first : self._len, :], self.values[..., first : self._len, :]
+
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        """Drop the newest n positions; raises RewindError when the window would be left short."""
+        if n <= 0:
+            return 0
+        left = self._len - n
+        if n > self._len or left < min(self.offset - n, self.window + 1):
+            raise RewindError(
+                f"sliding cache holds {self._len} positions; cannot rewind {n} and keep the window"
+            )
+        self._len = left
+        self.offset -= n
+        return n
+
+    @property
+    def state(self):
+        if self.keys is None:
+            return None, None
+        return self.keys[..., : self._len, :], self.values[..., : self._len, :]
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+    def empty(self) -> bool:
+        return self.keys is None
+
+
+def make_target_cache(config: dict, max_rewind: int = 16) -> list:
+    """One cache per non-shared target layer (KV-shared layers read their source's cache)."""
+    first_shared = config["num_hidden_layers"] - config.get("num_kv_shared_layers", 0)
+    return [
+        KVCache()
+        if config["layer_types"][i] == "full_attention"
+        else SlidingKVCache(config["sliding_window"], max_rewind)
+        for i in range(first_shared)
+    ]
+
+
+def cache_offset(cache: list) -> int:
+    return cache[0].offset
+
+
+def rewind(cache: list, n: int) -> None:
+    """Drop the newest n positions from every layer; raises RewindError if any layer cannot."""
+    if n <= 0:
+        return
+    for c in cache:
+        if c.offset < n:
+            raise RewindError(f"cache holds {c.offset} positions; cannot rewind {n}")
+        done = c.trim(n)
+        if done != n:
+            raise RewindError(f"cache rewound {done} of {n} positions")
+
+
+def drafter_kv(cache: list, kv_layers: dict) -> dict:
+    """{"full_attention": (K, V) for 0..p-1, "sliding_attention": (K, V) for the last W+1}."""
+    out = {}
+    for layer_type, i in kv_layers.items():
+        c = cache[i]
+        if isinstance(c, SlidingKVCache):
+            out[layer_type] = c.drafter_kv()
+        else:
+            out[layer_type] = (c.keys[..., : c.offset, :], c.values[..., : c.offset, :])
+    return out

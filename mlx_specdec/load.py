@@ -1,0 +1,252 @@
+"""Folders -> (target, drafter, tokenizer), with pairing checks.
+
+Accepted inputs:
+* a bundle made by `specdec convert`: `BUNDLE/target/` (also loadable by `mlx_lm.load`),
+  `BUNDLE/drafter/`, `BUNDLE/manifest.json`; the tokenizer lives in `BUNDLE/target/`;
+* Hugging Face-format folders: a Gemma 4 target (`gemma4_text` or multimodal `gemma4`) and a
+  `gemma4_assistant` drafter, given separately.
+
+All file IO for models lives here (and in `weights_convert/`). Every failure is a
+`SpecdecError` whose one line names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .errors import SpecdecError
+from .models.drafter import Drafter, DrafterArgs
+from .models.target import Target, make_model, text_config, text_weight_name
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DEMO_DIR = Path(__file__).parent / "demo"
+
+PathLike = Union[str, Path]
+
+
+# --- files -------------------------------------------------------------------------------
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise SpecdecError(f"{folder}: no such folder")
+    if not path.is_file():
+        raise SpecdecError(f"{path}: missing; expected a Hugging Face or converted model folder")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpecdecError(f"{path}: not valid JSON ({e})") from None
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise if `path` is not a complete safetensors file (header and data all present)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError
+            header = json.loads(f.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        raise SpecdecError(f"{path}: not a readable safetensors file (truncated or corrupt); re-download it") from None
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise SpecdecError(
+            f"{path}: truncated ({size} bytes, header needs {8 + n + end}); re-download or re-convert it"
+        )
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder; refuses pickle-only checkpoints."""
+    files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError):
+            raise SpecdecError(f"{index}: not a valid safetensors index") from None
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise SpecdecError(f"{folder / missing[0]}: missing shard listed in {index.name}; re-download it")
+        files = [folder / s for s in shards]
+    if not files:
+        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise SpecdecError(
+                f"{folder / pickles[0]}: pickle weights are refused (unpickling can run arbitrary code); "
+                "use a safetensors checkpoint"
+            )
+        raise SpecdecError(f"{folder}: no .safetensors weights found")
+    for f in files:
+        check_safetensors(f)
+    return files
+
+
+def read_weights(folder: Path) -> dict:
+    weights = {}
+    for f in weight_files(folder):
+        try:
+            weights.update(mx.load(str(f)))
+        except Exception as e:  # mlx raises plain RuntimeError/ValueError on bad files
+            raise SpecdecError(f"{f}: cannot load ({e}); re-download or re-convert it") from None
+    return weights
+
+
+def apply_quantization(model: nn.Module, config: dict, weights: dict) -> None:
+    """Quantise the modules whose scales are in `weights`, as config["quantization"] says (mlx-lm's format)."""
+    q = config.get("quantization")
+    if not q:
+        return
+
+    def predicate(path, module):
+        if path in q:
+            return q[path]
+        if not hasattr(module, "to_quantized") or f"{path}.scales" not in weights:
+            return False
+        return True
+
+    nn.quantize(model, group_size=q["group_size"], bits=q["bits"], mode=q.get("mode", "affine"), class_predicate=predicate)
+
+
+def _load_into(model: nn.Module, weights: dict, folder: Path) -> None:
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        msg = " ".join(str(e).split())
+        raise SpecdecError(f"{folder}: weights do not match config.json ({msg[:300]})") from None
+    mx.eval(model.parameters())
+
+
+# --- models ------------------------------------------------------------------------------
+def load_target(folder: PathLike) -> Target:
+    """Hugging Face or converted Gemma 4 target folder -> Target."""
+    folder = Path(folder)
+    raw = read_config(folder)
+    try:
+        cfg = text_config(raw)
+    except SpecdecError as e:
+        raise SpecdecError(f"{folder / 'config.json'}: {e}") from None
+    if "quantization" in raw:
+        cfg["quantization"] = raw["quantization"]
+    weights = {}
+    for k, v in read_weights(folder).items():
+        name = text_weight_name(k, cfg)
+        if name is not None:
+            weights[name] = v
+    model = make_model(cfg)
+    apply_quantization(model, cfg, weights)
+    _load_into(model, weights, folder)
+    return Target(model, cfg)
+
+
+def load_drafter(folder: PathLike, target_cfg: Optional[dict] = None) -> Drafter:
+    """Hugging Face or converted `gemma4_assistant` folder -> Drafter (checked against target_cfg)."""
+    folder = Path(folder)
+    raw = read_config(folder)
+    try:
+        args = DrafterArgs.from_config(raw)
+    except SpecdecError as e:
+        raise SpecdecError(f"{folder / 'config.json'}: {e}") from None
+    if target_cfg is not None:
+        check_pair(target_cfg, args, where=str(folder))
+    drafter = Drafter(args)
+    weights = drafter.sanitize(read_weights(folder))
+    apply_quantization(drafter, raw, weights)
+    _load_into(drafter, weights, folder)
+    return drafter
+
+
+def check_pair(target_cfg: dict, drafter_args: DrafterArgs, where: str = "drafter") -> None:
+    """Raise SpecdecError when the drafter cannot read this target's hidden states and K/V."""
+    d = drafter_args.text
+    checks = [
+        ("backbone width", drafter_args.backbone_hidden_size, target_cfg["hidden_size"]),
+        ("vocabulary size", d["vocab_size"], target_cfg["vocab_size"]),
+        ("head_dim", d["head_dim"], target_cfg["head_dim"]),
+        ("global_head_dim", d["global_head_dim"], target_cfg["global_head_dim"]),
+        ("num_key_value_heads", d["num_key_value_heads"], target_cfg["num_key_value_heads"]),
+    ]
+    for what, got, want in checks:
+        if got != want:
+            raise SpecdecError(
+                f"{where}: does not fit the target: {what} is {got}, the target's is {want}; "
+                "use the assistant made for this target"
+            )
+    needed = {t for t in d["layer_types"]}
+    have = set(target_cfg["layer_types"][: target_cfg["num_hidden_layers"] - target_cfg.get("num_kv_shared_layers", 0)])
+    if not needed <= have:
+        raise SpecdecError(f"{where}: needs K/V of {sorted(needed - have)} layers the target does not have")
+
+
+def load_tokenizer(folder: Path):
+    """mlx-lm's TokenizerWrapper, with EOS ids from generation_config.json (end-of-turn included)."""
+    from mlx_lm.tokenizer_utils import load as load_tok
+
+    names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    if not any((folder / n).is_file() for n in names):
+        raise SpecdecError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer.model)")
+    eos = None
+    gen = folder / "generation_config.json"
+    if gen.is_file():
+        ids = json.loads(gen.read_text()).get("eos_token_id")
+        eos = [ids] if isinstance(ids, int) else ids
+    try:
+        return load_tok(folder, eos_token_ids=eos)
+    except Exception as e:
+        raise SpecdecError(f"{folder}: cannot load the tokenizer ({' '.join(str(e).split())[:200]})") from None
+
+
+# --- bundles -----------------------------------------------------------------------------
+@dataclass
+class Bundle:
+    """A target, its drafter (None for plain decoding only) and the tokenizer."""
+
+    target: Target
+    drafter: Optional[Drafter]
+    tokenizer: object
+    name: str
+    path: Optional[Path] = None
+
+
+def is_bundle(folder: Path) -> bool:
+    return (folder / "manifest.json").is_file() or (folder / "target" / "config.json").is_file()
+
+
+def load(
+    model: Optional[PathLike] = None,
+    *,
+    target: Optional[PathLike] = None,
+    drafter: Optional[PathLike] = None,
+    demo: bool = False,
+) -> Bundle:
+    """Load a bundle folder, the demo pair, or a target folder (+ optional drafter folder)."""
+    if demo:
+        if not is_bundle(DEMO_DIR):
+            raise SpecdecError(f"{DEMO_DIR}: the demo pair is not installed; reinstall mlx-specdec")
+        model = DEMO_DIR
+    if model is not None and target is not None:
+        raise SpecdecError("give either MODEL or --target/--drafter, not both")
+    if model is not None:
+        folder = Path(model).expanduser()
+        if is_bundle(folder):
+            target = folder / "target"
+            if drafter is None and (folder / "drafter").is_dir():
+                drafter = folder / "drafter"
+        else:
+            target = folder
+    if target is None:
+        raise SpecdecError("no model given; pass MODEL, --target DIR or --demo")
+    target_dir = Path(target).expanduser()
+    tgt = load_target(target_dir)
+    drf = None
+    if drafter is not None:
+        drf = load_drafter(Path(drafter).expanduser(), tgt.config)
+    tokenizer = load_tokenizer(target_dir)
+    name = Path(model).name if model is not None else target_dir.name
+    return Bundle(tgt, drf, tokenizer, name, Path(model) if model is not None else None)

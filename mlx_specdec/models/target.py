@@ -1,0 +1,182 @@
+"""The Gemma 4 target, built on mlx-lm's `gemma4_text` model.
+
+We do not copy the model: `mlx_lm.models.gemma4_text.Model` computes the maths. This module
+adds what speculative decoding needs on top of it:
+
+* `text_config`: a Hugging Face `config.json` (either `gemma4_text`, or the multimodal `gemma4`
+  layout with a `text_config`) -> the text config mlx-lm accepts, with the known traps fixed
+  (transformers writes `per_layer_config` and no `global_head_dim`; the multimodal layout has
+  no top-level `vocab_size`). Every value comes from the file; mlx-lm's E2B defaults never
+  leak in for a structural key (a missing one is an error).
+* `text_weight_name`: one Hugging Face tensor name -> mlx-lm's name, or None for tensors the
+  text model does not use (vision/audio towers, K/V projections of KV-shared layers). It works
+  one tensor at a time so the converter can stream.
+* `Target`: forward returning logits *and* the final-normed hidden states (the lm_head input,
+  which the drafter consumes), plus the scaled input embedding the drafter uses.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import mlx.core as mx
+from mlx_lm.models import gemma4_text
+
+from ..errors import SpecdecError
+
+# Keys a config must state: without them mlx-lm would silently use E2B's values.
+REQUIRED_TEXT_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "sliding_window",
+    "layer_types",
+)
+
+# Hugging Face defaults for optional keys whose mlx-lm default differs (mlx-lm assumes E2B).
+HF_TEXT_DEFAULTS = {
+    "use_double_wide_mlp": False,
+    "final_logit_softcapping": None,
+    "attention_k_eq_v": False,
+    "enable_moe_block": False,
+    "num_kv_shared_layers": 0,
+    "hidden_size_per_layer_input": 0,
+    "tie_word_embeddings": True,
+    "rms_norm_eps": 1e-6,
+}
+
+# Multimodal towers and embedders that the text model ignores.
+_NON_TEXT_PREFIXES = (
+    "vision_tower",
+    "multi_modal_projector",
+    "audio_tower",
+    "embed_audio",
+    "embed_vision",
+    "vision_embedder",
+)
+_SHARED_LAYER_DROPS = (".self_attn.k_proj", ".self_attn.v_proj", ".self_attn.k_norm", ".self_attn.v_norm")
+_ALWAYS_DROP = ("rotary_emb", "input_max", "input_min", "output_max", "output_min")
+
+
+def text_config(config: dict) -> dict:
+    """Hugging Face Gemma 4 config (text or multimodal) -> mlx-lm `gemma4_text` config dict.
+
+    Raises SpecdecError naming the missing key or the unsupported model_type.
+    """
+    model_type = config.get("model_type")
+    if model_type == "gemma4":
+        if not isinstance(config.get("text_config"), dict):
+            raise SpecdecError("missing key 'text_config' (a multimodal gemma4 config needs one)")
+        cfg = dict(config["text_config"])
+        # The multimodal layout may keep vocab_size only at the top level, or only in text_config.
+        if "vocab_size" not in cfg and "vocab_size" in config:
+            cfg["vocab_size"] = config["vocab_size"]
+        if "tie_word_embeddings" not in cfg and "tie_word_embeddings" in config:
+            cfg["tie_word_embeddings"] = config["tie_word_embeddings"]
+    elif model_type == "gemma4_text":
+        cfg = dict(config)
+    else:
+        raise SpecdecError(
+            f"unsupported model_type {model_type!r}: expected a Gemma 4 target ('gemma4_text' or 'gemma4')"
+        )
+    missing = [k for k in REQUIRED_TEXT_KEYS if k not in cfg]
+    if missing:
+        raise SpecdecError(f"missing config key {missing[0]!r}")
+    for key, value in HF_TEXT_DEFAULTS.items():
+        cfg.setdefault(key, value)
+    cfg["model_type"] = "gemma4_text"
+    cfg.setdefault("vocab_size_per_layer_input", cfg["vocab_size"])
+
+    # transformers writes per-layer overrides instead of global_head_dim (the trap in DESIGN.md).
+    per_layer = cfg.pop("per_layer_config", None) or {}
+    full_layers = [i for i, t in enumerate(cfg["layer_types"]) if t == "full_attention"]
+    if "global_head_dim" not in cfg or cfg["global_head_dim"] is None:
+        dims = {per_layer.get(str(i), {}).get("head_dim", cfg["head_dim"]) for i in full_layers}
+        if len(dims) > 1:
+            raise SpecdecError(f"full-attention layers disagree on head_dim {sorted(dims)}")
+        cfg["global_head_dim"] = dims.pop() if dims else cfg["head_dim"]
+    if cfg.get("num_global_key_value_heads") is None:
+        heads = {per_layer.get(str(i), {}).get("num_key_value_heads") for i in full_layers} - {None}
+        if heads:
+            cfg["num_global_key_value_heads"] = heads.pop()
+    if len(cfg["layer_types"]) != cfg["num_hidden_layers"]:
+        raise SpecdecError(
+            f"layer_types has {len(cfg['layer_types'])} entries but num_hidden_layers is {cfg['num_hidden_layers']}"
+        )
+    return cfg
+
+
+def text_weight_name(key: str, text_cfg: dict) -> Optional[str]:
+    """Hugging Face tensor name (either layout) -> mlx-lm `gemma4_text` name, or None to drop."""
+    if any(s in key for s in _ALWAYS_DROP):
+        return None
+    for prefix in ("model.language_model.", "language_model.model.", "language_model."):
+        if key.startswith(prefix):
+            key = "model." + key[len(prefix) :]
+            break
+    else:
+        rest = key.removeprefix("model.")
+        if rest.startswith(_NON_TEXT_PREFIXES):
+            return None
+    if key == "lm_head.weight" and text_cfg.get("tie_word_embeddings", True):
+        return None
+    if any(s in key for s in _SHARED_LAYER_DROPS) and ".layers." in key:
+        first_shared = text_cfg["num_hidden_layers"] - text_cfg.get("num_kv_shared_layers", 0)
+        layer = int(key.split(".layers.")[1].split(".")[0])
+        if layer >= first_shared:
+            return None
+    return key
+
+
+def make_model(text_cfg: dict) -> gemma4_text.Model:
+    """An mlx-lm gemma4_text model (uninitialised weights) for a normalised text config."""
+    return gemma4_text.Model(gemma4_text.ModelArgs.from_dict(text_cfg))
+
+
+def kv_source_layers(text_cfg: dict) -> dict:
+    """Index of the last non-shared layer of each attention type: the K/V the drafter reads."""
+    first_shared = text_cfg["num_hidden_layers"] - text_cfg.get("num_kv_shared_layers", 0)
+    out = {}
+    for i, t in enumerate(text_cfg["layer_types"][:first_shared]):
+        out[t] = i
+    return out
+
+
+class Target:
+    """A Gemma 4 target: forward gives logits and final-normed hidden states.
+
+    `model` is mlx-lm's `gemma4_text.Model`; `config` its normalised text config.
+    """
+
+    def __init__(self, model: gemma4_text.Model, config: dict):
+        self.model = model
+        self.config = config
+        self.hidden_size = config["hidden_size"]
+        self.vocab_size = config["vocab_size"]
+        self.sliding_window = config["sliding_window"]
+        self.kv_layers = kv_source_layers(config)
+        self._softcap = config.get("final_logit_softcapping")
+
+    def __call__(self, tokens: mx.array, cache: list) -> tuple[mx.array, mx.array]:
+        """tokens [B, L] -> (logits [B, L, V], hidden [B, L, H]); appends L positions to `cache`."""
+        hidden = self.model.model(tokens, cache=cache)
+        return self.logits(hidden), hidden
+
+    def logits(self, hidden: mx.array) -> mx.array:
+        """Final-normed hidden [..., H] -> softcapped logits [..., V]."""
+        if self.model.tie_word_embeddings:
+            out = self.model.model.embed_tokens.as_linear(hidden)
+        else:
+            out = self.model.lm_head(hidden)
+        if self._softcap:
+            out = mx.tanh(out / self._softcap) * self._softcap
+        return out
+
+    def embed(self, tokens: mx.array) -> mx.array:
+        """tokens [B, L] -> scaled input embeddings [B, L, H] (what the drafter concatenates)."""
+        inner = self.model.model
+        return inner.embed_tokens(tokens) * inner.embed_scale
