@@ -1,0 +1,225 @@
+"""The speculative decoding loop: prefill, then rounds of draft, verify, accept, rewind, yield.
+
+Round r (DESIGN.md). The target's cache holds positions 0..p-1; the bonus token x_p was chosen
+by the target from its logits at p-1, and h is the target's final-normed hidden state at p-1.
+
+  1. draft   the drafter proposes d_1..d_k from (x_p, h) at the fixed position p, reading the
+             target's K/V (no drafter cache). Drafts stay lazy.
+  2. verify  one target pass over [x_p, d_1..d_k] (positions p..p+k) -> k+1 logits rows.
+  3. accept  greedy: the longest prefix with d_i == argmax; sampling: rejection sampling with
+             the drafter's own distribution. The next bonus token comes from row n.
+     -- the one host sync of the round: read n and the tokens --
+  4. rewind  drop the K/V of the k - n rejected positions; h = verify hidden at p + n.
+  5. yield   one TokenRecord per token: the n accepted drafts, then the bonus token.
+
+With k = 0 the same loop is plain decoding (verify is a one-token forward). Greedy output
+equals plain greedy decoding token for token; sampled output has the target's distribution.
+
+Invariant: `PromptCache.tokens` lists exactly the tokens whose K/V the cache holds. A closed or
+failed generator restores it in `finally`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator, Optional, Sequence, Union
+
+import mlx.core as mx
+from mlx_lm.generate import generation_stream, wired_limit
+
+from .cache import cache_offset, drafter_kv, make_target_cache, rewind
+from .draft_len import MAX_DRAFT, make_policy
+from .errors import SpecdecError
+from .load import Bundle
+from .sampling import SamplingParams, accept, probs, sample
+from .stats import RunStats, TokenRecord
+
+PREFILL_CHUNK = 512
+
+
+class PromptCache:
+    """The target's caches plus the token ids whose K/V they hold; reusable across requests."""
+
+    def __init__(self, bundle: Bundle, max_rewind: int = 2 * MAX_DRAFT):
+        self._config = bundle.target.config
+        self._max_rewind = max_rewind
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = make_target_cache(self._config, self._max_rewind)
+        self.tokens: list[int] = []
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens (rewinding the caches); start afresh when the window forbids it."""
+        drop = cache_offset(self.cache) - n
+        try:
+            rewind(self.cache, drop)
+        except Exception:
+            self.reset()  # the sliding window no longer holds those positions: prefill again
+            return
+        del self.tokens[n:]
+
+
+def _prefill(bundle: Bundle, pc: PromptCache, ids: list[int]) -> tuple[mx.array, mx.array]:
+    """Run the target over `ids` in chunks; returns (logits, hidden) of the last position, [1, V] / [1, 1, H]."""
+    for start in range(0, len(ids), PREFILL_CHUNK):
+        chunk = mx.array(ids[start : start + PREFILL_CHUNK])[None]
+        logits, hidden = bundle.target(chunk, pc.cache)
+        if start + PREFILL_CHUNK < len(ids):
+            mx.eval([c.state for c in pc.cache])  # bound memory: one chunk at a time
+    return logits[:, -1], hidden[:, -1:]
+
+
+def _draft(bundle: Bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams):
+    """k lazy drafter steps at position p -> (drafts [k], draft distributions [k, V] or None)."""
+    target, drafter = bundle.target, bundle.drafter
+    kv = drafter_kv(pc.cache, target.kv_layers)
+    position = cache_offset(pc.cache)
+    x, drafts, qs = bonus.reshape(1, 1), [], []
+    for _ in range(k):
+        logits, h = drafter(target.embed(x), h, kv, position)
+        if params.greedy:
+            x = mx.argmax(logits[:, -1], axis=-1).reshape(1, 1)
+        else:
+            q = probs(logits[0, -1], params)
+            x = mx.random.categorical(mx.log(q)).reshape(1, 1)
+            qs.append(q)
+        drafts.append(x.reshape(1))
+    return mx.concatenate(drafts), (mx.stack(qs) if qs else None)
+
+
+def stream_generate(
+    bundle: Bundle,
+    prompt_ids: Sequence[int],
+    *,
+    max_tokens: int = 256,
+    draft_tokens: Union[int, str] = "auto",
+    sampling: SamplingParams = SamplingParams(),
+    stop: Sequence[str] = (),
+    prompt_cache: Optional[PromptCache] = None,
+    max_context: Optional[int] = None,
+    trace: Optional[list] = None,
+) -> Iterator[TokenRecord]:
+    """Generate up to `max_tokens` tokens after `prompt_ids`, one TokenRecord per token.
+
+    draft_tokens: k (0 = plain decoding) or "auto" (chosen per round from measured acceptance
+    and costs). With `prompt_cache`, only the ids after the cached common prefix are prefilled.
+    `trace`, when a list, receives {"position", "drafted", "accepted"} per round.
+    """
+    t0 = time.perf_counter()
+    ids = [int(t) for t in prompt_ids]
+    if not ids:
+        raise SpecdecError("the prompt is empty; give at least one token")
+    limit = max_context or bundle.target.config.get("max_position_embeddings", 131072)
+    if len(ids) >= limit:
+        raise SpecdecError(
+            f"the prompt has {len(ids)} tokens but the context holds {limit}; shorten it or raise --max-context"
+        )
+    tokenizer = bundle.tokenizer
+    eos = set(getattr(tokenizer, "eos_token_ids", ()) or ())
+    policy = make_policy(draft_tokens if bundle.drafter is not None else 0, bundle)
+    if sampling.seed is not None:
+        mx.random.seed(sampling.seed)
+    pc = prompt_cache if prompt_cache is not None else PromptCache(bundle)
+
+    # Reuse the cached common prefix; at least the last prompt token is run again (we need its
+    # logits and hidden state).
+    common = 0
+    for a, b in zip(pc.tokens, ids[:-1]):
+        if a != b:
+            break
+        common += 1
+    pc.truncate(common)
+    new_ids = ids[len(pc.tokens) :]
+
+    detok = tokenizer.detokenizer
+    text_so_far = ""
+    generated = 0
+    round_no = 0
+    try:
+        with wired_limit(bundle.target.model, [generation_stream]), mx.stream(generation_stream):
+            # 0. prefill: logits and hidden state of the last prompt token, then the first token.
+            logits, h = _prefill(bundle, pc, new_ids)
+            pc.tokens.extend(new_ids)
+            bonus = sample(logits, sampling)
+            mx.eval(bonus, h)  # sync: the first token
+            ttft = time.perf_counter() - t0
+            t_first = time.perf_counter()
+            bonus_id = int(bonus.item())
+            pending = [(bonus_id, False, 0, 0)]  # (token, from_draft, k, accepted)
+
+            while True:
+                # 5. yield the round's tokens (the prefill's token in the first pass).
+                for token, from_draft, k_used, n_acc in pending:
+                    finish = None
+                    if token in eos:
+                        piece, finish = "", "stop"
+                    else:
+                        detok.add_token(token)
+                        piece = detok.last_segment
+                        before = len(text_so_far)
+                        text_so_far += piece
+                        for s in filter(None, stop):
+                            cut = text_so_far.find(s, max(0, before - len(s) + 1))
+                            if cut >= 0:  # emit only the text before the stop string
+                                piece, finish = text_so_far[before:cut] if cut > before else "", "stop"
+                                break
+                    generated += 1
+                    if finish is None and (generated >= max_tokens or len(pc.tokens) + 1 >= limit):
+                        finish = "length"
+                    if finish is not None:
+                        detok.finalize()
+                        if token not in eos and finish == "length":
+                            piece += detok.last_segment
+                    yield TokenRecord(
+                        token=token, text=piece, from_draft=from_draft, round=round_no,
+                        draft_tokens=k_used, accepted=n_acc, prompt_tokens=len(new_ids),
+                        ttft_s=ttft, elapsed_s=time.perf_counter() - t_first,
+                        peak_memory_bytes=mx.get_peak_memory(), finish_reason=finish,
+                    )
+                    if finish is not None:
+                        return
+                round_no += 1
+                t_round = time.perf_counter()
+                room = min(max_tokens - generated - 1, limit - len(pc.tokens) - 2, MAX_DRAFT)
+                k = policy.choose(max(0, room))
+                position = cache_offset(pc.cache)
+
+                # 1. draft: k lazy drafter steps from (bonus, h) at position p.
+                if k:
+                    drafts, q = _draft(bundle, pc, bonus, h, k, sampling)
+                    verify_in = mx.concatenate([bonus.reshape(1), drafts])
+                else:
+                    drafts, q = mx.zeros((0,), dtype=mx.int32), None
+                    verify_in = bonus.reshape(1)
+
+                # 2. verify: one target pass over [x_p, d_1..d_k].
+                logits, hidden = bundle.target(verify_in[None], pc.cache)
+
+                # 3. accept: n drafts and the next bonus token, still lazy.
+                n, bonus = accept(logits[0], drafts, q, sampling)
+                mx.eval(n, bonus, drafts)  # sync: the one host read of the round
+                n_acc = int(n.item())
+                draft_list = drafts.tolist()
+                fed = [bonus_id] + draft_list[:n_acc]
+
+                # 4. rewind the rejected positions; h is the hidden state at p + n.
+                rewind(pc.cache, k - n_acc)
+                pc.tokens.extend(fed)
+                h = hidden[:, n_acc : n_acc + 1]
+                policy.observe(k, n_acc, time.perf_counter() - t_round)
+                if trace is not None:
+                    trace.append({"position": position, "drafted": draft_list, "accepted": n_acc})
+                pending = [(t, True, k, n_acc) for t in draft_list[:n_acc]]
+                bonus_id = int(bonus.item())
+                pending.append((bonus_id, False, k, n_acc))
+    finally:
+        # A closed or failed generator: drop K/V the token list does not account for.
+        if cache_offset(pc.cache) > len(pc.tokens):
+            pc.truncate(len(pc.tokens))
+
+
+def generate(bundle: Bundle, prompt_ids: Sequence[int], **kwargs) -> tuple[str, list[int], RunStats]:
+    """Run `stream_generate` to the end -> (text, token ids, statistics)."""
+    records = list(stream_generate(bundle, prompt_ids, **kwargs))
+    return "".join(r.text for r in records), [r.token for r in records], RunStats.from_records(records)

@@ -1,0 +1,150 @@
+"""Choosing the draft length k per round: fixed, or "auto" from measured acceptance and costs.
+
+Model. Let a_i be the probability that draft i is accepted given drafts 1..i-1 were. A round
+with k drafts yields E(k) = 1 + sum_{i<=k} prod_{j<=i} a_j tokens and costs C(k) (seconds:
+one drafter step per draft plus a verify pass over k+1 tokens, plus fixed overhead; or joules
+with `battery`). "auto" picks argmax_k E(k) / C(k), k = 0 (plain decoding) included, so a
+drafter that does not pay is switched off.
+
+Costs come from a one-off calibration per bundle (timed verify passes of 1..K+1 tokens and
+drafter steps on a scratch cache), then are corrected online by the measured round times.
+Acceptance rates are running per-position estimates with a weak prior; while k = 0 wins, a
+one-draft probe every `probe_every` rounds keeps the estimate fresh.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import mlx.core as mx
+
+from .cache import drafter_kv, make_target_cache
+from .errors import SpecdecError
+
+MAX_DRAFT = 8
+
+
+def expected_tokens(acceptance: Sequence[float], k: int) -> float:
+    """E(k) = 1 + sum_{i=1..k} prod_{j<=i} a_j: tokens a round with k drafts yields on average."""
+    total, run = 1.0, 1.0
+    for a in acceptance[:k]:
+        run *= a
+        total += run
+    return total
+
+
+def choose_k(acceptance: Sequence[float], cost: Sequence[float]) -> int:
+    """The k in 0..len(cost)-1 that maximises expected_tokens(acceptance, k) / cost[k].
+
+    acceptance[i]: conditional acceptance of draft i+1; cost[k]: cost of a round with k drafts.
+    Ties go to the smaller k (less work for the same rate).
+    """
+    best, best_rate = 0, -1.0
+    for k in range(len(cost)):
+        rate = expected_tokens(acceptance, k) / cost[k]
+        if rate > best_rate * (1 + 1e-9):
+            best, best_rate = k, rate
+    return best
+
+
+def calibrate(bundle, max_k: int, repeats: int = 3, context: int = 32) -> list[float]:
+    """Seconds for a round with k = 0..max_k drafts, timed on a scratch cache (median of repeats)."""
+    target, drafter = bundle.target, bundle.drafter
+    cache = make_target_cache(target.config, max_rewind=max_k + 2)
+    ids = mx.arange(context)[None] % target.vocab_size
+    _, hidden = target(ids, cache)
+    mx.eval(hidden)
+    h = hidden[:, -1:]
+    tok = mx.array([[1]])
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(repeats + 1):  # the first run warms up (compilation, allocation)
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return sorted(times[1:])[len(times[1:]) // 2]
+
+    def verify(n):
+        logits, hid = target(mx.zeros((1, n), dtype=mx.int32), cache)
+        mx.eval(logits, hid)
+        for c in cache:
+            c.trim(n)
+
+    verify_cost = [timed(lambda n=n: verify(n)) for n in range(1, max_k + 2)]
+    if drafter is None:
+        return verify_cost[:1]
+    kv = drafter_kv(cache, target.kv_layers)
+
+    def draft_step():
+        logits, nh = drafter(target.embed(tok), h, kv, context)
+        mx.eval(mx.argmax(logits, axis=-1), nh)
+
+    step = timed(draft_step)
+    return [verify_cost[k] + k * step for k in range(max_k + 1)]
+
+
+class FixedPolicy:
+    def __init__(self, k: int):
+        self.k = k
+
+    def choose(self, max_k: int) -> int:
+        return min(self.k, max_k)
+
+    def observe(self, k: int, accepted: int, seconds: float) -> None:
+        pass
+
+
+class AutoPolicy:
+    """Per-round k maximising expected tokens per second (or per joule-proxy with `battery`)."""
+
+    def __init__(self, cost: Sequence[float], prior_accept: float = 0.5, prior_weight: float = 2.0,
+                 probe_every: int = 32):
+        self.cost = list(cost)
+        self.max_k = len(cost) - 1
+        self.hits = [prior_accept * prior_weight] * self.max_k
+        self.tries = [prior_weight] * self.max_k
+        self.probe_every = probe_every
+        self.since_draft = 0
+        self.history: list[int] = []
+
+    @property
+    def acceptance(self) -> list[float]:
+        return [h / t for h, t in zip(self.hits, self.tries)]
+
+    def choose(self, max_k: int) -> int:
+        max_k = min(max_k, self.max_k)
+        k = choose_k(self.acceptance[:max_k], self.cost[: max_k + 1])
+        if k == 0 and max_k > 0 and self.since_draft >= self.probe_every:
+            k = 1  # probe: one cheap draft keeps the acceptance estimate honest
+        self.history.append(k)
+        return k
+
+    def observe(self, k: int, accepted: int, seconds: float) -> None:
+        self.since_draft = 0 if k else self.since_draft + 1
+        # Draft i (1-based) was tried iff drafts 1..i-1 were accepted.
+        for i in range(min(k, accepted + 1)):
+            self.tries[i] += 1
+            self.hits[i] += 1 if i < accepted else 0
+        if seconds > 0:  # measured round time corrects the calibration (context grows, caches warm)
+            self.cost[k] = 0.8 * self.cost[k] + 0.2 * seconds
+
+
+def make_policy(draft_tokens, bundle):
+    """int k -> FixedPolicy(k); "auto" -> AutoPolicy with the bundle's (cached) calibration."""
+    if draft_tokens == "auto":
+        if bundle.drafter is None:
+            return FixedPolicy(0)
+        costs = getattr(bundle, "_round_costs", None)
+        if costs is None:
+            costs = calibrate(bundle, MAX_DRAFT)
+            bundle._round_costs = costs
+        return AutoPolicy(costs)
+    try:
+        k = int(draft_tokens)
+    except (TypeError, ValueError):
+        raise SpecdecError(f"--draft-tokens must be a number 0-{MAX_DRAFT} or 'auto', not {draft_tokens!r}") from None
+    if not 0 <= k <= MAX_DRAFT:
+        raise SpecdecError(f"--draft-tokens must be between 0 and {MAX_DRAFT}, not {k}")
+    return FixedPolicy(k)
