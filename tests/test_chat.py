@@ -1,0 +1,232 @@
+"""`specdec chat`: the session logic against a fake loop, then the real command end to end."""
+
+import io
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from mlx_specdec import chat
+from mlx_specdec.chat import ChatSession, Settings, parse_draft, run_piped
+from mlx_specdec.energy import NullSource
+from mlx_specdec.errors import SpecdecError
+from mlx_specdec.stats import TokenRecord
+
+
+# ---------------------------------------------------------------------------------------------
+# A fake loop with the real contract: common-prefix reuse of a PromptCache, one record per token.
+
+
+class FakeTokenizer:
+    chat_template = "yes"
+    eos_token_ids = [1]
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        ids = [2]
+        for m in messages:
+            ids += [5] + [ord(c) for c in f"{m['role']}\n{m['content'].strip()}"] + [6]
+        return ids + [5] + [ord(c) for c in "assistant\n"]
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+class FakeCache:
+    def __init__(self, bundle):
+        self.tokens = []
+
+
+class FakeLoop:
+    """Answers "echo: <last user text>" one character per token, then EOS."""
+
+    def __init__(self):
+        self.calls, self.closed = [], 0
+
+    def __call__(self, bundle, prompt_ids, *, max_tokens, draft_tokens, sampling, prompt_cache):
+        self.calls.append(SimpleNamespace(prompt=list(prompt_ids), draft=draft_tokens, sampling=sampling, max_tokens=max_tokens))
+        return self._gen(prompt_ids, max_tokens, draft_tokens, prompt_cache)
+
+    def _gen(self, ids, max_tokens, draft, pc):
+        common = 0
+        for a, b in zip(pc.tokens, ids[:-1]):
+            if a != b:
+                break
+            common += 1
+        new = len(ids) - common
+        pc.tokens = list(ids)
+        user = "".join(chr(t) for t in ids).split("user\n")[-1].split("\x06")[0]
+        answer = [ord(c) for c in f"echo: {user}"][: max_tokens - 1] + [1]
+        k = 2 if draft == "auto" else draft
+        try:
+            for i, tok in enumerate(answer):
+                last = i == len(answer) - 1
+                yield TokenRecord(
+                    token=tok, text="" if tok == 1 else chr(tok), from_draft=bool(k) and i % 2 == 1,
+                    round=(i + 1) // 2, draft_tokens=k if i else 0, accepted=1 if k else 0,
+                    prompt_tokens=new, ttft_s=0.01, elapsed_s=0.01 * i,
+                    finish_reason="stop" if last else None,
+                )
+                pc.tokens.append(tok)
+        finally:
+            self.closed += 1
+
+
+def bundle(drafter=True):
+    return SimpleNamespace(target=None, drafter=object() if drafter else None, tokenizer=FakeTokenizer(), name="fake")
+
+
+@pytest.fixture(autouse=True)
+def plain_sampling(monkeypatch):
+    """Settings.sampling() builds the real SamplingParams; keep it, but never touch mlx memory."""
+    monkeypatch.setattr(chat, "memory", lambda: (None, None))
+    monkeypatch.setattr(chat, "reset_peak_memory", lambda: None)
+
+
+def session(drafter=True, **settings):
+    loop = FakeLoop()
+    return ChatSession(bundle(drafter), Settings(**settings), stream_fn=loop, cache_factory=FakeCache), loop
+
+
+def piped(s, text):
+    out = io.StringIO()
+    run_piped(s, io.StringIO(text), out, energy_source=NullSource())
+    return out.getvalue()
+
+
+def test_piped_mode_prints_each_answer_then_a_summary_line_and_stops_at_end_of_input():
+    s, loop = session()
+    out = piped(s, "hello\n\nhow are you\n").splitlines()
+    assert out[0] == "echo: hello"
+    assert out[1].startswith("12 tokens · ")  # 11 characters and EOS
+    assert "prefill" in out[1] and "energy n/a" in out[1]
+    assert out[2] == "echo: how are you"
+    assert len(out) == 4 and len(loop.calls) == 2  # the blank line is skipped
+
+
+def test_second_turn_sends_the_whole_conversation_and_prefills_only_the_new_turn():
+    s, loop = session()
+    piped(s, "hi\nagain\n")
+    first, second = loop.calls
+    assert second.prompt[: len(first.prompt)] == first.prompt
+    # The cache holds the first prompt and the answer: only what follows is prefilled.
+    assert s.last.records[0].prompt_tokens == len(second.prompt) - len(first.prompt) - len("echo: hi")
+    assert s.last.prompt_len == len(second.prompt)
+    assert [m["role"] for m in s.messages] == ["user", "assistant", "user", "assistant"]
+    assert s.messages[1]["content"] == "echo: hi"  # no EOS text
+
+
+def test_slash_commands_change_the_next_turn():
+    s, loop = session()
+    out = piped(s, "/draft 3\na\n/draft off\nb\n/draft auto\n/temp 0.7\nc\n/help\n")
+    assert [c.draft for c in loop.calls] == [3, 0, "auto"]
+    assert loop.calls[2].sampling.temp == 0.7
+    assert "draft length: 3" in out and "draft length: off" in out and "temperature: 0.7" in out
+    assert "/save FILE" in out  # the help text
+
+
+def test_reset_forgets_the_conversation_and_the_cache():
+    s, loop = session()
+    piped(s, "a\n")
+    cache = s.prompt_cache
+    assert piped(s, "/reset\n").strip() == "conversation and prompt cache cleared"
+    assert s.messages == [] and s.prompt_cache is not cache
+    piped(s, "b\n")
+    assert s.last.records[0].prompt_tokens == len(loop.calls[-1].prompt)
+
+
+def test_save_writes_the_conversation_as_json(tmp_path):
+    s, _ = session(system="be brief")
+    piped(s, f"hi\n/save {tmp_path / 'c.json'}\n")
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["model"] == "fake"
+    assert data["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "echo: hi"},
+    ]
+    assert data["settings"]["draft"] == "auto"
+
+
+def test_save_to_an_unwritable_path_is_a_one_line_error(tmp_path):
+    s, _ = session()
+    with pytest.raises(SpecdecError, match="cannot write"):
+        s.command(f"/save {tmp_path / 'no' / 'such' / 'dir.json'}")
+
+
+def test_quit_stops_reading_input():
+    s, loop = session()
+    out = piped(s, "a\n/quit\nb\n")
+    assert out.rstrip().endswith("bye") and len(loop.calls) == 1
+
+
+def test_stats_in_piped_mode_repeats_the_last_summary():
+    s, _ = session()
+    out = piped(s, "a\n/stats\n").splitlines()
+    assert out[-1] == out[-2]
+
+
+def test_stopping_an_answer_closes_the_loop_and_keeps_the_partial_answer():
+    s, loop = session()
+    reply = s.reply("tell me a story")
+    pieces = [next(reply).text for _ in range(3)]
+    reply.close()  # what Ctrl-C does
+    assert loop.closed == 1
+    assert s.messages[-1] == {"role": "assistant", "content": "".join(pieces)}
+    piped(s, "more\n")  # the chat goes on
+    assert s.messages[-1]["content"] == "echo: more"
+
+
+def test_without_a_drafter_decoding_is_plain_and_draft_cannot_be_turned_on():
+    s, loop = session(drafter=False)
+    assert "no drafter loaded" in piped(s, "/draft 4\na\n")
+    assert loop.calls[0].draft == 0
+
+
+def test_plain_turns_give_the_speed_up_baseline():
+    s, _ = session()
+    piped(s, "/draft off\nplain\n")
+    assert s.plain_tokens_per_s and s.plain_tokens_per_s > 0
+    out = piped(s, "/draft auto\nspec\n")
+    assert "speed-up 1.00x" in out  # the fake runs at one speed
+
+
+def test_unknown_command_and_bad_arguments_explain_themselves():
+    s, _ = session()
+    out = piped(s, "/frobnicate\n/temp hot\n/save\n")
+    assert "unknown command /frobnicate; /help lists them" in out
+    assert "/temp needs a number >= 0, not 'hot'" in out
+    assert "/save needs a file name" in out
+
+
+def test_parse_draft():
+    assert parse_draft("auto") == "auto" and parse_draft("off") == 0 and parse_draft("4") == 4
+    with pytest.raises(SpecdecError, match=r"draft tokens must be a whole number >= 0, 'auto' or 'off', not 'many'"):
+        parse_draft("many")
+
+
+# ---------------------------------------------------------------------------------------------
+# The default model: the cached Gemma 4 E2B bundle, converted on first use, or a clear offline line.
+
+
+def test_default_bundle_offline_says_so_and_points_to_demo(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
+    with pytest.raises(SpecdecError) as e:
+        chat.default_bundle(reachable=lambda: False)
+    assert "unreachable (offline?)" in str(e.value) and "specdec chat --demo" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_default_bundle_converts_once_then_uses_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
+    calls = []
+
+    def convert(**kw):
+        calls.append(kw)
+        (kw["output"] / "target").mkdir(parents=True)
+        (kw["output"] / "target" / "config.json").write_text("{}")
+
+    folder = chat.default_bundle(convert_fn=convert, reachable=lambda: True)
+    assert folder == tmp_path / "gemma-4-E2B-it-4bit"
+    assert calls == [dict(target="google/gemma-4-E2B-it", drafter="google/gemma-4-E2B-it-assistant", output=folder, bits=4)]
+    assert chat.default_bundle(convert_fn=convert, reachable=lambda: False) == folder
+    assert len(calls) == 1
