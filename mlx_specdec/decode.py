@@ -60,6 +60,23 @@ class PromptCache:
         del self.tokens[n:]
 
 
+def _find_stop(text: str, stop: Sequence[str], emitted: int) -> Optional[int]:
+    """Index where the earliest stop string starts in `text` (searching from the unemitted part)."""
+    cuts = [c for s in stop if s and (c := text.find(s, max(0, emitted - len(s) + 1))) >= 0]
+    return min(cuts) if cuts else None
+
+
+def _stop_prefix_len(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
 def _prefill(bundle: Bundle, pc: PromptCache, ids: list[int]) -> tuple[mx.array, mx.array]:
     """Run the target over `ids` in chunks; returns (logits, hidden) of the last position, [1, V] / [1, 1, H]."""
     for start in range(0, len(ids), PREFILL_CHUNK):
@@ -133,7 +150,7 @@ def stream_generate(
     new_ids = ids[len(pc.tokens) :]
 
     detok = tokenizer.detokenizer
-    text_so_far = ""
+    text_so_far, emitted = "", 0  # emitted: length of text_so_far already yielded
     generated = 0
     round_no = 0
     try:
@@ -153,24 +170,21 @@ def stream_generate(
                 for token, from_draft, k_used, n_acc in pending:
                     finish = None
                     if token in eos:
-                        piece, finish = "", "stop"
+                        finish = "stop"
                     else:
                         detok.add_token(token)
-                        piece = detok.last_segment
-                        before = len(text_so_far)
-                        text_so_far += piece
-                        for s in filter(None, stop):
-                            cut = text_so_far.find(s, max(0, before - len(s) + 1))
-                            if cut >= 0:  # emit only the text before the stop string
-                                piece, finish = text_so_far[before:cut] if cut > before else "", "stop"
-                                break
+                        text_so_far += detok.last_segment
+                        cut = _find_stop(text_so_far, stop, emitted)
+                        if cut is not None:
+                            text_so_far, finish = text_so_far[:cut], "stop"
                     generated += 1
                     if finish is None and (generated >= max_tokens or len(pc.tokens) + 1 >= limit):
                         finish = "length"
-                    if finish is not None:
                         detok.finalize()
-                        if token not in eos and finish == "length":
-                            piece += detok.last_segment
+                        text_so_far += detok.last_segment
+                    # Hold back a tail that may still become a stop string.
+                    end = len(text_so_far) if finish else len(text_so_far) - _stop_prefix_len(text_so_far, stop)
+                    piece, emitted = text_so_far[emitted:end], max(emitted, end)
                     yield TokenRecord(
                         token=token, text=piece, from_draft=from_draft, round=round_no,
                         draft_tokens=k_used, accepted=n_acc, prompt_tokens=len(new_ids),

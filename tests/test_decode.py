@@ -1,0 +1,146 @@
+"""The loop is exact: speculative greedy == plain greedy == transformers, at every context length."""
+
+import mlx.core as mx
+import pytest
+
+from mlx_specdec.cache import cache_offset
+from mlx_specdec.decode import PromptCache, generate, stream_generate
+from mlx_specdec.errors import SpecdecError
+from mlx_specdec.load import Bundle
+
+WINDOW = 16  # the fixture target's sliding window
+
+
+def prompt(n, seed=0):
+    return [2] + [(seed * 7919 + 37 * i) % 500 + 9 for i in range(n - 1)]
+
+
+@pytest.fixture(scope="module")
+def plain_runs(bundles):
+    """Plain greedy outputs for a short (< W) and a long (> 2W) prompt, 80 tokens (well past W)."""
+    b = bundles["dense"]
+    return {n: generate(b, prompt(n), max_tokens=80, draft_tokens=0)[1] for n in (5, 40)}
+
+
+@pytest.mark.parametrize("head", ["dense", "centroid"])
+@pytest.mark.parametrize("k", range(1, 9))
+def test_speculative_greedy_equals_plain_greedy(bundles, plain_runs, head, k):
+    for n, want in plain_runs.items():
+        _, got, stats = generate(bundles[head], prompt(n), max_tokens=80, draft_tokens=k)
+        assert got == want, f"prompt {n}, k={k}"
+        assert stats.drafted > 0
+
+
+def test_plain_and_speculative_greedy_equal_transformers_reference(bundles, reference):
+    for g in range(3):
+        ids = reference[f"target/greedy{g}/prompt_ids"].tolist()
+        want = reference[f"target/greedy{g}/ids"].tolist()
+        for head, k in (("dense", 0), ("dense", 4), ("centroid", 3)):
+            _, got, _ = generate(bundles[head], ids, max_tokens=len(want), draft_tokens=k)
+            assert got == want, f"greedy{g} {head} k={k}"
+
+
+class ScriptedDrafter:
+    """A test double for the drafter: proposes the plain greedy continuation (agree=True) or
+    a token that is always wrong (agree=False). It keeps the drafter's call contract."""
+
+    def __init__(self, plain, prompt_len, vocab, agree):
+        self.plain, self.prompt_len, self.vocab, self.agree = plain, prompt_len, vocab, agree
+        self.position, self.step = None, 0
+
+    def __call__(self, token_embed, hidden, shared_kv, position):
+        if position != self.position:
+            self.position, self.step = position, 0
+        self.step += 1
+        i = position - self.prompt_len + self.step  # index in the output of the drafted token
+        want = self.plain[i] if i < len(self.plain) else 0
+        token = want if self.agree else (want + 1) % self.vocab
+        return mx.eye(self.vocab)[token].reshape(1, 1, -1) * 10.0, hidden
+
+
+@pytest.mark.parametrize("agree", [True, False])
+def test_scripted_drafter_acceptance_is_all_or_nothing_and_output_exact(bundles, plain_runs, agree):
+    base = bundles["dense"]
+    want = plain_runs[40]
+    b = Bundle(base.target, ScriptedDrafter(want, 40, 512, agree), base.tokenizer, "scripted")
+    trace = []
+    _, got, stats = generate(b, prompt(40), max_tokens=80, draft_tokens=4, trace=trace)
+    assert got == want
+    if agree:
+        assert stats.acceptance_rate == 1.0 and stats.mean_accepted_per_round == stats.drafted / stats.rounds
+        assert all(r["accepted"] == len(r["drafted"]) for r in trace)
+    else:
+        assert stats.accepted == 0 and stats.drafted > 0
+
+
+def test_trace_positions_index_the_bonus_token(bundles):
+    trace = []
+    p = prompt(20)
+    _, out, _ = generate(bundles["dense"], p, max_tokens=30, draft_tokens=3, trace=trace)
+    seq = p + out
+    pos = len(p)
+    for r in trace:
+        assert r["position"] == pos  # round's input token is seq[position]
+        assert r["drafted"][: r["accepted"]] == seq[pos + 1 : pos + 1 + r["accepted"]]
+        pos += r["accepted"] + 1
+
+
+def test_closed_generator_leaves_cache_consistent_and_rerun_is_identical(bundles):
+    b = bundles["dense"]
+    pc = PromptCache(b)
+    p = prompt(30)
+    _, want, _ = generate(b, p, max_tokens=40, draft_tokens=3)
+    gen = stream_generate(b, p, max_tokens=40, draft_tokens=3, prompt_cache=pc)
+    for _ in range(13):
+        next(gen)
+    gen.close()
+    assert cache_offset(pc.cache) == len(pc.tokens)
+    assert pc.tokens[: len(p)] == p
+    _, again, _ = generate(b, p, max_tokens=40, draft_tokens=3, prompt_cache=pc)
+    assert again == want
+
+
+def test_prompt_cache_prefills_only_new_tokens_and_stays_exact(bundles):
+    b = bundles["centroid"]
+    pc = PromptCache(b)
+    first = prompt(25)
+    _, out1, s1 = generate(b, first, max_tokens=12, draft_tokens=2, prompt_cache=pc)
+    assert s1.prompt_tokens == 25
+    second = first + out1[:-1] + [6, 19, 5, 50, 60]  # next turn: history + 5 new tokens
+    _, out2, s2 = generate(b, second, max_tokens=20, draft_tokens=2, prompt_cache=pc)
+    assert s2.prompt_tokens == 5
+    _, fresh, _ = generate(b, second, max_tokens=20, draft_tokens=0)
+    assert out2 == fresh
+
+
+def test_stop_string_ends_generation_and_is_not_emitted(bundles):
+    b = bundles["dense"]
+    text, ids, _ = generate(b, prompt(10), max_tokens=40, draft_tokens=0)
+    stop = text[10:14]
+    assert stop and stop in text
+    got, _, stats = generate(b, prompt(10), max_tokens=40, draft_tokens=3, stop=[stop])
+    assert got == text[: text.index(stop)]
+    assert stats.finish_reason == "stop"
+
+
+def test_eos_token_stops_generation(bundles):
+    b = bundles["dense"]
+    _, ids, _ = generate(b, prompt(10), max_tokens=20, draft_tokens=0)
+    eos_b = Bundle(b.target, b.drafter, b.tokenizer, "eos")
+    saved = b.tokenizer.eos_token_ids
+    try:
+        b.tokenizer.eos_token_ids = [ids[5]]
+        _, got, stats = generate(eos_b, prompt(10), max_tokens=20, draft_tokens=3)
+    finally:
+        b.tokenizer.eos_token_ids = saved
+    assert got == ids[: ids.index(ids[5]) + 1] and stats.finish_reason == "stop"
+
+
+def test_prompt_longer_than_context_is_refused(bundles):
+    with pytest.raises(SpecdecError, match=r"^the prompt has 50 tokens but the context holds 32; "):
+        generate(bundles["dense"], prompt(50), max_tokens=5, max_context=32)
+
+
+def test_generation_stops_when_context_is_full(bundles):
+    _, ids, stats = generate(bundles["dense"], prompt(20), max_tokens=100, draft_tokens=4, max_context=40)
+    assert stats.finish_reason == "length" and 20 + len(ids) <= 40
