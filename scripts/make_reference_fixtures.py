@@ -26,7 +26,6 @@ What it writes (see tests/fixtures/README.md for every tensor name, shape and to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import io
 import json
@@ -37,21 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The shared Gemma-style tokenizer builder (scripts/ is on sys.path when run as a script).
+from gemma_tokenizer import TURN_END, build_hf_tokenizer, save_tokenizer, train_sentencepiece
+
 SEED = 1234
 VOCAB = 512
-TURN_START, TURN_END = "<|turn>", "<turn|>"
-# Gemma 4's chat control tokens (transformers/cli/serving/utils.py, gemma4 entry): turns are
-# "<|turn>{role}\n{content}<turn|>\n", the generation prompt is "<|turn>model\n", and thinking
-# uses "<|channel>" ... "<channel|>".
-USER_SYMBOLS = ["<mask>", TURN_START, TURN_END, "<|channel>", "<channel|>"]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- for message in messages -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<|turn>' + role + '\\n' + (message['content'] | trim) + '<turn|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|turn>model\\n' }}{%- endif -%}"
-)
 STDLIB_MODULES = [
     "argparse", "collections", "contextlib", "dataclasses", "functools", "inspect", "itertools",
     "json", "os", "pathlib", "re", "string", "textwrap", "typing",
@@ -92,67 +81,7 @@ def stdlib_corpus() -> list[str]:
 
 def train_tokenizer(work: Path) -> Path:
     """Train a Gemma-style sentencepiece BPE model (ids: pad 0, eos 1, bos 2, unk 3)."""
-    import sentencepiece as spm
-
-    spm.set_random_generator_seed(SEED)  # the trainer otherwise seeds from the clock
-    corpus = work / "corpus.txt"
-    corpus.write_text("\n".join(stdlib_corpus()) + "\n", encoding="utf-8")
-    # Relative paths: the trainer records them in the model file, which must not vary per run.
-    with contextlib.chdir(work):
-        spm.SentencePieceTrainer.train(
-            input="corpus.txt",
-            model_prefix="tokenizer",
-            model_type="bpe",
-            vocab_size=VOCAB,
-            byte_fallback=True,
-            character_coverage=1.0,
-            pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-            pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-            user_defined_symbols=USER_SYMBOLS,
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            split_digits=True,
-            allow_whitespace_only_pieces=True,
-            normalization_rule_name="identity",
-            num_threads=1,
-            shuffle_input_sentence=False,
-            input_sentence_size=0,
-            seed_sentencepiece_size=100_000,
-            minloglevel=2,
-        )
-    return work / "tokenizer.model"
-
-
-def build_hf_tokenizer(sp_model: Path, work: Path):
-    """Convert the sentencepiece model into a transformers GemmaTokenizer with a chat template."""
-    from transformers import AutoTokenizer
-
-    src = work / "tok_src"
-    src.mkdir()
-    shutil.copy(sp_model, src / "tokenizer.model")
-    (src / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GemmaTokenizer",
-        "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
-        "mask_token": "<mask>", "add_bos_token": True, "add_eos_token": False,
-    }))
-    tok = AutoTokenizer.from_pretrained(str(src))
-    tok.add_special_tokens({"additional_special_tokens": USER_SYMBOLS[1:]})
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-def save_tokenizer(tok, sp_model: Path, folder: Path) -> None:
-    """tokenizer.model + tokenizer.json + tokenizer_config.json (chat template inside it)."""
-    tok.save_pretrained(str(folder))
-    shutil.copy(sp_model, folder / "tokenizer.model")
-    cfg_path = folder / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    for k in ("vocab_file", "is_local", "local_files_only"):  # run-specific paths and flags
-        cfg.pop(k, None)
-    cfg["chat_template"] = CHAT_TEMPLATE
-    cfg["add_bos_token"] = True
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    return train_sentencepiece(stdlib_corpus(), VOCAB, work, SEED)
 
 
 # --------------------------------------------------------------------------------------------
