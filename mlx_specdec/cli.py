@@ -1,0 +1,146 @@
+"""The `specdec` command line: each command parses its options and calls one library function.
+
+User errors (`SpecdecError`) print one line `error: ...` and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import SpecdecError
+
+app = typer.Typer(
+    help="Exact speculative decoding for Gemma 4 on MLX with its MTP assistant drafter.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root():
+    """Exact speculative decoding for Gemma 4 on MLX with its MTP assistant drafter."""
+
+
+def user_errors(fn):
+    """Turn SpecdecError into `error: <line>` and exit status 1."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpecdecError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+def parse_draft_tokens(value: str, no_draft: bool):
+    """`--draft-tokens K|auto` and `--no-draft` -> int or "auto"."""
+    if no_draft:
+        return 0
+    if value == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise SpecdecError(f"--draft-tokens must be a number 0-8 or 'auto', not {value!r}") from None
+
+
+def parse_prompt_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise SpecdecError(f"--prompt-ids must be comma-separated integers, not {text!r}") from None
+
+
+# Options shared by generate, chat and bench.
+ModelArg = typer.Argument(None, help="A bundle folder made by `specdec convert` (or a target folder).")
+TargetOpt = typer.Option(None, "--target", help="Hugging Face-format Gemma 4 target folder.")
+DrafterOpt = typer.Option(None, "--drafter", help="Hugging Face-format gemma4_assistant folder.")
+DemoOpt = typer.Option(False, "--demo", help="Use the bundled demo pair.")
+DraftOpt = typer.Option("auto", "--draft-tokens", "-k", help="Drafts per round: 0-8 or auto.")
+NoDraftOpt = typer.Option(False, "--no-draft", help="Plain decoding (no drafter).")
+TempOpt = typer.Option(0.0, "--temp", help="Sampling temperature; 0 is greedy.")
+TopPOpt = typer.Option(1.0, "--top-p")
+TopKOpt = typer.Option(0, "--top-k")
+MinPOpt = typer.Option(0.0, "--min-p")
+SeedOpt = typer.Option(None, "--seed")
+
+
+@app.command()
+@user_errors
+def generate(
+    model: Optional[Path] = ModelArg,
+    target: Optional[Path] = TargetOpt,
+    drafter: Optional[Path] = DrafterOpt,
+    demo: bool = DemoOpt,
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (chat template applied)."),
+    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template to --prompt."),
+    prompt_ids: Optional[str] = typer.Option(None, "--prompt-ids", help="Comma-separated token ids."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-m"),
+    draft_tokens: str = DraftOpt,
+    no_draft: bool = NoDraftOpt,
+    temp: float = TempOpt,
+    top_p: float = TopPOpt,
+    top_k: int = TopKOpt,
+    min_p: float = MinPOpt,
+    seed: Optional[int] = SeedOpt,
+    stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
+    max_context: Optional[int] = typer.Option(None, "--max-context", help="Context limit in tokens."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: token_ids, text, stats."),
+    trace: bool = typer.Option(False, "--trace", help="With --json: add one entry per round."),
+):
+    """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
+    from .decode import stream_generate
+    from .load import load
+    from .sampling import SamplingParams
+    from .stats import RunStats
+
+    if (prompt is None) == (prompt_ids is None):
+        raise SpecdecError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
+    k = parse_draft_tokens(draft_tokens, no_draft)
+    bundle = load(model, target=target, drafter=drafter, demo=demo)
+    if prompt_ids is not None:
+        ids = parse_prompt_ids(prompt_ids)
+    elif raw:
+        ids = bundle.tokenizer.encode(prompt)
+    else:
+        ids = bundle.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+    params = SamplingParams(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+    rounds = [] if trace else None
+    records = []
+    for r in stream_generate(
+        bundle, ids, max_tokens=max_tokens, draft_tokens=k, sampling=params, stop=stop,
+        max_context=max_context, trace=rounds,
+    ):
+        records.append(r)
+        if not as_json:
+            sys.stdout.write(r.text)
+            sys.stdout.flush()
+    stats = RunStats.from_records(records)
+    if as_json:
+        out = {"token_ids": [r.token for r in records], "text": "".join(r.text for r in records), "stats": stats.to_dict()}
+        if trace:
+            out["rounds"] = rounds
+        typer.echo(json.dumps(out))
+    else:
+        typer.echo("")
+        typer.echo(
+            f"[{stats.generated_tokens} tokens, {stats.decode_tokens_per_s:.1f} tok/s, "
+            f"{stats.mean_accepted_per_round:.2f} accepted/round, ttft {stats.ttft_s * 1000:.0f} ms]",
+            err=True,
+        )
+
+
+def main():  # pragma: no cover - console entry point
+    app()
