@@ -1,0 +1,63 @@
+"""Sliding caches rewind exactly past the window, stay bounded, and refuse impossible rewinds."""
+
+import mlx.core as mx
+import pytest
+from mlx_lm.models.cache import RotatingKVCache, trim_prompt_cache
+
+from mlx_specdec.cache import RewindError, SlidingKVCache, make_target_cache, rewind
+from mlx_specdec.load import load_target
+
+from .conftest import TARGET
+
+
+def kv(positions):
+    """Keys/values whose value is their absolute position: [1, 1, n, 1]."""
+    x = mx.array(positions, dtype=mx.float32).reshape(1, 1, -1, 1)
+    return x, x
+
+
+def test_sliding_cache_returns_the_window_for_one_query_and_rewinds_past_it():
+    c = SlidingKVCache(window=4, max_rewind=2)
+    for i in range(20):
+        k, _ = c.update_and_fetch(*kv([i]))
+        assert k.reshape(-1).tolist() == list(range(max(0, i - 3), i + 1))
+    # A verify of 3 tokens, then a rewind of 2, is exact past the window.
+    c.update_and_fetch(*kv([20, 21, 22]))
+    assert c.trim(2) == 2 and c.offset == 21
+    k, _ = c.update_and_fetch(*kv([21]))
+    assert k.reshape(-1).tolist() == [18, 19, 20, 21]
+    assert c.drafter_kv()[0].reshape(-1).tolist() == [17, 18, 19, 20, 21]  # W + 1 entries
+
+
+def test_sliding_cache_memory_is_bounded_by_window_not_context():
+    c = SlidingKVCache(window=8, max_rewind=4)
+    for i in range(3000):
+        c.update_and_fetch(*kv([i]))
+    assert c.keys.shape[2] <= 8 + 1 + 4 + SlidingKVCache.step
+
+
+def test_rewind_that_would_cut_into_the_window_raises():
+    c = SlidingKVCache(window=4, max_rewind=0)
+    for i in range(300):  # past a compaction: older positions are gone
+        c.update_and_fetch(*kv([i]))
+    with pytest.raises(RewindError):
+        c.trim(c._len - 2)  # would leave fewer than W + 1 entries
+    assert c.offset == 300
+
+
+def test_mlx_lm_rotating_cache_silently_trims_nothing_past_window():
+    """The trap our cache exists for (DESIGN.md): if mlx-lm fixes it, this test tells us."""
+    c = RotatingKVCache(max_size=4)
+    for i in range(10):
+        c.update_and_fetch(*kv([i]))
+    assert trim_prompt_cache([c], 2) == 0 and c.offset == 10
+
+
+def test_target_cache_rewind_checks_every_layer():
+    target = load_target(TARGET)
+    cache = make_target_cache(target.config)
+    target(mx.array([[2, 3, 4, 5]]), cache)
+    with pytest.raises(RewindError, match="cannot rewind 5"):
+        rewind(cache, 5)
+    rewind(cache, 2)
+    assert all(c.offset == 2 for c in cache)

@@ -1,0 +1,117 @@
+"""Sampling: rejection sampling reproduces the target's distribution exactly, and beats exact match."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_specdec.decode import PromptCache, generate
+from mlx_specdec.sampling import SamplingParams, accept_rejection, probs
+
+
+
+def chi2_critical(df, z=3.09):
+    """Wilson-Hilferty chi-square quantile; z = 3.09 is p = 0.001 (a correct sampler fails 1 run in 1000)."""
+    return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
+
+
+def chi_square(counts, expected_probs):
+    n = counts.sum()
+    e = expected_probs * n
+    keep = e > 0
+    return float((((counts - e) ** 2)[keep] / e[keep]).sum())
+
+
+def fixed_pq(V=6, k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(V), size=k + 1).astype(np.float32)
+    q = rng.dirichlet(np.ones(V), size=k).astype(np.float32)
+    return mx.array(p), mx.array(q)
+
+
+def first_tokens(p, q, trials, rule):
+    """Run one round `trials` times; return the first emitted token each time."""
+    out = np.zeros(trials, dtype=np.int64)
+    mx.random.seed(1234)
+    for t in range(trials):
+        drafts = mx.random.categorical(mx.log(q))  # d_i ~ q_i
+        n, nxt = rule(p, q, drafts)
+        mx.eval(n, nxt, drafts)
+        out[t] = drafts[0].item() if n.item() > 0 else nxt.item()
+    return out
+
+
+def biased_accept_all(p, q, drafts):
+    """A wrong rule (accept every draft): its output follows q, not p."""
+    return mx.array(drafts.shape[0]), mx.argmax(p[-1])
+
+
+def test_rejection_sampling_first_token_follows_target_distribution():
+    p, q = fixed_pq()
+    tokens = first_tokens(p, q, 3000, accept_rejection)
+    counts = np.bincount(tokens, minlength=6)
+    assert chi_square(counts, np.array(p[0])) < chi2_critical(5)
+
+
+def test_chi_square_check_rejects_a_biased_acceptance_rule():
+    p, q = fixed_pq()
+    tokens = first_tokens(p, q, 3000, biased_accept_all)
+    counts = np.bincount(tokens, minlength=6)
+    assert chi_square(counts, np.array(p[0])) > chi2_critical(5)
+
+
+def test_rejection_sampling_accepts_more_than_exact_match_at_temperature_one():
+    p, q = fixed_pq(V=8, k=1, seed=3)
+    mx.random.seed(7)
+    rej = exact = 0
+    trials = 2000
+    for _ in range(trials):
+        d = mx.random.categorical(mx.log(q))
+        n, _ = accept_rejection(p, q, d)
+        target_tok = mx.random.categorical(mx.log(p[0]))  # exact-match verification
+        mx.eval(n, target_tok)
+        rej += n.item()
+        exact += int(target_tok.item() == d[0].item())
+    pn, qn = np.array(p[0]), np.array(q[0])
+    # Expected: sum(min(p, q)) vs sum(p * q); both measured, and the gap is large here.
+    assert abs(rej / trials - np.minimum(pn, qn).sum()) < 0.05
+    assert abs(exact / trials - (pn * qn).sum()) < 0.05
+    assert rej > exact * 1.3
+
+
+def test_filters_keep_the_expected_tokens():
+    logits = mx.array([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    assert (np.array(probs(logits, SamplingParams(temp=1.0, top_k=2))) > 0).sum() == 2
+    p = np.array(probs(logits, SamplingParams(temp=1.0, top_p=0.7)))
+    assert (p > 0).tolist() == [[True, True, False, False, False]]  # 0.64 < 0.7 <= 0.88
+    p = np.array(probs(logits, SamplingParams(temp=1.0, min_p=0.3)))
+    assert (p > 0).tolist() == [[True, True, False, False, False]]  # e^-1 = 0.37 >= 0.3 > e^-2
+    assert np.allclose(p.sum(), 1.0)
+
+
+def test_speculative_sampling_matches_plain_sampling_of_the_target(bundles):
+    """Two-sample chi-square on tokens 2 and 3 (made by speculative rounds) over many seeds."""
+    b = bundles["dense"]
+    params = dict(temp=1.0, top_k=3)
+    ids = [2, 40, 41, 42, 43, 44, 45]
+    runs = 300
+
+    def outputs(k):
+        pc = PromptCache(b)
+        return np.array([
+            generate(b, ids, max_tokens=3, draft_tokens=k, prompt_cache=pc,
+                     sampling=SamplingParams(seed=10_000 * k + seed, **params))[1]
+            for seed in range(runs)
+        ])
+
+    plain, spec = outputs(0), outputs(3)
+    for col in (1, 2):
+        a_all, s_all = plain[:, col], spec[:, col]
+        cats = [c for c in sorted(set(a_all) | set(s_all)) if (a_all == c).sum() + (s_all == c).sum() >= 10]
+        a = np.array([(a_all == c).sum() for c in cats] + [np.isin(a_all, cats, invert=True).sum()], float)
+        s = np.array([(s_all == c).sum() for c in cats] + [np.isin(s_all, cats, invert=True).sum()], float)
+        keep = (a + s) > 0
+        a, s = a[keep], s[keep]
+        pooled = (a + s) / (2 * runs)
+        stat = chi_square(a, pooled) + chi_square(s, pooled)
+        assert len(a) >= 3
+        assert stat < chi2_critical(len(a) - 1), f"token {col}: chi2 {stat:.1f} over {len(a)} categories"
