@@ -7,9 +7,11 @@ with `battery`). "auto" picks argmax_k E(k) / C(k), k = 0 (plain decoding) inclu
 drafter that does not pay is switched off.
 
 Costs come from a one-off calibration per bundle (timed verify passes of 1..K+1 tokens and
-drafter steps on a scratch cache), then are corrected online by the measured round times.
-Acceptance rates are running per-position estimates with a weak prior; while k = 0 wins, a
-one-draft probe every `probe_every` rounds keeps the estimate fresh.
+drafter steps on a scratch cache). Only their ratios matter for the choice; per-k online
+corrections were tried and rejected: overheads outside the round made the chosen k look
+dearer than untried ones and the policy wandered. Acceptance rates are running per-position
+estimates with a weak prior (an untried position borrows the previous one's estimate); while
+k = 0 wins, a one-draft probe every `probe_every` rounds keeps the estimate fresh.
 """
 
 from __future__ import annotations
@@ -103,15 +105,21 @@ class AutoPolicy:
                  probe_every: int = 32):
         self.cost = list(cost)
         self.max_k = len(cost) - 1
-        self.hits = [prior_accept * prior_weight] * self.max_k
-        self.tries = [prior_weight] * self.max_k
+        self.prior_accept, self.prior_weight = prior_accept, prior_weight
+        self.hits = [0.0] * self.max_k
+        self.tries = [0.0] * self.max_k
         self.probe_every = probe_every
         self.since_draft = 0
         self.history: list[int] = []
 
     @property
     def acceptance(self) -> list[float]:
-        return [h / t for h, t in zip(self.hits, self.tries)]
+        """Per-position estimates; an untried position borrows the previous position's estimate."""
+        out, prior = [], self.prior_accept
+        for h, t in zip(self.hits, self.tries):
+            prior = (h + self.prior_weight * prior) / (t + self.prior_weight)
+            out.append(prior)
+        return out
 
     def choose(self, max_k: int) -> int:
         max_k = min(max_k, self.max_k)
@@ -127,8 +135,7 @@ class AutoPolicy:
         for i in range(min(k, accepted + 1)):
             self.tries[i] += 1
             self.hits[i] += 1 if i < accepted else 0
-        if seconds > 0:  # measured round time corrects the calibration (context grows, caches warm)
-            self.cost[k] = 0.8 * self.cost[k] + 0.2 * seconds
+
 
 
 def make_policy(draft_tokens, bundle):
