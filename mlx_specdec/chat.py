@@ -88,11 +88,15 @@ class Settings:
 
 @dataclass
 class Turn:
-    """The last answer's records and prompt length, for `/stats`."""
+    """The last answer: its prompt ids, records and status, for `/stats`."""
 
     records: list = field(default_factory=list)
-    prompt_len: Optional[int] = None
+    prompt: list = field(default_factory=list)
     status: Status = field(default_factory=Status)
+
+    @property
+    def prompt_len(self) -> Optional[int]:
+        return len(self.prompt) if self.prompt else None
 
 
 class ChatSession:
@@ -141,7 +145,7 @@ class ChatSession:
         this turn's prompt length at once and its records as they come."""
         self.messages.append({"role": "user", "content": text})
         prompt = self.prompt_ids()
-        self.last = Turn([], len(prompt))
+        self.last = Turn([], prompt)
         return self._stream_answer(prompt, self.last.records)
 
     def _stream_answer(self, prompt: list[int], records: list[TokenRecord]) -> Iterator[TokenRecord]:

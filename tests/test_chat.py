@@ -1,13 +1,18 @@
 """`specdec chat`: the session logic against a fake loop, then the real command end to end."""
 
 import io
+import os
+import re
+import sys
+import time
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from mlx_specdec import chat
-from mlx_specdec.chat import ChatSession, Settings, parse_draft, run_piped
+from mlx_specdec.chat import ChatSession, Settings, parse_draft, run_chat, run_piped
 from mlx_specdec.energy import NullSource
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.stats import TokenRecord
@@ -230,3 +235,136 @@ def test_default_bundle_converts_once_then_uses_the_cache(tmp_path, monkeypatch)
     assert calls == [dict(target="google/gemma-4-E2B-it", drafter="google/gemma-4-E2B-it-assistant", output=folder, bits=4)]
     assert chat.default_bundle(convert_fn=convert, reachable=lambda: False) == folder
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The real loop on the tiny fixture pair (random weights: the text is noise, the mechanics real).
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PAIR = dict(target=str(FIXTURES / "target_text"), drafter=str(FIXTURES / "drafter_dense"))
+
+
+class NotATerminal(io.StringIO):
+    def isatty(self):
+        return False
+
+
+def common_prefix(a, b):
+    n = 0
+    for x, y in zip(a, b[:-1]):  # the loop always runs the last prompt token again
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def test_real_loop_second_turn_prefills_only_what_the_cache_does_not_hold():
+    from mlx_specdec.load import load
+
+    s = ChatSession(load(**PAIR), Settings(max_tokens=12))
+    first = list(s.reply("hello there"))
+    assert first[0].prompt_tokens == s.last.prompt_len  # a fresh cache: everything prefilled
+    held = list(s.prompt_cache.tokens)
+    assert held[: s.last.prompt_len] == s.last.prompt
+    second = list(s.reply("and again"))
+    reused = common_prefix(held, s.last.prompt)
+    assert reused > len(held) // 2
+    assert second[0].prompt_tokens == s.last.prompt_len - reused
+
+
+def test_piped_chat_with_the_real_loop_prints_answers_and_summaries():
+    out = io.StringIO()
+    run_chat(**PAIR, max_tokens=12, stdin=NotATerminal("hello there\n/draft off\nand again\n"), stdout=out)
+    lines = out.getvalue().splitlines()
+    summaries = [l for l in lines if " tokens · " in l]
+    assert len(summaries) == 2 and "draft length: off" in lines
+    assert summaries[0].startswith("12 tokens · ") and "prefill 18 ·" in summaries[0]
+    assert "(+" in summaries[1] and "cached)" in summaries[1] and "draft off" in summaries[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Through a pseudo-terminal: what the screen shows (pexpect drives it, pyte renders the screen).
+
+
+class Terminal:
+    """A child process on a pty of `rows` x `cols`, with a pyte screen fed from its output."""
+
+    def __init__(self, argv, rows=45, cols=100):
+        pexpect = pytest.importorskip("pexpect")
+        pyte = pytest.importorskip("pyte")
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+        env.update(TERM="xterm-256color", PYTHONUNBUFFERED="1")
+        self.child = pexpect.spawn(
+            argv[0], argv[1:], dimensions=(rows, cols), env=env, encoding="utf-8", codec_errors="replace"
+        )
+        self.screen = pyte.HistoryScreen(cols, rows, history=1000)
+        self.stream = pyte.Stream(self.screen)
+        self.raw = ""
+        self._eof = pexpect.EOF
+
+    def text(self) -> str:
+        """The whole screen including what scrolled off the top."""
+        history = ["".join(ch.data for ch in line.values()) for line in self.screen.history.top]
+        return "\n".join(l.rstrip() for l in history + self.screen.display)
+
+    def wait_for(self, pattern, timeout=60.0):
+        """Feed output until `pattern` (a regex) shows on the screen; return the match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.text())
+            if m:
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not on screen after {timeout}s:\n{self.text()}")
+            try:
+                chunk = self.child.read_nonblocking(65536, timeout=0.2)
+            except self._eof:
+                raise AssertionError(f"exited before {pattern!r} showed:\n{self.text()}")
+            except Exception:  # pexpect.TIMEOUT
+                continue
+            self.raw += chunk
+            self.stream.feed(chunk)
+
+    def send(self, line):
+        self.child.sendline(line)
+
+
+def chat_argv(*args):
+    code = "import sys; from mlx_specdec.chat import run_chat; run_chat(**eval(sys.argv[1]))"
+    return [sys.executable, "-c", code, repr(dict(args))]
+
+
+def test_terminal_chat_shows_answer_panel_commands_and_survives_ctrl_c():
+    term = Terminal(chat_argv(*PAIR.items(), ("max_tokens", 1500)))
+    try:
+        term.wait_for(r"/help for commands")
+        term.send("/draft 2")
+        term.wait_for(r"draft length: 2")
+
+        # An answer (12 tokens, then the fixture's end of turn), then the one-line summary.
+        term.send("hello there")
+        first = term.wait_for(r"› hello there\n(.+)\n12 tokens · .* · prefill 18 · draft 2").group(1)
+        term.send("/stats")
+        panel = term.wait_for(r"(?s)╭─ specdec ─.*?╰─+╯").group(0)
+        for label in ("decode", "TTFT", "prefill", "draft length", "accepted/round", "accepted drafts per round"):
+            assert label in panel, label
+        assert re.search(r"battery\s+n/a", panel)  # no battery on this machine
+        assert re.search(r"speed-up\s+n/a", panel)  # no plain turn measured yet
+
+        # A long answer: the live panel shows while it streams; Ctrl-C stops it, the chat goes on.
+        term.send("tell me a story")
+        term.wait_for(r"new tokens \(\d+ reused from cache\)")  # only the live panel of this turn says so
+        term.child.sendintr()
+        term.wait_for(r"\(stopped; the chat goes on\)")
+        summary = term.wait_for(r"(\d+) tokens · [^›]*\(stopped").group(1)
+        assert 0 < int(summary) < 1500
+        # Clean caches after the stop: the first answer comes back token for token.
+        term.send("/reset")
+        term.send("hello there")
+        term.wait_for(r"(?s)\(stopped.*› hello there\n" + re.escape(first) + r"\n12 tokens · [^\n]* · prefill 18 · draft 2")
+        term.send("/quit")
+        term.wait_for(r"bye")
+        term.child.expect(term._eof, timeout=20)
+    finally:
+        term.child.close(force=True)
+    assert term.child.exitstatus == 0
