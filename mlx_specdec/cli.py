@@ -142,5 +142,39 @@ def generate(
         )
 
 
+@app.command()
+@user_errors
+def chat(
+    model: Optional[Path] = ModelArg,
+    target: Optional[Path] = TargetOpt,
+    drafter: Optional[Path] = DrafterOpt,
+    demo: bool = DemoOpt,
+    max_tokens: int = typer.Option(512, "--max-tokens", "-m", help="Most tokens per answer."),
+    draft_tokens: str = DraftOpt,
+    no_draft: bool = NoDraftOpt,
+    temp: float = TempOpt,
+    top_p: float = TopPOpt,
+    top_k: int = TopKOpt,
+    min_p: float = MinPOpt,
+    seed: Optional[int] = SeedOpt,
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    colour_drafts: bool = typer.Option(False, "--colour-drafts", help="Colour the tokens the drafter proposed (/colour)."),
+):
+    """Chat in the terminal with live speed, acceptance, memory and energy; one prompt per line when piped.
+
+    With no MODEL: the Gemma 4 E2B bundle in ~/.cache/mlx-specdec, converted on first use.
+    """
+    from .chat import run_chat
+
+    run_chat(
+        str(model) if model else None,
+        target=str(target) if target else None,
+        drafter=str(drafter) if drafter else None,
+        demo=demo, max_tokens=max_tokens, draft_tokens=parse_draft_tokens(draft_tokens, no_draft),
+        temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, system=system,
+        colour_drafts=colour_drafts,
+    )
+
+
 def main():  # pragma: no cover - console entry point
     app()
