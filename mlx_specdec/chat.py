@@ -447,9 +447,9 @@ def default_bundle(*, convert_fn=None, reachable: Callable[[], bool] = hub_reach
         )
     if convert_fn is None:
         from weights_convert import convert as convert_fn
-    if console is not None:
-        console.print(f"first run: converting {DEFAULT_TARGET} + {DEFAULT_DRAFTER} (4-bit) into {folder}")
-    convert_fn(target=DEFAULT_TARGET, drafter=DEFAULT_DRAFTER, output=folder, bits=4)
+    log = (lambda line: console.print(line, highlight=False, markup=False)) if console is not None else (lambda line: None)
+    log(f"first run: converting {DEFAULT_TARGET} + {DEFAULT_DRAFTER} (4-bit) into {folder}")
+    convert_fn(target=DEFAULT_TARGET, drafter=DEFAULT_DRAFTER, output=folder, bits=4, log=log)
     return folder
 
 

@@ -74,6 +74,8 @@ def fmt_ttft(stats: RunStats) -> str:
 
 
 def fmt_speedup(stats: RunStats, status: Status) -> str:
+    if status.draft == "off":
+        return "baseline (plain decoding)"
     if not status.plain_tokens_per_s or stats.decode_tokens_per_s <= 0:
         return NA
     return f"{stats.decode_tokens_per_s / status.plain_tokens_per_s:.2f}x vs plain"
@@ -151,7 +153,7 @@ def summary_line(records: list[TokenRecord], status: Status, prompt_len: Optiona
     if stats.rounds:
         parts.append(f"{stats.mean_accepted_per_round:.2f} accepted/round")
     speedup = fmt_speedup(stats, status)
-    parts.append(f"speed-up {speedup.replace(' vs plain', '')}")
+    parts.append(f"speed-up {speedup.replace(' vs plain', '').replace(' (plain decoding)', '')}")
     if status.energy_joules is not None and stats.generated_tokens:
         parts.append(f"{status.energy_joules / stats.generated_tokens:.3f} J/token")
     else:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from mlx_specdec import chat
-from mlx_specdec.chat import ChatSession, Settings, parse_draft, run_chat, run_piped
+from mlx_specdec.chat import ChatSession, Settings, parse_draft, run_piped
 from mlx_specdec.energy import NullSource
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.stats import TokenRecord
@@ -232,7 +232,9 @@ def test_default_bundle_converts_once_then_uses_the_cache(tmp_path, monkeypatch)
 
     folder = chat.default_bundle(convert_fn=convert, reachable=lambda: True)
     assert folder == tmp_path / "gemma-4-E2B-it-4bit"
-    assert calls == [dict(target="google/gemma-4-E2B-it", drafter="google/gemma-4-E2B-it-assistant", output=folder, bits=4)]
+    assert [{k: v for k, v in c.items() if k != "log"} for c in calls] == [
+        dict(target="google/gemma-4-E2B-it", drafter="google/gemma-4-E2B-it-assistant", output=folder, bits=4)
+    ]
     assert chat.default_bundle(convert_fn=convert, reachable=lambda: False) == folder
     assert len(calls) == 1
 
@@ -242,11 +244,6 @@ def test_default_bundle_converts_once_then_uses_the_cache(tmp_path, monkeypatch)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PAIR = dict(target=str(FIXTURES / "target_text"), drafter=str(FIXTURES / "drafter_dense"))
-
-
-class NotATerminal(io.StringIO):
-    def isatty(self):
-        return False
 
 
 def common_prefix(a, b):
@@ -272,10 +269,13 @@ def test_real_loop_second_turn_prefills_only_what_the_cache_does_not_hold():
     assert second[0].prompt_tokens == s.last.prompt_len - reused
 
 
-def test_piped_chat_with_the_real_loop_prints_answers_and_summaries():
-    out = io.StringIO()
-    run_chat(**PAIR, max_tokens=12, stdin=NotATerminal("hello there\n/draft off\nand again\n"), stdout=out)
-    lines = out.getvalue().splitlines()
+def test_piped_specdec_chat_prints_answers_and_summaries_and_exits_at_end_of_input():
+    import subprocess
+
+    argv = specdec("chat", "--target", PAIR["target"], "--drafter", PAIR["drafter"], "--max-tokens", "12")
+    done = subprocess.run(argv, input="hello there\n/draft off\nand again\n", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
     summaries = [l for l in lines if " tokens · " in l]
     assert len(summaries) == 2 and "draft length: off" in lines
     assert summaries[0].startswith("12 tokens · ") and "prefill 18 ·" in summaries[0]
@@ -329,13 +329,13 @@ class Terminal:
         self.child.sendline(line)
 
 
-def chat_argv(*args):
-    code = "import sys; from mlx_specdec.chat import run_chat; run_chat(**eval(sys.argv[1]))"
-    return [sys.executable, "-c", code, repr(dict(args))]
+def specdec(*args):
+    """`specdec ARGS` without relying on the console script being installed."""
+    return [sys.executable, "-c", "from mlx_specdec.cli import app; app()", *args]
 
 
 def test_terminal_chat_shows_answer_panel_commands_and_survives_ctrl_c():
-    term = Terminal(chat_argv(*PAIR.items(), ("max_tokens", 1500)))
+    term = Terminal(specdec("chat", "--target", PAIR["target"], "--drafter", PAIR["drafter"], "--max-tokens", "1500"))
     try:
         term.wait_for(r"/help for commands")
         term.send("/draft 2")

@@ -83,6 +83,7 @@ def test_plain_decoding_shows_no_histogram_and_draft_off():
     assert "accepted drafts per round" not in text
     assert "off" in next(l for l in text.splitlines() if "draft length" in l)
     assert "n/a" in next(l for l in text.splitlines() if "accepted/round" in l)
+    assert "baseline (plain decoding)" in next(l for l in text.splitlines() if "speed-up" in l)
 
 
 def test_summary_line_is_one_line_with_the_key_numbers():
