@@ -1,0 +1,241 @@
+"""`convert`: a Gemma 4 target and its MTP drafter (hub repos or folders) -> one MLX bundle.
+
+    BUNDLE/target/    config.json (gemma4_text, traps fixed, mlx-lm `quantization`), shards,
+                      generation_config.json and tokenizer files: `mlx_lm.load` takes it as it is
+    BUNDLE/drafter/   config.json (gemma4_assistant + `quantization`), shards
+    BUNDLE/manifest.json
+
+Phases, in this order so that a bad input costs neither a download nor a write:
+1. resolve both sources (hub: metadata only, weights listed not fetched);
+2. check the configs, the pair and the tokenizer, and the disk space for the download;
+3. download the weights (hub cache; an interrupted download resumes on the next run);
+4. plan every tensor (headers only) and check the disk space for the output;
+5. write into a hidden temporary folder beside BUNDLE, check that both models load, rename.
+Any failure or interrupt in 5 removes the temporary folder: BUNDLE is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+from mlx_lm.utils import load_model
+
+from mlx_specdec import __version__
+from mlx_specdec.errors import SpecdecError
+from mlx_specdec.load import check_pair, read_config
+from mlx_specdec.models.drafter import Drafter, DrafterArgs
+from mlx_specdec.models.target import make_model, text_config, text_weight_name
+
+from . import fetch, quantise, write
+
+FORMAT_VERSION = 1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json")
+# Headroom on top of the computed output size: index, configs, filesystem blocks.
+DISK_MARGIN = 1.05
+DISK_SLACK = 16 << 20
+
+
+def convert(
+    target: str,
+    drafter: str,
+    output: str | Path,
+    *,
+    bits: int = 4,
+    group_size: int = 64,
+    force: bool = False,
+    target_revision: str | None = None,
+    drafter_revision: str | None = None,
+    target_rules: dict | None = None,
+    drafter_rules: dict | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> dict:
+    """Convert a target and drafter into a bundle at `output`; returns the manifest.
+
+    `target`/`drafter`: a folder, `owner/name` or `owner/name@revision`. `bits` 16 keeps the
+    checkpoint's floats. `*_rules` override the measured per-module choices (see quantise.py).
+    Raises SpecdecError (one line) for every bad input; writes nothing in that case.
+    """
+    if bits not in quantise.BITS:
+        raise SpecdecError(f"--bits must be one of {', '.join(map(str, quantise.BITS))}, not {bits}")
+    if group_size not in quantise.GROUP_SIZES:
+        raise SpecdecError(f"--group-size must be one of {', '.join(map(str, quantise.GROUP_SIZES))}, not {group_size}")
+    output = Path(output).expanduser().absolute()
+    _check_output(output, force)
+
+    # 1. resolve
+    tsrc = fetch.resolve(target, target_revision, "target")
+    dsrc = fetch.resolve(drafter, drafter_revision, "drafter")
+
+    # 2. check configs, pair, tokenizer, disk for the download
+    text_cfg = _target_config(tsrc)
+    draft_raw, draft_args = _drafter_config(dsrc)
+    check_pair(text_cfg, draft_args, where=f"drafter {dsrc.spec}")
+    if not any((tsrc.folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+        raise SpecdecError(f"target {tsrc.spec} has no tokenizer (tokenizer.json or tokenizer.model)")
+    download = tsrc.download_bytes + dsrc.download_bytes
+    if download:
+        _check_disk(_hub_cache(), download, "the download")
+
+    # 3. download
+    if download:
+        log(f"downloading {_gb(download)} of weights")
+    tsrc, dsrc = fetch.fetch_weights(tsrc), fetch.fetch_weights(dsrc)
+
+    # 4. plan every tensor, check disk for the output
+    target_model = make_model(text_cfg)  # lazy: its random init is never evaluated
+    draft_model = Drafter(draft_args)
+    target_q = quantise.plan(target_model, quantise.TARGET_RULES if target_rules is None else target_rules,
+                             bits, group_size)
+    draft_q = quantise.plan(draft_model, quantise.DRAFTER_RULES if drafter_rules is None else drafter_rules,
+                            bits, group_size)
+
+    def target_sanitize(key, array):
+        name = text_weight_name(key, text_cfg)
+        return None if name is None else (name, array)
+
+    def draft_sanitize(key, array):
+        kept = draft_model.sanitize({key: array})  # the drafter's own names and dtypes
+        return next(iter(kept.items()), None)
+
+    target_tensors = write.plan_tensors(tsrc.folder, target_sanitize, target_q)
+    draft_tensors = write.plan_tensors(dsrc.folder, draft_sanitize, draft_q)
+    needed = sum(t.out_bytes for t in target_tensors + draft_tensors)
+    _check_disk(output.parent, needed * DISK_MARGIN + DISK_SLACK, f"the bundle at {output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    # 5. write beside the output, verify, rename
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    try:
+        log(f"writing target ({bits}-bit)" if bits < 16 else "writing target")
+        target_cfg = {**text_cfg, **_quant_keys(quantise.config_entry(target_q, bits, group_size))}
+        target_bytes = _write_model(tmp / "target", target_cfg, target_tensors, target_sanitize)
+        for name in TOKENIZER_FILES + ("generation_config.json",):
+            if (tsrc.folder / name).is_file():
+                shutil.copyfile(tsrc.folder / name, tmp / "target" / name)
+        log("writing drafter")
+        draft_cfg = {**draft_raw, **_quant_keys(quantise.config_entry(draft_q, bits, group_size))}
+        draft_bytes = _write_model(tmp / "drafter", draft_cfg, draft_tensors, draft_sanitize)
+        _check_loadable(tmp, draft_args)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "converter": {"name": "mlx-specdec", "version": __version__,
+                          "mlx": mx.__version__, "mlx_lm": version("mlx-lm")},
+            "sources": {"target": _source_entry(tsrc), "drafter": _source_entry(dsrc)},
+            "quantization": {"bits": bits, "group_size": group_size, "mode": "affine",
+                             "target": dict(sorted(target_q.items())), "drafter": dict(sorted(draft_q.items()))},
+            "sizes": {"target": {"bytes": target_bytes, "tensors": len(target_tensors)},
+                      "drafter": {"bytes": draft_bytes, "tensors": len(draft_tensors)}},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace(tmp, output)
+    except BaseException:  # KeyboardInterrupt included: never leave a partial bundle
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _check_output(output: Path, force: bool) -> None:
+    if not output.exists():
+        return
+    if not force:
+        raise SpecdecError(f"{output} already exists; pass --force to replace it")
+    # --force replaces a bundle or an empty folder, never an unrelated folder or file.
+    if not output.is_dir() or not ((output / "manifest.json").is_file() or not any(output.iterdir())):
+        raise SpecdecError(f"{output} exists and is not a bundle; refusing to replace it, choose another -o")
+
+
+def _target_config(src: fetch.Source) -> dict:
+    raw = read_config(src.folder)
+    try:
+        return text_config(raw)
+    except SpecdecError as e:
+        raise SpecdecError(f"target {src.spec}: {e}") from None
+
+
+def _drafter_config(src: fetch.Source) -> tuple[dict, DrafterArgs]:
+    raw = read_config(src.folder)
+    try:
+        return raw, DrafterArgs.from_config(raw)
+    except SpecdecError as e:
+        raise SpecdecError(f"drafter {src.spec}: {e}") from None
+
+
+def _quant_keys(entry: dict | None) -> dict:
+    # mlx-lm writes the same dict under both names ("quantization_config" for HF tooling).
+    return {"quantization": entry, "quantization_config": entry} if entry else {}
+
+
+def _write_model(folder: Path, config: dict, tensors: list[write.Tensor], sanitize: write.Sanitize) -> int:
+    folder.mkdir()
+    written = write.write_tensors(tensors, sanitize, folder)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return written
+
+
+def _check_loadable(bundle: Path, draft_args: DrafterArgs) -> None:
+    """Both models accept the written weights (names, shapes, quantisation), lazily: no data read."""
+    try:
+        load_model(bundle / "target", lazy=True, strict=True)
+    except ValueError as e:
+        raise SpecdecError(f"internal error: the converted target does not load in mlx-lm ({e})") from None
+    model = Drafter(draft_args)
+    cfg = json.loads((bundle / "drafter" / "config.json").read_text())
+    quantise.apply(model, cfg.get("quantization"))
+    weights = {}
+    for f in write.source_files(bundle / "drafter"):
+        weights.update(mx.load(str(f)))
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        raise SpecdecError(f"internal error: the converted drafter does not load ({e})") from None
+
+
+def _replace(tmp: Path, output: Path) -> None:
+    """Move the finished bundle into place; an old bundle is removed only once the new one is there."""
+    if not output.exists():
+        tmp.rename(output)
+        return
+    old = output.with_name(f".{output.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    output.rename(old)
+    try:
+        tmp.rename(output)
+    except BaseException:
+        old.rename(output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_disk(folder: Path, needed: float, what: str) -> None:
+    free = shutil.disk_usage(_existing(folder)).free
+    if free < needed:
+        raise SpecdecError(f"not enough disk space for {what}: needs {_gb(needed)}, {_gb(free)} free")
+
+
+def _existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _source_entry(src: fetch.Source) -> dict:
+    if src.repo is None:
+        return {"path": str(src.folder), "revision": None}
+    return {"repo": src.repo, "revision": src.revision}
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
