@@ -144,6 +144,31 @@ def generate(
 
 @app.command()
 @user_errors
+def convert(
+    target: str = typer.Option(..., "--target", help="Gemma 4 target: hub repo id (owner/name[@revision]) or folder."),
+    drafter: str = typer.Option(..., "--drafter", help="Its gemma4_assistant drafter: hub repo id or folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to create."),
+    bits: int = typer.Option(4, "--bits", help="4 or 8 (quantised), 16 (the checkpoint's floats)."),
+    group_size: int = typer.Option(64, "--group-size", help="Quantisation group size: 32, 64 or 128."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --output."),
+    target_revision: Optional[str] = typer.Option(None, "--target-revision", help="Hub branch, tag or commit."),
+    drafter_revision: Optional[str] = typer.Option(None, "--drafter-revision", help="Hub branch, tag or commit."),
+):
+    """Convert a Hugging Face target and drafter into one MLX bundle (BUNDLE/target is mlx-lm loadable)."""
+    from weights_convert import convert as convert_bundle
+
+    manifest = convert_bundle(
+        target, drafter, output, bits=bits, group_size=group_size, force=force,
+        target_revision=target_revision, drafter_revision=drafter_revision,
+        log=lambda line: typer.echo(line, err=True),
+    )
+    sizes = manifest["sizes"]
+    typer.echo(f"{output}: target {sizes['target']['bytes'] / 2**20:.1f} MiB, "
+               f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB")
+
+
+@app.command()
+@user_errors
 def chat(
     model: Optional[Path] = ModelArg,
     target: Optional[Path] = TargetOpt,
