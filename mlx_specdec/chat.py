@@ -49,7 +49,9 @@ DraftSetting = Union[int, str]
 
 
 def parse_draft(value: Union[str, int]) -> DraftSetting:
-    """"auto" -> "auto"; "off" -> 0; "K" -> K (an int >= 0)."""
+    """"auto" -> "auto"; "off" -> 0; "K" -> K (0..MAX_DRAFT)."""
+    from .draft_len import MAX_DRAFT
+
     text = str(value).strip().lower()
     if text in ("auto", "off"):
         return "auto" if text == "auto" else 0
@@ -57,8 +59,8 @@ def parse_draft(value: Union[str, int]) -> DraftSetting:
         k = int(text)
     except ValueError:
         k = -1
-    if k < 0:
-        raise SpecdecError(f"draft tokens must be a whole number >= 0, 'auto' or 'off', not {value!r}")
+    if not 0 <= k <= MAX_DRAFT:
+        raise SpecdecError(f"draft tokens must be 0-{MAX_DRAFT}, 'auto' or 'off', not {value!r}")
     return k
 
 
@@ -287,7 +289,11 @@ def run_piped(session: ChatSession, lines: TextIO, out: TextIO, energy_source=No
         if not text:
             continue
         if text.startswith("/"):
-            message, quit_ = session.command(text)
+            try:
+                message, quit_ = session.command(text)
+            except SpecdecError as e:  # a bad argument: say so and read on, as on a terminal
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                continue
             if text.split()[0].lower() == "/stats":
                 message = summary_line(session.last.records, session.last.status, session.last.prompt_len)
             print(message, file=out, flush=True)

@@ -152,10 +152,17 @@ def test_save_writes_the_conversation_as_json(tmp_path):
     assert data["settings"]["draft"] == "auto"
 
 
-def test_save_to_an_unwritable_path_is_a_one_line_error(tmp_path):
-    s, _ = session()
+def test_save_to_an_unwritable_path_is_a_one_line_error_and_the_chat_goes_on(tmp_path, capsys):
+    s, loop = session()
+    bad = tmp_path / "no" / "such" / "dir.json"
     with pytest.raises(SpecdecError, match="cannot write"):
-        s.command(f"/save {tmp_path / 'no' / 'such' / 'dir.json'}")
+        s.command(f"/save {bad}")
+    out = piped(s, f"/save {bad}\n/draft 9\nhi\n")
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {bad}: cannot write (No such file or directory)",
+        "error: draft tokens must be 0-8, 'auto' or 'off', not '9'",
+    ]
+    assert out.startswith("echo: hi") and len(loop.calls) == 1
 
 
 def test_quit_stops_reading_input():
@@ -205,8 +212,10 @@ def test_unknown_command_and_bad_arguments_explain_themselves():
 
 def test_parse_draft():
     assert parse_draft("auto") == "auto" and parse_draft("off") == 0 and parse_draft("4") == 4
-    with pytest.raises(SpecdecError, match=r"draft tokens must be a whole number >= 0, 'auto' or 'off', not 'many'"):
+    with pytest.raises(SpecdecError, match=r"^draft tokens must be 0-8, 'auto' or 'off', not 'many'$"):
         parse_draft("many")
+    with pytest.raises(SpecdecError, match=r"^draft tokens must be 0-8, 'auto' or 'off', not '9'$"):
+        parse_draft("9")
 
 
 # ---------------------------------------------------------------------------------------------
