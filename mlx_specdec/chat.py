@@ -387,16 +387,17 @@ def _no_echo():
 
         fd = sys.stdin.fileno()
         saved = termios.tcgetattr(fd)
-    except Exception:  # not a POSIX terminal
-        yield
-        return
-    quiet = list(saved)
-    quiet[3] &= ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))
-    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except Exception:  # not a POSIX terminal: nothing to silence
+        saved = None
+    if saved is not None:
+        quiet = list(saved)
+        quiet[3] &= ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
     try:
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 def _header(session: ChatSession, console, source) -> None:
