@@ -87,9 +87,10 @@ def fmt_accepted(stats: RunStats, k: int) -> str:
     return f"{stats.mean_accepted_per_round:.2f} of {k} ({stats.acceptance_rate:.0%})"
 
 
-def fmt_draft(status: Status, k: int) -> str:
-    if status.draft == "auto":
-        return f"auto (k={k})" if k else "auto"
+def fmt_draft(status: Status, records: list[TokenRecord]) -> str:
+    """The setting, and for "auto" the length the latest round used."""
+    if status.draft == "auto" and records:
+        return f"auto (now {records[-1].draft_tokens})"
     return status.draft
 
 
@@ -148,7 +149,7 @@ def summary_line(records: list[TokenRecord], status: Status, prompt_len: Optiona
         fmt_speed(stats),
         f"TTFT {fmt_ttft(stats)}",
         f"prefill {stats.prompt_tokens}" + (f" (+{cached} cached)" if cached > 0 else ""),
-        f"draft {fmt_draft(status, k)}",
+        f"draft {fmt_draft(status, records)}",
     ]
     if stats.rounds:
         parts.append(f"{stats.mean_accepted_per_round:.2f} accepted/round")
@@ -175,7 +176,7 @@ def status_panel(records: list[TokenRecord], status: Status, prompt_len: Optiona
         ("TTFT", fmt_ttft(stats)),
         ("prefill", fmt_prefill(stats, prompt_len)),
         ("tokens", f"{stats.generated_tokens} ({drafted} from the drafter)" if records else NA),
-        ("draft length", fmt_draft(status, k)),
+        ("draft length", fmt_draft(status, records)),
         ("accepted/round", fmt_accepted(stats, k)),
         ("speed-up", fmt_speedup(stats, status)),
         ("memory", fmt_memory(status)),

@@ -51,7 +51,7 @@ def test_panel_shows_every_metric_when_known():
     assert "250 ms" in text
     assert "12 new tokens (28 reused from cache)" in text
     assert "9 (5 from the drafter)" in text
-    assert "auto (k=4)" in text
+    assert "auto (now 4)" in text
     assert "1.67 of 4 (42%)" in text
     assert "2.22x vs plain" in text
     assert "1.25 GB active, 2.50 GB peak" in text
@@ -90,7 +90,7 @@ def test_summary_line_is_one_line_with_the_key_numbers():
     line = summary_line(records(["a"]), FULL, prompt_len=40)
     assert "\n" not in line
     for part in ("9 tokens", "10.0 tok/s", "TTFT 250 ms", "prefill 12 (+28 cached)",
-                 "draft auto (k=4)", "1.67 accepted/round", "speed-up 2.22x", "0.267 J/token"):
+                 "draft auto (now 4)", "1.67 accepted/round", "speed-up 2.22x", "0.267 J/token"):
         assert part in line, (part, line)
     assert "energy n/a" in summary_line(records(["a"]), Status())
 
