@@ -201,5 +201,56 @@ def chat(
     )
 
 
+@app.command()
+@user_errors
+def bench(
+    model: Optional[Path] = ModelArg,
+    target: Optional[Path] = TargetOpt,
+    drafter: Optional[Path] = DrafterOpt,
+    demo: bool = DemoOpt,
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help='JSONL file, one {"prompt": ...} per line.'),
+    ks: str = typer.Option("1,2,3,4,5,6,7,8", "--k", help="Fixed draft lengths to run, e.g. 1,2,4."),
+    max_tokens: int = typer.Option(128, "--max-tokens", "-m", help="Tokens per prompt."),
+    trials: int = typer.Option(3, "--trials", help="Trials after the warm-up; figures are their median."),
+    no_mlx_lm: bool = typer.Option(False, "--no-mlx-lm", help="Skip the mlx-lm baseline."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Always generate --max-tokens tokens."),
+    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template to the prompts."),
+    useless_drafter: bool = typer.Option(
+        False, "--useless-drafter", help="Shuffle the drafter's weights first (auto should match plain)."
+    ),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON summary to this file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of tokens/s and tokens/J against k."),
+):
+    """Benchmark plain, mlx-lm, fixed k and auto decoding on a prompt suite (median of trials)."""
+    from .blas import describe_blas, use_optimised_blas
+
+    use_optimised_blas()  # re-execs once with an optimised BLAS preloaded, when the machine has one
+    from rich.console import Console
+
+    from .bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line, terminal_chart
+    from .bench import write_plot
+    from .load import load
+
+    suite = load_prompts(prompts) if prompts is not None else SUITE
+    k_list = parse_k_list(ks)
+    err = Console(stderr=True)
+    blas = describe_blas()
+    err.print(f"BLAS: {blas}")
+    bundle = load(model, target=target, drafter=drafter, demo=demo)
+    result = run_bench(
+        bundle, prompts=suite, ks=k_list, max_tokens=max_tokens, trials=trials, mlx_lm=not no_mlx_lm,
+        ignore_eos=ignore_eos, raw=raw, useless_drafter=useless_drafter, blas=blas,
+        log=lambda line: err.print(f"[dim]{line}[/dim]"),
+    )
+    out = Console()
+    out.print(render_table(result))
+    out.print(summary_line(result))
+    out.print(terminal_chart(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if plot is not None:
+        write_plot(result, plot)
+
+
 def main():  # pragma: no cover - console entry point
     app()
