@@ -21,11 +21,13 @@ the acceptance auto itself saw and the round costs measured in this run:
         at i / tried at i); for positions auto never tried, the value pooled over the fixed-k
         modes' rounds, else 0;
   C(k)  mean measured seconds of a round with k drafts (draft + verify + accept + rewind +
-        yield), pooled over every round of every mode of our loop with that k (plain gives k=0);
-        k values never run are left out of the max.
+        yield, from the tokens' timestamps) over auto's own rounds with that k; for k auto
+        never ran, over the rounds with that k of the other modes of our loop (plain gives
+        k=0); k values no mode ran are left out of the max.
   loop_efficiency = auto decode tokens/s / ideal. Below 1: auto lost time choosing k (its
   prior, probes, estimates) or to overhead a fixed-k round does not have; it can exceed 1 a
-  little when auto adapts k within a prompt better than any single fixed k.
+  little when auto adapts k within a prompt better than any single fixed k, or by noise
+  (auto's rate is a median of trials, the ideal pools all of auto's rounds).
 
 Energy: whole-machine counters (energy.py) read at the first token and at the end of each
 run, so joules cover decoding only, like tokens/s; null where no counter is readable.
@@ -244,17 +246,25 @@ def position_counts(rounds) -> tuple[list[int], list[int]]:
     return tried, hits
 
 
-def ideal_rate(own_rounds, pooled_rounds, all_rounds) -> Optional[float]:
-    """max_k E(k)/C(k) from `own_rounds`' acceptance (gaps from `pooled_rounds`) and `all_rounds`' costs."""
+def ideal_rate(own_rounds, other_rounds) -> Optional[float]:
+    """max_k E(k)/C(k): acceptance and costs from `own_rounds`, gaps filled from `other_rounds`.
+
+    Rounds are (k, accepted, seconds). See the module docstring (loop efficiency).
+    """
     from .draft_len import expected_tokens
 
     tried, hits = position_counts(own_rounds)
-    p_tried, p_hits = position_counts(pooled_rounds)
-    acc = [h / t if t else (ph / pt if pt else 0.0) for t, h, pt, ph in zip(tried, hits, p_tried, p_hits)]
-    cost: dict[int, list[float]] = {}
-    for k, _, s in all_rounds:
-        cost.setdefault(k, []).append(s)
-    rates = [expected_tokens(acc, k) / (sum(c) / len(c)) for k, c in cost.items() if sum(c) > 0]
+    o_tried, o_hits = position_counts([r for r in other_rounds if r[0] > 0])
+    acc = [h / t if t else (oh / ot if ot else 0.0) for t, h, ot, oh in zip(tried, hits, o_tried, o_hits)]
+
+    def mean_cost(rounds) -> dict[int, float]:
+        sums: dict[int, list[float]] = {}
+        for k, _, sec in rounds:
+            sums.setdefault(k, []).append(sec)
+        return {k: sum(v) / len(v) for k, v in sums.items()}
+
+    cost = {**mean_cost(other_rounds), **mean_cost(own_rounds)}
+    rates = [expected_tokens(acc, k) / c for k, c in cost.items() if c > 0]
     return max(rates) if rates else None
 
 
@@ -372,11 +382,9 @@ def run_bench(
     for e in entries:
         e["speedup"] = e["decode_tokens_per_s"] / plain_rate if plain_rate else None
     if "auto" in by_mode:
-        ours = [rd for m, dt in modes if dt is not None for trial in runs[m] for r in trial for rd in r.rounds]
         own = [rd for trial in runs["auto"] for r in trial for rd in r.rounds]
-        fixed = [rd for m, dt in modes if isinstance(dt, int) and dt > 0 for trial in runs[m] for r in trial
-                 for rd in r.rounds]
-        ideal = ideal_rate(own, fixed, ours)
+        others = [rd for m, dt in modes if isinstance(dt, int) for trial in runs[m] for r in trial for rd in r.rounds]
+        ideal = ideal_rate(own, others)
         auto = by_mode["auto"]
         auto["ideal_tokens_per_s"] = ideal
         auto["loop_efficiency"] = auto["decode_tokens_per_s"] / ideal if ideal else None

@@ -88,13 +88,14 @@ def test_bench_missing_prompts_file_and_bad_k_are_one_line_errors(tmp_path):
     assert r.exit_code == 1 and r.output.strip() == "error: --k values must be between 1 and 8, not '1,9'"
 
 
-def test_ideal_rate_uses_own_acceptance_and_measured_costs():
-    # auto: position 1 accepted half the time, never tried position 2; fixed k=2 saw a_2 = 1.
-    own = [(1, 1, 0.0), (1, 0, 0.0)]
-    fixed = [(2, 2, 0.0)]
-    costs = [(0, 0, 1.0), (1, 0, 1.0), (2, 0, 2.0)]  # C(0)=1, C(1)=1, C(2)=2
-    # E(0)/C(0)=1, E(1)/C(1)=1.5, E(2)/C(2)=(1+.5+.5)/2=1
-    assert bench.ideal_rate(own, fixed, costs) == pytest.approx(1.5)
+def test_ideal_rate_uses_own_acceptance_and_costs_then_the_other_modes():
+    # auto: draft 1 accepted half the time, draft 2 never tried, rounds of k=0 and k=1 timed.
+    own = [(1, 1, 1.0), (1, 0, 1.0), (0, 0, 1.0)]
+    # other modes: k=2 saw a_2 = 1 and costs 2 s; their k=0 rounds (3 s) lose to auto's own.
+    others = [(2, 2, 2.0), (0, 0, 3.0)]
+    # E(0)/C(0) = 1, E(1)/C(1) = 1.5, E(2)/C(2) = (1 + .5 + .5)/2 = 1
+    assert bench.ideal_rate(own, others) == pytest.approx(1.5)
+    assert bench.ideal_rate([(0, 0, 1.0)], [(4, 4, 1.0)]) == pytest.approx(5.0)  # untried k: others' figures
 
 
 def test_rounds_from_records_times_each_round_from_its_last_token():
