@@ -69,6 +69,7 @@ def reexec_plan(
     argv: Optional[Sequence[str]] = None,
     orig_argv: Optional[Sequence[str]] = None,
     candidates: Optional[Iterable[Path]] = None,
+    any_program: bool = False,
 ) -> Optional[dict]:
     """The environment to re-exec with (LD_PRELOAD and the guard set), or None to stay as we are.
 
@@ -80,7 +81,7 @@ def reexec_plan(
     guard = env.get(ENV_GUARD, "")
     if system != "Linux" or guard.lower() in _OFF or env.get(f"{ENV_GUARD}_ACTIVE"):
         return None
-    if not started_as_cli(argv, orig_argv):
+    if not any_program and not started_as_cli(argv, orig_argv):
         return None
     lib = Path(guard) if guard else find_optimised_blas(candidates)
     if lib is None or not lib.is_file():
@@ -94,9 +95,12 @@ def reexec_plan(
     return new
 
 
-def use_optimised_blas() -> None:
-    """Re-exec this process once with an optimised BLAS preloaded, when the plan says so."""
-    new_env = reexec_plan(dict(os.environ))
+def use_optimised_blas(any_program: bool = False) -> None:
+    """Re-exec this process once with an optimised BLAS preloaded, when the plan says so.
+
+    any_program: also when not started as `specdec` (for scripts that call this first thing).
+    """
+    new_env = reexec_plan(dict(os.environ), any_program=any_program)
     if new_env is None:
         return
     orig = list(getattr(sys, "orig_argv", [sys.executable] + sys.argv))

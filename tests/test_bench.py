@@ -175,3 +175,11 @@ def test_describe_blas_reports_what_is_mapped():
         "OpenBLAS (/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0, preloaded)"
     )
     assert blas.describe_blas("Darwin", "", {}) == "Accelerate (macOS)"
+
+
+def test_blas_reexec_plan_for_scripts_that_ask(tmp_path):
+    lib = tmp_path / "libopenblas.so.0"
+    lib.write_bytes(b"")
+    script = dict(argv=["scripts/bench_sweep.py"], orig_argv=["python", "scripts/bench_sweep.py"], candidates=[lib])
+    assert blas.reexec_plan({}, system="Linux", **script) is None
+    assert blas.reexec_plan({}, system="Linux", any_program=True, **script)["LD_PRELOAD"] == str(lib)
