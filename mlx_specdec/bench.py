@@ -56,7 +56,8 @@ JSON schema (`--json FILE`, `run_bench` returns the same dict):
      "joules_per_token": float | null,         # decode joules / decode tokens, median
      "tokens_per_joule": float | null,
      "ideal_tokens_per_s": float | null,       # auto only (see above)
-     "loop_efficiency": float | null},         # auto only
+     "loop_efficiency": float | null,          # auto only
+     "matches_plain": bool},                   # same token ids as plain on every prompt and trial
   ],
   "summary": {"plain_vs_mlx_lm": float | null, "auto_speedup": float | null,
               "best_fixed_k": int | null, "best_fixed_k_speedup": float | null,
@@ -99,7 +100,7 @@ MODE_KEYS = (
     "mode", "draft_tokens", "generated_tokens", "ttft_s", "decode_tokens_per_s", "trials_tokens_per_s",
     "speedup", "rounds", "mean_accepted_per_round", "accepted_histogram", "draft_tokens_histogram",
     "acceptance_by_position", "peak_memory_bytes", "joules_per_token", "tokens_per_joule",
-    "ideal_tokens_per_s", "loop_efficiency",
+    "ideal_tokens_per_s", "loop_efficiency", "matches_plain",
 )
 
 
@@ -178,6 +179,7 @@ class Run:
     rounds: list = field(default_factory=list)  # (k, accepted, seconds) per round after the prefill
     peak_memory_bytes: int = 0
     joules: Optional[float] = None
+    tokens: list = field(default_factory=list)
 
 
 def rounds_from_records(records) -> list[tuple[int, int, float]]:
@@ -211,7 +213,7 @@ def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy) -> Run:
     return Run(
         generated=len(records), ttft_s=records[0].ttft_s, decode_tokens=len(records) - 1, decode_s=last.elapsed_s,
         rounds=rounds_from_records(records), peak_memory_bytes=int(mx.get_peak_memory()),
-        joules=e1 - e0 if e0 is not None and e1 is not None else None,
+        joules=e1 - e0 if e0 is not None and e1 is not None else None, tokens=[r.token for r in records],
     )
 
 
@@ -222,9 +224,10 @@ def run_mlx_lm(bundle, ids, max_tokens: int, energy) -> Run:
 
     mx.reset_peak_memory()
     t0 = time.perf_counter()
-    n, t_first, t_last, e0 = 0, 0.0, 0.0, None
-    for _ in lm_stream_generate(bundle.target.model, bundle.tokenizer, mx.array(ids), max_tokens=max_tokens):
+    n, t_first, t_last, e0, tokens = 0, 0.0, 0.0, None, []
+    for response in lm_stream_generate(bundle.target.model, bundle.tokenizer, mx.array(ids), max_tokens=max_tokens):
         t_last = time.perf_counter()
+        tokens.append(int(response.token))
         if n == 0:
             t_first, e0 = t_last, energy.read()
         n += 1
@@ -232,6 +235,7 @@ def run_mlx_lm(bundle, ids, max_tokens: int, energy) -> Run:
     return Run(
         generated=n, ttft_s=t_first - t0, decode_tokens=n - 1, decode_s=t_last - t_first,
         peak_memory_bytes=int(mx.get_peak_memory()), joules=e1 - e0 if e0 is not None and e1 is not None else None,
+        tokens=tokens,
     )
 
 
@@ -311,6 +315,7 @@ def summarise_mode(mode: str, draft_tokens, trials: list[list[Run]]) -> dict:
         "tokens_per_joule": 1 / j if j else None,
         "ideal_tokens_per_s": None,
         "loop_efficiency": None,
+        "matches_plain": None,
     }
 
 
@@ -379,8 +384,11 @@ def run_bench(
     entries = [summarise_mode(m, dt, runs[m]) for m, dt in modes]
     by_mode = {e["mode"]: e for e in entries}
     plain_rate = by_mode["plain"]["decode_tokens_per_s"]
+    plain_tokens = [[r.tokens for r in trial] for trial in runs["plain"]]
     for e in entries:
         e["speedup"] = e["decode_tokens_per_s"] / plain_rate if plain_rate else None
+        # Greedy decoding in every mode: any difference from plain is a bug worth shouting about.
+        e["matches_plain"] = [[r.tokens for r in trial] for trial in runs[e["mode"]]] == plain_tokens
     if "auto" in by_mode:
         own = [rd for trial in runs["auto"] for r in trial for rd in r.rounds]
         others = [rd for m, dt in modes if isinstance(dt, int) for trial in runs[m] for r in trial for rd in r.rounds]
@@ -428,9 +436,9 @@ def render_table(result: dict):
     title = (f"specdec bench: {result['model']}, {len(result['prompts'])} prompts x {result['max_tokens']} tokens, "
              f"median of {result['trials']}{', useless drafter' if result['useless_drafter'] else ''}")
     table = Table(title=title, caption=f"BLAS: {result['blas'] or 'n/a'} | energy: {result['energy_source']}")
-    for col in ("mode", "TTFT ms", "tok/s", "speed-up", "acc/round", "accepted histogram", "peak MiB", "J/tok",
-                "loop eff."):
-        table.add_column(col, justify="left" if col in ("mode", "accepted histogram") else "right")
+    columns = ("mode", "TTFT ms", "tok/s", "vs plain", "acc/rnd", "accepted hist.", "MiB", "J/tok", "eff.", "exact")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("mode", "accepted hist.") else "right", overflow="fold")
     for e in result["modes"]:
         hist = " ".join(f"{k}:{v}" for k, v in e["accepted_histogram"].items())
         table.add_row(
@@ -438,7 +446,7 @@ def render_table(result: dict):
             _fmt(e["speedup"], ".2f", "") + ("x" if e["speedup"] is not None else ""),
             _fmt(e["mean_accepted_per_round"], ".2f", "-"), hist or "-",
             f"{e['peak_memory_bytes'] / 2**20:.0f}", _fmt(e["joules_per_token"], ".3f"),
-            _fmt(e["loop_efficiency"], ".2f", ""),
+            _fmt(e["loop_efficiency"], ".2f", ""), "yes" if e["matches_plain"] else "NO",
         )
     return table
 
@@ -454,6 +462,9 @@ def summary_line(result: dict) -> str:
         parts.append(f"best fixed k={s['best_fixed_k']} {s['best_fixed_k_speedup']:.2f}x")
     if s["loop_efficiency"] is not None:
         parts.append(f"loop efficiency {s['loop_efficiency']:.2f}")
+    differ = [e["mode"] for e in result["modes"] if not e["matches_plain"]]
+    if differ:
+        parts.append("OUTPUT DIFFERS FROM PLAIN: " + ", ".join(differ))
     auto = next((e for e in result["modes"] if e["mode"] == "auto"), None)
     if auto:
         parts.append("auto chose k " + " ".join(f"{k}:{v}" for k, v in auto["draft_tokens_histogram"].items()))

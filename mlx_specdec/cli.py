@@ -242,7 +242,7 @@ def bench(
         ignore_eos=ignore_eos, raw=raw, useless_drafter=useless_drafter, blas=blas,
         log=lambda line: err.print(f"[dim]{line}[/dim]"),
     )
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 120)  # a pipe or file gets the whole table
     out.print(render_table(result))
     out.print(summary_line(result))
     out.print(terminal_chart(result))

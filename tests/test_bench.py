@@ -43,6 +43,7 @@ def test_bench_json_has_every_mode_with_documented_keys(tmp_path):
         assert len(m["acceptance_by_position"]) == bench.MAX_K
         assert m["generated_tokens"] == 6  # EOS never comes within 6 tokens on this prompt
     modes = {m["mode"]: m for m in result["modes"]}
+    assert all(m["matches_plain"] for m in result["modes"])  # greedy: every mode, same tokens
     assert modes["plain"]["speedup"] == 1.0
     assert modes["k=3"]["draft_tokens_histogram"].get("3", 0) >= 1
     assert sum(modes["k=1"]["accepted_histogram"].values()) == modes["k=1"]["rounds"]
