@@ -233,6 +233,9 @@ def bench(
 
     suite = load_prompts(prompts) if prompts is not None else SUITE
     k_list = parse_k_list(ks)
+    for path in (json_path, plot):
+        if path is not None and not path.parent.is_dir():  # fail now, not after the whole run
+            raise SpecdecError(f"{path}: cannot write (no folder {path.parent})")
     err = Console(stderr=True)
     blas = describe_blas()
     err.print(f"BLAS: {blas}")
@@ -246,10 +249,13 @@ def bench(
     out.print(render_table(result))
     out.print(summary_line(result))
     out.print(terminal_chart(result))
-    if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-    if plot is not None:
-        write_plot(result, plot)
+    try:
+        if json_path is not None:
+            json_path.write_text(json.dumps(result, indent=2) + "\n")
+        if plot is not None:
+            write_plot(result, plot)
+    except OSError as e:
+        raise SpecdecError(f"{e.filename}: cannot write ({e.strerror})") from None
 
 
 def main():  # pragma: no cover - console entry point

@@ -184,3 +184,10 @@ def test_blas_reexec_plan_for_scripts_that_ask(tmp_path):
     script = dict(argv=["scripts/bench_sweep.py"], orig_argv=["python", "scripts/bench_sweep.py"], candidates=[lib])
     assert blas.reexec_plan({}, system="Linux", **script) is None
     assert blas.reexec_plan({}, system="Linux", any_program=True, **script)["LD_PRELOAD"] == str(lib)
+
+
+def test_bench_unwritable_json_path_is_one_line_error(tmp_path):
+    target = tmp_path / "no" / "such" / "dir" / "out.json"
+    r = runner.invoke(app, BASE + ["--k", "1", "--no-mlx-lm", "-m", "3", "--json", str(target)])
+    assert r.exit_code == 1
+    assert r.output.strip() == f"error: {target}: cannot write (no folder {target.parent})"
