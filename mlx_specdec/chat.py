@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, TextIO, Union
 
 from .energy import EnergyMeter, battery, detect_energy_source
+from .draft_len import parse_draft
 from .errors import SpecdecError
 from .stats import RunStats, TokenRecord
 from .ui import ChatView, Status, status_panel, summary_line
@@ -46,22 +47,6 @@ HELP = """\
 /quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
 
 DraftSetting = Union[int, str]
-
-
-def parse_draft(value: Union[str, int]) -> DraftSetting:
-    """"auto" -> "auto"; "off" -> 0; "K" -> K (0..MAX_DRAFT)."""
-    from .draft_len import MAX_DRAFT
-
-    text = str(value).strip().lower()
-    if text in ("auto", "off"):
-        return "auto" if text == "auto" else 0
-    try:
-        k = int(text)
-    except ValueError:
-        k = -1
-    if not 0 <= k <= MAX_DRAFT:
-        raise SpecdecError(f"draft tokens must be 0-{MAX_DRAFT}, 'auto' or 'off', not {value!r}")
-    return k
 
 
 def draft_label(draft: DraftSetting) -> str:

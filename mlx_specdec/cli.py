@@ -43,15 +43,10 @@ def user_errors(fn):
 
 
 def parse_draft_tokens(value: str, no_draft: bool):
-    """`--draft-tokens K|auto` and `--no-draft` -> int or "auto"."""
-    if no_draft:
-        return 0
-    if value == "auto":
-        return "auto"
-    try:
-        return int(value)
-    except ValueError:
-        raise SpecdecError(f"--draft-tokens must be a number 0-8 or 'auto', not {value!r}") from None
+    """`--draft-tokens K|auto|off` and `--no-draft` -> int or "auto"."""
+    from .draft_len import parse_draft
+
+    return 0 if no_draft else parse_draft(value)
 
 
 def parse_prompt_ids(text: str) -> list[int]:

@@ -17,7 +17,7 @@ k = 0 wins, a one-draft probe every `probe_every` rounds keeps the estimate fres
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Sequence, Union
 
 import mlx.core as mx
 
@@ -138,20 +138,27 @@ class AutoPolicy:
 
 
 
+def parse_draft(value) -> Union[int, str]:
+    """"auto" -> "auto"; "off" -> 0; K (int or text) -> K in 0..MAX_DRAFT; anything else is an error."""
+    text = str(value).strip().lower()
+    if text in ("auto", "off"):
+        return "auto" if text == "auto" else 0
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if not 0 <= k <= MAX_DRAFT:
+        raise SpecdecError(f"draft tokens must be 0-{MAX_DRAFT}, 'auto' or 'off', not {str(value)!r}")
+    return k
+
+
 def make_policy(draft_tokens, bundle):
-    """int k -> FixedPolicy(k); "auto" -> AutoPolicy with the bundle's (cached) calibration."""
-    if draft_tokens == "auto":
+    """k -> FixedPolicy(k); "auto" -> AutoPolicy with the bundle's (cached) calibration."""
+    draft = parse_draft(draft_tokens)
+    if draft == "auto":
         if bundle.drafter is None:
             return FixedPolicy(0)
-        costs = getattr(bundle, "_round_costs", None)
-        if costs is None:
-            costs = calibrate(bundle, MAX_DRAFT)
-            bundle._round_costs = costs
-        return AutoPolicy(costs)
-    try:
-        k = int(draft_tokens)
-    except (TypeError, ValueError):
-        raise SpecdecError(f"--draft-tokens must be a number 0-{MAX_DRAFT} or 'auto', not {draft_tokens!r}") from None
-    if not 0 <= k <= MAX_DRAFT:
-        raise SpecdecError(f"--draft-tokens must be between 0 and {MAX_DRAFT}, not {k}")
-    return FixedPolicy(k)
+        if bundle.round_costs is None:
+            bundle.round_costs = calibrate(bundle, MAX_DRAFT)
+        return AutoPolicy(bundle.round_costs)
+    return FixedPolicy(draft)

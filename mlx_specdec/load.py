@@ -212,6 +212,7 @@ class Bundle:
     tokenizer: object
     name: str
     path: Optional[Path] = None
+    round_costs: Optional[list] = None  # calibrated seconds per round with k drafts (draft_len)
 
 
 def is_bundle(folder: Path) -> bool:

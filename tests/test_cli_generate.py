@@ -38,4 +38,4 @@ def test_generate_bad_folder_is_one_line_error_without_traceback(tmp_path):
 def test_generate_bad_draft_tokens_is_one_line_error():
     r = runner.invoke(app, BASE + ["--prompt", "hi", "-k", "12"])
     assert r.exit_code == 1
-    assert r.output.strip() == "error: --draft-tokens must be between 0 and 8, not 12"
+    assert r.output.strip() == "error: draft tokens must be 0-8, 'auto' or 'off', not '12'"
