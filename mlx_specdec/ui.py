@@ -142,7 +142,7 @@ def histogram(stats: RunStats, k: int, width: int = 12) -> Text:
 
 def summary_line(records: list[TokenRecord], status: Status, prompt_len: Optional[int] = None) -> str:
     """One line for piped mode and under each answer."""
-    stats, k = RunStats.from_records(records), _draft_k(records)
+    stats = RunStats.from_records(records)
     cached = prompt_len - stats.prompt_tokens if prompt_len and stats.generated_tokens else 0
     parts = [
         f"{stats.generated_tokens} tokens",
@@ -169,7 +169,7 @@ def _draft_k(records: list[TokenRecord]) -> int:
 
 def status_panel(records: list[TokenRecord], status: Status, prompt_len: Optional[int] = None) -> Panel:
     """The status panel for one answer's records (also what `/stats` prints)."""
-    stats, k = RunStats.from_records(records), _draft_k(records)
+    stats = RunStats.from_records(records)
     drafted = sum(r.from_draft for r in records)
     rows = [
         ("decode", fmt_speed(stats)),

@@ -28,7 +28,7 @@ from mlx_lm.utils import load_model
 
 from mlx_specdec import __version__
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.load import check_pair, read_config
+from mlx_specdec.load import check_pair, load_drafter, read_config
 from mlx_specdec.models.drafter import Drafter, DrafterArgs
 from mlx_specdec.models.target import make_model, text_config, text_weight_name
 
@@ -122,7 +122,7 @@ def convert(
         log("writing drafter")
         draft_cfg = {**draft_raw, **_quant_keys(quantise.config_entry(draft_q, bits, group_size))}
         draft_bytes = _write_model(tmp / "drafter", draft_cfg, draft_tensors, draft_sanitize)
-        _check_loadable(tmp, draft_args)
+        _check_loadable(tmp)
         manifest = {
             "format_version": FORMAT_VERSION,
             "converter": {"name": "mlx-specdec", "version": __version__,
@@ -179,22 +179,13 @@ def _write_model(folder: Path, config: dict, tensors: list[write.Tensor], saniti
     return written
 
 
-def _check_loadable(bundle: Path, draft_args: DrafterArgs) -> None:
-    """Both models accept the written weights (names, shapes, quantisation), lazily: no data read."""
+def _check_loadable(bundle: Path) -> None:
+    """Both models accept the written weights (names, shapes, quantisation); the target lazily."""
     try:
         load_model(bundle / "target", lazy=True, strict=True)
     except ValueError as e:
         raise SpecdecError(f"internal error: the converted target does not load in mlx-lm ({e})") from None
-    model = Drafter(draft_args)
-    cfg = json.loads((bundle / "drafter" / "config.json").read_text())
-    quantise.apply(model, cfg.get("quantization"))
-    weights = {}
-    for f in write.source_files(bundle / "drafter"):
-        weights.update(mx.load(str(f)))
-    try:
-        model.load_weights(list(weights.items()), strict=True)
-    except ValueError as e:
-        raise SpecdecError(f"internal error: the converted drafter does not load ({e})") from None
+    load_drafter(bundle / "drafter")
 
 
 def _replace(tmp: Path, output: Path) -> None:

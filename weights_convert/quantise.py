@@ -78,20 +78,6 @@ def config_entry(per_module: dict[str, dict | bool], bits: int, group_size: int)
     return entry
 
 
-def apply(model: nn.Module, quantization: dict | None) -> None:
-    """Quantise `model` in place as mlx-lm's loader does for a config's `quantization` dict."""
-    if not quantization:
-        return
-
-    def predicate(path, module):
-        if path in quantization:
-            return quantization[path]
-        return hasattr(module, "to_quantized")
-
-    nn.quantize(model, group_size=quantization["group_size"], bits=quantization["bits"],
-                mode=quantization.get("mode", "affine"), class_predicate=predicate)
-
-
 def quantise(weight: mx.array, params: dict, chunk_bytes: int = 256 << 20) -> tuple[mx.array, mx.array, mx.array]:
     """weight [rows, cols] -> (packed uint32 [rows, cols*bits/32], scales, biases [rows, cols/group]).
 

@@ -16,6 +16,8 @@ from typing import Callable, Iterator
 
 import mlx.core as mx
 
+from mlx_specdec.load import weight_files
+
 from .quantise import quantise, quantised_bytes
 
 SHARD_BYTES = 2 << 30
@@ -37,15 +39,6 @@ class Tensor:
         return quantised_bytes(self.shape, self.itemsize, self.params)
 
 
-def source_files(folder: Path) -> list[Path]:
-    """The checkpoint's weight files: those the index names, else every `*.safetensors`."""
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / n for n in names]
-    return sorted(folder.rglob("*.safetensors"))
-
-
 # (source name, lazy array) -> (new name, array), or None to drop the tensor.
 Sanitize = Callable[[str, mx.array], "tuple[str, mx.array] | None"]
 
@@ -57,7 +50,7 @@ def plan_tensors(folder: Path, sanitize: Sanitize, per_module: dict[str, dict | 
     module's params from `per_module`; everything else is copied as it is.
     """
     tensors = []
-    for file in source_files(folder):
+    for file in weight_files(folder):
         for key, array in mx.load(str(file)).items():  # lazy: headers only
             kept = sanitize(key, array)
             if kept is None:
