@@ -169,7 +169,7 @@ def _draft_k(records: list[TokenRecord]) -> int:
 
 def status_panel(records: list[TokenRecord], status: Status, prompt_len: Optional[int] = None) -> Panel:
     """The status panel for one answer's records (also what `/stats` prints)."""
-    stats = RunStats.from_records(records)
+    stats, k = RunStats.from_records(records), _draft_k(records)
     drafted = sum(r.from_draft for r in records)
     rows = [
         ("decode", fmt_speed(stats)),
