@@ -2,7 +2,6 @@
 
 import mlx.core as mx
 import numpy as np
-import pytest
 
 from mlx_specdec.decode import PromptCache, generate
 from mlx_specdec.sampling import SamplingParams, accept_rejection, probs
