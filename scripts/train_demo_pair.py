@@ -7,7 +7,7 @@ How it works (numbered phases, as in `main`):
                 `pydoc_data.topics.topics`. Every entry becomes a plain document
                 ("name\\n\\ndocstring") and a chat sample (user asks about the name, the model
                 answers with the docstring's opening paragraphs) in Gemma 4's turn format. A seeded
-                5% of entries is held out for evaluation prompts and held-out loss.
+                5% of entries (chosen by a hash of the name) is held out for evaluation and held-out loss.
   2. tokenizer  sentencepiece BPE, vocab 4096, byte fallback, Gemma's special ids and chat
                 template (scripts/gemma_tokenizer.py, shared with the test fixtures).
   3. target     transformers' own `Gemma4ForCausalLM` (so the architecture is exactly Gemma 4)
@@ -60,23 +60,19 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
-import inspect
-import io
 import json
 import math
 import random
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also importable from tests
+from demo_corpus import CHAT_QUESTIONS, chat_answer, split_corpus, stdlib_entries  # noqa: E402
 from gemma_tokenizer import build_tokenizer, end_of_turn_ids  # noqa: E402
 
 SEED = 0
@@ -103,87 +99,8 @@ DRAFTER_TEXT_CONFIG = dict(
     num_kv_shared_layers=4, use_double_wide_mlp=False, tie_word_embeddings=True,
     max_position_embeddings=8192,
 )
-SKIP_MODULES = {  # GUI, interactive, platform-specific or noisy on import
-    "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc", "test",
-    "lib2to3", "ensurepip", "venv", "msvcrt", "winreg", "winsound", "nt", "pty", "tty", "curses",
-}
-CHAT_QUESTIONS = ["What does `{}` do?", "Explain `{}`.", "Tell me about {}.", "How do I use {}?"]
-
-
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# 1. corpus
-# --------------------------------------------------------------------------------------------
-def stdlib_entries() -> list[tuple[str, str]]:
-    """(name, documentation) pairs: stdlib docstrings and pydoc topics, in a fixed order."""
-    import pkgutil
-    import pydoc_data.topics
-
-    names = []
-    for name in sorted(sys.stdlib_module_names):
-        if name.startswith("_") or name in SKIP_MODULES:
-            continue
-        names.append(name)
-        try:
-            spec = importlib.util.find_spec(name)
-        except Exception:
-            continue
-        if spec is not None and spec.submodule_search_locations:
-            for sub in pkgutil.iter_modules(spec.submodule_search_locations, name + "."):
-                if not any(part.startswith("_") or part in SKIP_MODULES for part in sub.name.split(".")):
-                    names.append(sub.name)
-
-    entries: dict[str, str] = {}  # doc -> name, first name wins (inherited docstrings repeat)
-
-    def add(obj, qualname: str) -> None:
-        doc = inspect.getdoc(obj)
-        if doc and len(doc) >= 60 and doc not in entries:
-            entries[doc] = qualname
-
-    for name in names:
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
-                warnings.simplefilter("ignore")
-                module = importlib.import_module(name)
-        except BaseException:  # noqa: BLE001 - a module that fails to import is just skipped
-            continue
-        add(module, name)
-        for attr, obj in sorted(vars(module).items()):
-            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
-                continue
-            if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj):
-                add(obj, f"{name}.{attr}")
-            if inspect.isclass(obj):
-                for meth, member in sorted(vars(obj).items()):
-                    if not meth.startswith("_") and (inspect.isfunction(member) or inspect.ismethoddescriptor(member)):
-                        add(member, f"{name}.{attr}.{meth}")
-    pairs = [(qualname, doc) for doc, qualname in entries.items()]
-    pairs += [(f"the '{key}' topic", text.strip()) for key, text in sorted(pydoc_data.topics.topics.items())]
-    return pairs
-
-
-def chat_answer(doc: str, max_chars: int = 700) -> str:
-    """The opening paragraphs of a docstring, cut at a paragraph boundary near max_chars."""
-    answer = ""
-    for para in doc.split("\n\n"):
-        if answer and len(answer) + len(para) > max_chars:
-            break
-        answer = f"{answer}\n\n{para}" if answer else para
-    return answer[: max_chars * 2]
-
-
-def split_corpus(pairs, rng: random.Random, holdout: float = 0.05):
-    order = list(range(len(pairs)))
-    rng.shuffle(order)
-    n_eval = max(2, int(len(pairs) * holdout))
-    eval_idx = set(order[:n_eval])
-    train = [p for i, p in enumerate(pairs) if i not in eval_idx]
-    held = [p for i, p in enumerate(pairs) if i in eval_idx]
-    return train, held
 
 
 def samples(pairs, tok, rng: random.Random) -> list[list[int]]:
@@ -512,7 +429,7 @@ def main() -> None:
 
     # 1. corpus
     pairs = stdlib_entries()
-    train_pairs, held_pairs = split_corpus(pairs, rng)
+    train_pairs, held_pairs = split_corpus(pairs)
     log(f"corpus: {len(pairs)} entries ({sum(len(d) for _, d in pairs) / 1e6:.2f}M chars), {len(held_pairs)} held out")
 
     # 2. tokenizer (trained on training entries only; sentencepiece wants single lines)

@@ -1,0 +1,103 @@
+"""Measure a converted demo bundle in MLX on held-out prompts: acceptance per round and per
+draft position, greedy at k = 1..4 (checking speculative == plain) and sampled at temperature 0.7.
+
+The prompts come from entries the demo pair never trained on (`demo_corpus.split_corpus`, a split
+by name): chat questions about held-out names, and the first 40 tokens of held-out documents.
+
+Usage:
+    python scripts/measure_demo_pair.py BUNDLE [BUNDLE ...] [--prompts 12] [--max-tokens 64] [--json FILE]
+Needs only MLX (no torch). The figures in mlx_specdec/demo/README.md come from this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from demo_corpus import CHAT_QUESTIONS, split_corpus, stdlib_entries  # noqa: E402
+
+from mlx_specdec.decode import generate  # noqa: E402
+from mlx_specdec.load import load  # noqa: E402
+from mlx_specdec.sampling import SamplingParams  # noqa: E402
+
+
+def held_out_prompts(tokenizer, n: int) -> list[list[int]]:
+    _, held = split_corpus(stdlib_entries())
+    half = n // 2
+    prompts = []
+    for i, (name, _) in enumerate(held[:half]):
+        chat = [{"role": "user", "content": CHAT_QUESTIONS[i % len(CHAT_QUESTIONS)].format(name)}]
+        prompts.append(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+    for name, doc in held[half : 2 * half]:
+        prompts.append([2] + tokenizer.encode(f"{name}\n\n{doc}", add_special_tokens=False)[:39])
+    return prompts
+
+
+def acceptance(traces: list[list[dict]], k: int) -> dict:
+    """Mean accepted per round, per-position conditional acceptance and the histogram."""
+    rounds = [r for t in traces for r in t if r["drafted"]]
+    tried, hit = [0] * k, [0] * k
+    hist = [0] * (k + 1)
+    for r in rounds:
+        n, d = r["accepted"], len(r["drafted"])
+        hist[n] += 1
+        for i in range(min(n + 1, d)):
+            tried[i] += 1
+            hit[i] += i < n
+    return {
+        "rounds": len(rounds),
+        "mean_accepted_per_round": sum(r["accepted"] for r in rounds) / max(1, len(rounds)),
+        "per_position": [round(h / t, 3) if t else None for h, t in zip(hit, tried)],
+        "histogram": hist,
+    }
+
+
+def measure(bundle_path: str, n_prompts: int, max_tokens: int) -> dict:
+    bundle = load(bundle_path)
+    prompts = held_out_prompts(bundle.tokenizer, n_prompts)
+    out = {"bundle": bundle_path, "prompts": len(prompts), "max_tokens": max_tokens, "greedy": {}}
+    plain = [generate(bundle, p, max_tokens=max_tokens, draft_tokens=0)[1] for p in prompts]
+    for k in (1, 2, 3, 4):
+        traces, exact = [], True
+        for p, want in zip(prompts, plain):
+            trace = []
+            got = generate(bundle, p, max_tokens=max_tokens, draft_tokens=k, trace=trace)[1]
+            exact &= got == want
+            traces.append(trace)
+        out["greedy"][f"k={k}"] = {**acceptance(traces, k), "equals_plain": exact}
+    traces = []
+    for i, p in enumerate(prompts):
+        trace = []
+        generate(bundle, p, max_tokens=max_tokens, draft_tokens=4, trace=trace,
+                 sampling=SamplingParams(temp=0.7, seed=1000 + i))
+        traces.append(trace)
+    out["temp_0.7"] = {"k=4": acceptance(traces, 4)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bundles", nargs="+")
+    ap.add_argument("--prompts", type=int, default=12)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    results = [measure(b, args.prompts, args.max_tokens) for b in args.bundles]
+    for r in results:
+        print(r["bundle"])
+        for mode, rows in (("greedy", r["greedy"]), ("T=0.7", r["temp_0.7"])):
+            for k, a in rows.items():
+                extra = f"  equals plain: {a['equals_plain']}" if "equals_plain" in a else ""
+                print(f"  {mode:6} {k}: {a['mean_accepted_per_round']:.2f} accepted/round over {a['rounds']} rounds, "
+                      f"per position {a['per_position']}, histogram {a['histogram']}{extra}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
