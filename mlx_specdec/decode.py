@@ -60,21 +60,41 @@ class PromptCache:
         del self.tokens[n:]
 
 
-def _find_stop(text: str, stop: Sequence[str], emitted: int) -> Optional[int]:
-    """Index where the earliest stop string starts in `text` (searching from the unemitted part)."""
-    cuts = [c for s in stop if s and (c := text.find(s, max(0, emitted - len(s) + 1))) >= 0]
-    return min(cuts) if cuts else None
+class _Text:
+    """Detokenises the output, cuts it at the first stop string, and holds back a tail that may
+    still become one, so no emitted text ever has to be taken back."""
 
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.detok = tokenizer.detokenizer
+        self.stop = [s for s in stop if s]
+        self.text, self.emitted = "", 0
 
-def _stop_prefix_len(text: str, stop: Sequence[str]) -> int:
-    """Length of the longest tail of `text` that is a proper prefix of some stop string."""
-    best = 0
-    for s in stop:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
+    def add(self, token: int) -> bool:
+        """Append a token; True when a stop string now ends the text."""
+        self.detok.add_token(token)
+        self.text += self.detok.last_segment
+        cuts = [c for s in self.stop if (c := self.text.find(s, max(0, self.emitted - len(s) + 1))) >= 0]
+        if cuts:
+            self.text = self.text[: min(cuts)]
+        return bool(cuts)
+
+    def piece(self, final: bool) -> str:
+        """The text not yet emitted (all of it when final, else up to a possible stop prefix)."""
+        if final:
+            self.detok.finalize()
+            self.text += self.detok.last_segment
+        end = len(self.text) if final else len(self.text) - self._stop_prefix_len()
+        out, self.emitted = self.text[self.emitted : end], max(self.emitted, end)
+        return out
+
+    def _stop_prefix_len(self) -> int:
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(self.text)), best, -1):
+                if self.text.endswith(s[:n]):
+                    best = n
+                    break
+        return best
 
 
 def _prefill(bundle: Bundle, pc: PromptCache, ids: list[int]) -> tuple[mx.array, mx.array]:
@@ -149,8 +169,7 @@ def stream_generate(
     pc.truncate(common)
     new_ids = ids[len(pc.tokens) :]
 
-    detok = tokenizer.detokenizer
-    text_so_far, emitted = "", 0  # emitted: length of text_so_far already yielded
+    text = _Text(tokenizer, stop)
     generated = 0
     round_no = 0
     try:
@@ -168,26 +187,16 @@ def stream_generate(
             while True:
                 # 5. yield the round's tokens (the prefill's token in the first pass).
                 for token, from_draft, k_used, n_acc in pending:
-                    finish = None
-                    if token in eos:
-                        finish = "stop"
-                    else:
-                        detok.add_token(token)
-                        text_so_far += detok.last_segment
-                        cut = _find_stop(text_so_far, stop, emitted)
-                        if cut is not None:
-                            text_so_far, finish = text_so_far[:cut], "stop"
                     generated += 1
-                    if finish is None and (generated >= max_tokens or len(pc.tokens) + 1 >= limit):
+                    if token in eos or text.add(token):
+                        finish = "stop"
+                    elif generated >= max_tokens or len(pc.tokens) + 1 >= limit:
                         finish = "length"
-                        detok.finalize()
-                        text_so_far += detok.last_segment
-                    # Hold back a tail that may still become a stop string.
-                    end = len(text_so_far) if finish else len(text_so_far) - _stop_prefix_len(text_so_far, stop)
-                    piece, emitted = text_so_far[emitted:end], max(emitted, end)
+                    else:
+                        finish = None
                     yield TokenRecord(
-                        token=token, text=piece, from_draft=from_draft, round=round_no,
-                        draft_tokens=k_used, accepted=n_acc, prompt_tokens=len(new_ids),
+                        token=token, text=text.piece(final=finish is not None), from_draft=from_draft,
+                        round=round_no, draft_tokens=k_used, accepted=n_acc, prompt_tokens=len(new_ids),
                         ttft_s=ttft, elapsed_s=time.perf_counter() - t_first,
                         peak_memory_bytes=mx.get_peak_memory(), finish_reason=finish,
                     )
@@ -195,7 +204,7 @@ def stream_generate(
                         return
                 round_no += 1
                 t_round = time.perf_counter()
-                room = min(max_tokens - generated - 1, limit - len(pc.tokens) - 2, MAX_DRAFT)
+                room = min(max_tokens - generated - 1, limit - len(pc.tokens) - 1, MAX_DRAFT)
                 k = policy.choose(max(0, room))
                 position = cache_offset(pc.cache)
 
