@@ -3,8 +3,9 @@
 Protocol. Every mode runs the same prompt ids (the chat template applied to each prompt of
 the suite) with greedy decoding, so every mode produces the same tokens and only speed
 differs. One warm-up run per mode (the first prompt; it also pays auto's one-off cost
-calibration), then `trials` trials; within a trial the modes run one after another on every
-prompt, so slow drift of a shared machine touches all modes alike. A trial's figures are
+calibration), then `trials` trials; within a trial every mode runs a prompt before the next
+prompt starts, so slow drift of a shared machine touches all modes alike (a busy machine
+still makes the figures noisy: read `trials_tokens_per_s`). A trial's figures are
 summed over the prompts (tokens/s = decode tokens / decode seconds); a mode's figures are the
 median over trials. Speed figures are ratios within one run: compare modes, not machines.
 
@@ -374,10 +375,13 @@ def run_bench(
             log(f"warm-up {mode}")
             one(dt, encoded[0][1], min(max_tokens, 16))
         for t in range(trials):
-            for mode, dt in modes:
-                t0 = time.perf_counter()
-                runs[mode].append([one(dt, ids, max_tokens) for _, ids in encoded])
-                log(f"trial {t + 1}/{trials} {mode}: {time.perf_counter() - t0:.1f} s")
+            t0 = time.perf_counter()
+            for mode, _ in modes:
+                runs[mode].append([])
+            for name, ids in encoded:  # prompt-major: every mode runs each prompt back to back
+                for mode, dt in modes:
+                    runs[mode][-1].append(one(dt, ids, max_tokens))
+            log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
     finally:
         tokenizer.eos_token_ids = saved_eos
 

@@ -39,7 +39,7 @@ def main() -> int:
     from mlx_specdec.bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line
     from mlx_specdec.load import load
 
-    out, err = Console(), Console(stderr=True)
+    out, err = Console(width=None if sys.stdout.isatty() else 120), Console(stderr=True)
     prompts = load_prompts(args.prompts) if args.prompts else SUITE
     common = dict(prompts=prompts, max_tokens=args.max_tokens, trials=args.trials, ignore_eos=args.ignore_eos,
                   blas=describe_blas(), log=lambda line: err.print(f"[dim]{line}[/dim]"))
