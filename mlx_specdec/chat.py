@@ -66,6 +66,7 @@ class Settings:
     seed: Optional[int] = None
     system: Optional[str] = None
     colour_drafts: bool = False
+    battery: Optional[bool] = None  # auto draft length per joule (None: when on battery)
 
     def sampling(self):
         from .sampling import SamplingParams
@@ -142,6 +143,7 @@ class ChatSession:
             max_tokens=self.settings.max_tokens,
             draft_tokens=self.settings.draft,
             sampling=self.settings.sampling(),
+            battery=self.settings.battery,
             prompt_cache=self.prompt_cache,
         )
         try:
@@ -460,6 +462,7 @@ def run_chat(
     seed: Optional[int] = None,
     system: Optional[str] = None,
     colour_drafts: bool = False,
+    battery: Optional[bool] = None,
     stdin: Optional[TextIO] = None,
     stdout: Optional[TextIO] = None,
     load_fn=None,
@@ -479,7 +482,7 @@ def run_chat(
         raise SpecdecError(f"--temp must be >= 0, not {temp}")
     settings = Settings(
         max_tokens=max_tokens, draft=parse_draft(draft_tokens), temp=temp, top_p=top_p,
-        top_k=top_k, min_p=min_p, seed=seed, system=system, colour_drafts=colour_drafts,
+        top_k=top_k, min_p=min_p, seed=seed, system=system, colour_drafts=colour_drafts, battery=battery,
     )
     if load_fn is None:
         from .load import load as load_fn

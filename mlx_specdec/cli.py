@@ -68,6 +68,10 @@ TopPOpt = typer.Option(1.0, "--top-p")
 TopKOpt = typer.Option(0, "--top-k")
 MinPOpt = typer.Option(0.0, "--min-p")
 SeedOpt = typer.Option(None, "--seed")
+BatteryOpt = typer.Option(
+    None, "--battery/--mains",
+    help="auto draft length: most tokens per joule (--battery) or per second (--mains); default: per joule on battery.",
+)
 
 
 @app.command()
@@ -92,6 +96,7 @@ def generate(
     max_context: Optional[int] = typer.Option(None, "--max-context", help="Context limit in tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: token_ids, text, stats."),
     trace: bool = typer.Option(False, "--trace", help="With --json: add one entry per round."),
+    battery: Optional[bool] = BatteryOpt,
 ):
     """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
     from .decode import stream_generate
@@ -116,7 +121,7 @@ def generate(
     records = []
     for r in stream_generate(
         bundle, ids, max_tokens=max_tokens, draft_tokens=k, sampling=params, stop=stop,
-        max_context=max_context, trace=rounds,
+        max_context=max_context, trace=rounds, battery=battery,
     ):
         records.append(r)
         if not as_json:
@@ -179,6 +184,7 @@ def chat(
     seed: Optional[int] = SeedOpt,
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
     colour_drafts: bool = typer.Option(False, "--colour-drafts", help="Colour the tokens the drafter proposed (/colour)."),
+    battery: Optional[bool] = BatteryOpt,
 ):
     """Chat in the terminal with live speed, acceptance, memory and energy; one prompt per line when piped.
 
@@ -192,7 +198,7 @@ def chat(
         drafter=str(drafter) if drafter else None,
         demo=demo, max_tokens=max_tokens, draft_tokens=parse_draft_tokens(draft_tokens, no_draft),
         temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, system=system,
-        colour_drafts=colour_drafts,
+        colour_drafts=colour_drafts, battery=battery,
     )
 
 

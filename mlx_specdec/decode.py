@@ -136,12 +136,14 @@ def stream_generate(
     prompt_cache: Optional[PromptCache] = None,
     max_context: Optional[int] = None,
     trace: Optional[list] = None,
+    battery: Optional[bool] = None,
 ) -> Iterator[TokenRecord]:
     """Generate up to `max_tokens` tokens after `prompt_ids`, one TokenRecord per token.
 
     draft_tokens: k (0 = plain decoding) or "auto" (chosen per round from measured acceptance
     and costs). With `prompt_cache`, only the ids after the cached common prefix are prefilled.
-    `trace`, when a list, receives {"position", "drafted", "accepted"} per round.
+    `trace`, when a list, receives {"position", "drafted", "accepted"} per round. `battery`:
+    "auto" maximises tokens per joule instead of per second (None: when on battery).
     """
     t0 = time.perf_counter()
     ids = [int(t) for t in prompt_ids]
@@ -154,7 +156,7 @@ def stream_generate(
         )
     tokenizer = bundle.tokenizer
     eos = set(getattr(tokenizer, "eos_token_ids", ()) or ())
-    policy = make_policy(draft_tokens if bundle.drafter is not None else 0, bundle)
+    policy = make_policy(draft_tokens if bundle.drafter is not None else 0, bundle, battery)
     if sampling.seed is not None:
         mx.random.seed(sampling.seed)
     pc = prompt_cache if prompt_cache is not None else PromptCache(bundle)

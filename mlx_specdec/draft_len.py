@@ -3,7 +3,7 @@
 Model. Let a_i be the probability that draft i is accepted given drafts 1..i-1 were. A round
 with k drafts yields E(k) = 1 + sum_{i<=k} prod_{j<=i} a_j tokens and costs C(k) (seconds:
 one drafter step per draft plus a verify pass over k+1 tokens, plus fixed overhead; or joules
-with `battery`). "auto" picks argmax_k E(k) / C(k), k = 0 (plain decoding) included, so a
+with `battery`, measured with the machine's energy counter). "auto" picks argmax_k E(k) / C(k), k = 0 (plain decoding) included, so a
 drafter that does not pay is switched off.
 
 Costs come from a one-off calibration per bundle (timed verify passes of 1..K+1 tokens and
@@ -17,7 +17,7 @@ k = 0 wins, a one-draft probe every `probe_every` rounds keeps the estimate fres
 from __future__ import annotations
 
 import time
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import mlx.core as mx
 
@@ -50,8 +50,13 @@ def choose_k(acceptance: Sequence[float], cost: Sequence[float]) -> int:
     return best
 
 
-def calibrate(bundle, max_k: int, repeats: int = 3, context: int = 32) -> list[float]:
-    """Seconds for a round with k = 0..max_k drafts, timed on a scratch cache (median of repeats)."""
+def calibrate(bundle, max_k: int, repeats: int = 3, context: int = 32, energy=None) -> list[float]:
+    """Cost of a round with k = 0..max_k drafts, timed on a scratch cache.
+
+    Seconds (median of `repeats` after a warm-up), or, with `energy` (an energy.EnergySource
+    that reads), joules: the counter over `8 * repeats` runs of each pass, divided by the count
+    (counters tick too coarsely for one pass).
+    """
     target, drafter = bundle.target, bundle.drafter
     cache = make_target_cache(target.config, max_rewind=max_k + 2)
     ids = mx.arange(context)[None] % target.vocab_size
@@ -60,13 +65,21 @@ def calibrate(bundle, max_k: int, repeats: int = 3, context: int = 32) -> list[f
     h = hidden[:, -1:]
     tok = mx.array([[1]])
 
-    def timed(fn) -> float:
+    def cost(fn) -> float:
+        fn()  # warm-up (compilation, allocation)
+        if energy is not None:
+            runs = 8 * repeats
+            e0 = energy.read()
+            for _ in range(runs):
+                fn()
+            e1 = energy.read()
+            return (e1 - e0) / runs
         times = []
-        for _ in range(repeats + 1):  # the first run warms up (compilation, allocation)
+        for _ in range(repeats):
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-        return sorted(times[1:])[len(times[1:]) // 2]
+        return sorted(times)[len(times) // 2]
 
     def verify(n):
         logits, hid = target(mx.zeros((1, n), dtype=mx.int32), cache)
@@ -74,7 +87,7 @@ def calibrate(bundle, max_k: int, repeats: int = 3, context: int = 32) -> list[f
         for c in cache:
             c.trim(n)
 
-    verify_cost = [timed(lambda n=n: verify(n)) for n in range(1, max_k + 2)]
+    verify_cost = [cost(lambda n=n: verify(n)) for n in range(1, max_k + 2)]
     if drafter is None:
         return verify_cost[:1]
     kv = drafter_kv(cache, target.kv_layers)
@@ -83,7 +96,7 @@ def calibrate(bundle, max_k: int, repeats: int = 3, context: int = 32) -> list[f
         logits, nh = drafter(target.embed(tok), h, kv, context)
         mx.eval(mx.argmax(logits, axis=-1), nh)
 
-    step = timed(draft_step)
+    step = cost(draft_step)
     return [verify_cost[k] + k * step for k in range(max_k + 1)]
 
 
@@ -152,13 +165,32 @@ def parse_draft(value) -> Union[int, str]:
     return k
 
 
-def make_policy(draft_tokens, bundle):
-    """k -> FixedPolicy(k); "auto" -> AutoPolicy with the bundle's (cached) calibration."""
+def objective(battery: Optional[bool] = None):
+    """("seconds", None) or ("joules", source): joules when asked to (or, with battery None,
+    when running on battery) and an energy counter is readable; otherwise seconds."""
+    from .energy import battery as battery_state
+    from .energy import detect_energy_source
+
+    if battery is None:
+        state = battery_state()
+        battery = bool(state and state.on_battery)
+    if battery:
+        source = detect_energy_source()
+        if source.available and source.read() is not None:
+            return "joules", source
+    return "seconds", None
+
+
+def make_policy(draft_tokens, bundle, battery: Optional[bool] = None):
+    """k -> FixedPolicy(k); "auto" -> AutoPolicy maximising tokens per second, or per joule
+    with `battery` (None: automatic, on when the machine runs on battery and can meter energy).
+    The calibration is cached on the bundle, per objective."""
     draft = parse_draft(draft_tokens)
-    if draft == "auto":
-        if bundle.drafter is None:
-            return FixedPolicy(0)
-        if bundle.round_costs is None:
-            bundle.round_costs = calibrate(bundle, MAX_DRAFT)
-        return AutoPolicy(bundle.round_costs)
-    return FixedPolicy(draft)
+    if draft != "auto":
+        return FixedPolicy(draft)
+    if bundle.drafter is None:
+        return FixedPolicy(0)
+    unit, source = objective(battery)
+    if unit not in bundle.round_costs:
+        bundle.round_costs[unit] = calibrate(bundle, MAX_DRAFT, energy=source)
+    return AutoPolicy(bundle.round_costs[unit])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -212,7 +212,8 @@ class Bundle:
     tokenizer: object
     name: str
     path: Optional[Path] = None
-    round_costs: Optional[list] = None  # calibrated seconds per round with k drafts (draft_len)
+    # draft_len's calibration: {"seconds" | "joules": cost of a round with k = 0..8 drafts}
+    round_costs: dict = field(default_factory=dict)
 
 
 def is_bundle(folder: Path) -> bool:

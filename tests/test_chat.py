@@ -47,8 +47,9 @@ class FakeLoop:
     def __init__(self):
         self.calls, self.closed = [], 0
 
-    def __call__(self, bundle, prompt_ids, *, max_tokens, draft_tokens, sampling, prompt_cache):
-        self.calls.append(SimpleNamespace(prompt=list(prompt_ids), draft=draft_tokens, sampling=sampling, max_tokens=max_tokens))
+    def __call__(self, bundle, prompt_ids, *, max_tokens, draft_tokens, sampling, prompt_cache, battery):
+        self.calls.append(SimpleNamespace(prompt=list(prompt_ids), draft=draft_tokens, sampling=sampling,
+                                          max_tokens=max_tokens, battery=battery))
         return self._gen(prompt_ids, max_tokens, draft_tokens, prompt_cache)
 
     def _gen(self, ids, max_tokens, draft, pc):

@@ -47,3 +47,50 @@ def test_auto_policy_learns_a_perfect_drafter():
         k = p.choose(4)
         p.observe(k, k, 0.0)
     assert p.choose(4) == 4
+
+
+class WattMeter:
+    """A fake energy counter: a constant 10 W machine (joules = 10 * seconds)."""
+
+    available = True
+    name = "fake"
+    reads = 0
+
+    def read(self):
+        import time
+
+        self.reads += 1
+        return 10.0 * time.perf_counter()
+
+
+def test_calibration_in_joules_uses_the_energy_counter(bundles):
+    from mlx_specdec.draft_len import calibrate
+
+    meter = WattMeter()
+    joules = calibrate(bundles["dense"], 2, repeats=1, energy=meter)
+    assert len(joules) == 3 and all(0 < j < 10.0 for j in joules)  # each pass well under a second
+    assert meter.reads == 2 * 4  # one counter span per pass: verify of 1, 2, 3 tokens, a draft step
+
+
+def test_auto_policy_optimises_per_joule_on_battery_and_caches_per_objective(bundles, monkeypatch):
+    from mlx_specdec import draft_len, energy
+    from mlx_specdec.load import Bundle
+
+    base = bundles["dense"]
+    b = Bundle(base.target, base.drafter, base.tokenizer, "fresh")
+    calls = []
+    monkeypatch.setattr(draft_len, "calibrate", lambda bundle, k, energy=None: calls.append(energy) or [1.0] * (k + 1))
+    monkeypatch.setattr(energy, "detect_energy_source", lambda: WattMeter())
+    monkeypatch.setattr(energy, "battery", lambda: energy.Battery(percent=50.0, on_battery=True))
+    draft_len.make_policy("auto", b)  # on battery -> joules
+    draft_len.make_policy("auto", b, battery=True)  # cached
+    draft_len.make_policy("auto", b, battery=False)  # mains -> seconds
+    assert set(b.round_costs) == {"joules", "seconds"}
+    assert isinstance(calls[0], WattMeter) and calls[1] is None and len(calls) == 2
+
+
+def test_battery_mode_without_an_energy_counter_falls_back_to_seconds(monkeypatch):
+    from mlx_specdec import draft_len, energy
+
+    monkeypatch.setattr(energy, "detect_energy_source", lambda: energy.NullSource())
+    assert draft_len.objective(True) == ("seconds", None)
