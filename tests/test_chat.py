@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pexpect  # test extra: drives the pseudo-terminal
+import pyte  # test extra: renders what the terminal shows
 import pytest
 
 from mlx_specdec import chat
@@ -300,8 +302,6 @@ class Terminal:
     """A child process on a pty of `rows` x `cols`, with a pyte screen fed from its output."""
 
     def __init__(self, argv, rows=45, cols=100):
-        pexpect = pytest.importorskip("pexpect")
-        pyte = pytest.importorskip("pyte")
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
         env.update(TERM="xterm-256color", PYTHONUNBUFFERED="1")
         self.child = pexpect.spawn(
