@@ -72,6 +72,7 @@ import json
 import platform
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -291,12 +292,8 @@ def summarise_mode(mode: str, draft_tokens, trials: list[list[Run]]) -> dict:
     rounds = [rd for runs in trials for r in runs for rd in r.rounds]
     spec = [(k, a, s) for k, a, s in rounds if k > 0]
     tried, hits = position_counts(spec)
-    hist: dict[str, int] = {}
-    for _, a, _ in sorted(spec):
-        hist[str(a)] = hist.get(str(a), 0) + 1
-    khist: dict[str, int] = {}
-    for k, _, _ in sorted(rounds):
-        khist[str(k)] = khist.get(str(k), 0) + 1
+    hist = {str(n): c for n, c in sorted(Counter(a for _, a, _ in spec).items())}
+    khist = {str(k): c for k, c in sorted(Counter(k for k, _, _ in rounds).items())}
     j = _median(jpt)
     return {
         "mode": mode,
