@@ -1,0 +1,42 @@
+"""The bundled demo pair loads offline, decodes exactly, and its drafter is actually good."""
+
+import pytest
+
+from mlx_specdec.decode import generate
+from mlx_specdec.load import DEMO_DIR, load
+
+# A question about an entry held out of the demo pair's training corpus.
+HELD_OUT = "Explain `argparse.ArgumentTypeError`."  # a held-out name (scripts/demo_corpus.py)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    with pytest.MonkeyPatch.context() as mp:  # offline: nothing may reach a hub
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        return load(demo=True)
+
+
+def chat_ids(bundle, text):
+    return bundle.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+
+
+def test_demo_bundle_is_packaged_with_its_model_card():
+    assert (DEMO_DIR / "manifest.json").is_file()
+    assert (DEMO_DIR / "README.md").is_file()
+    size = sum(f.stat().st_size for f in DEMO_DIR.rglob("*") if f.is_file())
+    assert size < 8 * 2**20
+
+
+def test_demo_greedy_is_identical_with_and_without_drafter(demo):
+    ids = chat_ids(demo, "What does the len function do?")
+    _, plain, _ = generate(demo, ids, max_tokens=60, draft_tokens=0)
+    for k in (2, 4, "auto"):
+        _, spec, _ = generate(demo, ids, max_tokens=60, draft_tokens=k)
+        assert spec == plain, f"k={k}"
+
+
+def test_demo_drafter_accepts_more_than_one_and_a_half_per_round(demo):
+    ids = chat_ids(demo, HELD_OUT)
+    _, _, stats = generate(demo, ids, max_tokens=120, draft_tokens=4)
+    assert stats.mean_accepted_per_round > 1.5, stats
