@@ -12,8 +12,10 @@ by the target from its logits at p-1, and h is the target's final-normed hidden 
   4. rewind  drop the K/V of the k - n rejected positions; h = verify hidden at p + n.
   5. yield   one TokenRecord per token: the n accepted drafts, then the bonus token.
 
-With k = 0 the same loop is plain decoding (verify is a one-token forward). Greedy output
-equals plain greedy decoding token for token; sampled output has the target's distribution.
+With k = 0 the same loop is plain decoding (verify is a one-token forward). A plain round needs
+no host value to plan the next, so when the next is plain too it is queued before the sync and
+computes while this one is read (mlx-lm overlaps its steps the same way). Greedy output equals
+plain greedy decoding token for token; sampled output has the target's distribution.
 
 Invariant: `PromptCache.tokens` lists exactly the tokens whose K/V the cache holds. A closed or
 failed generator restores it in `finally`.
@@ -22,6 +24,7 @@ failed generator restores it in `finally`.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
 import mlx.core as mx
@@ -98,13 +101,18 @@ class _Text:
 
 
 def _prefill(bundle: Bundle, pc: PromptCache, ids: list[int]) -> tuple[mx.array, mx.array]:
-    """Run the target over `ids` in chunks; returns (logits, hidden) of the last position, [1, V] / [1, 1, H]."""
-    for start in range(0, len(ids), PREFILL_CHUNK):
-        chunk = mx.array(ids[start : start + PREFILL_CHUNK])[None]
-        logits, hidden = bundle.target(chunk, pc.cache)
-        if start + PREFILL_CHUNK < len(ids):
-            mx.eval([c.state for c in pc.cache])  # bound memory: one chunk at a time
-    return logits[:, -1], hidden[:, -1:]
+    """Run the target over `ids`; returns (logits [1, V], hidden [1, 1, H]) of the last position.
+
+    All but the last token go in chunks and only their cache entries are evaluated: the lazy
+    graph then skips the KV-shared layers and the head for them (20 of E2B's 35 layers). The
+    last token runs on its own, through every layer.
+    """
+    head, last = ids[:-1], ids[-1:]
+    for start in range(0, len(head), PREFILL_CHUNK):
+        bundle.target(mx.array(head[start : start + PREFILL_CHUNK])[None], pc.cache)
+        mx.eval([c.state for c in pc.cache])  # bound memory: one chunk at a time
+    logits, hidden = bundle.target(mx.array(last)[None], pc.cache)
+    return logits[:, -1], hidden
 
 
 def _draft(bundle: Bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams):
@@ -123,6 +131,34 @@ def _draft(bundle: Bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int
             qs.append(q)
         drafts.append(x.reshape(1))
     return mx.concatenate(drafts), (mx.stack(qs) if qs else None)
+
+
+@dataclass
+class _Round:
+    """One round's lazy results: k drafts, the verify hidden states, accepted count n, next bonus.
+    A plain round (k = 0) has no drafts and n = 0 without asking the device."""
+
+    k: int
+    position: int
+    hidden: mx.array
+    bonus: mx.array
+    drafts: Optional[mx.array] = None
+    n: Optional[mx.array] = None
+
+
+def _round(bundle: Bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams) -> _Round:
+    """Phases 1-3 of a round, lazily: draft k tokens, verify [x_p, d_1..d_k], accept."""
+    position = cache_offset(pc.cache)
+    if k == 0:  # plain decoding: verify is a one-token step and the next token is sampled from it
+        logits, hidden = bundle.target(bonus.reshape(1, 1), pc.cache)
+        return _Round(0, position, hidden, sample(logits[0, -1], params))
+    # 1. draft: k lazy drafter steps from (bonus, h) at position p.
+    drafts, q = _draft(bundle, pc, bonus, h, k, params)
+    # 2. verify: one target pass over [x_p, d_1..d_k] (positions p..p+k).
+    logits, hidden = bundle.target(mx.concatenate([bonus.reshape(1), drafts])[None], pc.cache)
+    # 3. accept: n drafts and the next bonus token from row n, still lazy.
+    n, nxt = accept(logits[0], drafts, q, params)
+    return _Round(k, position, hidden, nxt, drafts, n)
 
 
 def stream_generate(
@@ -185,6 +221,11 @@ def stream_generate(
             t_first = time.perf_counter()
             bonus_id = int(bonus.item())
             pending = [(bonus_id, False, 0, 0)]  # (token, from_draft, k, accepted)
+            queued: Optional[_Round] = None  # the next plain round, already computing
+
+            def room(done: int) -> int:
+                """Most drafts the next round may propose: within max_tokens and the context."""
+                return min(max_tokens - done - 1, limit - cache_offset(pc.cache) - 1, MAX_DRAFT)
 
             while True:
                 # 5. yield the round's tokens (the prefill's token in the first pass).
@@ -204,40 +245,39 @@ def stream_generate(
                     )
                     if finish is not None:
                         return
+                # 1-3. draft, verify, accept: one lazy graph (see _round).
                 round_no += 1
                 t_round = time.perf_counter()
-                room = min(max_tokens - generated - 1, limit - len(pc.tokens) - 1, MAX_DRAFT)
-                k = policy.choose(max(0, room))
-                position = cache_offset(pc.cache)
-
-                # 1. draft: k lazy drafter steps from (bonus, h) at position p.
-                if k:
-                    drafts, q = _draft(bundle, pc, bonus, h, k, sampling)
-                    verify_in = mx.concatenate([bonus.reshape(1), drafts])
+                if queued is not None:
+                    rnd, queued = queued, None
                 else:
-                    drafts, q = mx.zeros((0,), dtype=mx.int32), None
-                    verify_in = bonus.reshape(1)
+                    rnd = _round(bundle, pc, bonus, h, policy.choose(room(generated)), sampling)
+                if rnd.k == 0:
+                    # A plain round tells the policy nothing new, so the next round can be planned
+                    # now; if it is plain too, queue it: it computes while this one is read.
+                    policy.observe(0, 0, 0.0)
+                    if room(generated + 1) >= 0 and policy.choose(room(generated + 1)) == 0:
+                        queued = _round(bundle, pc, rnd.bonus, rnd.hidden, 0, sampling)
+                        mx.async_eval(queued.bonus)
+                if rnd.k:
+                    mx.eval(rnd.n, rnd.bonus, rnd.drafts)  # sync: the one host read of the round
+                    n_acc, draft_list = int(rnd.n.item()), rnd.drafts.tolist()
+                else:
+                    mx.eval(rnd.bonus)  # sync: the one host read of a plain round
+                    n_acc, draft_list = 0, []
 
-                # 2. verify: one target pass over [x_p, d_1..d_k].
-                logits, hidden = bundle.target(verify_in[None], pc.cache)
-
-                # 3. accept: n drafts and the next bonus token, still lazy.
-                n, bonus = accept(logits[0], drafts, q, sampling)
-                mx.eval(n, bonus, drafts)  # sync: the one host read of the round
-                n_acc = int(n.item())
-                draft_list = drafts.tolist()
-                fed = [bonus_id] + draft_list[:n_acc]
-
-                # 4. rewind the rejected positions; h is the hidden state at p + n.
-                rewind(pc.cache, k - n_acc)
-                pc.tokens.extend(fed)
-                h = hidden[:, n_acc : n_acc + 1]
-                policy.observe(k, n_acc, time.perf_counter() - t_round)
+                # 4. rewind the rejected positions; h is the verify hidden state at p + n.
+                rewind(pc.cache, rnd.k - n_acc)
+                pc.tokens.extend([bonus_id] + draft_list[:n_acc])
+                h = rnd.hidden[:, n_acc : n_acc + 1]
+                bonus = rnd.bonus
+                if rnd.k:
+                    policy.observe(rnd.k, n_acc, time.perf_counter() - t_round)
                 if trace is not None:
-                    trace.append({"position": position, "drafted": draft_list, "accepted": n_acc})
-                pending = [(t, True, k, n_acc) for t in draft_list[:n_acc]]
+                    trace.append({"position": rnd.position, "drafted": draft_list, "accepted": n_acc})
+                pending = [(t, True, rnd.k, n_acc) for t in draft_list[:n_acc]]
                 bonus_id = int(bonus.item())
-                pending.append((bonus_id, False, k, n_acc))
+                pending.append((bonus_id, False, rnd.k, n_acc))
     finally:
         # A closed or failed generator: drop K/V the token list does not account for.
         if cache_offset(pc.cache) > len(pc.tokens):

@@ -173,7 +173,7 @@ class Target:
         else:
             out = self.model.lm_head(hidden)
         if self._softcap:
-            out = mx.tanh(out / self._softcap) * self._softcap
+            out = gemma4_text.logit_softcap(self._softcap, out)  # mlx-lm's compiled kernel
         return out
 
     def embed(self, tokens: mx.array) -> mx.array:
