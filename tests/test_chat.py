@@ -378,3 +378,25 @@ def test_terminal_chat_shows_answer_panel_commands_and_survives_ctrl_c():
     finally:
         term.child.close(force=True)
     assert term.child.exitstatus == 0
+
+
+def test_terminal_chat_on_the_demo_pair_shows_real_acceptance_and_obeys_draft_commands():
+    term = Terminal(specdec("chat", "--demo", "--max-tokens", "60", "--draft-tokens", "4"))
+    try:
+        term.wait_for(r"/help for commands")
+        term.send("Explain `argparse.ArgumentTypeError`.")  # held out of the demo's training corpus
+        m = term.wait_for(r"(\d+) tokens · [^\n]* · draft 4 · ([\d.]+) accepted/round")
+        assert int(m.group(1)) > 10 and float(m.group(2)) > 1.0  # the demo drafter is good
+        term.send("/stats")
+        panel = term.wait_for(r"(?s)╭─ specdec ─.*?╰─+╯").group(0)
+        assert re.search(r"draft length\s+4", panel) and "accepted drafts per round" in panel
+        term.send("/draft off")
+        term.wait_for(r"draft length: off")
+        term.send("What does `len` do?")
+        term.wait_for(r"\d+ tokens · [^\n]* · prefill \d+ \(\+\d+ cached\) · draft off")
+        term.send("/quit")
+        term.wait_for(r"bye")
+        term.child.expect(term._eof, timeout=20)
+    finally:
+        term.child.close(force=True)
+    assert term.child.exitstatus == 0
