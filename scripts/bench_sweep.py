@@ -31,12 +31,13 @@ def main() -> int:
     ap.add_argument("--k", default="1,2,3,4,6,8")
     ap.add_argument("--ignore-eos", action="store_true")
     ap.add_argument("--json", help="write both results here")
+    ap.add_argument("--plot", help="PNG of tokens/s (and tokens/J) against k for the first run")
     args = ap.parse_args()
     use_optimised_blas(any_program=True)
 
     from rich.console import Console
 
-    from mlx_specdec.bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line
+    from mlx_specdec.bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line, write_plot
     from mlx_specdec.load import load
 
     out, err = Console(width=None if sys.stdout.isatty() else 120), Console(stderr=True)
@@ -66,6 +67,8 @@ def main() -> int:
         out.print(f"{'PASS' if passed else 'FAIL'}  {name}: {'n/a' if value is None else f'{value:.2f}'}")
     out.print(f"info  auto speed-up over plain: {s['auto_speedup']:.2f}x; best fixed k={s['best_fixed_k']} "
               f"({s['best_fixed_k_speedup']:.2f}x)")
+    if args.plot:
+        write_plot(main_run, args.plot)
     if args.json:
         Path(args.json).write_text(json.dumps({"bench": main_run, "useless_drafter": useless}, indent=2) + "\n")
     return 0 if ok else 1
