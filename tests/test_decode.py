@@ -144,3 +144,16 @@ def test_prompt_longer_than_context_is_refused(bundles):
 def test_generation_stops_when_context_is_full(bundles):
     _, ids, stats = generate(bundles["dense"], prompt(20), max_tokens=100, draft_tokens=4, max_context=40)
     assert stats.finish_reason == "length" and 20 + len(ids) <= 40
+
+
+def test_long_prompt_in_prefill_chunks_matches_one_pass_and_speculation_stays_exact(bundles):
+    """A 600-token prompt crosses the prefill chunk (512) and the sliding cache's compaction."""
+    from mlx_specdec.cache import make_target_cache
+
+    b = bundles["dense"]
+    p = prompt(600, seed=3)
+    logits, _ = b.target(mx.array(p)[None], make_target_cache(b.target.config))  # one pass, no chunks
+    _, plain, _ = generate(b, p, max_tokens=40, draft_tokens=0)
+    assert plain[0] == int(mx.argmax(logits[0, -1]).item())
+    for k in (3, "auto"):
+        assert generate(b, p, max_tokens=40, draft_tokens=k)[1] == plain

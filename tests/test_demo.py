@@ -40,3 +40,19 @@ def test_demo_drafter_accepts_more_than_one_and_a_half_per_round(demo):
     ids = chat_ids(demo, HELD_OUT)
     _, _, stats = generate(demo, ids, max_tokens=120, draft_tokens=4)
     assert stats.mean_accepted_per_round > 1.5, stats
+
+
+def test_demo_speculation_is_exact_far_past_its_sliding_window(demo):
+    """The demo's window is 128: a 150-token prompt plus 200 generated tokens cross it twice."""
+    window = demo.target.sliding_window
+    ids = chat_ids(demo, "Tell me about the with statement. " * 20)
+    assert len(ids) > window
+    saved = demo.tokenizer.eos_token_ids
+    demo.tokenizer.eos_token_ids = []  # run the full length
+    try:
+        _, plain, _ = generate(demo, ids, max_tokens=200, draft_tokens=0)
+        _, spec, stats = generate(demo, ids, max_tokens=200, draft_tokens=4)
+    finally:
+        demo.tokenizer.eos_token_ids = saved
+    assert len(ids) + len(plain) > 2 * window
+    assert spec == plain and stats.accepted > 0
