@@ -26,6 +26,9 @@ app = typer.Typer(
 @app.callback()
 def _root():
     """Exact speculative decoding for Gemma 4 on MLX with its MTP assistant drafter."""
+    from .blas import use_optimised_blas
+
+    use_optimised_blas()  # Linux: re-exec once with an optimised BLAS preloaded, when there is one
 
 
 def user_errors(fn):
@@ -223,10 +226,9 @@ def bench(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of tokens/s and tokens/J against k."),
 ):
     """Benchmark plain, mlx-lm, fixed k and auto decoding on a prompt suite (median of trials)."""
-    from .blas import describe_blas, use_optimised_blas
-
-    use_optimised_blas()  # re-execs once with an optimised BLAS preloaded, when the machine has one
     from rich.console import Console
+
+    from .blas import describe_blas
 
     from .bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line, terminal_chart
     from .bench import write_plot

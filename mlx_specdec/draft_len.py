@@ -16,6 +16,7 @@ k = 0 wins, a one-draft probe every `probe_every` rounds keeps the estimate fres
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Optional, Sequence, Union
 
@@ -50,12 +51,14 @@ def choose_k(acceptance: Sequence[float], cost: Sequence[float]) -> int:
     return best
 
 
-def calibrate(bundle, max_k: int, repeats: int = 3, context: int = 32, energy=None) -> list[float]:
+def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None) -> list[float]:
     """Cost of a round with k = 0..max_k drafts, timed on a scratch cache.
 
-    Seconds (median of `repeats` after a warm-up), or, with `energy` (an energy.EnergySource
-    that reads), joules: the counter over `8 * repeats` runs of each pass, divided by the count
-    (counters tick too coarsely for one pass).
+    Seconds (the fastest of `repeats` after a warm-up: noise only ever adds time), or, with
+    `energy` (an energy.EnergySource that reads), joules: the counter over `8 * repeats` runs of
+    each pass, divided by the count (counters tick too coarsely for one pass). A verify of more
+    tokens never counts as cheaper than one of fewer: on a busy machine noise can say otherwise,
+    and a policy that believes it drafts forever at no acceptance.
     """
     target, drafter = bundle.target, bundle.drafter
     cache = make_target_cache(target.config, max_rewind=max_k + 2)
@@ -79,7 +82,7 @@ def calibrate(bundle, max_k: int, repeats: int = 3, context: int = 32, energy=No
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-        return sorted(times)[len(times) // 2]
+        return min(times)
 
     def verify(n):
         logits, hid = target(mx.zeros((1, n), dtype=mx.int32), cache)
@@ -87,7 +90,7 @@ def calibrate(bundle, max_k: int, repeats: int = 3, context: int = 32, energy=No
         for c in cache:
             c.trim(n)
 
-    verify_cost = [cost(lambda n=n: verify(n)) for n in range(1, max_k + 2)]
+    verify_cost = list(itertools.accumulate((cost(lambda n=n: verify(n)) for n in range(1, max_k + 2)), max))
     if drafter is None:
         return verify_cost[:1]
     kv = drafter_kv(cache, target.kv_layers)
@@ -115,13 +118,14 @@ class AutoPolicy:
     """Per-round k maximising expected tokens per second (or per joule-proxy with `battery`)."""
 
     def __init__(self, cost: Sequence[float], prior_accept: float = 0.5, prior_weight: float = 2.0,
-                 probe_every: int = 32):
+                 probe_every: int = 32, memory: float = 0.98):
         self.cost = list(cost)
         self.max_k = len(cost) - 1
         self.prior_accept, self.prior_weight = prior_accept, prior_weight
         self.hits = [0.0] * self.max_k
         self.tries = [0.0] * self.max_k
         self.probe_every = probe_every
+        self.memory = memory  # per drafting round: old observations fade (~50 rounds)
         self.since_draft = 0
         self.history: list[int] = []
 
@@ -144,6 +148,9 @@ class AutoPolicy:
 
     def observe(self, k: int, accepted: int, seconds: float) -> None:
         self.since_draft = 0 if k else self.since_draft + 1
+        if k:
+            self.hits = [h * self.memory for h in self.hits]
+            self.tries = [t * self.memory for t in self.tries]
         # Draft i (1-based) was tried iff drafts 1..i-1 were accepted.
         for i in range(min(k, accepted + 1)):
             self.tries[i] += 1
@@ -183,14 +190,15 @@ def objective(battery: Optional[bool] = None):
 
 def make_policy(draft_tokens, bundle, battery: Optional[bool] = None):
     """k -> FixedPolicy(k); "auto" -> AutoPolicy maximising tokens per second, or per joule
-    with `battery` (None: automatic, on when the machine runs on battery and can meter energy).
-    The calibration is cached on the bundle, per objective."""
+    with `battery` (None: automatic, on when the machine runs on battery and can meter energy)."""
     draft = parse_draft(draft_tokens)
     if draft != "auto":
         return FixedPolicy(draft)
     if bundle.drafter is None:
         return FixedPolicy(0)
     unit, source = objective(battery)
-    if unit not in bundle.round_costs:
-        bundle.round_costs[unit] = calibrate(bundle, MAX_DRAFT, energy=source)
-    return AutoPolicy(bundle.round_costs[unit])
+    # One policy per bundle and objective, calibrated once: what it learns about acceptance
+    # carries over to the next request (a chat's next turn) instead of restarting from the prior.
+    if unit not in bundle.auto_policies:
+        bundle.auto_policies[unit] = AutoPolicy(calibrate(bundle, MAX_DRAFT, energy=source))
+    return bundle.auto_policies[unit]

@@ -212,8 +212,8 @@ class Bundle:
     tokenizer: object
     name: str
     path: Optional[Path] = None
-    # draft_len's calibration: {"seconds" | "joules": cost of a round with k = 0..8 drafts}
-    round_costs: dict = field(default_factory=dict)
+    # draft_len's "auto" policies, one per objective ("seconds" | "joules"), kept across requests
+    auto_policies: dict = field(default_factory=dict)
 
 
 def is_bundle(folder: Path) -> bool:

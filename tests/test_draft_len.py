@@ -72,7 +72,7 @@ def test_calibration_in_joules_uses_the_energy_counter(bundles):
     assert meter.reads == 2 * 4  # one counter span per pass: verify of 1, 2, 3 tokens, a draft step
 
 
-def test_auto_policy_optimises_per_joule_on_battery_and_caches_per_objective(bundles, monkeypatch):
+def test_auto_policy_optimises_per_joule_on_battery_and_is_kept_per_objective(bundles, monkeypatch):
     from mlx_specdec import draft_len, energy
     from mlx_specdec.load import Bundle
 
@@ -82,10 +82,10 @@ def test_auto_policy_optimises_per_joule_on_battery_and_caches_per_objective(bun
     monkeypatch.setattr(draft_len, "calibrate", lambda bundle, k, energy=None: calls.append(energy) or [1.0] * (k + 1))
     monkeypatch.setattr(energy, "detect_energy_source", lambda: WattMeter())
     monkeypatch.setattr(energy, "battery", lambda: energy.Battery(percent=50.0, on_battery=True))
-    draft_len.make_policy("auto", b)  # on battery -> joules
-    draft_len.make_policy("auto", b, battery=True)  # cached
+    first = draft_len.make_policy("auto", b)  # on battery -> joules
+    assert draft_len.make_policy("auto", b, battery=True) is first  # kept for the next request
     draft_len.make_policy("auto", b, battery=False)  # mains -> seconds
-    assert set(b.round_costs) == {"joules", "seconds"}
+    assert set(b.auto_policies) == {"joules", "seconds"}
     assert isinstance(calls[0], WattMeter) and calls[1] is None and len(calls) == 2
 
 
@@ -94,3 +94,25 @@ def test_battery_mode_without_an_energy_counter_falls_back_to_seconds(monkeypatc
 
     monkeypatch.setattr(energy, "detect_energy_source", lambda: energy.NullSource())
     assert draft_len.objective(True) == ("seconds", None)
+
+
+def test_calibrated_costs_never_fall_as_k_grows(bundles):
+    """Noise must not make a longer round look cheaper (the policy would draft forever)."""
+    from mlx_specdec.draft_len import calibrate
+
+    costs = calibrate(bundles["dense"], 4, repeats=2)
+    assert all(b > a for a, b in zip(costs, costs[1:]))
+
+
+def test_auto_policy_forgets_old_acceptance_when_the_drafter_stops_agreeing():
+    p = AutoPolicy([1.0, 1.5, 2.0, 2.5, 3.0])  # CPU-like: drafting pays only when accepted
+    for _ in range(60):
+        k = p.choose(4)
+        p.observe(k, k, 0.0)  # everything accepted
+    assert p.choose(4) == 4
+    ks = []
+    for _ in range(60):
+        k = p.choose(4)
+        ks.append(k)
+        p.observe(k, 0, 0.0)  # now nothing is
+    assert ks[0] == 4 and ks[10:].count(0) >= 45  # back to plain decoding within 10 rounds
