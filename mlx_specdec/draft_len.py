@@ -10,8 +10,9 @@ Costs come from a one-off calibration per bundle (timed verify passes of 1..K+1 
 drafter steps on a scratch cache). Only their ratios matter for the choice; per-k online
 corrections were tried and rejected: overheads outside the round made the chosen k look
 dearer than untried ones and the policy wandered. Acceptance rates are running per-position
-estimates with a weak prior (an untried position borrows the previous one's estimate); while
-k = 0 wins, a one-draft probe every `probe_every` rounds keeps the estimate fresh.
+estimates with a weak prior (an untried position borrows the previous one's estimate) that fade
+with age; while k = 0 wins, a one-draft probe keeps the estimate fresh, every `probe_every`
+rounds at first and ever more rarely while probes fail.
 """
 
 from __future__ import annotations
@@ -118,16 +119,18 @@ class AutoPolicy:
     """Per-round k maximising expected tokens per second (or per joule-proxy with `battery`)."""
 
     def __init__(self, cost: Sequence[float], prior_accept: float = 0.5, prior_weight: float = 2.0,
-                 probe_every: int = 32, memory: float = 0.98):
+                 probe_every: int = 32, memory: float = 0.98, max_probe_gap: int = 1024):
         self.cost = list(cost)
         self.max_k = len(cost) - 1
         self.prior_accept, self.prior_weight = prior_accept, prior_weight
         self.hits = [0.0] * self.max_k
         self.tries = [0.0] * self.max_k
         self.probe_every = probe_every
+        self.probe_gap = probe_every  # doubles after each failed probe, back to probe_every on success
+        self.max_probe_gap = max_probe_gap
+        self.probing = False
         self.memory = memory  # per drafting round: old observations fade (~50 rounds)
         self.since_draft = 0
-        self.history: list[int] = []
 
     @property
     def acceptance(self) -> list[float]:
@@ -141,13 +144,16 @@ class AutoPolicy:
     def choose(self, max_k: int) -> int:
         max_k = min(max_k, self.max_k)
         k = choose_k(self.acceptance[:max_k], self.cost[: max_k + 1])
-        if k == 0 and max_k > 0 and self.since_draft >= self.probe_every:
+        self.probing = k == 0 and max_k > 0 and self.since_draft >= self.probe_gap
+        if self.probing:
             k = 1  # probe: one cheap draft keeps the acceptance estimate honest
-        self.history.append(k)
         return k
 
     def observe(self, k: int, accepted: int, seconds: float) -> None:
         self.since_draft = 0 if k else self.since_draft + 1
+        if self.probing and k:  # a useless drafter is probed ever more rarely
+            self.probe_gap = self.probe_every if accepted else min(2 * self.probe_gap, self.max_probe_gap)
+            self.probing = False
         if k:
             self.hits = [h * self.memory for h in self.hits]
             self.tries = [t * self.memory for t in self.tries]

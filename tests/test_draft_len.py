@@ -117,3 +117,16 @@ def test_auto_policy_forgets_old_acceptance_when_the_drafter_stops_agreeing():
         p.observe(k, 0, 0.0)  # now nothing is
     assert ks[0] == 4 and ks.index(0) <= 20  # back to plain decoding within 20 rounds
     assert ks[-30:].count(0) >= 28  # and it stays there, but for rare probes
+
+
+def test_probes_of_a_useless_drafter_back_off():
+    p = AutoPolicy([1.0, 1.5, 2.0], probe_every=8, max_probe_gap=64)
+    ks = []
+    for _ in range(1000):
+        k = p.choose(2)
+        ks.append(k)
+        p.observe(k, 0, 0.0)
+    probes = [i for i, k in enumerate(ks) if k]
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps[:3] == [17, 33, 65] and max(gaps) == 65  # 8, 16, 32, 64 plain rounds between probes
+    assert len(probes) < 25  # 2.5% of rounds, not 1 in 8
