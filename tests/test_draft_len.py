@@ -69,7 +69,7 @@ def test_calibration_in_joules_uses_the_energy_counter(bundles):
     meter = WattMeter()
     joules = calibrate(bundles["dense"], 2, repeats=1, energy=meter)
     assert len(joules) == 3 and all(0 < j < 10.0 for j in joules)  # each pass well under a second
-    assert meter.reads == 2 * 4  # one counter span per pass: verify of 1, 2, 3 tokens, a draft step
+    assert meter.reads == 2 * 5  # one counter span per pass: verify of 1, 2, 3 tokens, plain steps, a draft step
 
 
 def test_auto_policy_optimises_per_joule_on_battery_and_is_kept_per_objective(bundles, monkeypatch):
