@@ -132,6 +132,17 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def optimiser_step(opt, model, loss, losses: list, label: str, last: bool, t0: float) -> None:
+    """Backward, clip to norm 1, step; log the mean of the last 25 losses every 25 steps."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    losses.append(loss.item())
+    if len(losses) % 25 == 1 or last:
+        log(f"{label} {sum(losses[-25:]) / len(losses[-25:]):.3f} ({time.time() - t0:.0f}s)")
+
+
 def train_target(target, stream, steps, batch, length, gen) -> list[float]:
     opt = torch.optim.AdamW(target.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01)
     target.train()
@@ -141,14 +152,7 @@ def train_target(target, stream, steps, batch, length, gen) -> list[float]:
             group["lr"] = lr_at(step, steps, 3e-3, warmup=min(50, steps // 10 + 1))
         ids = windows(stream, batch, length, gen)
         loss = target(input_ids=ids, labels=ids).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(target.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 25 == 0 or step == steps - 1:
-            log(f"target step {step}/{steps} loss {sum(losses[-25:]) / len(losses[-25:]):.3f} "
-                f"({time.time() - t0:.0f}s)")
+        optimiser_step(opt, target, loss, losses, f"target step {step}/{steps} loss", step == steps - 1, t0)
     target.eval()
     return losses
 
@@ -272,14 +276,7 @@ def train_drafter(target, drafter, pool, stream, steps, batch, length, gen) -> l
             tlp = target_logp[:, positions + j]  # the target's distribution for token p+j+1
             loss = loss + F.kl_div(F.log_softmax(dl, dim=-1), tlp, log_target=True, reduction="none").sum(-1).mean()
         loss = loss / K_DRAFT
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 25 == 0 or step == steps - 1:
-            log(f"drafter step {step}/{steps} KL {sum(losses[-25:]) / len(losses[-25:]):.3f} "
-                f"({time.time() - t0:.0f}s)")
+        optimiser_step(opt, drafter, loss, losses, f"drafter step {step}/{steps} KL", step == steps - 1, t0)
     drafter.eval()
     return losses
 
