@@ -30,7 +30,7 @@ from typing import Iterator, Optional, Sequence, Union
 import mlx.core as mx
 from mlx_lm.generate import generation_stream, wired_limit
 
-from .cache import cache_offset, drafter_kv, make_target_cache, rewind
+from .cache import RewindError, cache_offset, drafter_kv, make_target_cache, rewind
 from .draft_len import MAX_DRAFT, make_policy
 from .errors import SpecdecError
 from .load import Bundle
@@ -57,7 +57,7 @@ class PromptCache:
         drop = cache_offset(self.cache) - n
         try:
             rewind(self.cache, drop)
-        except Exception:
+        except RewindError:
             self.reset()  # the sliding window no longer holds those positions: prefill again
             return
         del self.tokens[n:]
