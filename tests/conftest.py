@@ -1,9 +1,13 @@
 """Shared fixtures: the tiny real Gemma 4 checkpoints under tests/fixtures/ (see its README)."""
 
+import os
 from pathlib import Path
 
 import mlx.core as mx
 import pytest
+
+# Tests never reach a hub: anything that tried would fail at once instead of touching the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TARGET = FIXTURES / "target_text"
