@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo_corpus import CHAT_QUESTIONS, split_corpus, stdlib_entries  # noqa: E402
 
+from mlx_specdec.bench import position_counts  # noqa: E402
 from mlx_specdec.decode import generate  # noqa: E402
 from mlx_specdec.load import load  # noqa: E402
 from mlx_specdec.sampling import SamplingParams  # noqa: E402
@@ -40,19 +41,15 @@ def held_out_prompts(tokenizer, n: int) -> list[list[int]]:
 
 def acceptance(traces: list[list[dict]], k: int) -> dict:
     """Mean accepted per round, per-position conditional acceptance and the histogram."""
-    rounds = [r for t in traces for r in t if r["drafted"]]
-    tried, hit = [0] * k, [0] * k
+    rounds = [(len(r["drafted"]), r["accepted"], 0.0) for t in traces for r in t if r["drafted"]]
+    tried, hit = position_counts(rounds)
     hist = [0] * (k + 1)
-    for r in rounds:
-        n, d = r["accepted"], len(r["drafted"])
+    for _, n, _ in rounds:
         hist[n] += 1
-        for i in range(min(n + 1, d)):
-            tried[i] += 1
-            hit[i] += i < n
     return {
         "rounds": len(rounds),
-        "mean_accepted_per_round": sum(r["accepted"] for r in rounds) / max(1, len(rounds)),
-        "per_position": [round(h / t, 3) if t else None for h, t in zip(hit, tried)],
+        "mean_accepted_per_round": sum(n for _, n, _ in rounds) / max(1, len(rounds)),
+        "per_position": [round(h / t, 3) if t else None for h, t in zip(hit[:k], tried[:k])],
         "histogram": hist,
     }
 
