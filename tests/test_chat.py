@@ -338,6 +338,14 @@ class Terminal:
     def send(self, line):
         self.child.sendline(line)
 
+    def quit(self):
+        """/quit, then the process must say bye and exit 0."""
+        self.send("/quit")
+        self.wait_for(r"bye")
+        self.child.expect(self._eof, timeout=20)
+        self.child.close()
+        assert self.child.exitstatus == 0
+
 
 def specdec(*args):
     """`specdec ARGS` without relying on the console script being installed."""
@@ -372,12 +380,9 @@ def test_terminal_chat_shows_answer_panel_commands_and_survives_ctrl_c():
         term.send("/reset")
         term.send("hello there")
         term.wait_for(r"(?s)\(stopped.*› hello there\n" + re.escape(first) + r"\n12 tokens · [^\n]* · prefill 18 · draft 2")
-        term.send("/quit")
-        term.wait_for(r"bye")
-        term.child.expect(term._eof, timeout=20)
+        term.quit()
     finally:
         term.child.close(force=True)
-    assert term.child.exitstatus == 0
 
 
 def test_terminal_chat_on_the_demo_pair_shows_real_acceptance_and_obeys_draft_commands():
@@ -394,9 +399,6 @@ def test_terminal_chat_on_the_demo_pair_shows_real_acceptance_and_obeys_draft_co
         term.wait_for(r"draft length: off")
         term.send("What does `len` do?")
         term.wait_for(r"\d+ tokens · [^\n]* · prefill \d+ \(\+\d+ cached\) · draft off")
-        term.send("/quit")
-        term.wait_for(r"bye")
-        term.child.expect(term._eof, timeout=20)
+        term.quit()
     finally:
         term.child.close(force=True)
-    assert term.child.exitstatus == 0
