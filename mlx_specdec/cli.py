@@ -224,11 +224,32 @@ def bench(
     ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON summary to this file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of tokens/s and tokens/J against k."),
+    # --- synthetic bench (bench_synthetic.py) ---
+    synthetic: Optional[str] = typer.Option(
+        None, "--synthetic", help="Random weights at real shapes: e2b, e4b, 12b, 26b-a4b, 31b or a config.json."
+    ),
+    acceptance: Optional[str] = typer.Option(
+        None, "--acceptance", help="With --synthetic: oracle acceptance, one rate or per position (0.92,0.79,...)."
+    ),
+    no_auto: bool = typer.Option(False, "--no-auto", help="With --synthetic: skip auto and its calibration."),
+    bits: int = typer.Option(4, "--bits", help="With --synthetic: quantisation bits as convert (4, 8, 16)."),
+    prompt_tokens: int = typer.Option(64, "--prompt-tokens", help="With --synthetic: random prompt length."),
+    # --- end synthetic ---
 ):
     """Benchmark plain, mlx-lm, fixed k and auto decoding on a prompt suite (median of trials)."""
     from rich.console import Console
 
     from .blas import describe_blas
+
+    if synthetic is not None:  # --- synthetic bench hook ---
+        from .bench_synthetic import run_cli
+
+        return run_cli(synthetic, model=model, target=target, drafter=drafter, demo=demo, acceptance=acceptance,
+                       auto=not no_auto, bits=bits, ks=ks, max_tokens=max_tokens, prompt_tokens=prompt_tokens,
+                       trials=trials, json_path=json_path, plot=plot)
+    if acceptance is not None or no_auto or bits != 4 or prompt_tokens != 64:
+        raise SpecdecError("--acceptance, --no-auto, --bits and --prompt-tokens need --synthetic NAME")
+    # --- end synthetic bench hook ---
 
     from .bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line, terminal_chart
     from .bench import write_plot
