@@ -8,8 +8,8 @@ import pytest
 from mlx_specdec import bench_synthetic, synthetic
 from mlx_specdec.cache import drafter_kv, make_target_cache
 from mlx_specdec.decode import generate
-from mlx_specdec.models.target import make_model, text_config
 from mlx_specdec.errors import SpecdecError
+from mlx_specdec.models.target import make_model, text_config
 from weights_convert import quantise
 
 from .conftest import DRAFTERS, TARGET
@@ -156,3 +156,42 @@ def test_synthetic_bench_json_has_the_documented_fields(tmp_path):
     json.dumps(result)  # serialisable as it is
     bench_synthetic.write_plot([result], tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def shrunk(name: str) -> dict:
+    """A family's config with its structure (layer pattern, KV sharing, PLE, MoE, k_eq_v, head kind) kept
+    and every width made tiny: two attention periods, vocabulary 1024."""
+    fam = synthetic.family_config(name)
+    t, d = fam["target"], fam["drafter"]
+    period = t["layer_types"].index("full_attention") + 1
+    t.update(hidden_size=128, intermediate_size=256, vocab_size=1024, head_dim=32, global_head_dim=64,
+             sliding_window=16, layer_types=t["layer_types"][: 2 * period], num_hidden_layers=2 * period)
+    if t["num_kv_shared_layers"]:
+        t["num_kv_shared_layers"] = period
+    if t["hidden_size_per_layer_input"]:
+        t.update(hidden_size_per_layer_input=16, vocab_size_per_layer_input=1024)
+    if t["enable_moe_block"]:
+        t.update(num_experts=8, top_k_experts=2, moe_intermediate_size=64)
+    d["text_config"].update(vocab_size=1024, head_dim=32, global_head_dim=64, hidden_size=64, intermediate_size=128,
+                            sliding_window=16)
+    d.update(backbone_hidden_size=128, num_centroids=32, centroid_intermediate_top_k=4)
+    return fam
+
+
+@pytest.mark.parametrize("name", ["e2b", "e4b", "26b-a4b", "31b"])
+def test_every_family_structure_builds_and_decodes_exactly_with_the_oracle(name):
+    bundle = synthetic.synthetic_bundle(shrunk(name), bits=4, group_size=32, dtype=mx.float32)
+    ids = synthetic.random_prompt(1024, 10)
+    _, plain, _ = generate(bundle, ids, max_tokens=24, draft_tokens=0)
+    bundle.drafter = synthetic.OracleDrafter(bundle.drafter, ids + plain, [0.7])
+    _, out, stats = generate(bundle, ids, max_tokens=24, draft_tokens=3)
+    assert out == plain and 0 < stats.acceptance_rate < 1
+
+
+def test_12b_target_builds_and_decodes():
+    """12B's drafter is a `gemma4_unified_assistant` (model-families support); its target is plain Gemma 4."""
+    fam = shrunk("12b")
+    fam["drafter"] = None
+    bundle = synthetic.synthetic_bundle(fam, bits=4, group_size=32, dtype=mx.float32)
+    _, out, _ = generate(bundle, synthetic.random_prompt(1024, 10), max_tokens=8, draft_tokens=0)
+    assert len(out) == 8 and bundle.drafter is None
