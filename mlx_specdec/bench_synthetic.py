@@ -171,11 +171,14 @@ def run_synthetic(
     dtype=mx.bfloat16,
     energy=None,
     blas: str = "",
+    built: tuple | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> dict:
-    """Build the synthetic pair, benchmark every mode -> bench's JSON (extended; module docstring)."""
-    from mlx_lm import __version__ as mlx_lm_version
+    """Build the synthetic pair, benchmark every mode -> bench's JSON (extended; module docstring).
 
+    `built`: a (Bundle, BuildReport) from `synthetic.build` to reuse (a sweep over acceptance
+    rates builds once); its drafter is restored and auto's calibration dropped afterwards.
+    """
     from .energy import detect_energy_source
 
     if trials < 1:
@@ -185,9 +188,24 @@ def run_synthetic(
     if prompt_tokens < 1:
         raise SpecdecError("--prompt-tokens must be at least 1")
     energy = energy if energy is not None else detect_energy_source()
-    log(f"building synthetic {name_or_config} ({bits}-bit)")
-    bundle, report = synthetic.build(name_or_config, bits, group_size, seed, dtype)
-    log(f"built in {report.seconds:.1f} s, peak {report.peak_memory_bytes / 2**30:.2f} GiB")
+    if built is None:
+        log(f"building synthetic {name_or_config} ({bits}-bit)")
+        built = synthetic.build(name_or_config, bits, group_size, seed, dtype)
+        log(f"built in {built[1].seconds:.1f} s, peak {built[1].peak_memory_bytes / 2**30:.2f} GiB")
+    bundle, report = built
+    real_drafter = bundle.drafter
+    try:
+        return _bench(bundle, report, acceptance=acceptance, ks=ks, auto=auto, max_tokens=max_tokens,
+                      prompt_tokens=prompt_tokens, trials=trials, seed=seed, energy=energy, blas=blas, log=log)
+    finally:
+        bundle.drafter = real_drafter
+        bundle.auto_policies.clear()  # calibrated with this run's drafter: not the next run's
+
+
+def _bench(bundle, report, *, acceptance, ks, auto, max_tokens, prompt_tokens, trials, seed, energy, blas, log) -> dict:
+    from mlx_lm import __version__ as mlx_lm_version
+
+    bits, group_size = report.bits, report.group_size
     ids = synthetic.random_prompt(bundle.target.vocab_size, prompt_tokens, seed)
     real_drafter = bundle.drafter
 
@@ -211,8 +229,7 @@ def run_synthetic(
             runs[mode].append([run])
             host[mode] += wait
         log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
-    costs = measure_costs(bundle, real_drafter, prompt_tokens + max_tokens // 2, max(ks, default=0) if ks else 0)
-    bundle.drafter = real_drafter
+    costs = measure_costs(bundle, real_drafter, prompt_tokens + max_tokens // 2, max(ks, default=0))
 
     entries = [bench.summarise_mode(m, dt, runs[m]) for m, dt in modes]
     plain_rate = entries[0]["decode_tokens_per_s"]
@@ -272,7 +289,7 @@ def run_synthetic(
             if auto_e and auto_e["speedup"] and auto_e["ideal_speedup"] else None,
         },
         "synthetic": {
-            "family": report.name, "bits": bits, "group_size": group_size, "seed": seed, "dtype": str(dtype),
+            "family": report.name, "bits": bits, "group_size": group_size, "seed": seed, "dtype": report.dtype,
             "estimated_shapes": report.estimated_shapes, "acceptance": list(acceptance) if acceptance else None,
             "prompt_tokens": prompt_tokens, "build_s": report.seconds,
             "build_peak_memory_bytes": report.peak_memory_bytes, "target_bytes": report.target_bytes,

@@ -162,6 +162,7 @@ class BuildReport:
     target_parameters: int  # unquantised count
     drafter_parameters: int
     estimated_shapes: bool
+    dtype: str  # of the unquantised parameters, the scales and the activations
 
 
 def _random_into(module: nn.Module, shape: tuple, params, key: mx.array, dtype) -> int:
@@ -269,6 +270,7 @@ def build(
         peak_memory_bytes=int(mx.get_peak_memory()), target_bytes=_nbytes(model),
         drafter_bytes=_nbytes(drafter) if drafter is not None else 0,
         target_parameters=n_target, drafter_parameters=n_draft, estimated_shapes=estimated,
+        dtype=str(dtype).removeprefix("mlx.core."),
     )
     label = f"synthetic-{name}-{bits}bit" if bits < 16 else f"synthetic-{name}"
     return Bundle(target, drafter, IdTokenizer(), label, None), report

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Synthetic sweep on an NVIDIA GPU: every family at 4 bits, oracle acceptance 0, 0.5, 0.8 and
+# 0.92,0.79,0.68,0.59 (per position), one JSON per run, then OUT/summary.md and a plot per family.
+#
+#   scripts/device_bench.sh [--dry-run] [OUT]        (OUT default: device_bench_out)
+#
+# Makes a fresh venv (VENV, default .venv-cuda), installs MLX's CUDA backend `mlx[cuda]` (CUDA 12
+# wheels, mlx-cuda-12) of the MLX version pyproject.toml pins, then the project itself with its
+# other dependencies but not `mlx[cpu]` (the two backends must not share one environment).
+# PIP_ARGS is passed to every pip install (e.g. "--no-index --find-links WHEELS" offline).
+# Budget: each family gets at most FAMILY_TIMEOUT s (default 150), the sweep stops starting new
+# families after BUDGET s (default 540), so the whole run fits in about 10 minutes after install.
+# Refuses in one line (exit 1) without a working nvidia-smi. --dry-run prints what it would run.
+set -euo pipefail
+
+DRY=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
+OUT="${1:-device_bench_out}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv-cuda}"
+FAMILIES="${FAMILIES:-e2b 31b 26b-a4b e4b 12b}"  # the issue's headline figures first
+ACCEPTANCE="${ACCEPTANCE:-0.92,0.79,0.68,0.59 0 0.8 0.5}"
+FAMILY_TIMEOUT="${FAMILY_TIMEOUT:-150}"
+BUDGET="${BUDGET:-540}"
+PYTHON="${PYTHON:-python3}"
+PIP_ARGS="${PIP_ARGS:-}"
+
+gpu=1
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then gpu=0; fi
+if [[ $gpu == 0 && $DRY == 0 ]]; then
+    echo "device_bench.sh: no NVIDIA GPU here (nvidia-smi is missing or fails); run it on a machine with one" >&2
+    exit 1
+fi
+
+MLX_VERSION="${MLX_VERSION:-$(sed -n 's/.*"mlx\[cpu\]>=\([0-9.]*\).*/\1/p' "$ROOT/pyproject.toml" | head -n1)}"
+# The project's dependencies except the MLX backend lines (mlx-lm stays).
+DEPS="$("$PYTHON" - "$ROOT/pyproject.toml" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)
+deps = [d.split(";")[0].strip() for d in re.findall(r'"([^"]+)"', block)]
+print(" ".join(repr(d) for d in deps if not re.match(r"mlx(\[|>|=|<|$)", d)) + " 'matplotlib>=3.8'")
+PY
+)"
+
+run() {  # print, then run unless --dry-run
+    echo "+ $*"
+    if [[ $DRY == 0 ]]; then eval "$@"; fi
+}
+
+if [[ $DRY == 1 ]]; then
+    [[ $gpu == 1 ]] && echo "# GPU: $(nvidia-smi -L | head -n1)" || echo "# dry run: no GPU here (a real run refuses)"
+fi
+run "rm -rf '$VENV' && '$PYTHON' -m venv '$VENV'"
+run "'$VENV/bin/pip' install -q $PIP_ARGS 'mlx[cuda]==$MLX_VERSION'"
+run "'$VENV/bin/pip' install -q $PIP_ARGS $DEPS"
+run "'$VENV/bin/pip' install -q $PIP_ARGS --no-deps -e '$ROOT'"
+run "'$VENV/bin/python' -c 'import mlx.core as mx; assert mx.default_device() == mx.gpu, mx.default_device(); print(\"mlx\", mx.__version__, mx.default_device())'"
+run "mkdir -p '$OUT' && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > '$OUT/gpu.csv'"
+
+start=$SECONDS
+for fam in $FAMILIES; do
+    if (( SECONDS - start > BUDGET )); then echo "budget of ${BUDGET} s spent: skipping $fam" >&2; continue; fi
+    left=$(( BUDGET - (SECONDS - start) ))
+    limit=$(( left < FAMILY_TIMEOUT ? left : FAMILY_TIMEOUT ))
+    (( limit < 30 )) && limit=30
+    run "timeout -k 10 $limit '$VENV/bin/python' '$ROOT/scripts/synthetic_sweep.py' --family $fam --bits 4 \
+--acceptance $ACCEPTANCE --out '$OUT' --budget-s $(( limit - 40 > 10 ? limit - 40 : 10 )) \
+|| echo '$fam: failed or timed out (limit $limit s)' >&2"
+done
+run "'$VENV/bin/python' '$ROOT/scripts/synthetic_sweep.py' --summarise '$OUT'"
