@@ -63,8 +63,8 @@ def summarise(folder: Path) -> None:
     from mlx_specdec.bench_synthetic import write_plot
 
     results = [json.loads(p.read_text()) for p in sorted(folder.glob("*-a*.json"))]
-    lines = ["| family | acceptance | plain tok/s | auto | best fixed k | verify(k+1)/plain at best k | draft/plain "
-             "| host wait (auto) | peak GiB | exact |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| family | acceptance | plain tok/s | auto | best fixed k | verify(k+1)/plain at best k | draft/plain "
+             "| host wait (auto) | peak GiB | exact |"), "|---|---|---|---|---|---|---|---|---|---|"]
     by_family: dict[str, list] = {}
     for r in results:
         fam, modes = r["synthetic"]["family"], {e["mode"]: e for e in r["modes"]}
