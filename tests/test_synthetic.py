@@ -7,9 +7,10 @@ import pytest
 
 from mlx_specdec import bench_synthetic, synthetic
 from mlx_specdec.cache import drafter_kv, make_target_cache
-from mlx_specdec.decode import generate
+from mlx_specdec.decode import generate, stream_generate
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.models.target import make_model, text_config
+from mlx_specdec.settings import GenerationSettings
 from weights_convert import quantise
 
 from .conftest import DRAFTERS, TARGET
@@ -27,7 +28,7 @@ def tiny():
     """(bundle, prompt ids, plain tokens, real drafter): float32 so greedy has no near-ties to flip."""
     bundle = synthetic.synthetic_bundle(tiny_config(), bits=4, group_size=32, dtype=mx.float32)
     ids = synthetic.random_prompt(bundle.target.vocab_size, 12, seed=3)
-    _, plain, _ = generate(bundle, ids, max_tokens=60, draft_tokens=0)
+    _, plain, _ = generate(bundle, ids, GenerationSettings(max_tokens=60, draft=0))
     return bundle, ids, plain, bundle.drafter
 
 
@@ -50,7 +51,7 @@ def test_oracle_gives_exactly_full_and_no_acceptance(tiny, rate, expected):
     bundle, ids, plain, drafter = tiny
     bundle.drafter = synthetic.OracleDrafter(drafter, ids + plain, [rate], seed=0)
     try:
-        _, out, stats = generate(bundle, ids, max_tokens=60, draft_tokens=4)
+        _, out, stats = generate(bundle, ids, GenerationSettings(max_tokens=60, draft=4))
     finally:
         bundle.drafter = drafter
     assert out == plain
@@ -65,16 +66,15 @@ def test_oracle_hits_per_position_acceptance_within_tolerance_and_output_equals_
     tried, hits = [0] * 2, [0] * 2
     for seed in range(12):
         bundle.drafter = synthetic.OracleDrafter(drafter, ids + plain, requested, seed=seed)
-        trace = []
         try:
-            _, out, _ = generate(bundle, ids, max_tokens=60, draft_tokens=2, trace=trace)
+            records = list(stream_generate(bundle, ids, GenerationSettings(max_tokens=60, draft=2)))
         finally:
             bundle.drafter = drafter
-        assert out == plain
-        for rnd in trace:
-            for i in range(min(len(rnd["drafted"]), rnd["accepted"] + 1)):
+        assert [r.token for r in records] == plain
+        for rnd in (r.round_info for r in records if r.round_info is not None):
+            for i in range(min(rnd.k, rnd.accepted + 1)):
                 tried[i] += 1
-                hits[i] += i < rnd["accepted"]
+                hits[i] += i < rnd.accepted
     assert tried[1] >= 200
     for want, t, h in zip(requested, tried, hits):
         assert abs(h / t - want) < 0.1, (requested, tried, hits)
@@ -182,9 +182,9 @@ def shrunk(name: str) -> dict:
 def test_every_family_structure_builds_and_decodes_exactly_with_the_oracle(name):
     bundle = synthetic.synthetic_bundle(shrunk(name), bits=4, group_size=32, dtype=mx.float32)
     ids = synthetic.random_prompt(1024, 10)
-    _, plain, _ = generate(bundle, ids, max_tokens=24, draft_tokens=0)
+    _, plain, _ = generate(bundle, ids, GenerationSettings(max_tokens=24, draft=0))
     bundle.drafter = synthetic.OracleDrafter(bundle.drafter, ids + plain, [0.7])
-    _, out, stats = generate(bundle, ids, max_tokens=24, draft_tokens=3)
+    _, out, stats = generate(bundle, ids, GenerationSettings(max_tokens=24, draft=3))
     assert out == plain and 0 < stats.acceptance_rate < 1
 
 
@@ -193,5 +193,5 @@ def test_12b_target_builds_and_decodes():
     fam = shrunk("12b")
     fam["drafter"] = None
     bundle = synthetic.synthetic_bundle(fam, bits=4, group_size=32, dtype=mx.float32)
-    _, out, _ = generate(bundle, synthetic.random_prompt(1024, 10), max_tokens=8, draft_tokens=0)
+    _, out, _ = generate(bundle, synthetic.random_prompt(1024, 10), GenerationSettings(max_tokens=8, draft=0))
     assert len(out) == 8 and bundle.drafter is None
