@@ -195,3 +195,24 @@ def test_12b_target_builds_and_decodes():
     bundle = synthetic.synthetic_bundle(fam, bits=4, group_size=32, dtype=mx.float32)
     _, out, _ = generate(bundle, synthetic.random_prompt(1024, 10), GenerationSettings(max_tokens=8, draft=0))
     assert len(out) == 8 and bundle.drafter is None
+
+
+def test_cli_bench_synthetic_writes_the_json_and_refuses_synthetic_options_without_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config()))
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["bench", "--synthetic", str(config), "--acceptance", "1", "--k", "2", "--no-auto",
+                                   "--max-tokens", "8", "--prompt-tokens", "4", "--trials", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert [e["mode"] for e in result["modes"]] == ["plain", "k=2"]
+    assert result["modes"][1]["acceptance_by_position"][:2] == [1.0, 1.0]
+    res = CliRunner().invoke(app, ["bench", "--demo", "--acceptance", "0.5"])
+    assert res.exit_code == 1
+    assert "error: --acceptance, --no-auto, --bits and --prompt-tokens need --synthetic NAME" in res.output
+    res = CliRunner().invoke(app, ["bench", "--synthetic", "e2b", "--demo"])
+    assert res.exit_code == 1 and "not both" in res.output

@@ -1,0 +1,108 @@
+"""Measure the loop's host-side costs that `mx.compile` or dtype choices could cut (issue 14's
+performance list), on a synthetic drafter at a family's real shapes (only the drafter is built:
+its K/V inputs are random tensors of the target's shapes).
+
+    python scripts/measure_loop_overheads.py [--family e2b] [--context 256] [--repeats 50]
+
+Prints, per item, the eager and the candidate figure; keep a change only where it wins:
+  drafter step   graph-building (host) time and evaluated time of one step, eager vs with its
+                 fixed-shape part (the head) compiled
+  accept maths   accept_greedy over [k+1, V] logits: host time and evaluated time, eager vs compiled
+  argmax         over [k+1, V] logits in their own dtype vs a float32 copy
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import mlx.core as mx
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def main() -> None:
+    from mlx_specdec import synthetic
+    from mlx_specdec.models.drafter import Drafter, DrafterArgs
+    from mlx_specdec.sampling import accept_greedy
+    from weights_convert import quantise
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="e2b")
+    ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--k", type=int, default=4)
+    args = ap.parse_args()
+
+    fam = synthetic.family_config(args.family)
+    dargs = DrafterArgs.from_config(fam["drafter"])
+    drafter = Drafter(dargs)
+    synthetic._materialise(drafter, quantise.plan(drafter, quantise.DRAFTER_RULES, 4, 64), mx.random.key(0),
+                           mx.bfloat16)
+    t, H, p = dargs.text, dargs.backbone_hidden_size, args.context
+    kv_heads = t["num_key_value_heads"]
+    full_heads = t.get("num_global_key_value_heads") or kv_heads if t.get("attention_k_eq_v") else kv_heads
+    window = t["sliding_window"]
+
+    def rnd(*shape):
+        return mx.random.normal(shape).astype(mx.bfloat16)
+
+    kv = {"sliding_attention": (rnd(1, kv_heads, min(p, window + 1), t["head_dim"]),) * 2,
+          "full_attention": (rnd(1, full_heads, p, t["global_head_dim"]),) * 2}
+    x, h = rnd(1, 1, H), rnd(1, 1, H)
+    mx.eval(kv, x, h)
+
+    def eager(pos):
+        logits, nh = drafter(x, h, kv, pos)
+        return mx.argmax(logits[:, -1], axis=-1), nh
+
+    # A shapeless compile of the whole step fails (Slice has no shapeless output shapes: the centroid
+    # head's top-k slice), and a shaped one would recompile every round (the full K/V grows). So the
+    # candidate compiles the parts whose shapes never change: the head (centroid scoring, gather,
+    # scatter) and the post-projection.
+    a = eager(p)
+    mx.eval(a)
+    host_eager = timed(lambda: eager(p), args.repeats)
+    run_eager = timed(lambda: mx.eval(eager(p)), args.repeats)
+    drafter.head = mx.compile(Drafter.head.__get__(drafter))
+    b = eager(p)
+    mx.eval(b)
+    same = bool(mx.array_equal(a[0], b[0]).item()) and bool(mx.allclose(a[1], b[1], atol=1e-2).item())
+    host_comp = timed(lambda: eager(p), args.repeats)
+    run_comp = timed(lambda: mx.eval(eager(p)), args.repeats)
+    print(f"{args.family} drafter ({sum(v.nbytes for _, v in _flat(drafter)) / 2**20:.0f} MiB), context {p}:")
+    print(f"  drafter step, graph building: eager {1e6 * host_eager:.0f} us, compiled head {1e6 * host_comp:.0f} us")
+    print(f"  drafter step, evaluated:      eager {1e3 * run_eager:.2f} ms, compiled head {1e3 * run_comp:.2f} ms "
+          f"(same result: {same})")
+
+    V, k = dargs.text["vocab_size"], args.k
+    logits = (mx.random.normal((k + 1, V)) * 3).astype(mx.bfloat16)
+    drafts = mx.argmax(logits[:k], axis=-1)
+    mx.eval(logits, drafts)
+    acc_c = mx.compile(accept_greedy)
+    print(f"  accept_greedy [{k + 1}, {V}], graph building: eager "
+          f"{1e6 * timed(lambda: accept_greedy(logits, drafts), args.repeats):.0f} us, compiled "
+          f"{1e6 * timed(lambda: acc_c(logits, drafts), args.repeats):.0f} us")
+    print(f"  accept_greedy evaluated: eager {1e3 * timed(lambda: mx.eval(accept_greedy(logits, drafts)), args.repeats):.3f}"
+          f" ms, compiled {1e3 * timed(lambda: mx.eval(acc_c(logits, drafts)), args.repeats):.3f} ms")
+    print(f"  argmax [{k + 1}, {V}]: bf16 {1e3 * timed(lambda: mx.eval(mx.argmax(logits, -1)), args.repeats):.3f} ms, "
+          f"float32 copy {1e3 * timed(lambda: mx.eval(mx.argmax(logits.astype(mx.float32), -1)), args.repeats):.3f} ms")
+
+
+def _flat(module):
+    from mlx.utils import tree_flatten
+
+    return tree_flatten(module.parameters())
+
+
+if __name__ == "__main__":
+    main()
