@@ -69,3 +69,8 @@ for fam in $FAMILIES; do
 || echo '$fam: failed or timed out (limit $limit s)' >&2"
 done
 run "'$VENV/bin/python' '$ROOT/scripts/synthetic_sweep.py' --summarise '$OUT'"
+# Loop overheads (compile candidates, argmax dtype) and prefill chunk sizes at E2B, if time is left.
+if (( SECONDS - start < BUDGET + 60 )); then
+    run "timeout -k 5 90 '$VENV/bin/python' '$ROOT/scripts/measure_loop_overheads.py' --family e2b --prefill 2048 \
+> '$OUT/overheads-e2b.txt' 2>&1 || echo 'overheads: failed or timed out' >&2"
+fi

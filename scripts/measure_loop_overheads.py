@@ -9,6 +9,8 @@ Prints, per item, the eager and the candidate figure; keep a change only where i
                  fixed-shape part (the head) compiled
   accept maths   accept_greedy over [k+1, V] logits: host time and evaluated time, eager vs compiled
   argmax         over [k+1, V] logits in their own dtype vs a float32 copy
+  prefill chunk  with --prefill N: the whole target is built too, and a prefill of N random
+                 tokens is timed at each chunk size in --chunks (decode.PREFILL_CHUNK)
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--prefill", type=int, default=0, help="prompt tokens for the prefill-chunk sweep (0: skip)")
+    ap.add_argument("--chunks", default="128,256,512,1024,2048")
     args = ap.parse_args()
+    if args.prefill:
+        prefill_chunks(args)
 
     fam = synthetic.family_config(args.family)
     dargs = DrafterArgs.from_config(fam["drafter"])
@@ -96,6 +102,29 @@ def main() -> None:
           f" ms, compiled {1e3 * timed(lambda: mx.eval(acc_c(logits, drafts)), args.repeats):.3f} ms")
     print(f"  argmax [{k + 1}, {V}]: bf16 {1e3 * timed(lambda: mx.eval(mx.argmax(logits, -1)), args.repeats):.3f} ms, "
           f"float32 copy {1e3 * timed(lambda: mx.eval(mx.argmax(logits.astype(mx.float32), -1)), args.repeats):.3f} ms")
+
+
+def prefill_chunks(args) -> None:
+    from mlx_specdec import decode, synthetic
+    from mlx_specdec.cache import PromptCache
+
+    bundle = synthetic.synthetic_bundle(args.family)
+    ids = synthetic.random_prompt(bundle.target.vocab_size, args.prefill)
+    default = decode.PREFILL_CHUNK
+    try:
+        for chunk in [int(c) for c in args.chunks.split(",")]:
+            decode.PREFILL_CHUNK = chunk
+
+            def run():
+                logits, h = decode._prefill(bundle, PromptCache(bundle), ids)
+                mx.eval(logits, h)
+
+            mx.reset_peak_memory()
+            seconds = timed(run, 2)
+            print(f"  prefill {args.prefill} tokens, chunk {chunk}: {seconds:.3f} s, "
+                  f"peak {mx.get_peak_memory() / 2**30:.2f} GiB", flush=True)
+    finally:
+        decode.PREFILL_CHUNK = default
 
 
 def _flat(module):

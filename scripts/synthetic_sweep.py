@@ -27,7 +27,9 @@ def sweep(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget_s
     try:
-        built = synthetic.build(args.family, args.bits)
+        import mlx.core as mx
+
+        built = synthetic.build(args.family, args.bits, dtype=getattr(mx, args.dtype))
     except (SpecdecError, ValueError, RuntimeError) as e:
         label = Path(args.family).stem
         (out / f"{label}-error.json").write_text(json.dumps({"family": label, "error": str(e)}) + "\n")
@@ -105,6 +107,8 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--no-auto", action="store_true")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                    help="activations and unquantised weights (float32 on a CPU: its bf16 path is slow)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no new acceptance run after this")
     ap.add_argument("--summarise", metavar="DIR", help="only write DIR/summary.md and the plots")
     args = ap.parse_args()
