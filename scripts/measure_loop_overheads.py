@@ -9,6 +9,8 @@ Prints, per item, the eager and the candidate figure; keep a change only where i
                  fixed-shape part (the head) compiled
   accept maths   accept_greedy over [k+1, V] logits: host time and evaluated time, eager vs compiled
   argmax         over [k+1, V] logits in their own dtype vs a float32 copy
+  target graph   host time to build (not evaluate) the target's forward over 1 and k+1 tokens: a
+                 lazily made model (never evaluated, so no memory), quantised modules as convert
   prefill chunk  with --prefill N: the whole target is built too, and a prefill of N random
                  tokens is timed at each chunk size in --chunks (decode.PREFILL_CHUNK)
 """
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=0, help="prompt tokens for the prefill-chunk sweep (0: skip)")
     ap.add_argument("--chunks", default="128,256,512,1024,2048")
     args = ap.parse_args()
+    target_graph(args)
     if args.prefill:
         prefill_chunks(args)
 
@@ -102,6 +105,30 @@ def main() -> None:
           f" ms, compiled {1e3 * timed(lambda: mx.eval(acc_c(logits, drafts)), args.repeats):.3f} ms")
     print(f"  argmax [{k + 1}, {V}]: bf16 {1e3 * timed(lambda: mx.eval(mx.argmax(logits, -1)), args.repeats):.3f} ms, "
           f"float32 copy {1e3 * timed(lambda: mx.eval(mx.argmax(logits.astype(mx.float32), -1)), args.repeats):.3f} ms")
+
+
+def target_graph(args) -> None:
+    from mlx import nn
+
+    from mlx_specdec import synthetic
+    from mlx_specdec.cache import make_target_cache
+    from mlx_specdec.models.target import Target, make_model, text_config
+    from weights_convert import quantise
+
+    cfg = text_config(synthetic.family_config(args.family)["target"])
+    model = make_model(cfg)  # its random init stays lazy: building graphs needs no weights
+    plan = quantise.plan(model, quantise.TARGET_RULES, 4, 64)
+    nn.quantize(model, class_predicate=lambda path, m: plan.get(path, False))
+    target, cache = Target(model, cfg), make_target_cache(cfg)
+
+    def build(n: int) -> None:
+        target(mx.zeros((1, n), dtype=mx.int32), cache)
+        for c in cache:
+            c.trim(n)
+
+    build(1)
+    print(f"  target forward, graph building: 1 token {1e3 * timed(lambda: build(1), args.repeats):.2f} ms, "
+          f"{args.k + 1} tokens {1e3 * timed(lambda: build(args.k + 1), args.repeats):.2f} ms", flush=True)
 
 
 def prefill_chunks(args) -> None:
