@@ -261,5 +261,28 @@ def bench(
         raise SpecdecError(f"{e.filename}: cannot write ({e.strerror})") from None
 
 
+@app.command()
+@user_errors
+def serve(
+    model: Optional[Path] = ModelArg,
+    target: Optional[Path] = TargetOpt,
+    drafter: Optional[Path] = DrafterOpt,
+    demo: bool = DemoOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (anything but loopback: use --api-key)."),
+    port: int = typer.Option(8080, "--port", help="TCP port (0: any free port, printed at start)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SPECDEC_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+    max_context: Optional[int] = typer.Option(None, "--max-context", help="Context limit in tokens."),
+    cache_bytes: int = typer.Option(2**30, "--cache-bytes", help="Prompt caches kept between requests, in bytes."),
+    max_queue: int = typer.Option(32, "--max-queue", help="Requests that may wait; more get 429."),
+    draft_tokens: str = DraftOpt,
+):
+    """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
+    from .draft_len import parse_draft
+    from .server import serve as run_server
+
+    run_server(model, target=target, drafter=drafter, demo=demo, host=host, port=port, api_key=api_key,
+               max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue, draft=parse_draft(draft_tokens))
+
+
 def main():  # pragma: no cover - console entry point
     app()
