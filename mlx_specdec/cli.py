@@ -268,9 +268,11 @@ def serve(
     target: Optional[Path] = TargetOpt,
     drafter: Optional[Path] = DrafterOpt,
     demo: bool = DemoOpt,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (anything but loopback: use --api-key)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (beyond loopback: use --api-key)."),
     port: int = typer.Option(8080, "--port", help="TCP port (0: any free port, printed at start)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SPECDEC_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="SPECDEC_API_KEY", help="Require 'Authorization: Bearer KEY'."
+    ),
     max_context: Optional[int] = typer.Option(None, "--max-context", help="Context limit in tokens."),
     cache_bytes: int = typer.Option(2**30, "--cache-bytes", help="Prompt caches kept between requests, in bytes."),
     max_queue: int = typer.Option(32, "--max-queue", help="Requests that may wait; more get 429."),

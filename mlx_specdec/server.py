@@ -337,6 +337,7 @@ def serve(model=None, *, target=None, drafter=None, demo: bool = False, host: st
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog from now on, even before uvicorn runs
     except OSError as e:
         sock.close()
         raise SpecdecError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None

@@ -18,6 +18,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .draft_len import parse_draft
 from .errors import SpecdecError
@@ -30,7 +31,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 class ApiError(Exception):
     """An error response: HTTP status plus OpenAI's {"error": {message, type, param, code}}."""
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+    TYPES: ClassVar[dict] = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
              413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
@@ -53,7 +54,7 @@ class GenRequest:
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None  # None: up to the context limit
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingParams = SamplingParams()  # noqa: RUF009 - frozen, shared safely
     stop: tuple[str, ...] = ()
     draft: int | str = "auto"
     messages: list[dict] = field(default_factory=list)  # chat: normalised for the chat template
@@ -185,10 +186,10 @@ def _message(m, i: int) -> dict:
     return out
 
 
-def parse_chat(body: dict, model: str, defaults: SamplingParams = SamplingParams(1.0),
+def parse_chat(body: dict, model: str, defaults: SamplingParams | None = None,
                draft="auto") -> GenRequest:
     """POST /v1/chat/completions body -> GenRequest (raises ApiError). `defaults`: sampling for omitted fields."""
-    req = _common(body, "chat", model, defaults, draft)
+    req = _common(body, "chat", model, defaults or SamplingParams(1.0), draft)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("messages", "'messages' must be a non-empty list")
@@ -224,10 +225,10 @@ def parse_chat(body: dict, model: str, defaults: SamplingParams = SamplingParams
     return req
 
 
-def parse_completion(body: dict, model: str, defaults: SamplingParams = SamplingParams(1.0),
+def parse_completion(body: dict, model: str, defaults: SamplingParams | None = None,
                draft="auto") -> GenRequest:
     """POST /v1/completions body -> GenRequest (raises ApiError). `defaults`: sampling for omitted fields."""
-    req = _common(body, "completion", model, defaults, draft)
+    req = _common(body, "completion", model, defaults or SamplingParams(1.0), draft)
     if body.get("echo") or body.get("suffix"):
         raise _bad("echo" if body.get("echo") else "suffix", "'echo' and 'suffix' are not supported")
     prompt = body.get("prompt")

@@ -51,7 +51,7 @@ class Job:
     emit: Callable[[object], None]
     max_tokens: int
     draft: int | str = "auto"
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingParams = SamplingParams()  # noqa: RUF009 - frozen, shared safely
     stop: tuple[str, ...] = ()
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -187,7 +187,7 @@ class Worker(threading.Thread):
             job.emit(Failed(499, "cancelled by the client"))
         except SpecdecError as e:
             job.emit(Failed(400, str(e)))
-        except Exception:  # noqa: BLE001 - the server must keep serving; the log has the traceback
+        except Exception:  # the server must keep serving; the log has the traceback
             log.exception("generation failed")
             keep = False  # do not reuse a cache that saw an unexpected failure
             job.emit(Failed(500, "internal error during generation; see the server log"))
