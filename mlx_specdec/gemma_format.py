@@ -118,8 +118,14 @@ class GemmaParser:
     in_reasoning: start inside the thinking channel (the prompt opened it; see `opens_reasoning`).
     """
 
-    def __init__(self, *, tools: bool = True, in_reasoning: bool = False,
-                 think_start: str = THINK_START, think_end: str = THINK_END):
+    def __init__(
+        self,
+        *,
+        tools: bool = True,
+        in_reasoning: bool = False,
+        think_start: str = THINK_START,
+        think_end: str = THINK_END,
+    ):
         self.tools = tools
         self.think_start, self.think_end = think_start, think_end
         self._state = _REASONING if in_reasoning else _CONTENT

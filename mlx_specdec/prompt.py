@@ -1,41 +1,71 @@
-"""Messages or raw text -> prompt token ids: the one place the chat template is applied.
+"""Messages (or raw text) -> prompt token ids: the one place the chat template is applied.
 
-Every front end (generate, chat, bench, serve) builds its prompt here, so a conversation renders
-the same way whichever one sends it.
+Every front end (generate, chat, bench, serve) turns what the user wrote into ids here, so a
+template quirk is handled once. Text that cannot be encoded (lone surrogates, as Python makes
+of non-UTF-8 bytes in command-line arguments or piped input) becomes U+FFFD instead of failing
+inside the tokenizer.
 
-Invariants:
-* `enable_thinking` is False unless the caller asks for it. mlx-lm's tokenizer wrapper would
-  otherwise turn it on for every Gemma 4 tokenizer (it detects the thinking markers), and
-  Gemma 4's template then adds `<|think|>` to a system turn the user never wrote.
-* Template failures (a message the template cannot render) are one-line `SpecdecError`s.
+`enable_thinking` is False unless the caller asks for it: mlx-lm's tokenizer wrapper would
+otherwise turn it on for every Gemma 4 tokenizer (it detects the thinking markers), and Gemma
+4's template then opens a system turn with `<|think|>` that the user never wrote. A message
+the template cannot render is a one-line `SpecdecError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from typing import Optional, Sequence
 
 from .errors import SpecdecError
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-def chat_ids(tokenizer, messages: Sequence[dict], *, tools: Sequence[dict] | None = None,
-             add_generation_prompt: bool = True, **template_kwargs) -> list[int]:
-    """Render `messages` (OpenAI-style dicts) and `tools` through the tokenizer's chat template."""
-    template_kwargs.setdefault("enable_thinking", False)
-    if not getattr(tokenizer, "chat_template", None):
-        # No template (a base model): the turns' text, one after another.
-        return text_ids(tokenizer, "\n".join(str(m.get("content") or "") for m in messages))
-    try:
-        ids = tokenizer.apply_chat_template(
-            list(messages), tools=list(tools) if tools else None,
-            add_generation_prompt=add_generation_prompt, tokenize=True, **template_kwargs,
-        )
-    except Exception as e:  # noqa: BLE001 - jinja2 errors (TemplateError, TypeError, KeyError on odd messages)
-        raise SpecdecError(f"the chat template cannot render these messages ({' '.join(str(e).split())[:200]})") from None
-    if hasattr(ids, "keys"):  # a BatchEncoding
-        ids = ids["input_ids"]
-    return [int(t) for t in ids]
+
+def clean_text(text: str) -> str:
+    """`text` with every lone surrogate (an undecodable byte) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _clean(value):
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def chat_ids(
+    tokenizer,
+    messages: Sequence[dict],
+    *,
+    tools: Optional[Sequence[dict]] = None,
+    add_generation_prompt: bool = True,
+    **template_kwargs,
+) -> list[int]:
+    """messages [{"role", "content", ...}] -> ids through the tokenizer's chat template, ending with
+    the model's turn when `add_generation_prompt`. `tools` and `template_kwargs` (such as
+    `enable_thinking`) go to the template. A tokenizer without a template (a bare base model)
+    gets plain "role: content" lines."""
+    messages = [_clean(dict(m)) for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        extra = dict(template_kwargs)
+        if getattr(tokenizer, "has_thinking", False):  # mlx-lm's wrapper would default it to True
+            extra.setdefault("enable_thinking", False)
+        if tools:
+            extra["tools"] = list(tools)
+        try:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **extra)
+        except Exception as e:  # noqa: BLE001 - jinja2 errors, KeyError/TypeError on messages it cannot render
+            raise SpecdecError(f"the chat template cannot render these messages ({' '.join(str(e).split())[:200]})") from None
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers may return a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+    text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages)
+    return text_ids(tokenizer, text + ("assistant:" if add_generation_prompt else ""))
 
 
 def text_ids(tokenizer, text: str) -> list[int]:
-    """Raw text, no template (the tokenizer adds its BOS token as it would for any prompt)."""
-    return [int(t) for t in tokenizer.encode(text)]
+    """Raw text -> ids, no template."""
+    return [int(t) for t in tokenizer.encode(clean_text(text))]

@@ -16,29 +16,27 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import queue
 import socket
 import time
-import uuid
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .decode import check_prompt
 from .errors import SpecdecError
-from .gemma_format import Content, GemmaParser, Reasoning, opens_reasoning
 from .prompt import chat_ids, text_ids
 from .sampling import SamplingParams
-from .server_api import ApiError, GenRequest, chat_message, envelope, parse_chat, parse_completion, tool_call_json
-from .server_api import usage as usage_json
-from .server_worker import Done, Failed, Job, Worker
-from .stats import RunStats
+from .server_api import ApiError, GenRequest, parse_chat, parse_completion
+from .server_stream import Run, collect, stream_response
+from .server_worker import Worker
+from .settings import GenerationSettings
 
 log = logging.getLogger("mlx_specdec.server")
 MAX_BODY = 16 * 2**20
@@ -46,154 +44,6 @@ MAX_BODY = 16 * 2**20
 
 def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-
-class _Run:
-    """One request's generation as seen from the event loop: queued items and the log line."""
-
-    def __init__(self, app_state, req: GenRequest, ids: list[int], path: str):
-        self.state, self.req, self.ids, self.path = app_state, req, ids, path
-        self.id = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex
-        self.items: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        limit = app_state.context_limit
-        self.job = Job(ids=ids, emit=lambda item: loop.call_soon_threadsafe(self.items.put_nowait, item),
-                       max_tokens=min(req.max_tokens or limit, limit), draft=req.draft, sampling=req.sampling,
-                       stop=req.stop)
-        self.records: list = []
-        self.cached = 0
-        self.status = 200
-        self.parser = None
-        if req.kind == "chat":
-            tok = app_state.worker.bundle.tokenizer
-            opened = not req.forced_prefix and opens_reasoning(tok.decode(ids[-8:]))  # the template opened it
-            self.parser = GemmaParser.for_tokenizer(tok, tools=req.parse_tools, in_reasoning=opened)
-            self.parser.feed(req.forced_prefix)  # the prefilled start of a forced tool call
-
-    async def watch(self, receive) -> None:
-        """Cancel the job when the client disconnects."""
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.job.cancel()
-
-    async def items_until_done(self):
-        """Yield the job's TokenRecords; ends on Done, raises ApiError on Failed."""
-        while True:
-            item = await self.items.get()
-            if isinstance(item, Done):
-                self.cached = item.cached_tokens
-                return
-            if isinstance(item, Failed):
-                self.status = item.status
-                raise ApiError(item.status, item.message)
-            self.records.append(item)
-            yield item
-
-    def finish_reason(self) -> str:
-        if self.parser is not None and self.parser.result.tool_calls:
-            return "tool_calls"
-        return self.records[-1].finish_reason if self.records else "stop"
-
-    def stats(self) -> dict:
-        s = RunStats.from_records(self.records).to_dict()
-        s["prefilled_tokens"] = len(self.ids) - self.cached
-        return s
-
-    def usage(self) -> dict:
-        return usage_json(len(self.ids), len(self.records), self.cached)
-
-    def log_line(self) -> None:
-        s = RunStats.from_records(self.records)
-        log.info("%s %d prompt=%d cached=%d completion=%d %.1f tok/s %.2f accepted/round",
-                 self.path, self.status, len(self.ids), self.cached, s.generated_tokens,
-                 s.decode_tokens_per_s, s.mean_accepted_per_round)
-
-
-def _deltas(events, request_id: str) -> list[dict]:
-    out = []
-    for e in events:
-        if isinstance(e, Content):
-            out.append({"content": e.text})
-        elif isinstance(e, Reasoning):
-            out.append({"reasoning_content": e.text})
-        else:
-            out.append({"tool_calls": [tool_call_json(e, request_id)]})
-    return out
-
-
-def _sse(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-class _JobStream(StreamingResponse):
-    """Server-sent events whose job is cancelled as soon as the client goes away."""
-
-    def __init__(self, content, run: _Run):
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self.run = run
-
-    async def __call__(self, scope, receive, send) -> None:
-        watcher = asyncio.create_task(self.run.watch(receive))
-        try:
-            await self.stream_response(send)
-        except OSError:
-            pass  # the client disconnected while we were writing
-        finally:
-            watcher.cancel()
-            self.run.job.cancel()
-
-
-async def _stream(run: _Run):
-    req, model = run.req, run.state.model
-    head = envelope(req.kind, run.id, model, stream=True)
-    try:
-        if req.kind == "chat":
-            yield _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                             "finish_reason": None}]})
-        async for record in run.items_until_done():
-            if run.parser is None:
-                pieces = [record.text] if record.text else []
-                chunks = [{"index": 0, "text": p, "finish_reason": None} for p in pieces]
-            else:
-                chunks = [{"index": 0, "delta": d, "finish_reason": None}
-                          for d in _deltas(run.parser.feed(record.text), run.id)]
-            for c in chunks:
-                yield _sse({**head, "choices": [c]})
-        last = {"index": 0, "finish_reason": None}
-        if run.parser is not None:
-            for d in _deltas(run.parser.finish(), run.id):
-                yield _sse({**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]})
-            last["delta"] = {}
-        else:
-            last["text"] = ""
-        last["finish_reason"] = run.finish_reason()
-        yield _sse({**head, "choices": [last], "specdec": run.stats()})
-        if req.include_usage:
-            yield _sse({**head, "choices": [], "usage": run.usage()})
-    except ApiError as e:
-        yield _sse(e.body())
-    finally:
-        run.log_line()
-    yield "data: [DONE]\n\n"
-
-
-async def _collect(run: _Run, request: Request) -> JSONResponse:
-    watcher = asyncio.create_task(run.watch(request.receive))
-    try:
-        text = "".join([r.text async for r in run.items_until_done()])
-    finally:
-        watcher.cancel()
-        run.log_line()
-    body = envelope(run.req.kind, run.id, run.state.model, stream=False)
-    if run.parser is None:
-        choice = {"index": 0, "text": text, "finish_reason": run.finish_reason(), "logprobs": None}
-    else:
-        run.parser.feed(text)
-        run.parser.finish()
-        out = run.parser.result
-        choice = {"index": 0, "message": chat_message(out.content, out.reasoning, out.tool_calls, run.id),
-                  "finish_reason": run.finish_reason(), "logprobs": None}
-    return JSONResponse({**body, "choices": [choice], "usage": run.usage(), "specdec": run.stats()})
 
 
 async def _read_json(request: Request, limit: int) -> dict:
@@ -223,25 +73,28 @@ def _prompt_ids(state, req: GenRequest) -> list[int]:
     tok = state.worker.bundle.tokenizer
     try:
         if req.kind == "chat":
-            ids = chat_ids(tok, req.messages, tools=req.tools if req.tool_choice != "none" else None,
-                           **req.template_kwargs)
+            ids = chat_ids(
+                tok, req.messages, tools=req.tools if req.tool_choice != "none" else None, **req.template_kwargs
+            )
             if req.forced_prefix:
                 ids += [int(t) for t in tok.encode(req.forced_prefix, add_special_tokens=False)]
         else:
             ids = list(req.prompt) if isinstance(req.prompt, list) else text_ids(tok, req.prompt)
+        return check_prompt(state.worker.bundle, ids, state.context_limit)  # in the vocabulary, within context
     except SpecdecError as e:
-        raise ApiError(400, str(e), param="messages") from None
-    vocab = state.worker.bundle.target.config.get("vocab_size")
-    if vocab and any(not 0 <= t < vocab for t in ids):
-        raise ApiError(400, f"token ids must be in [0, {vocab})", param="prompt")
-    if len(ids) >= state.context_limit:
-        raise ApiError(400, f"the prompt has {len(ids)} tokens but the context holds {state.context_limit}",
-                       param="messages", code="context_length_exceeded")
-    return ids
+        code = "context_length_exceeded" if "context holds" in str(e) else None
+        raise ApiError(400, str(e), param="messages" if req.kind == "chat" else "prompt", code=code) from None
 
 
-def create_app(worker: Worker, *, api_key: str | None = None, max_body: int = MAX_BODY,
-               defaults: SamplingParams | None = None, draft: int | str = "auto") -> Starlette:
+def create_app(
+    worker: Worker,
+    *,
+    api_key: str | None = None,
+    max_body: int = MAX_BODY,
+    defaults: SamplingParams | None = None,
+    draft: int | str = "auto",
+    max_context: int | None = None,
+) -> Starlette:
     """The ASGI app over a started worker (its bundle loaded). `defaults`, `draft`: for omitted fields."""
 
     async def generate(request: Request, parse) -> object:
@@ -251,16 +104,19 @@ def create_app(worker: Worker, *, api_key: str | None = None, max_body: int = MA
             _check_key(request, api_key)
             req = parse(await _read_json(request, max_body), state.model, state.defaults, state.draft)
             ids = _prompt_ids(state, req)
-            run = _Run(state, req, ids, request.url.path)
+            run = Run(state, req, ids, request.url.path)
             try:
                 worker.submit(run.job)
             except queue.Full:
                 wait = max(1, round(worker.seconds_per_job * (worker.jobs.qsize() + 1)))
-                raise ApiError(429, f"the queue is full ({worker.jobs.maxsize} waiting); retry in {wait} s",
-                               headers={"Retry-After": str(wait)}) from None
+                raise ApiError(
+                    429,
+                    f"the queue is full ({worker.jobs.maxsize} waiting); retry in {wait} s",
+                    headers={"Retry-After": str(wait)},
+                ) from None
             if req.stream:
-                return _JobStream(_stream(run), run)
-            return await _collect(run, request)
+                return stream_response(run)
+            return await collect(run, request)
         except ApiError as e:
             log.info("%s %d %s (%.0f ms)", request.url.path, e.status, e.message, (time.perf_counter() - t0) * 1e3)
             return error_response(e)
@@ -276,15 +132,33 @@ def create_app(worker: Worker, *, api_key: str | None = None, max_body: int = MA
             _check_key(request, api_key)
         except ApiError as e:
             return error_response(e)
-        return JSONResponse({"object": "list", "data": [
-            {"id": request.app.state.model, "object": "model", "created": request.app.state.created,
-             "owned_by": "mlx-specdec"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": request.app.state.model,
+                        "object": "model",
+                        "created": request.app.state.created,
+                        "owned_by": "mlx-specdec",
+                    }
+                ],
+            }
+        )
 
     async def health(request: Request):
         pool = worker.pool
-        return JSONResponse({"status": "ok", "model": request.app.state.model, "busy": worker.busy,
-                             "queued": worker.jobs.qsize(), "cache_entries": len(pool),
-                             "cache_bytes": pool.nbytes, "cache_limit_bytes": pool.max_bytes})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": request.app.state.model,
+                "busy": worker.busy,
+                "queued": worker.jobs.qsize(),
+                "cache_entries": len(pool),
+                "cache_bytes": pool.nbytes,
+                "cache_limit_bytes": pool.max_bytes,
+            }
+        )
 
     async def http_error(request: Request, exc: HTTPException):
         message = {404: f"no route {request.method} {request.url.path}", 405: f"{request.method} is not allowed here"}
@@ -295,15 +169,18 @@ def create_app(worker: Worker, *, api_key: str | None = None, max_body: int = MA
         return error_response(ApiError(500, "internal server error; see the server log"))
 
     app = Starlette(
-        routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
-                Route("/v1/completions", completions, methods=["POST"]),
-                Route("/v1/models", models, methods=["GET"]),
-                Route("/health", health, methods=["GET"])],
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+        ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     bundle = worker.bundle
     app.state.worker, app.state.model, app.state.created = worker, bundle.name, int(time.time())
-    app.state.context_limit = worker.max_context or bundle.target.config.get("max_position_embeddings", 131072)
+    app.state.max_context = max_context
+    app.state.context_limit = GenerationSettings(max_context=max_context).context_limit(bundle.target.config)
     app.state.defaults, app.state.draft = defaults or SamplingParams(temp=1.0), draft
     return app
 
@@ -314,22 +191,36 @@ def sampling_defaults(folders) -> SamplingParams:
         path = Path(folder) / "generation_config.json"
         if path.is_file():
             cfg = json.loads(path.read_text())
-            return SamplingParams(temp=float(cfg.get("temperature", 1.0)) if cfg.get("do_sample", True) else 0.0,
-                                  top_p=float(cfg.get("top_p", 1.0)), top_k=int(cfg.get("top_k", 0) or 0))
+            return SamplingParams(
+                temp=float(cfg.get("temperature", 1.0)) if cfg.get("do_sample", True) else 0.0,
+                top_p=float(cfg.get("top_p", 1.0)),
+                top_k=int(cfg.get("top_k", 0) or 0),
+            )
     return SamplingParams(temp=1.0)
 
 
-def serve(model=None, *, target=None, drafter=None, demo: bool = False, host: str = "127.0.0.1", port: int = 8080,
-          api_key: str | None = None, max_context: int | None = None, cache_bytes: int = 2**30,
-          max_queue: int = 32, max_body: int = MAX_BODY, draft: int | str = "auto") -> None:
+def serve(
+    model=None,
+    *,
+    target=None,
+    drafter=None,
+    demo: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    api_key: str | None = None,
+    max_context: int | None = None,
+    cache_bytes: int = 2**30,
+    max_queue: int = 32,
+    max_body: int = MAX_BODY,
+    draft: int | str = "auto",
+) -> None:
     """Load the model on the worker thread, then serve until interrupted (raises SpecdecError on bad input)."""
     import uvicorn
 
     from .load import DEMO_DIR, load
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if max_context is not None and max_context < 2:
-        raise SpecdecError(f"--max-context must be at least 2, not {max_context}")
+    GenerationSettings(max_context=max_context, draft=draft)  # validates both before anything loads
     if cache_bytes < 0 or max_queue < 1:
         raise SpecdecError("--cache-bytes must be >= 0 and --max-queue >= 1")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -341,13 +232,23 @@ def serve(model=None, *, target=None, drafter=None, demo: bool = False, host: st
     except OSError as e:
         sock.close()
         raise SpecdecError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-    worker = Worker(lambda: load(model, target=target, drafter=drafter, demo=demo),
-                    max_queue=max_queue, cache_bytes=cache_bytes, max_context=max_context)
+    worker = Worker(
+        lambda: load(model, target=target, drafter=drafter, demo=demo), max_queue=max_queue, cache_bytes=cache_bytes
+    )
     worker.start_and_wait()
     folders = [f for f in (target, model and Path(model) / "target", model, demo and DEMO_DIR / "target") if f]
-    app = create_app(worker, api_key=api_key, max_body=max_body, defaults=sampling_defaults(folders), draft=draft)
+    app = create_app(
+        worker,
+        api_key=api_key,
+        max_body=max_body,
+        defaults=sampling_defaults(folders),
+        draft=draft,
+        max_context=max_context,
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        log.warning("warning: listening on %s without --api-key: anyone who can reach this port can use the model", host)
+        log.warning(
+            "warning: listening on %s without --api-key: anyone who can reach this port can use the model", host
+        )
     bound = sock.getsockname()[1]
     print(f"specdec serve: http://{host}:{bound}/v1 (model '{worker.bundle.name}')", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .draft_len import parse_draft
 from .errors import SpecdecError
 from .gemma_format import TOOL_START, ToolCall
 from .sampling import SamplingParams
+from .settings import parse_draft
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -31,18 +31,31 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 class ApiError(Exception):
     """An error response: HTTP status plus OpenAI's {"error": {message, type, param, code}}."""
 
-    TYPES: ClassVar[dict] = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error"}
+    TYPES: ClassVar[dict] = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "invalid_request_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+        500: "server_error",
+    }
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "invalid_request_error"),
-                          "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.TYPES.get(self.status, "invalid_request_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 @dataclass
@@ -83,13 +96,16 @@ def _bad(param: str, message: str) -> ApiError:
     return ApiError(400, message, param=param)
 
 
-def _number(body: dict, key: str, default, lo: float, hi: float, *, integer: bool = False,
-            lo_open: bool = False):
+def _number(body: dict, key: str, default, lo: float, hi: float, *, integer: bool = False, lo_open: bool = False):
     value = body.get(key, default)
     if value is None:
         return default
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or (isinstance(value, float) and not math.isfinite(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         raise _bad(key, f"'{key}' must be {'an integer' if integer else 'a number'}, not {json.dumps(value)[:40]}")
     if value < lo or value > hi or (lo_open and value == lo):
         raise _bad(key, f"'{key}' must be in {'(' if lo_open else '['}{lo}, {hi}], not {value}")
@@ -113,7 +129,7 @@ def _text(content, param: str) -> str:
         parts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _bad(param, f"'{param}' parts must be {{\"type\": \"text\", \"text\": ...}}; only text is supported")
+                raise _bad(param, f'\'{param}\' parts must be {{"type": "text", "text": ...}}; only text is supported')
             parts.append(part["text"])
         return "".join(parts)
     raise _bad(param, f"'{param}' must be a string or a list of text parts")
@@ -121,8 +137,12 @@ def _text(content, param: str) -> str:
 
 def _common(body: dict, kind: str, model: str, defaults: SamplingParams, draft_default) -> GenRequest:
     if body.get("model") is not None and body.get("model") != model:
-        raise ApiError(404, f"The model '{body['model']}' does not exist; this server serves '{model}'",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"The model '{body['model']}' does not exist; this server serves '{model}'",
+            param="model",
+            code="model_not_found",
+        )
     if _number(body, "n", 1, 1, 2**31, integer=True) != 1:
         raise _bad("n", "only n=1 is supported (one generation at a time)")
     if body.get("logprobs") or body.get("top_logprobs"):
@@ -154,8 +174,16 @@ def _common(body: dict, kind: str, model: str, defaults: SamplingParams, draft_d
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise _bad("stream_options", "'stream_options' must be an object")
-    return GenRequest(kind=kind, model=model, stream=_flag(body, "stream"), include_usage=_flag(options, "include_usage"),
-                      max_tokens=max_tokens, sampling=sampling, stop=tuple(s for s in stop if s), draft=draft)
+    return GenRequest(
+        kind=kind,
+        model=model,
+        stream=_flag(body, "stream"),
+        include_usage=_flag(options, "include_usage"),
+        max_tokens=max_tokens,
+        sampling=sampling,
+        stop=tuple(s for s in stop if s),
+        draft=draft,
+    )
 
 
 def _message(m, i: int) -> dict:
@@ -181,13 +209,13 @@ def _message(m, i: int) -> dict:
                 args = json.loads(args) if isinstance(args, str) else args
             except json.JSONDecodeError:
                 raise _bad(f"{where}.tool_calls[{j}].function.arguments", "tool call arguments must be JSON") from None
-            out["tool_calls"].append({"id": c.get("id"), "type": "function",
-                                      "function": {"name": fn["name"], "arguments": args}})
+            out["tool_calls"].append(
+                {"id": c.get("id"), "type": "function", "function": {"name": fn["name"], "arguments": args}}
+            )
     return out
 
 
-def parse_chat(body: dict, model: str, defaults: SamplingParams | None = None,
-               draft="auto") -> GenRequest:
+def parse_chat(body: dict, model: str, defaults: SamplingParams | None = None, draft="auto") -> GenRequest:
     """POST /v1/chat/completions body -> GenRequest (raises ApiError). `defaults`: sampling for omitted fields."""
     req = _common(body, "chat", model, defaults or SamplingParams(1.0), draft)
     messages = body.get("messages")
@@ -200,7 +228,7 @@ def parse_chat(body: dict, model: str, defaults: SamplingParams | None = None,
             isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
             for t in tools
         ):
-            raise _bad("tools", "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\": ...}}")
+            raise _bad("tools", '\'tools\' must be a list of {"type": "function", "function": {"name": ...}}')
         req.tools = tools or None
     choice = body.get("tool_choice", "auto") or "auto"
     names = [t["function"]["name"] for t in req.tools or []]
@@ -214,7 +242,7 @@ def parse_chat(body: dict, model: str, defaults: SamplingParams | None = None,
             raise _bad("tool_choice", "tool_choice 'required' needs 'tools'")
         req.tool_choice = choice
     else:
-        raise _bad("tool_choice", "'tool_choice' must be auto, none, required or {\"type\": \"function\", ...}")
+        raise _bad("tool_choice", '\'tool_choice\' must be auto, none, required or {"type": "function", ...}')
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise _bad("chat_template_kwargs", "'chat_template_kwargs' must be an object")
@@ -225,8 +253,7 @@ def parse_chat(body: dict, model: str, defaults: SamplingParams | None = None,
     return req
 
 
-def parse_completion(body: dict, model: str, defaults: SamplingParams | None = None,
-               draft="auto") -> GenRequest:
+def parse_completion(body: dict, model: str, defaults: SamplingParams | None = None, draft="auto") -> GenRequest:
     """POST /v1/completions body -> GenRequest (raises ApiError). `defaults`: sampling for omitted fields."""
     req = _common(body, "completion", model, defaults or SamplingParams(1.0), draft)
     if body.get("echo") or body.get("suffix"):
@@ -243,18 +270,27 @@ def parse_completion(body: dict, model: str, defaults: SamplingParams | None = N
 
 # --- responses ----------------------------------------------------------------------------
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 def tool_call_json(call: ToolCall, request_id: str) -> dict:
-    return {"index": call.index, "id": f"call_{request_id[-12:]}_{call.index}", "type": "function",
-            "function": {"name": call.name, "arguments": call.arguments}}
+    return {
+        "index": call.index,
+        "id": f"call_{request_id[-12:]}_{call.index}",
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
 
 
 def envelope(kind: str, request_id: str, model: str, stream: bool) -> dict:
-    obj = {"chat": "chat.completion", "completion": "text_completion"}[kind] + (".chunk" if stream and kind == "chat" else "")
+    obj = {"chat": "chat.completion", "completion": "text_completion"}[kind] + (
+        ".chunk" if stream and kind == "chat" else ""
+    )
     return {"id": request_id, "object": obj, "created": int(time.time()), "model": model}
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import SpecdecError
-from .sampling import SamplingParams
+from .settings import GenerationSettings
 
 log = logging.getLogger("mlx_specdec.server")
 
@@ -49,10 +49,7 @@ class Job:
 
     ids: list[int]
     emit: Callable[[object], None]
-    max_tokens: int
-    draft: int | str = "auto"
-    sampling: SamplingParams = SamplingParams()  # noqa: RUF009 - frozen, shared safely
-    stop: tuple[str, ...] = ()
+    settings: GenerationSettings
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -75,13 +72,9 @@ class CachePool:
         self._make, self.max_bytes = make, max_bytes
         self._entries: list = []  # least recently used first
 
-    @staticmethod
-    def nbytes_of(pc) -> int:
-        return sum(c.nbytes for c in pc.cache if getattr(c, "keys", None) is not None)
-
     @property
     def nbytes(self) -> int:
-        return sum(self.nbytes_of(pc) for pc in self._entries)
+        return sum(pc.nbytes for pc in self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -112,10 +105,9 @@ class CachePool:
 class Worker(threading.Thread):
     """Loads the bundle, then runs queued jobs one at a time; every mlx call happens here."""
 
-    def __init__(self, load: Callable[[], object], *, max_queue: int = 32, cache_bytes: int = 2**30,
-                 max_context: int | None = None):
+    def __init__(self, load: Callable[[], object], *, max_queue: int = 32, cache_bytes: int = 2**30):
         super().__init__(name="specdec-worker", daemon=True)
-        self._load, self.max_context = load, max_context
+        self._load = load
         self.jobs: queue.Queue = queue.Queue(maxsize=max_queue)
         self.cache_bytes = cache_bytes
         self.ready = threading.Event()
@@ -143,7 +135,7 @@ class Worker(threading.Thread):
             pass
 
     def run(self) -> None:
-        from .decode import PromptCache
+        from .cache import PromptCache
 
         try:
             self.bundle = self._load()
@@ -172,8 +164,7 @@ class Worker(threading.Thread):
         from .decode import stream_generate
 
         pc, keep = self.pool.take(job.ids), True
-        gen = stream_generate(self.bundle, job.ids, max_tokens=job.max_tokens, draft_tokens=job.draft,
-                              sampling=job.sampling, stop=job.stop, prompt_cache=pc, max_context=self.max_context)
+        gen = stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc)
         prefilled = None
         try:
             for record in gen:

@@ -7,12 +7,12 @@ import pytest
 from mlx_specdec.gemma_format import Content, GemmaParser, Reasoning, ToolCall, opens_reasoning, parse
 
 # Gemma 4's real output formats (the thinking channel, tool calls with bare keys and <|"|> quotes).
-THINKING = '<|channel>thought\nThe user wants a greeting.<channel|>Hello <b>there</b>!'
+THINKING = "<|channel>thought\nThe user wants a greeting.<channel|>Hello <b>there</b>!"
 TOOL = 'Let me check.<|tool_call>call:get_weather{city:<|"|>Paris, FR<|"|>,days:3,metric:true}<tool_call|>'
 TWO_TOOLS = (
-    '<|channel>thought\nTwo lookups.<channel|>'
+    "<|channel>thought\nTwo lookups.<channel|>"
     '<|tool_call>call:search{query:<|"|>a{b}<|"|>,filters:{lang:<|"|>en<|"|>,n:2},tags:[<|"|>x<|"|>,1]}<tool_call|>'
-    '<|tool_call>call:now{}<tool_call|>'
+    "<|tool_call>call:now{}<tool_call|>"
 )
 SAMPLES = [THINKING, TOOL, TWO_TOOLS, "plain < text <| with <|channel> no thought <tool_call|> stray"]
 
@@ -99,7 +99,7 @@ def test_malformed_tool_call_is_returned_as_content_markers_included():
 
 
 def test_unclosed_tool_call_at_the_end_is_parsed_if_whole_else_content():
-    assert run(['<|tool_call>call:f{a:1}'])[0] == ToolCall(0, "f", '{"a": 1}')
+    assert run(["<|tool_call>call:f{a:1}"])[0] == ToolCall(0, "f", '{"a": 1}')
     assert run(["<|tool_call>call:f{a:"]) == [Content("<|tool_call>call:f{a:")]
 
 
@@ -110,9 +110,14 @@ def test_without_tools_the_markup_stays_content():
 def test_a_prompt_that_opens_the_channel_starts_the_output_in_reasoning():
     assert opens_reasoning("<|turn>model\n<|channel>thought\n")
     assert not opens_reasoning("<|turn>model\n<|channel>thought\n<channel|>")
-    assert run(["still thinking<channel|>answer"], in_reasoning=True) == [Reasoning("still thinking"), Content("answer")]
+    assert run(["still thinking<channel|>answer"], in_reasoning=True) == [
+        Reasoning("still thinking"),
+        Content("answer"),
+    ]
 
 
 def test_parse_collects_the_whole_output():
     out = parse(TWO_TOOLS)
-    assert out.reasoning == "Two lookups." and out.content == "" and [c.name for c in out.tool_calls] == ["search", "now"]
+    assert (
+        out.reasoning == "Two lookups." and out.content == "" and [c.name for c in out.tool_calls] == ["search", "now"]
+    )

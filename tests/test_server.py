@@ -25,6 +25,7 @@ import pytest
 from mlx_specdec.decode import generate
 from mlx_specdec.load import load, load_tokenizer
 from mlx_specdec.prompt import chat_ids, text_ids
+from mlx_specdec.settings import GenerationSettings
 from mlx_specdec.stats import TokenRecord
 
 from .conftest import DRAFTERS, TARGET
@@ -73,8 +74,21 @@ class Server:
 def servers(tmp_path_factory):
     """Both subprocess servers, started at once (loading takes most of their start-up)."""
     demo = Server(["--demo", "--max-context", "512", "--cache-bytes", str(8 * 2**20)], tmp_path_factory.mktemp("demo"))
-    guarded = Server(["--target", str(TARGET), "--drafter", str(DRAFTERS["dense"]), "--api-key", "sekret",
-                      "--max-queue", "1", "--max-context", "64"], tmp_path_factory.mktemp("guarded"))
+    guarded = Server(
+        [
+            "--target",
+            str(TARGET),
+            "--drafter",
+            str(DRAFTERS["dense"]),
+            "--api-key",
+            "sekret",
+            "--max-queue",
+            "1",
+            "--max-context",
+            "64",
+        ],
+        tmp_path_factory.mktemp("guarded"),
+    )
     yield demo.wait_ready(), guarded.wait_ready()
     demo.close()
     guarded.close()
@@ -97,15 +111,23 @@ def demo():
 
 def reference(bundle, messages, max_tokens):
     """What `specdec generate` gives for these messages: plain greedy decoding."""
-    text, _, _ = generate(bundle, chat_ids(bundle.tokenizer, messages), max_tokens=max_tokens, draft_tokens=0)
+    text, _, _ = generate(
+        bundle, chat_ids(bundle.tokenizer, messages), GenerationSettings(max_tokens=max_tokens, draft=0)
+    )
     return text
 
 
 def stream_text(client, messages, max_tokens, **kw):
     """(reassembled content, finish_reason, usage) of a streamed chat completion."""
     parts, finish, usage = [], None, None
-    for chunk in client.chat.completions.create(model="demo", messages=messages, max_tokens=max_tokens, stream=True,
-                                                stream_options={"include_usage": True}, **kw):
+    for chunk in client.chat.completions.create(
+        model="demo",
+        messages=messages,
+        max_tokens=max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+        **kw,
+    ):
         if chunk.usage is not None:
             usage = chunk.usage
         for c in chunk.choices:
@@ -135,7 +157,9 @@ def test_greedy_chat_equals_generate_and_streaming_reassembles_to_it(demo_server
 
 def test_completions_on_raw_text_equal_generate(demo_server, demo):
     r = demo_server.client().completions.create(model="demo", prompt="The len function", max_tokens=12, **GREEDY)
-    want, _, _ = generate(demo, text_ids(demo.tokenizer, "The len function"), max_tokens=12, draft_tokens=0)
+    want, _, _ = generate(
+        demo, text_ids(demo.tokenizer, "The len function"), GenerationSettings(max_tokens=12, draft=0)
+    )
     assert r.choices[0].text == want and r.object == "text_completion"
 
 
@@ -143,8 +167,10 @@ def test_follow_up_request_prefills_only_the_new_part(demo_server, demo):
     client = demo_server.client()
     first = [{"role": "user", "content": "Explain the with statement."}]
     a = client.chat.completions.create(model="demo", messages=first, max_tokens=16, **GREEDY)
-    follow = first + [{"role": "assistant", "content": a.choices[0].message.content},
-                      {"role": "user", "content": "And open?"}]
+    follow = first + [
+        {"role": "assistant", "content": a.choices[0].message.content},
+        {"role": "user", "content": "And open?"},
+    ]
     b = client.chat.completions.create(model="demo", messages=follow, max_tokens=8, **GREEDY)
     cached = b.usage.prompt_tokens_details.cached_tokens
     assert cached >= len(chat_ids(demo.tokenizer, first))  # the whole first prompt came from the cache
@@ -175,8 +201,11 @@ def raw_stream(server, body: dict, read_bytes: int) -> socket.socket:
     """Send a streaming request on a raw socket and read the first bytes of the answer."""
     data = json.dumps(body).encode()
     s = socket.create_connection((server.host, server.port), timeout=30)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
     got = b""
     while len(got) < read_bytes:
         got += s.recv(4096)
@@ -206,18 +235,21 @@ KEY = {"Authorization": "Bearer sekret"}
 CHAT = "/v1/chat/completions"
 
 
-@pytest.mark.parametrize("body, param", [
-    (b"{not json", None),
-    (b"[1, 2]", None),
-    ({"messages": "hi"}, "messages"),
-    ({"messages": QUESTION, "temperature": "hot"}, "temperature"),
-    ({"messages": QUESTION, "top_p": 1.5}, "top_p"),
-    ({"messages": QUESTION, "max_tokens": 0}, "max_tokens"),
-    ({"messages": QUESTION, "n": 2}, "n"),
-    ({"messages": QUESTION, "draft_tokens": 12}, "draft_tokens"),
-    ({"messages": QUESTION, "tool_choice": "required"}, "tool_choice"),
-    ({"messages": [{"role": "user", "content": "word " * 80}]}, "messages"),  # longer than the 64-token context
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": QUESTION, "temperature": "hot"}, "temperature"),
+        ({"messages": QUESTION, "top_p": 1.5}, "top_p"),
+        ({"messages": QUESTION, "max_tokens": 0}, "max_tokens"),
+        ({"messages": QUESTION, "n": 2}, "n"),
+        ({"messages": QUESTION, "draft_tokens": 12}, "draft_tokens"),
+        ({"messages": QUESTION, "tool_choice": "required"}, "tool_choice"),
+        ({"messages": [{"role": "user", "content": "word " * 80}]}, "messages"),  # longer than the 64-token context
+    ],
+)
 def test_bad_requests_get_400_in_openai_error_shape(guarded, body, param):
     status, _, out = guarded.request("POST", CHAT, body, KEY)
     assert status == 400 and out["error"]["type"] == "invalid_request_error" and out["error"]["param"] == param
@@ -238,8 +270,10 @@ def test_the_openai_client_sees_400_401_and_404(guarded):
 
 def test_64_mib_body_gets_413_before_it_is_read(guarded):
     s = socket.create_connection((guarded.host, guarded.port), timeout=30)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\n"
-              b"Content-Type: application/json\r\nContent-Length: 67108864\r\n\r\n" + b"{" * 65536)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 67108864\r\n\r\n" + b"{" * 65536
+    )
     answer = b""
     while b'"error"' not in answer and (more := s.recv(65536)):
         answer += more
@@ -267,8 +301,16 @@ def test_burst_past_the_queue_gets_429_with_retry_after_then_serves_again(guarde
 
 
 # --- tools and thinking through the HTTP stack -----------------------------------------------
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 SCRIPT = '<|channel>thought\nNeed the weather.<channel|><|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
 
 
@@ -295,14 +337,26 @@ def scripted():
             while (job := self.jobs.get()) is not None:
                 self.prompts.append(tok.decode(job.ids))
                 for i, p in enumerate(pieces):
-                    job.emit(TokenRecord(token=0, text=p, from_draft=False, round=i, draft_tokens=0, accepted=0,
-                                         prompt_tokens=len(job.ids), ttft_s=0.0, elapsed_s=0.01 * i,
-                                         finish_reason="stop" if i == len(pieces) - 1 else None))
+                    job.emit(
+                        TokenRecord(
+                            token=0,
+                            text=p,
+                            from_draft=False,
+                            round=i,
+                            draft_tokens=0,
+                            accepted=0,
+                            prompt_tokens=len(job.ids),
+                            ttft_s=0.0,
+                            elapsed_s=0.01 * i,
+                            finish_reason="stop" if i == len(pieces) - 1 else None,
+                        )
+                    )
                 job.emit(Done(0))
 
     worker = Scripted(lambda: None)
-    worker.bundle = SimpleNamespace(name="scripted", tokenizer=tok,
-                                    target=SimpleNamespace(config={"max_position_embeddings": 4096}))
+    worker.bundle = SimpleNamespace(
+        name="scripted", tokenizer=tok, target=SimpleNamespace(config={"max_position_embeddings": 4096}, vocab_size=512)
+    )
     worker.start()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -355,14 +409,20 @@ def test_tool_round_trip_renders_calls_and_results_through_the_template(scripted
     client.chat.completions.create(model="scripted", messages=messages, tools=TOOLS)
     prompt = worker.prompts[-1]
     assert '<|tool>declaration:get_weather{description:<|"|>Weather now<|"|>' in prompt
-    assert prompt.endswith('<|turn>model\n<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
-                           '<|tool_response>response:get_weather{value:<|"|>sunny, 21 C<|"|>}<tool_response|>')
+    assert prompt.endswith(
+        '<|turn>model\n<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
+        '<|tool_response>response:get_weather{value:<|"|>sunny, 21 C<|"|>}<tool_response|>'
+    )
 
 
 def test_named_tool_choice_prefills_the_call_and_none_keeps_markup_as_content(scripted):
     client, worker = scripted
-    client.chat.completions.create(model="scripted", messages=QUESTION, tools=TOOLS,
-                                   tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    client.chat.completions.create(
+        model="scripted",
+        messages=QUESTION,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     assert worker.prompts[-1].endswith("<|turn>model\n<|tool_call>call:get_weather{")
     r = client.chat.completions.create(model="scripted", messages=QUESTION, tools=TOOLS, tool_choice="none")
     assert "<|tool>" not in worker.prompts[-1] and r.choices[0].message.tool_calls is None
