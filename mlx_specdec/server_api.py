@@ -151,15 +151,14 @@ def _common(body: dict, kind: str, model: str, defaults: SamplingParams, draft_d
     if max_tokens is None:
         max_tokens = _number(body, "max_tokens", None, 1, 2**31, integer=True)
     top_k = _number(body, "top_k", defaults.top_k, -1, 2**31, integer=True)
+    seed = _number(body, "seed", None, -(2**63), 2**64 - 1, integer=True)
     sampling = SamplingParams(
         temp=float(_number(body, "temperature", defaults.temp, 0.0, 2.0)),
         top_p=float(_number(body, "top_p", defaults.top_p, 0.0, 1.0, lo_open=True)),
         top_k=max(top_k, 0),  # -1 (vLLM's "off") is 0 here
         min_p=float(_number(body, "min_p", defaults.min_p, 0.0, 1.0)),
-        seed=_number(body, "seed", None, -(2**63), 2**64 - 1, integer=True),
+        seed=None if seed is None else seed % 2**32,  # OpenAI's seeds are signed 64-bit
     )
-    if sampling.seed is not None:
-        sampling = SamplingParams(sampling.temp, sampling.top_p, sampling.top_k, sampling.min_p, sampling.seed % 2**32)
     stop = body.get("stop")
     if stop is None:
         stop = []

@@ -10,7 +10,8 @@ Conventions (Gemma's, at a small scale):
   turn tokens at other ids: read ids from the tokenizer or config, never hard-code them;
 - Gemma 4's turn format (transformers/cli/serving/utils.py, gemma4 entry):
   `<bos><|turn>user\\n{content}<turn|>\\n<|turn>model\\n` (CHAT_TEMPLATE, stored inside
-  tokenizer_config.json);
+  tokenizer_config.json), with the real template's system turn, tool declarations, tool calls,
+  tool responses and `enable_thinking` (see CHAT_TEMPLATE);
 - no normalisation, no dummy prefix, digits split, whitespace-only pieces allowed; a newline
   is the byte-fallback piece `<0x0A>` (sentencepiece trains on single lines).
 Deterministic: seeded trainer, one thread, input order kept, relative paths in the model file,

@@ -163,6 +163,15 @@ def test_completions_on_raw_text_equal_generate(demo_server, demo):
     assert r.choices[0].text == want and r.object == "text_completion"
 
 
+def test_seeded_sampling_repeats_and_takes_openai_signed_seeds(demo_server):
+    client = demo_server.client()
+    runs = [
+        client.chat.completions.create(model="demo", messages=QUESTION, max_tokens=12, temperature=0.9, seed=-3)
+        for _ in range(2)
+    ]
+    assert runs[0].choices[0].message.content == runs[1].choices[0].message.content
+
+
 def test_follow_up_request_prefills_only_the_new_part(demo_server, demo):
     client = demo_server.client()
     first = [{"role": "user", "content": "Explain the with statement."}]
@@ -226,7 +235,8 @@ def test_disconnect_mid_stream_cancels_and_the_next_request_is_correct(demo_serv
     body = {"messages": QUESTION, "max_tokens": 400, "stream": True, "temperature": 0, "draft_tokens": 4}
     raw_stream(demo_server, body, 600).close()
     wait_idle(demo_server)  # 400 tokens would take seconds; the cancel stops it within a round
-    assert "/v1/chat/completions 499" in demo_server.log.read_text()
+    cancelled = [line for line in demo_server.log.read_text().splitlines() if "/v1/chat/completions 499" in line]
+    assert cancelled and int(cancelled[-1].split("completion=")[1].split()[0]) < 400  # stopped early
     r = demo_server.client().chat.completions.create(model="demo", messages=QUESTION, max_tokens=24, **GREEDY)
     assert r.choices[0].message.content == reference(demo, QUESTION, 24)
 
@@ -243,6 +253,8 @@ CHAT = "/v1/chat/completions"
         ({"messages": "hi"}, "messages"),
         ({"messages": QUESTION, "temperature": "hot"}, "temperature"),
         ({"messages": QUESTION, "top_p": 1.5}, "top_p"),
+        ({"messages": QUESTION, "seed": 1.5}, "seed"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
         ({"messages": QUESTION, "max_tokens": 0}, "max_tokens"),
         ({"messages": QUESTION, "n": 2}, "n"),
         ({"messages": QUESTION, "draft_tokens": 12}, "draft_tokens"),
