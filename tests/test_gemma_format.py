@@ -121,3 +121,24 @@ def test_parse_collects_the_whole_output():
     assert (
         out.reasoning == "Two lookups." and out.content == "" and [c.name for c in out.tool_calls] == ["search", "now"]
     )
+
+
+def test_template_thinking_is_off_unless_asked_and_old_reasoning_is_dropped():
+    from pathlib import Path
+
+    from mlx_specdec.load import load_tokenizer
+    from mlx_specdec.prompt import chat_ids
+
+    tok = load_tokenizer(Path(__file__).parent / "fixtures" / "target_text")
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": THINKING},
+        {"role": "user", "content": "more"},
+    ]
+    off = tok.decode(chat_ids(tok, history))
+    assert (
+        off
+        == "<bos><|turn>user\nhi<turn|>\n<|turn>model\nHello <b>there</b>!<turn|>\n<|turn>user\nmore<turn|>\n<|turn>model\n"
+    )
+    on = tok.decode(chat_ids(tok, history, enable_thinking=True))
+    assert on == "<bos><|turn>system\n<|think|>\n<turn|>\n" + off[len("<bos>") :]
