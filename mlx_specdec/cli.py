@@ -59,8 +59,19 @@ def parse_prompt_ids(text: str) -> list[int]:
         raise SpecdecError(f"--prompt-ids must be comma-separated integers, not {text!r}") from None
 
 
+def model_folder(model) -> Optional[str]:
+    """MODEL as typed -> a folder: an existing folder, or a known name / hub id (see `specdec models`)
+    whose bundle is converted into ~/.cache/mlx-specdec on first use. None stays None."""
+    if model is None:
+        return None
+    from .provision import model_folder as provision_folder
+
+    return str(provision_folder(str(model), log=lambda line: typer.echo(line, err=True)))
+
+
 # Options shared by generate, chat and bench.
-ModelArg = typer.Argument(None, help="A bundle folder made by `specdec convert` (or a target folder).")
+ModelArg = typer.Argument(
+    None, help="A bundle folder, or a model name (e2b, e4b, 12b, 26b-a4b, 31b, a hub id): see `specdec models`.")
 TargetOpt = typer.Option(None, "--target", help="Hugging Face-format Gemma 4 target folder.")
 DrafterOpt = typer.Option(None, "--drafter", help="Hugging Face-format gemma4_assistant folder.")
 DemoOpt = typer.Option(False, "--demo", help="Use the bundled demo pair.")
@@ -110,7 +121,7 @@ def generate(
     if (prompt is None) == (prompt_ids is None):
         raise SpecdecError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
     k = parse_draft_tokens(draft_tokens, no_draft)
-    bundle = load(model, target=target, drafter=drafter, demo=demo)
+    bundle = load(model_folder(model), target=target, drafter=drafter, demo=demo)
     if prompt_ids is not None:
         ids = parse_prompt_ids(prompt_ids)
     elif raw:
@@ -196,7 +207,7 @@ def chat(
     from .chat import run_chat
 
     run_chat(
-        str(model) if model else None,
+        model_folder(model),
         target=str(target) if target else None,
         drafter=str(drafter) if drafter else None,
         demo=demo, max_tokens=max_tokens, draft_tokens=parse_draft_tokens(draft_tokens, no_draft),
@@ -242,7 +253,7 @@ def bench(
     err = Console(stderr=True)
     blas = describe_blas()
     err.print(f"BLAS: {blas}")
-    bundle = load(model, target=target, drafter=drafter, demo=demo)
+    bundle = load(model_folder(model), target=target, drafter=drafter, demo=demo)
     result = run_bench(
         bundle, prompts=suite, ks=k_list, max_tokens=max_tokens, trials=trials, mlx_lm=not no_mlx_lm,
         ignore_eos=ignore_eos, raw=raw, useless_drafter=useless_drafter, blas=blas,
@@ -259,6 +270,32 @@ def bench(
             write_plot(result, plot)
     except OSError as e:
         raise SpecdecError(f"{e.filename}: cannot write ({e.strerror})") from None
+
+
+@app.command()
+@user_errors
+def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON (sizes in bytes).")):
+    """List the known Gemma 4 pairs: sizes, memory needed, and which are converted locally."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .provision import DEFAULT_CONTEXT, cache_dir, model_rows
+
+    rows = model_rows()
+    if as_json:
+        typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
+        return
+    table = Table(title=f"Gemma 4 pairs (bundles in {cache_dir()})", title_justify="left")
+    for col in ("name", "target", "download", "4-bit bundle", f"memory @{DEFAULT_CONTEXT // 1024}K", "drafter head",
+                "converted"):
+        numeric = col in ("download", "4-bit bundle") or col.startswith("memory")
+        table.add_column(col, justify="right" if numeric else "left")
+    for r in rows:
+        local = ", ".join(Path(f).name for f in r["local"].values()) or "-"  # folders in the cache (title)
+        table.add_row(r["name"], r["target"], f"{r['download_bytes'] / 1e9:.1f} GB", f"{r['bundle_bytes'] / 1e9:.1f} GB",
+                      f"{r['memory_bytes'] / 1e9:.1f} GB", r["head"], local)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    typer.echo("drafter: <target>-assistant. `specdec chat NAME` converts a pair on first use.")
 
 
 def main():  # pragma: no cover - console entry point

@@ -238,9 +238,9 @@ def check_memory_fit(source: Source, bits: int = 4, max_context: Optional[int] =
     at = f" at {bits} bits" if not isinstance(source, Path) else ""
     hints = _what_fits(source, bits, need.context, available)
     raise SpecdecError(
-        f"{label}{at} with a {need.context}-token context needs {_gib(need.total)} (weights {_gib(need.weights)}"
-        f" + KV cache {_gib(need.kv)} + {_gib(need.overhead)} working memory), but this machine has "
-        f"{_gib(available)} ({what})" + (f"; would fit: {', or '.join(hints)}" if hints else "; nothing smaller fits"))
+        f"{label}{at} with a {need.context}-token context needs {_gb(need.total)} (weights {_gb(need.weights)}"
+        f" + KV cache {_gb(need.kv)} + {_gb(need.overhead)} working memory), but this machine has "
+        f"{_gb(available)} ({what})" + (f"; would fit: {', or '.join(hints)}" if hints else "; nothing smaller fits"))
 
 
 def _what_fits(source: Source, bits: int, context: int, available: int) -> list[str]:
@@ -290,5 +290,24 @@ def _max_context(cfg: dict) -> int:
     return int(text.get("max_position_embeddings") or 131072)
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"  # decimal GB, as `specdec models` and the hub show sizes
+
+
+# --- the list `specdec models` shows -----------------------------------------------------------
+def model_rows(bits: int = 4, context: int = DEFAULT_CONTEXT) -> list[dict]:
+    """One dict per known pair: names, repos, sizes in bytes, memory at `context`, local bundles.
+
+    Keys: name, target, drafter, kind, head, qat, mlx_repos, download_bytes, bundle_bytes (at `bits`),
+    memory_bytes (weights + KV at `context` + working memory), context, bits, local ({bits: folder}).
+    """
+    rows = []
+    for pair in registry.PAIRS:
+        rows.append({
+            "name": pair.name, "target": pair.target, "drafter": pair.drafter, "kind": pair.kind,
+            "head": pair.head, "qat": pair.qat, "mlx_repos": list(pair.mlx_repos),
+            "download_bytes": pair.download_bytes, "bundle_bytes": sum(registry.bundle_bytes(pair, bits)),
+            "memory_bytes": estimate(pair, bits, context).total, "context": context, "bits": bits,
+            "local": {str(b): str(f) for b, f in local_bundles(pair).items()},
+        })
+    return rows

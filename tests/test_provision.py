@@ -181,9 +181,9 @@ def test_memory_fit_refusal_names_the_numbers_and_what_would_fit():
         provision.check_memory_fit("31b", 4, 262144, available=24 << 30)
     msg = str(e.value)
     need = provision.estimate("31b", 4, 262144)
-    head = f"google/gemma-4-31B-it at 4 bits with a 262144-token context needs {need.total / 2**30:.1f} GiB"
+    head = f"google/gemma-4-31B-it at 4 bits with a 262144-token context needs {need.total / 1e9:.1f} GB"
     assert msg.startswith(head)
-    assert "but this machine has 24.0 GiB (available)" in msg and "\n" not in msg
+    assert "but this machine has 25.8 GB (available)" in msg and "\n" not in msg
     hint = msg.split("would fit: ")[1]
     context = int(hint.split("--max-context ")[1].split(",")[0])
     assert provision.estimate("31b", 4, context).total <= 24 << 30 < provision.estimate("31b", 4, context + 1024).total
@@ -200,3 +200,54 @@ def test_memory_fit_of_a_folder_counts_its_files(tmp_path):
     assert e.weights == sum(f.stat().st_size for f in TARGET.glob("*.safetensors"))
     with pytest.raises(SpecdecError, match=r"nothing smaller fits$"):
         provision.check_memory_fit(TARGET, 4, 1000, available=e.weights // 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# `specdec models` and MODEL names on the command line.
+
+
+def test_models_json_lists_every_pair_and_what_is_converted_locally(cache):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    (cache / "gemma-4-12B-it-4bit" / "target").mkdir(parents=True)
+    (cache / "gemma-4-12B-it-4bit" / "target" / "config.json").write_text("{}")
+    (cache / "gemma-4-31B-it-4bit.partial" / "target").mkdir(parents=True)  # unfinished: not listed
+    result = CliRunner().invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    rows = {r["name"]: r for r in out["models"]}
+    assert list(rows) == [p.name for p in registry.PAIRS]
+    assert rows["12b"]["local"] == {"4": str(cache / "gemma-4-12B-it-4bit")}
+    assert all(not r["local"] for name, r in rows.items() if name != "12b")
+    e2b = rows["e2b"]
+    assert e2b["drafter"] == "google/gemma-4-E2B-it-assistant" and e2b["head"] == "centroid (2048)"
+    assert e2b["bundle_bytes"] == sum(registry.bundle_bytes(registry.resolve("e2b"), 4))
+    assert e2b["memory_bytes"] == provision.estimate("e2b", 4).total
+
+
+def test_models_table_shows_the_local_bundle(cache):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    (cache / "gemma-4-E2B-it-4bit" / "target").mkdir(parents=True)
+    (cache / "gemma-4-E2B-it-4bit" / "target" / "config.json").write_text("{}")
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if "google/gemma-4-E2B-it " in x)
+    assert "gemma-4-E2B-it-4bit" in line and "centroid" in line
+
+
+def test_cli_unknown_model_name_is_one_error_line(cache):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "gemma-9-huge", "--prompt", "hi"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: unknown model 'gemma-9-huge': known names are e2b,")
+    assert result.stderr.count("\n") == 1
