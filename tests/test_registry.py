@@ -77,3 +77,16 @@ def test_computed_bundle_bytes_equal_what_convert_writes(tmp_path, bits):
                                             group_size=32, itemsize=4)
     assert (target, drafter) == (manifest["sizes"]["target"]["bytes"], manifest["sizes"]["drafter"]["bytes"])
     assert json.loads((out / "manifest.json").read_text())["quantization"]["bits"] == bits
+
+
+def test_readme_pairs_table_is_what_the_registry_generates():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("pairs_table", root / "scripts" / "pairs_table.py")
+    pairs_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pairs_table)
+    readme = (root / "README.md").read_text()
+    stale = "README pairs table is stale: run python scripts/pairs_table.py --write README.md"
+    assert pairs_table.table() in readme, stale
