@@ -6,7 +6,7 @@ import pytest
 from mlx_specdec import provision, registry
 from mlx_specdec.cache import make_target_cache
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.load import load_target
+from mlx_specdec.load import load_target, read_config
 from mlx_specdec.models.target import Target, make_model, text_config
 
 from .conftest import TARGET
@@ -251,3 +251,17 @@ def test_cli_unknown_model_name_is_one_error_line(cache):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: unknown model 'gemma-9-huge': known names are e2b,")
     assert result.stderr.count("\n") == 1
+
+
+def test_memory_fit_of_a_bundle_counts_target_and_drafter_files(tmp_path):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    (bundle / "target").mkdir(parents=True)
+    (bundle / "drafter").mkdir()
+    shutil.copyfile(TARGET / "config.json", bundle / "target" / "config.json")
+    (bundle / "target" / "model.safetensors").write_bytes(b"\0" * 3000)
+    (bundle / "drafter" / "model.safetensors").write_bytes(b"\0" * 500)
+    e = provision.estimate(bundle, 4, 1000)
+    assert e.weights == 3500
+    assert e.kv == provision.kv_bytes(read_config(TARGET), 1000)
