@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
@@ -28,6 +29,7 @@ from .errors import SpecdecError
 
 VOCAB = 262144
 GB = 10**9
+_FLOATS = (mx.float16, mx.bfloat16, mx.float32)
 
 
 @dataclass(frozen=True)
@@ -260,18 +262,3 @@ def config_bytes(target_cfg: dict, drafter_cfg: dict | None, bits: int, group_si
 def bundle_bytes(pair: Pair, bits: int = 4, group_size: int = 64) -> tuple[int, int]:
     """(target, drafter) bytes of `pair`'s bundle at `bits`, computed from its shapes."""
     return config_bytes(pair.target_config(), pair.drafter_config(), bits, group_size)
-
-
-def parameters(pair: Pair) -> tuple[int, int]:
-    """(target text model, drafter) parameter counts."""
-    t, d = bundle_bytes(pair, 16)
-    return t // 2, d // 2
-
-
-def _floats():
-    import mlx.core as mx
-
-    return (mx.float16, mx.bfloat16, mx.float32)
-
-
-_FLOATS = _floats()

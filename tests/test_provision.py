@@ -265,3 +265,15 @@ def test_memory_fit_of_a_bundle_counts_target_and_drafter_files(tmp_path):
     e = provision.estimate(bundle, 4, 1000)
     assert e.weights == 3500
     assert e.kv == provision.kv_bytes(read_config(TARGET), 1000)
+
+
+def test_available_memory_is_metal_working_set_on_a_mac_and_ram_elsewhere():
+    import sys
+
+    import psutil
+
+    size, what = provision.available_memory()
+    if sys.platform == "darwin":
+        assert what == "Metal's recommended working set" and 0 < size <= psutil.virtual_memory().total
+    else:
+        assert (size, what) == (psutil.virtual_memory().total, "RAM")
