@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import sys
@@ -25,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from . import registry
+from mlx_lm.models.cache import KVCache
+
+from . import decode, registry
+from .cache import PromptCache, SlidingKVCache
 from .errors import SpecdecError
 from .registry import Pair
 
@@ -39,9 +43,10 @@ DEFAULT_DRAFTER = "google/gemma-4-E2B-it-assistant"
 DEFAULT_CONTEXT = 32768
 # Activations (a verify pass, logits rows, prefill chunk), the drafter's workspace, allocator slack.
 OVERHEAD_BYTES = 512 << 20
-KV_STEP = 256  # mlx-lm KVCache and our SlidingKVCache grow in steps of 256 entries
-PREFILL_CHUNK = 512  # decode.PREFILL_CHUNK: a sliding cache briefly holds one chunk past its keep
-MAX_REWIND = 16  # decode.PromptCache: 2 * MAX_DRAFT
+# What the caches allocate (read from the code that allocates, so the estimate follows it):
+KV_STEP = max(KVCache.step, SlidingKVCache.step)  # both grow in steps of 256 entries
+PREFILL_CHUNK = decode.PREFILL_CHUNK  # a sliding cache briefly holds one prefill chunk past its keep
+MAX_REWIND = inspect.signature(PromptCache).parameters["max_rewind"].default  # 2 * MAX_DRAFT
 
 
 # --- where bundles live ----------------------------------------------------------------------
