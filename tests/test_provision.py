@@ -277,3 +277,8 @@ def test_available_memory_is_metal_working_set_on_a_mac_and_ram_elsewhere():
         assert what == "Metal's recommended working set" and 0 < size <= psutil.virtual_memory().total
     else:
         assert (size, what) == (psutil.virtual_memory().total, "RAM")
+
+
+def test_hub_reachable_is_false_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert provision.hub_reachable() is False
