@@ -213,7 +213,7 @@ def bench(
     drafter: Optional[Path] = DrafterOpt,
     demo: bool = DemoOpt,
     prompts: Optional[Path] = typer.Option(None, "--prompts", help='JSONL file, one {"prompt": ...} per line.'),
-    ks: str = typer.Option("1,2,3,4,5,6,7,8", "--k", help="Fixed draft lengths to run, e.g. 1,2,4."),
+    ks: str = typer.Option("1,2,3,4,5,6,7,8", "--k", help="Fixed draft lengths to run, e.g. 1,2,4, or none."),
     max_tokens: int = typer.Option(128, "--max-tokens", "-m", help="Tokens per prompt."),
     trials: int = typer.Option(3, "--trials", help="Trials after the warm-up; figures are their median."),
     no_mlx_lm: bool = typer.Option(False, "--no-mlx-lm", help="Skip the mlx-lm baseline."),
@@ -223,22 +223,22 @@ def bench(
         False, "--useless-drafter", help="Shuffle the drafter's weights first (auto should match plain)."
     ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON summary to this file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of tokens/s and tokens/J against k."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Plot tokens/s and tokens/J against k (.png/.svg/.pdf)."),
 ):
     """Benchmark plain, mlx-lm, fixed k and auto decoding on a prompt suite (median of trials)."""
     from rich.console import Console
 
+    from . import bench_report as report
+    from .bench import SUITE, load_prompts, parse_k_list, run_bench
     from .blas import describe_blas
-
-    from .bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line, terminal_chart
-    from .bench import write_plot
     from .load import load
 
     suite = load_prompts(prompts) if prompts is not None else SUITE
     k_list = parse_k_list(ks)
-    for path in (json_path, plot):
-        if path is not None and not path.parent.is_dir():  # fail now, not after the whole run
-            raise SpecdecError(f"{path}: cannot write (no folder {path.parent})")
+    if json_path is not None:  # fail now, not after the whole run
+        report.check_output(json_path, "--json")
+    if plot is not None:
+        report.check_plot(plot)
     err = Console(stderr=True)
     blas = describe_blas()
     err.print(f"BLAS: {blas}")
@@ -249,16 +249,13 @@ def bench(
         log=lambda line: err.print(f"[dim]{line}[/dim]"),
     )
     out = Console(width=None if sys.stdout.isatty() else 120)  # a pipe or file gets the whole table
-    out.print(render_table(result))
-    out.print(summary_line(result))
-    out.print(terminal_chart(result))
-    try:
-        if json_path is not None:
-            json_path.write_text(json.dumps(result, indent=2) + "\n")
-        if plot is not None:
-            write_plot(result, plot)
-    except OSError as e:
-        raise SpecdecError(f"{e.filename}: cannot write ({e.strerror})") from None
+    out.print(report.render_table(result))
+    out.print(report.summary_line(result))
+    out.print(report.terminal_chart(result))
+    if json_path is not None:
+        report.write_json(result, json_path)
+    if plot is not None:
+        report.write_plot(result, plot)
 
 
 def main():  # pragma: no cover - console entry point
