@@ -6,6 +6,7 @@ No timing asserts: speed figures are ratios measured in one run, not test outcom
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import sys
@@ -230,6 +231,23 @@ def test_write_failing_midway_leaves_the_old_file_and_no_temporary_file(tmp_path
         bench_report.write_atomically(path, disk_full)
     assert str(e.value) == f"{path}: cannot write (No space left on device)"
     assert path.read_text() == "old result\n"
+    assert os.listdir(tmp_path) == ["bench.json"]
+
+
+def test_bench_disk_full_at_the_end_is_one_line_and_keeps_the_old_json(tmp_path, monkeypatch):
+    out = tmp_path / "bench.json"
+    out.write_text('{"schema": "specdec-bench/1", "previous": "run"}\n')
+    before = hashlib.sha256(out.read_bytes()).hexdigest()
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    r = runner.invoke(app, BASE + ["--k", "1", "--no-mlx-lm", "-m", "3", "--json", str(out)])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1] == f"error: {out}: cannot write (No space left on device)"
+    assert "Traceback" not in r.output
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == before
     assert os.listdir(tmp_path) == ["bench.json"]
 
 
