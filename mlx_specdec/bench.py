@@ -304,6 +304,8 @@ def measure_modes(
         raise SpecdecError("--trials must be at least 1")
     if max_tokens < 2:
         raise SpecdecError("--max-tokens must be at least 2 (decode speed needs a token after the first)")
+    if not prompts:
+        raise SpecdecError("no prompts to run")
     energy = energy if energy is not None else detect_energy_source()
     modes: list[tuple[str, object]] = [("plain", 0)]
     if mlx_lm:
