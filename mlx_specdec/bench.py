@@ -51,6 +51,8 @@ from pathlib import Path
 
 from .bench_result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult
 from .errors import SpecdecError
+from .settings import GenerationSettings
+from .stats import position_counts, rounds_from_records
 
 SUITE_FILE = Path(__file__).with_name("bench_suite.jsonl")  # the built-in suite, a prompts file like any other
 
@@ -102,10 +104,11 @@ SUITE = load_prompts(SUITE_FILE)  # one prompt per kind of work people ask a sma
 
 
 def encode_prompt(bundle, prompt: str, raw: bool = False) -> list[int]:
+    from .prompt import chat_ids, text_ids
+
     if raw:
-        return list(bundle.tokenizer.encode(prompt))
-    messages = [{"role": "user", "content": prompt}]
-    return list(bundle.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        return text_ids(bundle.tokenizer, prompt)
+    return chat_ids(bundle.tokenizer, [{"role": "user", "content": prompt}])
 
 
 def make_useless(drafter, seed: int = 0) -> None:
@@ -140,29 +143,17 @@ class Run:
     tokens: list = field(default_factory=list)
 
 
-def rounds_from_records(records) -> list[tuple[int, int, float]]:
-    """TokenRecords -> [(k, accepted, seconds)] per round; a round ends at its last token."""
-    ends: dict[int, tuple[int, int, float]] = {}
-    for r in records:
-        ends[r.round] = (r.draft_tokens, r.accepted, r.elapsed_s)
-    out, prev = [], ends.get(0, (0, 0, 0.0))[2]
-    for rnd in sorted(ends):
-        if rnd == 0:
-            continue
-        k, acc, t = ends[rnd]
-        out.append((k, acc, t - prev))
-        prev = t
-    return out
-
-
-def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy) -> Run:
+def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=None) -> Run:
     import mlx.core as mx
 
     from .decode import stream_generate
+    from .draft_len import make_policy
 
+    policy = make_policy(draft_tokens, bundle)  # auto: calibrated once per bundle, outside the run
     mx.reset_peak_memory()
     records, e0 = [], None
-    for r in stream_generate(bundle, ids, max_tokens=max_tokens, draft_tokens=draft_tokens):
+    settings = GenerationSettings(max_tokens=max_tokens, draft=draft_tokens)
+    for r in stream_generate(bundle, ids, settings, policy=policy, stop_tokens=stop_tokens):
         if not records:
             e0 = energy.read()
         records.append(r)
@@ -175,15 +166,22 @@ def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy) -> Run:
     )
 
 
-def run_mlx_lm(bundle, ids, max_tokens: int, energy) -> Run:
+def run_mlx_lm(bundle, ids, max_tokens: int, energy, ignore_eos: bool = False) -> Run:
     """mlx-lm's own greedy `stream_generate` on the same model object and prompt ids."""
+    import copy
+
     import mlx.core as mx
     from mlx_lm.generate import stream_generate as lm_stream_generate
+
+    tokenizer = bundle.tokenizer
+    if ignore_eos:  # mlx-lm stops on the wrapper's EOS ids: give it a copy without them
+        tokenizer = copy.copy(tokenizer)
+        tokenizer.eos_token_ids = set()
 
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     n, t_first, t_last, e0, tokens = 0, 0.0, 0.0, None, []
-    for response in lm_stream_generate(bundle.target.model, bundle.tokenizer, mx.array(ids), max_tokens=max_tokens):
+    for response in lm_stream_generate(bundle.target.model, tokenizer, mx.array(ids), max_tokens=max_tokens):
         t_last = time.perf_counter()
         tokens.append(int(response.token))
         if n == 0:
@@ -198,16 +196,6 @@ def run_mlx_lm(bundle, ids, max_tokens: int, energy) -> Run:
 
 
 # --- statistics --------------------------------------------------------------------------
-def position_counts(rounds) -> tuple[list[int], list[int]]:
-    """(tried, accepted) per draft position 1..8 over rounds [(k, accepted, s)]."""
-    tried, hits = [0] * MAX_K, [0] * MAX_K
-    for k, acc, _ in rounds:
-        for i in range(min(k, acc + 1)):  # draft i+1 was tried iff drafts 1..i were accepted
-            tried[i] += 1
-            hits[i] += i < acc
-    return tried, hits
-
-
 def ideal_rate(own_rounds, other_rounds) -> float | None:
     """max_k E(k)/C(k): acceptance and costs from `own_rounds`, gaps filled from `other_rounds`.
 
@@ -319,31 +307,25 @@ def measure_modes(
             raise SpecdecError("--useless-drafter needs a drafter")
         make_useless(bundle.drafter)
 
-    tokenizer = bundle.tokenizer
-    saved_eos = set(tokenizer.eos_token_ids)
-    if ignore_eos:
-        tokenizer.eos_token_ids = []
+    stop_tokens = () if ignore_eos else None
 
     def one(draft_tokens, ids, n) -> Run:
         if draft_tokens is None:
-            return run_mlx_lm(bundle, ids, n, energy)
-        return run_specdec(bundle, ids, n, draft_tokens, energy)
+            return run_mlx_lm(bundle, ids, n, energy, ignore_eos)
+        return run_specdec(bundle, ids, n, draft_tokens, energy, stop_tokens)
 
     runs: dict[str, list[list[Run]]] = {m: [] for m, _ in modes}
-    try:
-        for mode, dt in modes:  # warm-up: compile, allocate, and calibrate auto once
-            log(f"warm-up {mode}")
-            one(dt, prompts[0][1], min(max_tokens, 16))
-        for t in range(trials):
-            t0 = time.perf_counter()
-            for mode, _ in modes:
-                runs[mode].append([])
-            for _, ids in prompts:  # prompt-major: every mode runs each prompt back to back
-                for mode, dt in modes:
-                    runs[mode][-1].append(one(dt, ids, max_tokens))
-            log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
-    finally:
-        tokenizer.eos_token_ids = saved_eos
+    for mode, dt in modes:  # warm-up: compile, allocate, and calibrate auto once
+        log(f"warm-up {mode}")
+        one(dt, prompts[0][1], min(max_tokens, 16))
+    for t in range(trials):
+        t0 = time.perf_counter()
+        for mode, _ in modes:
+            runs[mode].append([])
+        for _, ids in prompts:  # prompt-major: every mode runs each prompt back to back
+            for mode, dt in modes:
+                runs[mode][-1].append(one(dt, ids, max_tokens))
+        log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
 
     ideal = None
     if "auto" in runs:

@@ -88,8 +88,9 @@ class BenchSummary:
         plain, lm, auto = by_mode["plain"], by_mode.get("mlx-lm"), by_mode.get("auto")
         fixed = [m for m in modes if m.mode.startswith("k=")]
         best = max(fixed, key=lambda m: m.decode_tokens_per_s) if fixed else None
+        lm_rate = lm.decode_tokens_per_s if lm else None
         return cls(
-            plain_vs_mlx_lm=plain.decode_tokens_per_s / lm.decode_tokens_per_s if lm and lm.decode_tokens_per_s else None,
+            plain_vs_mlx_lm=plain.decode_tokens_per_s / lm_rate if lm_rate else None,
             auto_speedup=auto.speedup if auto else None,
             best_fixed_k=best.draft_tokens if best else None,
             best_fixed_k_speedup=best.speedup if best else None,

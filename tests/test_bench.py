@@ -99,7 +99,10 @@ def test_bench_runs_the_builtin_suite_through_the_library():
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (['{"prompt": "ok"}', "not json"], '{path}:2: not valid JSON; expected one {{"prompt": "..."}} object per line'),
+        (
+            ['{"prompt": "ok"}', "not json"],
+            '{path}:2: not valid JSON; expected one {{"prompt": "..."}} object per line',
+        ),
         (['{"text": "no prompt key"}'], '{path}:1: expected an object with a non-empty string "prompt"'),
         ([""], '{path}: no prompts (expected JSONL lines like {{"prompt": "..."}})'),
     ],
@@ -309,7 +312,8 @@ def test_describe_blas_reports_what_is_mapped():
 def test_blas_reexec_plan_for_scripts_that_ask(tmp_path):
     lib = tmp_path / "libopenblas.so.0"
     lib.write_bytes(b"")
-    script = {"argv": ["scripts/bench_sweep.py"], "orig_argv": ["python", "scripts/bench_sweep.py"], "candidates": [lib]}
+    script = {"argv": ["scripts/bench_sweep.py"], "orig_argv": ["python", "scripts/bench_sweep.py"],
+              "candidates": [lib]}
     assert blas.reexec_plan({}, system="Linux", **script) is None
     assert blas.reexec_plan({}, system="Linux", any_program=True, **script)["LD_PRELOAD"] == str(lib)
 
