@@ -254,7 +254,7 @@ def bench(
     prompts: Annotated[
         Optional[Path], typer.Option("--prompts", help='JSONL file, one {"prompt": ...} per line.')
     ] = None,
-    ks: Annotated[str, typer.Option("--k", help="Fixed draft lengths to run, e.g. 1,2,4.")] = "1,2,3,4,5,6,7,8",
+    ks: Annotated[str, typer.Option("--k", help="Fixed draft lengths, e.g. 1,2,4, or none.")] = "1,2,3,4,5,6,7,8",
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-m", help="Tokens per prompt.")] = 128,
     trials: Annotated[int, typer.Option("--trials", help="Trials after the warm-up; figures are their median.")] = 3,
     no_mlx_lm: Annotated[bool, typer.Option("--no-mlx-lm", help="Skip the mlx-lm baseline.")] = False,
@@ -265,22 +265,23 @@ def bench(
     ] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON summary to this file.")] = None,
     plot: Annotated[
-        Optional[Path], typer.Option("--plot", help="Write a PNG of tokens/s and tokens/J against k.")
+        Optional[Path], typer.Option("--plot", help="Plot tokens/s and tokens/J against k (.png/.svg/.pdf).")
     ] = None,
 ):
     """Benchmark plain, mlx-lm, fixed k and auto decoding on a prompt suite (median of trials)."""
     from rich.console import Console
 
-    from .bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line, terminal_chart
-    from .bench import write_plot
+    from . import bench_report as report
+    from .bench import SUITE, load_prompts, parse_k_list, run_bench
     from .blas import describe_blas
     from .load import load
 
     suite = load_prompts(prompts) if prompts is not None else SUITE
     k_list = parse_k_list(ks)
-    for path in (json_path, plot):
-        if path is not None and not path.parent.is_dir():  # fail now, not after the whole run
-            raise SpecdecError(f"{path}: cannot write (no folder {path.parent})")
+    if json_path is not None:  # fail now, not after the whole run
+        report.check_output(json_path, "--json")
+    if plot is not None:
+        report.check_plot(plot)
     err = Console(stderr=True)
     blas = describe_blas()
     err.print(f"BLAS: {blas}")
@@ -291,16 +292,13 @@ def bench(
         log=lambda line: err.print(f"[dim]{line}[/dim]"),
     )
     out = Console(width=None if sys.stdout.isatty() else 120)  # a pipe or file gets the whole table
-    out.print(render_table(result))
-    out.print(summary_line(result))
-    out.print(terminal_chart(result))
-    try:
-        if json_path is not None:
-            json_path.write_text(json.dumps(result, indent=2) + "\n")
-        if plot is not None:
-            write_plot(result, plot)
-    except OSError as e:
-        raise SpecdecError(f"{e.filename}: cannot write ({e.strerror})") from None
+    out.print(report.render_table(result))
+    out.print(report.summary_line(result))
+    out.print(report.terminal_chart(result))
+    if json_path is not None:
+        report.write_json(result, json_path)
+    if plot is not None:
+        report.write_plot(result, plot)
 
 
 @app.command()
