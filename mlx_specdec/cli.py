@@ -99,14 +99,18 @@ def parse_prompt_ids(text: str) -> list[int]:
     return ids
 
 
-def model_folder(model) -> Optional[str]:
+def model_folder(model, max_context: Optional[int] = None) -> Optional[str]:
     """MODEL as typed -> a folder: an existing folder, or a known name / hub id (see `specdec models`)
-    whose bundle is converted into ~/.cache/mlx-specdec on first use. None stays None."""
+    whose bundle is converted into ~/.cache/mlx-specdec on first use. None stays None. A folder
+    whose weights and KV cache at `max_context` will not fit this machine's memory is refused."""
     if model is None:
         return None
+    from .provision import check_memory_fit
     from .provision import model_folder as provision_folder
 
-    return str(provision_folder(str(model), log=lambda line: typer.echo(line, err=True)))
+    folder = provision_folder(str(model), max_context=max_context, log=lambda line: typer.echo(line, err=True))
+    check_memory_fit(Path(folder), max_context=max_context)
+    return str(folder)
 
 
 @app.command()
@@ -150,7 +154,7 @@ def generate(
         min_p=min_p, seed=seed, stop=stop, max_context=max_context, battery=battery,
     )
     ids = parse_prompt_ids(prompt_ids) if prompt_ids is not None else None
-    bundle = load(model_folder(model), target=target, drafter=drafter, demo=demo)
+    bundle = load(model_folder(model, settings.max_context), target=target, drafter=drafter, demo=demo)
     if ids is None:
         tok = bundle.tokenizer
         ids = text_ids(tok, prompt) if raw else chat_ids(tok, [{"role": "user", "content": prompt}])
@@ -237,7 +241,7 @@ def chat(
         min_p=min_p, seed=seed, max_context=max_context, battery=battery,
     )
     run_chat(
-        model_folder(model),
+        model_folder(model, settings.max_context),
         target=str(target) if target else None,
         drafter=str(drafter) if drafter else None,
         demo=demo, settings=settings, system=system, colour_drafts=colour_drafts,
