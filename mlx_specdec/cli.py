@@ -338,7 +338,7 @@ def serve(
     target: TargetDir = None,
     drafter: DrafterDir = None,
     demo: Demo = False,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (else than loopback: use --api-key).")] = (
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; beyond loopback add --api-key.")] = (
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port, printed at start).")] = 8080,
@@ -354,9 +354,12 @@ def serve(
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
     from .server import serve as run_server
 
-    run_server(model, target=target, drafter=drafter, demo=demo, host=host, port=port, api_key=api_key,
-               max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
-               draft=0 if no_draft else parse_draft(draft_tokens))
+    run_server(
+        model_folder(model, max_context), target=target, drafter=drafter, demo=demo, host=host, port=port,
+        api_key=api_key, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
+        draft=0 if no_draft else parse_draft(draft_tokens),
+    )
+
 
 def main():  # pragma: no cover - console entry point
     app()

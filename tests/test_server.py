@@ -439,3 +439,20 @@ def test_named_tool_choice_prefills_the_call_and_none_keeps_markup_as_content(sc
     r = client.chat.completions.create(model="scripted", messages=QUESTION, tools=TOOLS, tool_choice="none")
     assert "<|tool>" not in worker.prompts[-1] and r.choices[0].message.tool_calls is None
     assert "<|tool_call>call:get_weather" in r.choices[0].message.content
+
+
+def test_serve_refuses_a_port_in_use_in_one_line():
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        r = CliRunner().invoke(app, ["serve", "--demo", "--port", str(port)])
+    finally:
+        busy.close()
+    assert r.exit_code == 1
+    assert r.output.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use)"
