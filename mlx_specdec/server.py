@@ -114,11 +114,14 @@ def create_app(
                     f"the queue is full ({worker.jobs.maxsize} waiting); retry in {wait} s",
                     headers={"Retry-After": str(wait)},
                 ) from None
-            if req.stream:
-                return stream_response(run)
-            return await collect(run, request)
-        except ApiError as e:
+        except ApiError as e:  # refused before it was queued
             log.info("%s %d %s (%.0f ms)", request.url.path, e.status, e.message, (time.perf_counter() - t0) * 1e3)
+            return error_response(e)
+        if req.stream:
+            return stream_response(run)
+        try:
+            return await collect(run, request)
+        except ApiError as e:  # the generation failed or was cancelled; the run logged its line
             return error_response(e)
 
     async def chat(request: Request):

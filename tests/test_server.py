@@ -241,6 +241,22 @@ def test_disconnect_mid_stream_cancels_and_the_next_request_is_correct(demo_serv
     assert r.choices[0].message.content == reference(demo, QUESTION, 24)
 
 
+def test_disconnect_while_waiting_for_a_whole_answer_cancels_it_too(demo_server):
+    data = json.dumps({"messages": QUESTION, "max_tokens": 400, "temperature": 0, "draft_tokens": 4}).encode()
+    s = socket.create_connection((demo_server.host, demo_server.port), timeout=30)
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    while not demo_server.request("GET", "/health")[2]["busy"]:
+        time.sleep(0.01)
+    s.close()
+    wait_idle(demo_server)
+    cancelled = [line for line in demo_server.log.read_text().splitlines() if "/v1/chat/completions 499" in line]
+    assert cancelled and int(cancelled[-1].split("completion=")[1].split()[0]) < 400
+
+
 KEY = {"Authorization": "Bearer sekret"}
 CHAT = "/v1/chat/completions"
 
