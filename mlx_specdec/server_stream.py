@@ -73,6 +73,8 @@ class Run:
             if isinstance(item, Failed):
                 self.status = item.status
                 raise ApiError(item.status, item.message)
+            if not self.records:  # known from the first token on, so a cancelled run logs it too
+                self.cached = len(self.ids) - item.prompt_tokens
             self.records.append(item)
             yield item
 
