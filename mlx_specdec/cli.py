@@ -188,20 +188,28 @@ def chat(
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
     colour_drafts: bool = typer.Option(False, "--colour-drafts", help="Colour the tokens the drafter proposed (/colour)."),
     battery: Optional[bool] = BatteryOpt,
+    max_context: Optional[int] = typer.Option(
+        None, "--max-context", help="Context limit in tokens (default: the model's); older turns are dropped to fit."
+    ),
 ):
     """Chat in the terminal with live speed, acceptance, memory and energy; one prompt per line when piped.
 
     With no MODEL: the Gemma 4 E2B bundle in ~/.cache/mlx-specdec, converted on first use.
     """
     from .chat import run_chat
+    from .sampling import SamplingParams
+    from .settings import GenerationSettings
 
+    settings = GenerationSettings(
+        max_tokens=max_tokens, draft=parse_draft_tokens(draft_tokens, no_draft),
+        sampling=SamplingParams(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed),
+        max_context=max_context, battery=battery,
+    )
     run_chat(
         str(model) if model else None,
         target=str(target) if target else None,
         drafter=str(drafter) if drafter else None,
-        demo=demo, max_tokens=max_tokens, draft_tokens=parse_draft_tokens(draft_tokens, no_draft),
-        temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, system=system,
-        colour_drafts=colour_drafts, battery=battery,
+        demo=demo, settings=settings, system=system, colour_drafts=colour_drafts,
     )
 
 
