@@ -139,10 +139,10 @@ class ChatSession:
         conversation even when the caller stops early (close() / Ctrl-C); `self.last` holds
         this turn's prompt at once and its records as they come. Raises SpecdecError (history
         unchanged) when the message cannot fit the context even alone."""
-        before = list(self.messages)
-        kept, prompt = self._fit(before + [{"role": "user", "content": text}])
+        before = (list(self.messages), self.last)
+        kept, prompt = self._fit(before[0] + [{"role": "user", "content": text}])
         self.messages = kept
-        self.last = Turn([], prompt, dropped=len(before) + 1 - len(kept))
+        self.last = Turn([], prompt, dropped=len(before[0]) + 1 - len(kept))
         return self._stream_answer(prompt, self.last.records, before)
 
     def _fit(self, messages: list[dict]) -> tuple[list[dict], list[int]]:
@@ -165,7 +165,7 @@ class ChatSession:
         return messages, prompt
 
     def _stream_answer(
-        self, prompt: list[int], records: list[TokenRecord], before: list[dict]
+        self, prompt: list[int], records: list[TokenRecord], before: tuple[list[dict], Turn]
     ) -> Iterator[TokenRecord]:
         stream, rejected = None, False
         try:
@@ -180,7 +180,7 @@ class ChatSession:
             if stream is not None:
                 stream.close()  # the loop rewinds its caches in its own finally
             if rejected:
-                self.messages = before
+                self.messages, self.last = before
             else:
                 self.messages.append({"role": "assistant", "content": self._answer_text(records)})
                 stats = RunStats.from_records(records)

@@ -16,6 +16,7 @@ import pyte  # test extra: renders what the terminal shows
 import pytest
 
 from mlx_specdec import chat
+from mlx_specdec.energy import NullSource
 from mlx_specdec.errors import SpecdecError
 
 from .chat_fakes import piped, session
@@ -111,6 +112,34 @@ def test_run_chat_refuses_a_system_prompt_that_is_not_utf8_without_loading():
 
     with pytest.raises(SpecdecError, match=r"^--system is not UTF-8 text; give the system prompt in UTF-8$"):
         chat.run_chat(demo=True, system="\udcff", stdin=io.StringIO(""), stdout=io.StringIO(), load_fn=load)
+
+
+def test_live_chat_refuses_bad_lines_in_one_line_each_and_answers_the_next():
+    from rich.console import Console
+
+    s, loop = session(max_context=60, max_tokens=8)
+    lines = iter(["hi", "bad \udcff", "x" * 200, "/temp 2", "REFUSE this", "/draft 9", "again"])
+
+    def read_line(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    console = Console(record=True, width=200, file=io.StringIO())
+    chat.run_interactive(s, console, energy_source=NullSource(), read_line=read_line)
+    text = console.export_text()
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: that line is not UTF-8 text; skipped it",
+        f"error: this message needs {len(s.prompt_ids([{'role': 'user', 'content': 'x' * 200}]))} tokens but the "
+        "context holds 60; it was not added: shorten it or raise --max-context",
+        "error: the loop refuses this prompt",
+        "error: draft tokens must be 0-8, 'auto' or 'off', not '9'",
+    ]
+    assert "Traceback" not in text and text.rstrip().endswith("bye")
+    assert [m["content"] for m in s.messages if m["role"] == "user"] == ["hi", "again"]
+    assert s.settings.sampling.temp == 2.0 and len(loop.calls) == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -201,9 +201,10 @@ def test_a_turn_the_loop_refuses_leaves_the_history_as_it_was():
     s, _ = session()
     piped(s, "hi\n")
     history = list(s.messages)
+    last = s.last
     with pytest.raises(SpecdecError, match="^the loop refuses this prompt$"):
         list(s.reply("REFUSE"))
-    assert s.messages == history
+    assert s.messages == history and s.last is last  # /stats still shows the last real answer
 
 
 def test_when_the_history_outgrows_the_context_the_oldest_turns_go_and_the_system_prompt_stays():
