@@ -23,8 +23,8 @@ from typing import Callable, Iterable, Optional, TextIO, Union
 
 from .energy import EnergyMeter, battery, detect_energy_source, memory, reset_peak_memory
 from .errors import SpecdecError
-from .session import CHAT_SETTINGS, Action, ChatOptions, ChatSession, draft_label
-from .settings import GenerationSettings
+from .session import CHAT_SETTINGS, Action, ChatOptions, ChatSession
+from .settings import GenerationSettings, draft_label
 from .ui import ChatView, Status, status_panel, summary_line
 
 DEFAULT_BUNDLE = "gemma-4-E2B-it-4bit"
@@ -226,7 +226,7 @@ def _header(session: ChatSession, console, source) -> None:
         ("drafter", "yes" if b.drafter is not None else "none (plain decoding)"),
         ("draft length", draft_label(session.settings.draft)),
         ("sampling", f"temp {sampling.temp:g}" + (f", seed {sampling.seed}" if sampling.seed is not None else "")),
-        ("context", f"{session.context_limit} tokens" if session.context_limit else "n/a"),
+        ("context", f"{session.context_limit} tokens"),
         ("energy", source.name),
     ]
     body = "\n".join(f"[dim]{k:<13}[/dim]{v}" for k, v in rows)
@@ -298,8 +298,6 @@ def run_chat(
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    if system is not None and utf8_text(system) is None:
-        raise SpecdecError("--system is not UTF-8 text; give the system prompt in UTF-8")
     interactive = stdin.isatty() and stdout.isatty()
     console = Console(file=stdout, highlight=False) if interactive else Console(file=sys.stderr, highlight=False)
     if load_fn is None:

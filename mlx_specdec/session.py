@@ -20,21 +20,17 @@ rejected turn. Nothing here prints, reads the terminal or touches mlx memory cou
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import secrets
-import stat
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from .draft_len import parse_draft
+from .bench_report import write_atomically
 from .errors import SpecdecError
 from .prompt import chat_ids
-from .settings import GenerationSettings
+from .settings import GenerationSettings, draft_label, parse_draft
 from .stats import RunStats, TokenRecord
 from .ui import Status
 
@@ -49,10 +45,6 @@ HELP = """\
 /quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
 
 CHAT_SETTINGS = GenerationSettings(max_tokens=512)  # what `specdec chat` starts with
-
-
-def draft_label(draft: Union[int, str]) -> str:
-    return "off" if draft == 0 else str(draft)
 
 
 @dataclass(frozen=True)
@@ -95,8 +87,9 @@ class Turn:
 class ChatSession:
     """The conversation, its settings and the prompt cache kept between turns.
 
-    `stream_fn` and `cache_factory` default to `decode.stream_generate` and `PromptCache`;
-    tests inject fakes with the same signatures.
+    `stream_fn` and `cache_factory` default to `decode.stream_generate` and `cache.PromptCache`;
+    tests inject fakes with the same signatures. Raises SpecdecError for a draft length without
+    a drafter, or a --max-context beyond the model's.
     """
 
     def __init__(
@@ -104,12 +97,16 @@ class ChatSession:
         stream_fn=None, cache_factory=None,
     ):
         if stream_fn is None or cache_factory is None:
-            from . import decode
+            from .cache import PromptCache
+            from .decode import stream_generate
 
-            stream_fn = stream_fn or _stream_generate
-            cache_factory = cache_factory or decode.PromptCache
+            stream_fn = stream_fn or stream_generate
+            cache_factory = cache_factory or PromptCache
+        if bundle.drafter is None and settings.draft not in (0, "auto"):
+            raise SpecdecError(f"draft tokens {settings.draft} need a drafter; load one, or use --no-draft")
         self.bundle = bundle
         self.settings = replace(settings, draft=0) if bundle.drafter is None else settings
+        _ = self.context_limit  # a --max-context beyond the model's fails now, not at the first turn
         self.options = options
         self._stream = stream_fn
         self._cache_factory = cache_factory
@@ -120,10 +117,9 @@ class ChatSession:
 
     # -- the conversation --------------------------------------------------------------------
     @property
-    def context_limit(self) -> Optional[int]:
-        """Tokens the context holds: --max-context, else the model's; None when unknown."""
-        config = getattr(self.bundle.target, "config", None) or {}
-        return self.settings.max_context or config.get("max_position_embeddings")
+    def context_limit(self) -> int:
+        """Tokens the context holds: --max-context, else the model's."""
+        return self.settings.context_limit(getattr(self.bundle.target, "config", None) or {})
 
     def all_messages(self, messages: Optional[list[dict]] = None) -> list[dict]:
         """The system prompt (if any) followed by `messages` (default: the conversation)."""
@@ -148,8 +144,6 @@ class ChatSession:
     def _fit(self, messages: list[dict]) -> tuple[list[dict], list[int]]:
         """Drop the oldest turns until the prompt and room for an answer fit the context."""
         prompt, limit = self.prompt_ids(messages), self.context_limit
-        if limit is None:
-            return messages, prompt
         room = min(self.settings.max_tokens, limit // 2)
         while len(prompt) + room > limit and len(messages) > 1:
             n = 1  # the oldest user message and the answers that follow it
@@ -208,7 +202,8 @@ class ChatSession:
         messages = self.all_messages()
         data = {"model": self.bundle.name, "settings": {**asdict(self.settings), **asdict(self.options)},
                 "messages": messages}
-        write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        write_atomically(path, lambda f: f.write(text.encode("utf-8")))
         return path, len(messages)
 
     # -- slash commands ----------------------------------------------------------------------
@@ -243,9 +238,10 @@ class ChatSession:
                 temp = float(arg)
             except ValueError:
                 temp = math.nan
-            if not (math.isfinite(temp) and temp >= 0):
-                return Action(f"/temp needs a number >= 0, not {arg!r}")
-            self._change(sampling=replace(self.settings.sampling, temp=temp))
+            try:
+                self._change(sampling=replace(self.settings.sampling, temp=temp))
+            except SpecdecError:  # SamplingParams checks the range
+                return Action(f"/temp needs a finite number >= 0, not {arg!r}")
             return Action(f"temperature: {temp:g}")
         if name in ("/colour", "/color"):
             self.options = replace(self.options, colour_drafts=not self.options.colour_drafts)
@@ -260,42 +256,3 @@ class ChatSession:
     def _change(self, **fields) -> None:
         """The one place settings change: a new validated value (SpecdecError if invalid)."""
         self.settings = replace(self.settings, **fields)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`. A failure
-    (a full disk, a folder in the way) leaves `path` as it was and no temporary file; the new
-    file keeps an existing file's permissions, else gets the umask's. Raises SpecdecError."""
-    target = path.resolve() if path.is_symlink() else path  # replace the file, not the link
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    created = False
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() else None
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 less the umask
-        created = True
-        try:
-            data = memoryview(text.encode("utf-8"))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except OSError as e:
-        if created:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        raise SpecdecError(f"{path}: cannot write ({e.strerror or e})") from None
-
-
-def _stream_generate(bundle, prompt_ids, settings: GenerationSettings, *, prompt_cache=None):
-    """Until main's `decode.stream_generate(bundle, ids, settings, prompt_cache=)` lands."""
-    from . import decode
-
-    s = settings
-    return decode.stream_generate(
-        bundle, prompt_ids, max_tokens=s.max_tokens, draft_tokens=s.draft, sampling=s.sampling, stop=s.stop,
-        prompt_cache=prompt_cache, max_context=s.max_context, battery=s.battery,
-    )

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from mlx_specdec import chat
-from mlx_specdec.draft_len import parse_draft
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.session import Action, ChatSession
-from mlx_specdec.settings import GenerationSettings
+from mlx_specdec.settings import GenerationSettings, parse_draft
 
 from .chat_fakes import piped, session
 
@@ -64,7 +63,7 @@ def test_commands_return_actions_and_settings_changes_make_new_values():
 def test_temp_that_is_not_a_finite_number_is_refused_and_the_setting_kept():
     s, _ = session(temp=0.3)
     for bad in ("inf", "nan", "-1", "hot"):
-        assert s.command(f"/temp {bad}") == Action(f"/temp needs a number >= 0, not {bad!r}")
+        assert s.command(f"/temp {bad}") == Action(f"/temp needs a finite number >= 0, not {bad!r}")
     assert s.settings.sampling.temp == 0.3
 
 
@@ -106,15 +105,24 @@ def test_save_on_a_full_disk_is_one_error_line_and_leaves_the_old_file_whole(tmp
     s.command(f"/save {path}")
     piped(s, "second " * 2000 + "\n")  # the next save is longer than the fake disk's room
     old = sha(path)
-    real_write, written = os.write, []
+    real_fdopen, written = os.fdopen, []
 
-    def full_disk(fd, data):  # the first 4096 bytes go through, then the disk is full
-        if not written:
-            written.append(real_write(fd, bytes(data[:4096])))
-            return written[0]
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    class FullDisk:  # the first 4096 bytes reach the disk, then it is full
+        def __init__(self, fd, *args, **kwargs):
+            self.f = real_fdopen(fd, *args, **kwargs)
 
-    monkeypatch.setattr(os, "write", full_disk)
+        def write(self, data):
+            written.append(self.f.write(data[:4096]))
+            self.f.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
     action = s.command(f"/save {path}")
     monkeypatch.undo()
     assert action == Action(f"{path}: cannot write (No space left on device)", error=True)
@@ -169,7 +177,7 @@ def test_unknown_command_and_bad_arguments_explain_themselves():
     s, _ = session()
     out = piped(s, "/frobnicate\n/temp hot\n/save\n")
     assert "unknown command /frobnicate; /help lists them" in out
-    assert "/temp needs a number >= 0, not 'hot'" in out
+    assert "/temp needs a finite number >= 0, not 'hot'" in out
     assert "/save needs a file name" in out
 
 
@@ -220,20 +228,29 @@ def test_when_the_history_outgrows_the_context_the_oldest_turns_go_and_the_syste
     assert out[-1].endswith(" · 2 oldest messages dropped to fit the context")
 
 
-def test_context_defaults_to_the_models_max_position_embeddings():
+def test_context_defaults_to_the_models_max_position_embeddings_and_cannot_exceed_it():
     s, _ = session()
-    assert s.context_limit is None  # the fake has no target config: nothing is trimmed
     s.bundle.target = type("T", (), {"config": {"max_position_embeddings": 4096}})()
     assert s.context_limit == 4096
     s.settings = replace(s.settings, max_context=256)
     assert s.context_limit == 256
+    with pytest.raises(SpecdecError, match=r"^--max-context 5000 is more than the model's 4096 positions; "):
+        ChatSession(s.bundle, replace(s.settings, max_context=5000), stream_fn=lambda *a, **k: iter(()),
+                    cache_factory=lambda b: None)
+
+
+def test_a_draft_length_without_a_drafter_is_refused_but_auto_means_plain():
+    s, _ = session(drafter=False)
+    assert s.settings.draft == 0
+    with pytest.raises(SpecdecError, match=r"^draft tokens 4 need a drafter; load one, or use --no-draft$"):
+        session(drafter=False, draft=4)
 
 
 # ---------------------------------------------------------------------------------------------
 # The real loop on the tiny fixture pair (random weights: the text is noise, the mechanics real).
 
 FIXTURES = Path(__file__).parent / "fixtures"
-PAIR = dict(target=str(FIXTURES / "target_text"), drafter=str(FIXTURES / "drafter_dense"))
+PAIR = {"target": str(FIXTURES / "target_text"), "drafter": str(FIXTURES / "drafter_dense")}
 
 
 def common_prefix(a, b):
