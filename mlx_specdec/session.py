@@ -29,7 +29,7 @@ from typing import Iterator, Optional, Union
 
 from .bench_report import write_atomically
 from .errors import SpecdecError
-from .prompt import chat_ids
+from .prompt import chat_ids, clean_text
 from .settings import GenerationSettings, draft_label, parse_draft
 from .stats import RunStats, TokenRecord
 from .ui import Status
@@ -107,7 +107,8 @@ class ChatSession:
         self.bundle = bundle
         self.settings = replace(settings, draft=0) if bundle.drafter is None else settings
         _ = self.context_limit  # a --max-context beyond the model's fails now, not at the first turn
-        self.options = options
+        # Undecodable bytes in --system become U+FFFD here too, so /save can write them.
+        self.options = replace(options, system=clean_text(options.system)) if options.system else options
         self._stream = stream_fn
         self._cache_factory = cache_factory
         self.messages: list[dict] = []  # user and assistant turns; the system prompt is in options

@@ -4,6 +4,7 @@ The session itself (history, commands, context, /save) is tested in test_session
 """
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -95,14 +96,16 @@ def test_piped_turn_the_loop_refuses_is_one_error_line_and_the_next_line_is_answ
     assert [m["content"] for m in s.messages if m["role"] == "user"] == ["hello", "again"]
 
 
-def test_system_prompt_that_is_not_utf8_is_decoded_with_replacement_like_every_argument():
+def test_system_prompt_that_is_not_utf8_is_decoded_with_replacement_like_every_argument(tmp_path):
     loop = FakeLoop()
     out = io.StringIO()
     # Python hands undecodable argv bytes over as lone surrogates (surrogateescape).
-    chat.run_chat(demo=True, system="be \udcff brief", stdin=io.StringIO("hi\n"), stdout=out,
-                  load_fn=lambda *a, **k: bundle(), stream_fn=loop, cache_factory=FakeCache)
+    chat.run_chat(demo=True, system="be \udcff brief", stdin=io.StringIO(f"hi\n/save {tmp_path / 'c.json'}\n"),
+                  stdout=out, load_fn=lambda *a, **k: bundle(), stream_fn=loop, cache_factory=FakeCache)
     assert "".join(chr(t) for t in loop.calls[0].prompt).startswith("\x02\x05system\nbe \ufffd brief\x06")
     assert out.getvalue().startswith("echo: hi\n")
+    assert out.getvalue().endswith(f"saved 3 messages to {tmp_path / 'c.json'}\n")
+    assert json.loads((tmp_path / "c.json").read_text())["messages"][0]["content"] == "be \ufffd brief"
 
 
 def test_live_chat_refuses_bad_lines_in_one_line_each_and_answers_the_next():
