@@ -18,7 +18,6 @@ import pytest
 
 from mlx_specdec import chat
 from mlx_specdec.energy import NullSource
-from mlx_specdec.errors import SpecdecError
 
 from .chat_fakes import FakeCache, FakeLoop, bundle, piped, session
 
@@ -134,36 +133,6 @@ def test_live_chat_refuses_bad_lines_in_one_line_each_and_answers_the_next():
     assert "Traceback" not in text and text.rstrip().endswith("bye")
     assert [m["content"] for m in s.messages if m["role"] == "user"] == ["hi", "again"]
     assert s.settings.sampling.temp == 2.0 and len(loop.calls) == 3
-
-
-# ---------------------------------------------------------------------------------------------
-# The default model: the cached Gemma 4 E2B bundle, converted on first use, or a clear offline line.
-
-
-def test_default_bundle_offline_says_so_and_points_to_demo(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
-    with pytest.raises(SpecdecError) as e:
-        chat.default_bundle(reachable=lambda: False)
-    assert "unreachable (offline?)" in str(e.value) and "specdec chat --demo" in str(e.value)
-    assert "\n" not in str(e.value)
-
-
-def test_default_bundle_converts_once_then_uses_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
-    calls = []
-
-    def convert(**kw):
-        calls.append(kw)
-        (kw["output"] / "target").mkdir(parents=True)
-        (kw["output"] / "target" / "config.json").write_text("{}")
-
-    folder = chat.default_bundle(convert_fn=convert, reachable=lambda: True)
-    assert folder == tmp_path / "gemma-4-E2B-it-4bit"
-    assert [{k: v for k, v in c.items() if k != "log"} for c in calls] == [
-        dict(target="google/gemma-4-E2B-it", drafter="google/gemma-4-E2B-it-assistant", output=folder, bits=4)
-    ]
-    assert chat.default_bundle(convert_fn=convert, reachable=lambda: False) == folder
-    assert len(calls) == 1
 
 
 # ---------------------------------------------------------------------------------------------
