@@ -115,7 +115,8 @@ def tmpfs(tmp_path):
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root; the patched-write tests cover this case")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, check=False)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)]
+    done = subprocess.run(mount, capture_output=True, check=False)
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mnt
@@ -180,8 +181,10 @@ def test_force_replaces_an_empty_folder(tmp_path):
     assert (tmp_path / "b" / "manifest.json").is_file()
 
 
-def test_a_failed_replacement_puts_the_old_bundle_back(tmp_path, monkeypatch):
-    out = bundle(tmp_path / "b", bits=16)
+@pytest.mark.parametrize("old", ["bundle", "empty folder"])
+def test_a_failed_replacement_puts_the_old_bundle_back(tmp_path, monkeypatch, old):
+    out = bundle(tmp_path / "b", bits=16) if old == "bundle" else tmp_path / "b"
+    out.mkdir(exist_ok=True)
     real_rename = Path.rename
 
     def rename(self, target):
@@ -191,7 +194,7 @@ def test_a_failed_replacement_puts_the_old_bundle_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "rename", rename)
     fails(tmp_path, convert_args(out, TARGET, DRAFTER, "--force"),
-          f"cannot write {out} (permission denied); the bundle at {out} is unchanged: choose another -o")
+          f"cannot write {out} (permission denied); {out} is unchanged: choose another -o")
 
 
 # --- item 6: corrupt or unusual files ----------------------------------------------------------
@@ -329,7 +332,7 @@ def test_disk_full_while_writing_leaves_nothing_half_written(tmp_path, monkeypat
     if force:
         bundle(out, bits=16)
     monkeypatch.setattr(write, "open", lambda path, mode: FullDisk(path, "w"), raising=False)
-    kept = f"the bundle at {out} is unchanged" if force else "nothing was written"
+    kept = f"{out} is unchanged" if force else "nothing was written"
     fails(tmp_path, convert_args(out, TARGET, DRAFTER, *(["--force"] if force else [])),
           f"cannot write {out} (no space left on the device); {kept}: free some space or choose another -o")
 
@@ -401,6 +404,6 @@ def test_bundle_folders_and_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert r.code == 0 and not r.escaped, r.stderr
-    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in [tmp_path / "b", *(tmp_path / "b").rglob("*")]}
-    assert {m for p, m in modes.items() if (tmp_path / p).is_dir()} == {0o750}
-    assert {m for p, m in modes.items() if (tmp_path / p).is_file()} == {0o640}
+    made = [tmp_path / "b", *(tmp_path / "b").rglob("*")]
+    assert {p.stat().st_mode & 0o777 for p in made if p.is_dir()} == {0o750}
+    assert {p.stat().st_mode & 0o777 for p in made if p.is_file()} == {0o640}

@@ -180,8 +180,12 @@ def _check_output(output: Path, force: bool) -> None:
     if output.is_symlink() or not output.is_dir():
         kind = "a symbolic link" if output.is_symlink() else "a file"
         raise SpecdecError(f"{output} is {kind}, not a bundle; refusing to replace it, choose another -o")
-    if not any(output.iterdir()):
-        return
+    try:
+        if not any(output.iterdir()):
+            return
+    except OSError as e:  # a folder we may not list is not ours to replace
+        raise SpecdecError(
+            f"{output} cannot be read ({e.strerror}); refusing to replace it, choose another -o") from None
     manifest = output / "manifest.json"
     if not manifest.is_file():
         raise SpecdecError(f"{output} exists and is not a bundle; refusing to replace it, choose another -o")
@@ -266,12 +270,12 @@ def _replace(tmp: Path, output: Path) -> None:
         output.rename(aside)  # rename(2) replaces an empty directory
         tmp.rename(output)
     except BaseException:
-        if not os.path.lexists(output) and any(aside.iterdir()):
+        if not os.path.lexists(output):
             aside.rename(output)  # the old bundle goes back
-        elif not any(aside.iterdir()):
-            aside.rmdir()
-        else:  # both renames happened: the new bundle is in place
+        elif any(aside.iterdir()):  # both renames happened: the new bundle is in place
             shutil.rmtree(aside, ignore_errors=True)
+        else:  # nothing was moved aside (or only an empty folder, already replaced)
+            aside.rmdir()
         raise
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -283,7 +287,7 @@ def _os_error(error: OSError, output: Path, sources: tuple[Path, ...], replacing
     if name is not None and any(Path(os.fsdecode(name)).is_relative_to(s) for s in sources):
         return f"cannot read {shown(name)} ({reason}); check the file and its permissions"
     fix = "free some space or choose another -o" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "choose another -o"
-    kept = f"the bundle at {output} is unchanged" if replacing else "nothing was written"
+    kept = f"{output} is unchanged" if replacing else "nothing was written"
     return f"cannot write {output} ({reason}); {kept}: {fix}"
 
 
