@@ -78,6 +78,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from .errors import SpecdecError
+from .settings import GenerationSettings
+from .stats import position_counts, rounds_from_records
 
 SCHEMA = "specdec-bench/1"
 MAX_K = 8
@@ -144,10 +146,9 @@ def parse_k_list(text: str) -> list[int]:
 
 
 def encode_prompt(bundle, prompt: str, raw: bool = False) -> list[int]:
-    if raw:
-        return list(bundle.tokenizer.encode(prompt))
-    return list(bundle.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                     add_generation_prompt=True, tokenize=True))
+    from .prompt import chat_ids, text_ids
+
+    return text_ids(bundle.tokenizer, prompt) if raw else chat_ids(bundle.tokenizer, [{"role": "user", "content": prompt}])
 
 
 def make_useless(drafter, seed: int = 0) -> None:
@@ -159,11 +160,11 @@ def make_useless(drafter, seed: int = 0) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
 
-    key = mx.random.key(seed)
+    params = tree_flatten(drafter.parameters())
+    keys = mx.random.split(mx.random.key(seed), len(params))
     shuffled = []
-    for i, (name, p) in enumerate(tree_flatten(drafter.parameters())):
-        perm = mx.random.permutation(p.size, key=mx.random.fold_in(key, i)) if hasattr(mx.random, "fold_in") \
-            else mx.random.permutation(p.size, key=mx.random.split(key, i + 2)[-1])
+    for (name, p), key in zip(params, keys):
+        perm = mx.random.permutation(p.size, key=key)
         shuffled.append((name, p.reshape(-1)[perm].reshape(p.shape)))
     drafter.update(tree_unflatten(shuffled))
     mx.eval(drafter.parameters())
@@ -184,29 +185,17 @@ class Run:
     tokens: list = field(default_factory=list)
 
 
-def rounds_from_records(records) -> list[tuple[int, int, float]]:
-    """TokenRecords -> [(k, accepted, seconds)] per round; a round ends at its last token."""
-    ends: dict[int, tuple[int, int, float]] = {}
-    for r in records:
-        ends[r.round] = (r.draft_tokens, r.accepted, r.elapsed_s)
-    out, prev = [], ends.get(0, (0, 0, 0.0))[2]
-    for rnd in sorted(ends):
-        if rnd == 0:
-            continue
-        k, acc, t = ends[rnd]
-        out.append((k, acc, t - prev))
-        prev = t
-    return out
-
-
-def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy) -> Run:
+def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=None) -> Run:
     import mlx.core as mx
 
     from .decode import stream_generate
+    from .draft_len import make_policy
 
+    policy = make_policy(draft_tokens, bundle)  # auto: calibrated once per bundle, outside the run
     mx.reset_peak_memory()
     records, e0 = [], None
-    for r in stream_generate(bundle, ids, max_tokens=max_tokens, draft_tokens=draft_tokens):
+    settings = GenerationSettings(max_tokens=max_tokens, draft=draft_tokens)
+    for r in stream_generate(bundle, ids, settings, policy=policy, stop_tokens=stop_tokens):
         if not records:
             e0 = energy.read()
         records.append(r)
@@ -219,15 +208,22 @@ def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy) -> Run:
     )
 
 
-def run_mlx_lm(bundle, ids, max_tokens: int, energy) -> Run:
+def run_mlx_lm(bundle, ids, max_tokens: int, energy, ignore_eos: bool = False) -> Run:
     """mlx-lm's own greedy `stream_generate` on the same model object and prompt ids."""
+    import copy
+
     import mlx.core as mx
     from mlx_lm.generate import stream_generate as lm_stream_generate
+
+    tokenizer = bundle.tokenizer
+    if ignore_eos:  # mlx-lm stops on the wrapper's EOS ids: give it a copy without them
+        tokenizer = copy.copy(tokenizer)
+        tokenizer.eos_token_ids = set()
 
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     n, t_first, t_last, e0, tokens = 0, 0.0, 0.0, None, []
-    for response in lm_stream_generate(bundle.target.model, bundle.tokenizer, mx.array(ids), max_tokens=max_tokens):
+    for response in lm_stream_generate(bundle.target.model, tokenizer, mx.array(ids), max_tokens=max_tokens):
         t_last = time.perf_counter()
         tokens.append(int(response.token))
         if n == 0:
@@ -242,16 +238,6 @@ def run_mlx_lm(bundle, ids, max_tokens: int, energy) -> Run:
 
 
 # --- summary -----------------------------------------------------------------------------
-def position_counts(rounds) -> tuple[list[int], list[int]]:
-    """(tried, accepted) per draft position 1..8 over rounds [(k, accepted, s)]."""
-    tried, hits = [0] * MAX_K, [0] * MAX_K
-    for k, acc, _ in rounds:
-        for i in range(min(k, acc + 1)):  # draft i+1 was tried iff drafts 1..i were accepted
-            tried[i] += 1
-            hits[i] += i < acc
-    return tried, hits
-
-
 def ideal_rate(own_rounds, other_rounds) -> Optional[float]:
     """max_k E(k)/C(k): acceptance and costs from `own_rounds`, gaps filled from `other_rounds`.
 
@@ -356,31 +342,25 @@ def run_bench(
         make_useless(bundle.drafter)
     encoded = [(p["name"], encode_prompt(bundle, p["prompt"], raw)) for p in prompts]
 
-    tokenizer = bundle.tokenizer
-    saved_eos = set(tokenizer.eos_token_ids)
-    if ignore_eos:
-        tokenizer.eos_token_ids = []
+    stop_tokens = () if ignore_eos else None
 
     def one(draft_tokens, ids, n) -> Run:
         if draft_tokens is None:
-            return run_mlx_lm(bundle, ids, n, energy)
-        return run_specdec(bundle, ids, n, draft_tokens, energy)
+            return run_mlx_lm(bundle, ids, n, energy, ignore_eos)
+        return run_specdec(bundle, ids, n, draft_tokens, energy, stop_tokens)
 
     runs: dict[str, list[list[Run]]] = {m: [] for m, _ in modes}
-    try:
-        for mode, dt in modes:  # warm-up: compile, allocate, and calibrate auto once
-            log(f"warm-up {mode}")
-            one(dt, encoded[0][1], min(max_tokens, 16))
-        for t in range(trials):
-            t0 = time.perf_counter()
-            for mode, _ in modes:
-                runs[mode].append([])
-            for name, ids in encoded:  # prompt-major: every mode runs each prompt back to back
-                for mode, dt in modes:
-                    runs[mode][-1].append(one(dt, ids, max_tokens))
-            log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
-    finally:
-        tokenizer.eos_token_ids = saved_eos
+    for mode, dt in modes:  # warm-up: compile, allocate, and calibrate auto once
+        log(f"warm-up {mode}")
+        one(dt, encoded[0][1], min(max_tokens, 16))
+    for t in range(trials):
+        t0 = time.perf_counter()
+        for mode, _ in modes:
+            runs[mode].append([])
+        for name, ids in encoded:  # prompt-major: every mode runs each prompt back to back
+            for mode, dt in modes:
+                runs[mode][-1].append(one(dt, ids, max_tokens))
+        log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
 
     entries = [summarise_mode(m, dt, runs[m]) for m, dt in modes]
     by_mode = {e["mode"]: e for e in entries}

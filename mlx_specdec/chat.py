@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, TextIO, Union
 
 from .energy import EnergyMeter, battery, detect_energy_source
-from .draft_len import parse_draft
 from .errors import SpecdecError
+from .settings import DraftSetting, GenerationSettings, draft_label, parse_draft
 from .stats import RunStats, TokenRecord
 from .ui import ChatView, Status, status_panel, summary_line
 
@@ -46,13 +46,6 @@ HELP = """\
 /save FILE       write the conversation as JSON
 /quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
 
-DraftSetting = Union[int, str]
-
-
-def draft_label(draft: DraftSetting) -> str:
-    return "off" if draft == 0 else str(draft)
-
-
 @dataclass
 class Settings:
     """What one turn is generated with; `/draft`, `/temp`, `/colour` change it."""
@@ -67,11 +60,16 @@ class Settings:
     system: Optional[str] = None
     colour_drafts: bool = False
     battery: Optional[bool] = None  # auto draft length per joule (None: when on battery)
+    max_context: Optional[int] = None
 
-    def sampling(self):
+    def generation(self) -> GenerationSettings:
         from .sampling import SamplingParams
 
-        return SamplingParams(temp=self.temp, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed)
+        sampling = SamplingParams(temp=self.temp, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed)
+        return GenerationSettings(
+            max_tokens=self.max_tokens, draft=self.draft, sampling=sampling, max_context=self.max_context,
+            battery=self.battery,
+        )
 
 
 @dataclass
@@ -98,8 +96,10 @@ class ChatSession:
         if stream_fn is None or cache_factory is None:
             from . import decode
 
+            from .cache import PromptCache
+
             stream_fn = stream_fn or decode.stream_generate
-            cache_factory = cache_factory or decode.PromptCache
+            cache_factory = cache_factory or PromptCache
         self.bundle = bundle
         self.settings = settings
         self._stream = stream_fn
@@ -114,18 +114,12 @@ class ChatSession:
     # -- the conversation --------------------------------------------------------------------
     def prompt_ids(self) -> list[int]:
         """The whole conversation through the chat template, ending with the model's turn."""
+        from .prompt import chat_ids
+
         messages = list(self.messages)
         if self.settings.system:
             messages.insert(0, {"role": "system", "content": self.settings.system})
-        tok = self.bundle.tokenizer
-        if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(messages, add_generation_prompt=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers may return a BatchEncoding
-                ids = ids["input_ids"]
-            return list(ids)
-        # No template (a bare base model): plain "role: content" lines.
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return list(tok.encode(text))
+        return chat_ids(self.bundle.tokenizer, messages)
 
     def reply(self, text: str) -> Iterator[TokenRecord]:
         """Add the user's turn and return the answer's record stream. The answer joins the
@@ -137,15 +131,7 @@ class ChatSession:
         return self._stream_answer(prompt, self.last.records)
 
     def _stream_answer(self, prompt: list[int], records: list[TokenRecord]) -> Iterator[TokenRecord]:
-        stream = self._stream(
-            self.bundle,
-            prompt,
-            max_tokens=self.settings.max_tokens,
-            draft_tokens=self.settings.draft,
-            sampling=self.settings.sampling(),
-            battery=self.settings.battery,
-            prompt_cache=self.prompt_cache,
-        )
+        stream = self._stream(self.bundle, prompt, self.settings.generation(), prompt_cache=self.prompt_cache)
         try:
             for record in stream:
                 records.append(record)
@@ -207,12 +193,13 @@ class ChatSession:
             self.settings.draft = draft
             return f"draft length: {draft_label(draft)}", False
         if name == "/temp":
+            from .sampling import SamplingParams
+
             try:
                 temp = float(arg)
-            except ValueError:
-                temp = -1.0
-            if not temp >= 0:
-                return f"/temp needs a number >= 0, not {arg!r}", False
+                SamplingParams(temp=temp)  # the one place sampling ranges are checked
+            except (ValueError, SpecdecError):
+                return f"/temp needs a finite number >= 0, not {arg!r}", False
             self.settings.temp = temp
             return f"temperature: {temp:g}", False
         if name in ("/colour", "/color"):
@@ -453,16 +440,9 @@ def run_chat(
     target: Optional[str] = None,
     drafter: Optional[str] = None,
     demo: bool = False,
-    max_tokens: int = 512,
-    draft_tokens: Union[str, int] = "auto",
-    temp: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    min_p: float = 0.0,
-    seed: Optional[int] = None,
+    settings: GenerationSettings = GenerationSettings(max_tokens=512),
     system: Optional[str] = None,
     colour_drafts: bool = False,
-    battery: Optional[bool] = None,
     stdin: Optional[TextIO] = None,
     stdout: Optional[TextIO] = None,
     load_fn=None,
@@ -476,13 +456,11 @@ def run_chat(
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
     console = Console(file=stdout, highlight=False) if interactive else Console(file=sys.stderr, highlight=False)
-    if max_tokens < 1:
-        raise SpecdecError(f"--max-tokens must be >= 1, not {max_tokens}")
-    if temp < 0:
-        raise SpecdecError(f"--temp must be >= 0, not {temp}")
+    sp = settings.sampling
     settings = Settings(
-        max_tokens=max_tokens, draft=parse_draft(draft_tokens), temp=temp, top_p=top_p,
-        top_k=top_k, min_p=min_p, seed=seed, system=system, colour_drafts=colour_drafts, battery=battery,
+        max_tokens=settings.max_tokens, draft=settings.draft, temp=sp.temp, top_p=sp.top_p, top_k=sp.top_k,
+        min_p=sp.min_p, seed=sp.seed, system=system, colour_drafts=colour_drafts, battery=settings.battery,
+        max_context=settings.max_context,
     )
     if load_fn is None:
         from .load import load as load_fn

@@ -1,4 +1,4 @@
-"""Check issue 7's speed targets on one pair: `specdec bench` twice, the second time with the
+"""Check the speed targets on one pair: `specdec bench` twice, the second time with the
 drafter's weights shuffled (a useless drafter), then one verdict line per target.
 
     python scripts/bench_sweep.py --demo [--max-tokens 128 --trials 3 --k 1,2,3,4,6,8 --json out.json]

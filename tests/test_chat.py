@@ -14,7 +14,8 @@ import pyte  # test extra: renders what the terminal shows
 import pytest
 
 from mlx_specdec import chat
-from mlx_specdec.chat import ChatSession, Settings, parse_draft, run_piped
+from mlx_specdec.chat import ChatSession, Settings, run_piped
+from mlx_specdec.settings import parse_draft
 from mlx_specdec.energy import NullSource
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.stats import TokenRecord
@@ -49,10 +50,10 @@ class FakeLoop:
     def __init__(self):
         self.calls, self.closed = [], 0
 
-    def __call__(self, bundle, prompt_ids, *, max_tokens, draft_tokens, sampling, prompt_cache, battery):
-        self.calls.append(SimpleNamespace(prompt=list(prompt_ids), draft=draft_tokens, sampling=sampling,
-                                          max_tokens=max_tokens, battery=battery))
-        return self._gen(prompt_ids, max_tokens, draft_tokens, prompt_cache)
+    def __call__(self, bundle, prompt_ids, settings, *, prompt_cache):
+        self.calls.append(SimpleNamespace(prompt=list(prompt_ids), draft=settings.draft, sampling=settings.sampling,
+                                          max_tokens=settings.max_tokens, battery=settings.battery))
+        return self._gen(prompt_ids, settings.max_tokens, settings.draft, prompt_cache)
 
     def _gen(self, ids, max_tokens, draft, pc):
         common = 0
@@ -209,7 +210,7 @@ def test_unknown_command_and_bad_arguments_explain_themselves():
     s, _ = session()
     out = piped(s, "/frobnicate\n/temp hot\n/save\n")
     assert "unknown command /frobnicate; /help lists them" in out
-    assert "/temp needs a number >= 0, not 'hot'" in out
+    assert "/temp needs a finite number >= 0, not 'hot'" in out
     assert "/save needs a file name" in out
 
 
