@@ -20,6 +20,7 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlx.core as mx
 import pytest
 from huggingface_hub.errors import DryRunError, HfHubHTTPError, LocalEntryNotFoundError
 from typer.testing import CliRunner
@@ -288,6 +289,17 @@ def test_already_quantised_checkpoint_is_one_line_until_quantised_inputs_are_sup
     args = convert_args(tmp_path / "out", b / "target") if role == "target" else \
         convert_args(tmp_path / "out", TARGET, b / "drafter")
     fails(tmp_path, args, f"{role} {b / role} is already quantised (config.json has 'quantization'); "
+          "convert the original floating-point checkpoint")
+
+
+def test_integer_weights_without_a_quantisation_config_are_one_line_not_a_traceback(tmp_path):
+    t = copy(TARGET, tmp_path / "t")
+    weights = mx.load(str(t / "model.safetensors"))
+    key = "model.layers.0.mlp.up_proj.weight"
+    weights[key] = weights[key].astype(mx.uint32)  # what a stripped quantised checkpoint holds
+    mx.save_safetensors(str(t / "model.safetensors"), weights)
+    fails(tmp_path, convert_args(tmp_path / "out", t, DRAFTER, "--group-size", "32"),
+          f"{t / 'model.safetensors'}: {key} holds uint32 values, not floating-point weights (already quantised?); "
           "convert the original floating-point checkpoint")
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import mlx.core as mx
 
+from mlx_specdec.errors import SpecdecError
 from mlx_specdec.files import load_safetensors, weight_files
 
 from .quantise import quantise, quantised_bytes
@@ -58,6 +59,10 @@ def plan_tensors(folder: Path, sanitize: Sanitize, per_module: dict[str, dict | 
             name, array = kept
             module = name.removesuffix(".weight")
             params = per_module.get(module, False) if name.endswith(".weight") else False
+            if params and not mx.issubdtype(array.dtype, mx.floating):
+                dtype = str(array.dtype).removeprefix("mlx.core.")
+                raise SpecdecError(f"{file}: {key} holds {dtype} values, not floating-point weights (already "
+                                   "quantised?); convert the original floating-point checkpoint")
             tensors.append(Tensor(file, key, name, tuple(array.shape), array.itemsize, params))
     return tensors
 
