@@ -37,6 +37,9 @@ COUNT_KEYS = frozenset({
 })
 REAL_KEYS = frozenset({"rms_norm_eps", "rope_theta", "partial_rotary_factor", "final_logit_softcapping"})
 OBJECT_KEYS = frozenset({"text_config", "rope_parameters", "per_layer_config"})
+# Bytes per element of the safetensors dtypes (others, if any, are left to mlx to judge).
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+               "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 
 
 def shown(path: PathLike) -> str:
@@ -143,15 +146,20 @@ def _bad_header(header) -> str | None:
         return f"{_json_kind(header)}, not an object"
     for key, entry in header.items():
         if key == "__metadata__":
+            if not (entry is None or isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())):
+                return "__metadata__ is not a map of strings"
             continue
         if not isinstance(entry, dict):
             return f"tensor {key!r} is not an object"
-        offsets, shape = entry.get("data_offsets"), entry.get("shape")
+        offsets, shape, dtype = entry.get("data_offsets"), entry.get("shape"), entry.get("dtype")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_whole(o) for o in offsets)
                 and offsets[0] <= offsets[1]):
             return f"tensor {key!r} has no valid data_offsets"
-        if not (isinstance(shape, list) and all(_whole(d) for d in shape)) or not isinstance(entry.get("dtype"), str):
+        if not (isinstance(shape, list) and all(_whole(d) for d in shape)) or not isinstance(dtype, str):
             return f"tensor {key!r} has no valid dtype and shape"
+        if dtype in DTYPE_BYTES and offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES[dtype]:
+            return f"tensor {key!r} spans {offsets[1] - offsets[0]} bytes, its {dtype} {shape} needs " \
+                   f"{math.prod(shape) * DTYPE_BYTES[dtype]}"
     return None
 
 

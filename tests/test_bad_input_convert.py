@@ -220,6 +220,8 @@ def test_generation_config_eos_token_id_that_is_not_an_id_is_refused(tmp_path):
     ({"w": {"dtype": "F32", "shape": [4]}}, "tensor 'w' has no valid data_offsets"),
     ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, "16"]}}, "tensor 'w' has no valid data_offsets"),
     ({"w": {"shape": [4], "data_offsets": [0, 16]}}, "tensor 'w' has no valid dtype and shape"),
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, "tensor 'w' spans 8 bytes, its F32 [4] needs 16"),
+    ({"__metadata__": {"format": 1}}, "__metadata__ is not a map of strings"),
 ])
 @pytest.mark.parametrize("command", ["generate", "convert"])
 def test_corrupt_safetensors_header_names_the_file(tmp_path, header, problem, command):
