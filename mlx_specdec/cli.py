@@ -183,7 +183,7 @@ def convert(
     """Convert a Hugging Face target and drafter into one MLX bundle (BUNDLE/target is mlx-lm loadable)."""
     from weights_convert import convert as convert_bundle
 
-    existed = output.exists()
+    existed = output.exists() or output.is_symlink()
     try:
         manifest = convert_bundle(
             target, drafter, output, bits=bits, group_size=group_size, force=force,
