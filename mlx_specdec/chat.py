@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import statistics
 import sys
 import time
@@ -27,13 +25,18 @@ from typing import Callable, Iterator, Optional, TextIO, Union
 
 from .energy import EnergyMeter, battery, detect_energy_source
 from .errors import SpecdecError
+from .provision import (  # noqa: F401  (moved to provision; imported here for existing callers)
+    DEFAULT_BUNDLE,
+    DEFAULT_DRAFTER,
+    DEFAULT_TARGET,
+    cache_dir,
+    default_bundle,
+    hub_reachable,
+)
 from .settings import DraftSetting, GenerationSettings, draft_label, parse_draft
 from .stats import RunStats, TokenRecord
 from .ui import ChatView, Status, status_panel, summary_line
 
-DEFAULT_BUNDLE = "gemma-4-E2B-it-4bit"
-DEFAULT_TARGET = "google/gemma-4-E2B-it"
-DEFAULT_DRAFTER = "google/gemma-4-E2B-it-assistant"
 STATUS_INTERVAL_S = 0.25  # how often energy and memory are re-read while an answer streams
 
 HELP = """\
@@ -388,50 +391,6 @@ def _header(session: ChatSession, console, source) -> None:
     body = "\n".join(f"[dim]{k:<13}[/dim]{v}" for k, v in rows)
     console.print(Panel(body, title="specdec chat", title_align="left", border_style="blue", expand=False))
     console.print("/help for commands, Ctrl-C stops an answer, Ctrl-D leaves", style="dim")
-
-
-# ---------------------------------------------------------------------------------------------
-# Model choice.
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("MLX_SPECDEC_CACHE")
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "mlx-specdec"
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A cheap check before a multi-GB download; False when HF_HUB_OFFLINE is set."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
-        return True  # the proxy decides; the download reports its own errors
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def default_bundle(*, convert_fn=None, reachable: Callable[[], bool] = hub_reachable, console=None) -> Path:
-    """The cached converted Gemma 4 E2B bundle, converting it on first use."""
-    folder = cache_dir() / DEFAULT_BUNDLE
-    if (folder / "target" / "config.json").is_file():
-        return folder
-    if not reachable():
-        raise SpecdecError(
-            f"no Gemma 4 E2B bundle in {folder.parent} and the Hugging Face hub is unreachable (offline?); "
-            "try `specdec chat --demo`, or pass a converted bundle folder"
-        )
-    if convert_fn is None:
-        from weights_convert import convert as convert_fn
-    log = (lambda line: console.print(line, highlight=False, markup=False)) if console is not None else (lambda line: None)
-    log(f"first run: converting {DEFAULT_TARGET} + {DEFAULT_DRAFTER} (4-bit) into {folder}")
-    convert_fn(target=DEFAULT_TARGET, drafter=DEFAULT_DRAFTER, output=folder, bits=4, log=log)
-    return folder
 
 
 def run_chat(

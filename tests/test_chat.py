@@ -223,36 +223,6 @@ def test_parse_draft():
 
 
 # ---------------------------------------------------------------------------------------------
-# The default model: the cached Gemma 4 E2B bundle, converted on first use, or a clear offline line.
-
-
-def test_default_bundle_offline_says_so_and_points_to_demo(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
-    with pytest.raises(SpecdecError) as e:
-        chat.default_bundle(reachable=lambda: False)
-    assert "unreachable (offline?)" in str(e.value) and "specdec chat --demo" in str(e.value)
-    assert "\n" not in str(e.value)
-
-
-def test_default_bundle_converts_once_then_uses_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
-    calls = []
-
-    def convert(**kw):
-        calls.append(kw)
-        (kw["output"] / "target").mkdir(parents=True)
-        (kw["output"] / "target" / "config.json").write_text("{}")
-
-    folder = chat.default_bundle(convert_fn=convert, reachable=lambda: True)
-    assert folder == tmp_path / "gemma-4-E2B-it-4bit"
-    assert [{k: v for k, v in c.items() if k != "log"} for c in calls] == [
-        dict(target="google/gemma-4-E2B-it", drafter="google/gemma-4-E2B-it-assistant", output=folder, bits=4)
-    ]
-    assert chat.default_bundle(convert_fn=convert, reachable=lambda: False) == folder
-    assert len(calls) == 1
-
-
-# ---------------------------------------------------------------------------------------------
 # The real loop on the tiny fixture pair (random weights: the text is noise, the mechanics real).
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -119,3 +119,12 @@ def test_non_utf8_prompt_text_is_decoded_with_replacement_not_a_traceback():
     r = runner.invoke(app, BASE + ["--prompt", "caf\udce9 \udcff", "-m", "4", "--json"])
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.stdout)["token_ids"]) == 4
+
+
+def test_model_that_does_not_fit_memory_is_refused_before_loading(monkeypatch):
+    from mlx_specdec import provision
+
+    monkeypatch.setattr(provision, "available_memory", lambda: (1 << 20, "RAM"))
+    line = one_line_error(runner.invoke(app, ["generate", str(TARGET), "--prompt-ids", "2,40", "--max-context", "64"]))
+    assert line.startswith(f"error: {TARGET} with a 64-token context needs 0.5 GB (weights 0.0 GB + KV cache 0.0 GB")
+    assert line.endswith("but this machine has 0.0 GB (RAM); nothing smaller fits")
