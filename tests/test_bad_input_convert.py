@@ -404,10 +404,17 @@ def test_ctrl_c_during_convert_says_so_and_exits_130(tmp_path, monkeypatch, forc
           f"interrupted: {kept}", code=130, prefix="")
 
 
-def test_a_file_given_as_model_is_not_no_such_folder(tmp_path):
-    (tmp_path / "model.safetensors").write_bytes(b"weights")
-    fails(tmp_path, generate_args(tmp_path / "model.safetensors"),
-          f"{tmp_path / 'model.safetensors'}: is a file, not a model folder; pass the folder that holds config.json")
+@pytest.mark.parametrize("given_as", ["MODEL", "--target", "--drafter"])
+def test_a_file_given_as_model_is_not_no_such_folder(tmp_path, given_as):
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"weights")
+    if given_as == "MODEL":  # MODEL may also be a model name: the CLI resolves it first
+        args, message = generate_args(f), f"{f} is a file; pass a bundle folder or a model name (see `specdec models`)"
+    else:
+        folders = {"--target": TARGET, "--drafter": DRAFTER, given_as: f}
+        args = ["generate", "--target", folders["--target"], "--drafter", folders["--drafter"], "--prompt-ids", "2"]
+        message = f"{f}: is a file, not a model folder; pass the folder that holds config.json"
+    fails(tmp_path, args, message)
 
 
 # --- item 11: the umask ------------------------------------------------------------------------
