@@ -282,6 +282,7 @@ def bench(
     from rich.console import Console
 
     from . import bench_report as report
+    from .files import check_output
     from .bench import SUITE, load_prompts, parse_k_list, run_bench
     from .blas import describe_blas
     from .load import load
@@ -289,7 +290,7 @@ def bench(
     suite = load_prompts(prompts) if prompts is not None else SUITE
     k_list = parse_k_list(ks)
     if json_path is not None:  # fail now, not after the whole run
-        report.check_output(json_path, "--json")
+        check_output(json_path, "--json")
     if plot is not None:
         report.check_plot(plot)
     err = Console(stderr=True)
