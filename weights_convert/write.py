@@ -16,7 +16,8 @@ from typing import Callable, Iterator
 
 import mlx.core as mx
 
-from mlx_specdec.load import weight_files
+from mlx_specdec.errors import SpecdecError
+from mlx_specdec.files import load_safetensors, weight_files
 
 from .quantise import quantise, quantised_bytes
 
@@ -51,13 +52,17 @@ def plan_tensors(folder: Path, sanitize: Sanitize, per_module: dict[str, dict | 
     """
     tensors = []
     for file in weight_files(folder):
-        for key, array in mx.load(str(file)).items():  # lazy: headers only
+        for key, array in load_safetensors(file).items():  # lazy: headers only
             kept = sanitize(key, array)
             if kept is None:
                 continue
             name, array = kept
             module = name.removesuffix(".weight")
             params = per_module.get(module, False) if name.endswith(".weight") else False
+            if params and not mx.issubdtype(array.dtype, mx.floating):
+                dtype = str(array.dtype).removeprefix("mlx.core.")
+                raise SpecdecError(f"{file}: {key} holds {dtype} values, not floating-point weights (already "
+                                   "quantised?); convert the original floating-point checkpoint")
             tensors.append(Tensor(file, key, name, tuple(array.shape), array.itemsize, params))
     return tensors
 
@@ -75,7 +80,7 @@ def write_tensors(tensors: list[Tensor], sanitize: Sanitize, out: Path, shard_by
         nonlocal pending, pending_bytes
         if pending:
             name = f"model-{len(names) + 1:05d}.safetensors"
-            mx.save_safetensors(str(out / name), pending, metadata={"format": "mlx"})
+            save_shard(out / name, pending)
             names.append(name)
             keys.append(list(pending))
         pending, pending_bytes = {}, 0
@@ -100,13 +105,20 @@ def write_tensors(tensors: list[Tensor], sanitize: Sanitize, out: Path, shard_by
     return total
 
 
+def save_shard(path: Path, arrays: dict[str, mx.array]) -> None:
+    """Write one shard through a Python file: a failed write (disk full, read-only) raises OSError
+    with its errno, where mlx's own file writer raises a RuntimeError that does not say why."""
+    with open(path, "wb") as f:
+        mx.save_safetensors(f, arrays, metadata={"format": "mlx"})
+
+
 def _stream(tensors: list[Tensor], sanitize: Sanitize) -> Iterator[tuple[str, mx.array]]:
     """(name, evaluated array) pairs, reading one source tensor at a time."""
     by_file: dict[Path, list[Tensor]] = {}
     for t in tensors:
         by_file.setdefault(t.file, []).append(t)
     for file, group in by_file.items():
-        lazy = mx.load(str(file))
+        lazy = load_safetensors(file)
         for t in group:
             # pop: drop the dict's reference so the source buffer is freed once written
             _, weight = sanitize(t.key, lazy.pop(t.key))
