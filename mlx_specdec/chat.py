@@ -30,7 +30,7 @@ from .provision import (  # noqa: F401  (moved to provision; imported here for e
 )
 from .session import CHAT_SETTINGS, Action, ChatOptions, ChatSession
 from .settings import GenerationSettings, draft_label
-from .ui import ChatView, Status, status_panel, summary_line
+from .ui import ChatView, ParsedAnswer, Status, status_panel, summary_line
 
 STATUS_INTERVAL_S = 0.25  # how often energy and memory are re-read while an answer streams
 
@@ -97,11 +97,15 @@ def run_piped(session: ChatSession, lines: Iterable[Union[str, bytes]], out: Tex
         reset_peak_memory()
         wrote = False
         try:
+            answer, shown = ParsedAnswer(), 0  # Gemma 4's markup (thinking, tool calls) is never printed
             with EnergyMeter(source) as meter:
                 for record in session.reply(text):
-                    out.write(record.text)
+                    answer.add(record)
+                    out.write("".join(t for t, _ in answer.pieces[shown:]))
                     out.flush()
-                    wrote = True
+                    shown, wrote = len(answer.pieces), True
+            answer.finish()
+            out.write("".join(t for t, _ in answer.pieces[shown:]))
         except SpecdecError as e:  # the turn is not kept: say so and answer the next line
             if wrote:
                 out.write("\n")
@@ -245,6 +249,7 @@ def run_chat(
     settings: GenerationSettings = CHAT_SETTINGS,
     system: Optional[str] = None,
     colour_drafts: bool = False,
+    thinking: bool = False,
     stdin: Optional[TextIO] = None,
     stdout: Optional[TextIO] = None,
     load_fn=None,
@@ -267,7 +272,7 @@ def run_chat(
             bundle = load_fn(model, target=target, drafter=drafter, demo=demo)
     else:
         bundle = load_fn(model, target=target, drafter=drafter, demo=demo)
-    options = ChatOptions(system=system, colour_drafts=colour_drafts)
+    options = ChatOptions(system=system, colour_drafts=colour_drafts, thinking=thinking)
     session = ChatSession(bundle, settings, options, stream_fn=stream_fn, cache_factory=cache_factory)
     if interactive:
         try:

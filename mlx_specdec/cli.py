@@ -234,6 +234,9 @@ def chat(
     colour_drafts: Annotated[
         bool, typer.Option("--colour-drafts", help="Colour the tokens the drafter proposed (/colour).")
     ] = False,
+    thinking: Annotated[
+        bool, typer.Option("--thinking", help="Ask the model to think before it answers (/think on|off).")
+    ] = False,
     battery: Battery = None,
 ):
     """Chat in the terminal with live speed, acceptance, memory and energy; one prompt per line when piped.
@@ -250,7 +253,7 @@ def chat(
         model_folder(model, settings.max_context),
         target=str(target) if target else None,
         drafter=str(drafter) if drafter else None,
-        demo=demo, settings=settings, system=system, colour_drafts=colour_drafts,
+        demo=demo, settings=settings, system=system, colour_drafts=colour_drafts, thinking=thinking,
     )
 
 

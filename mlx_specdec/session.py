@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from .files import write_atomically
 from .errors import SpecdecError
+from .files import write_atomically
+from .gemma_format import parse
 from .prompt import chat_ids, clean_text
 from .settings import GenerationSettings, draft_label, parse_draft
 from .stats import RunStats, TokenRecord
@@ -41,6 +42,7 @@ HELP = """\
 /draft K|auto|off  draft length: K tokens per round, adaptive, or plain decoding
 /temp T          sampling temperature (0 = greedy)
 /colour          colour the tokens that came from the drafter (toggle)
+/think [on|off]  show the last answer's thinking, or turn thinking on or off
 /save FILE       write the conversation as JSON
 /quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
 
@@ -49,10 +51,12 @@ CHAT_SETTINGS = GenerationSettings(max_tokens=512)  # what `specdec chat` starts
 
 @dataclass(frozen=True)
 class ChatOptions:
-    """What only the chat has: the system prompt and whether drafted tokens are coloured."""
+    """What only the chat has: the system prompt, whether drafted tokens are coloured, and
+    whether the model is asked to think first (the template's `enable_thinking`)."""
 
     system: Optional[str] = None
     colour_drafts: bool = False
+    thinking: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,8 @@ class ChatSession:
 
     def prompt_ids(self, messages: Optional[list[dict]] = None) -> list[int]:
         """The conversation through the chat template, ending with the model's turn."""
-        return chat_ids(self.bundle.tokenizer, self.all_messages(messages))
+        extra = {"enable_thinking": True} if self.options.thinking else {}
+        return chat_ids(self.bundle.tokenizer, self.all_messages(messages), **extra)
 
     def reply(self, text: str) -> Iterator[TokenRecord]:
         """Add the user's turn and return the answer's record stream. The answer joins the
@@ -182,11 +187,16 @@ class ChatSession:
                 if self.settings.draft == 0 and stats.decode_tokens_per_s > 0:
                     self.plain_speeds.append(stats.decode_tokens_per_s)
 
-    def _answer_text(self, records: list[TokenRecord]) -> str:
+    def _raw_text(self, records: list[TokenRecord]) -> str:
         eos = set(getattr(self.bundle.tokenizer, "eos_token_ids", ()) or ())
         if records and records[-1].finish_reason == "stop" and records[-1].token in eos:
             records = records[:-1]
         return "".join(r.text for r in records)
+
+    def _answer_text(self, records: list[TokenRecord]) -> str:
+        """What the history keeps of an answer: its text without the thinking channel (Gemma 4's
+        template drops earlier thinking too)."""
+        return parse(self._raw_text(records), tools=False).content
 
     @property
     def plain_tokens_per_s(self) -> Optional[float]:
@@ -247,6 +257,14 @@ class ChatSession:
         if name in ("/colour", "/color"):
             self.options = replace(self.options, colour_drafts=not self.options.colour_drafts)
             return Action(f"drafted tokens coloured: {'on' if self.options.colour_drafts else 'off'}")
+        if name == "/think":
+            if arg.lower() in ("on", "off"):
+                self.options = replace(self.options, thinking=arg.lower() == "on")
+                return Action(f"thinking: {arg.lower()}")
+            if arg:
+                return Action(f"/think takes on, off or nothing, not {arg!r}", error=True)
+            reasoning = parse(self._raw_text(self.last.records), tools=False).reasoning.strip()
+            return Action(reasoning or "the last answer did no thinking")
         if name == "/save":
             if not arg:
                 return Action("/save needs a file name")

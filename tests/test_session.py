@@ -276,3 +276,30 @@ def test_real_loop_second_turn_prefills_only_what_the_cache_does_not_hold():
     assert second[0].prompt_tokens == s.last.prompt_len - reused
 
 
+
+
+THOUGHT = "<|channel>thought weighing it up<channel|>the answer"  # one line: piped input
+
+
+def test_thinking_is_never_printed_raw_and_think_shows_it(monkeypatch):
+    s, _ = session()
+    out = piped(s, THOUGHT + "\n/think\n")
+    assert "<|channel>" not in out and "<channel|>" not in out
+    assert "echo: the answer\n" in out  # the answer without its thinking
+    assert "weighing it up\n" in out  # /think prints the last answer's thinking
+    assert s.messages[-1] == {"role": "assistant", "content": "echo: the answer"}  # history keeps no thinking
+
+
+def test_think_on_asks_the_template_to_think_and_bad_arguments_are_errors():
+    s, _ = session()
+    seen = []
+    s.bundle.tokenizer.apply_chat_template = lambda messages, add_generation_prompt=True, **kw: seen.append(kw) or [2, 3]
+    assert s.command("/think on").message == "thinking: on"
+    s.prompt_ids()
+    assert seen[-1] == {"enable_thinking": True}
+    assert s.command("/think off").message == "thinking: off"
+    s.prompt_ids()
+    assert "enable_thinking" not in seen[-1] or seen[-1]["enable_thinking"] is False
+    bad = s.command("/think maybe")
+    assert bad.error and bad.message == "/think takes on, off or nothing, not 'maybe'"
+    assert s.command("/think").message == "the last answer did no thinking"
