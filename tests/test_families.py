@@ -120,25 +120,30 @@ def test_speculative_greedy_equals_plain_greedy_equals_transformers_past_the_win
 
 
 def test_moe_speculative_sampling_matches_plain_sampling_of_the_target():
-    """Two-sample chi-square on tokens 2 and 3 (made by speculative rounds) on the 26B-A4B pair."""
+    """Two-sample chi-square on tokens 2 and 3 (made by speculative rounds) on the 26B-A4B pair.
+    Temperature 3: this prompt's next-token distribution is peaked (top-1 0.98 at temperature 1)."""
     b = pair("26b-a4b")
-    ids, runs = [2, 40, 41, 42, 43, 44, 45], 300
+    ids, runs = [2, 40, 41, 42, 43, 44, 45], 160
 
     def outputs(k):
         pc = PromptCache(b)
         return np.array([run(b, ids, k, max_tokens=3, prompt_cache=pc,
-                             sampling=SamplingParams(seed=10_000 * k + seed, temp=1.0, top_k=3))
+                             sampling=SamplingParams(seed=10_000 * k + seed, temp=3.0, top_k=3))
                          for seed in range(runs)])
 
     plain, spec = outputs(0), outputs(3)
     for col in (1, 2):
-        cats = sorted(set(plain[:, col]) | set(spec[:, col]))
-        a = np.array([(plain[:, col] == c).sum() for c in cats], float)
-        s = np.array([(spec[:, col] == c).sum() for c in cats], float)
+        # categories seen at least 10 times in both runs together; the rest pooled into one
+        seen = np.concatenate([plain[:, col], spec[:, col]])
+        cats = [c for c in sorted(set(seen)) if (seen == c).sum() >= 10]
+        a = np.array([(plain[:, col] == c).sum() for c in cats] + [np.isin(plain[:, col], cats, invert=True).sum()], float)
+        s = np.array([(spec[:, col] == c).sum() for c in cats] + [np.isin(spec[:, col], cats, invert=True).sum()], float)
+        keep = (a + s) > 0
+        a, s = a[keep], s[keep]
         pooled = (a + s) / (2 * runs)
-        assert len(cats) >= 3
+        assert len(a) >= 3
         stat = chi_square(a, pooled) + chi_square(s, pooled)
-        assert stat < chi2_critical(len(cats) - 1), f"token {col}: chi2 {stat:.1f} over {len(cats)} categories"
+        assert stat < chi2_critical(len(a) - 1), f"token {col}: chi2 {stat:.1f} over {len(a)} categories"
 
 
 def test_published_e2b_layout_loads_with_its_chat_template_and_no_sentencepiece_model():
