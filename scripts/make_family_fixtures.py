@@ -69,7 +69,7 @@ NO_PLE = dict(hidden_size_per_layer_input=0, vocab_size_per_layer_input=0)
 FAMILIES = {
     "26b-a4b": dict(kind="gemma4", centroid=False, text=dict(
         intermediate_size=32, num_key_value_heads=2, num_global_key_value_heads=1, attention_k_eq_v=True,
-        enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=16,
+        enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32,
         num_kv_shared_layers=0, **NO_PLE)),
     "31b": dict(kind="gemma4", centroid=False, text=dict(
         intermediate_size=48, num_key_value_heads=2, num_global_key_value_heads=1, attention_k_eq_v=True,

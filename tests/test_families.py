@@ -115,7 +115,7 @@ def test_speculative_greedy_equals_plain_greedy_equals_transformers_past_the_win
     prompt = np.array(ref[f"{family}/greedy/prompt_ids"]).tolist()
     want = np.array(ref[f"{family}/greedy/ids"]).tolist()
     assert len(prompt) + len(want) > 5 * b.target.sliding_window
-    for k in (0, 1, 3, 6):
+    for k in (0, 1, 4):
         assert run(b, prompt, k) == want, f"k={k}"
 
 
