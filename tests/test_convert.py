@@ -557,3 +557,55 @@ def test_already_quantised_source_is_copied_through_never_quantised_twice(tmp_pa
     check_manifest_describes_the_weights(tmp_path / "b" / "target", q)
     assert mx.array_equal(logits(load(tmp_path / "b").target.model), logits(model))
     assert mx.array_equal(logits(mlx_lm.load(str(tmp_path / "b" / "target"))[0]), logits(model))
+
+
+PEAK_MEMORY = """
+import json, sys
+from pathlib import Path
+import mlx.core as mx
+import weights_convert
+from weights_convert import write
+write.BLOCK_BYTES = 2 << 20
+mx.eval(mx.quantize(mx.zeros((256, 256)), group_size=32, bits=4))  # warm up the allocator and kernels
+status = Path("/proc/self/status")
+
+def kb(field):  # Linux: VmRSS (now) / VmHWM (peak since clear_refs)
+    line = next(l for l in status.read_text().splitlines() if l.startswith(field))
+    return int(line.split()[1])
+
+linux = status.is_file()
+if linux:
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+    before = kb("VmRSS")
+mx.reset_peak_memory()
+weights_convert.convert(sys.argv[1], sys.argv[2], sys.argv[3], bits=4, group_size=32)
+print(json.dumps({"mlx_peak": mx.get_peak_memory(), "rss_grown": (kb("VmHWM") - before) * 1024 if linux else None}))
+"""
+
+
+def test_convert_peak_memory_stays_bounded_below_the_largest_tensor(tmp_path):
+    """A 32 MiB bf16 embedding converts with 2 MiB blocks: mlx's peak memory, and on Linux the
+    process's peak RSS, grow by far less than that tensor (whole-tensor conversion needs > 2x it)."""
+    import subprocess
+    import sys
+
+    vocab = 1 << 18
+    src = FAMILY_DIR / "31b"
+    for part, key, width in (("target", "model.language_model.embed_tokens.weight", 64),
+                             ("assistant", "model.embed_tokens.weight", 32)):
+        folder = copy(src / part, tmp_path / part)
+        weights = mx.load(str(folder / "model.safetensors"))
+        weights[key] = (mx.random.normal((vocab, width), key=mx.random.key(0)) * 0.1).astype(mx.bfloat16)
+        mx.save_safetensors(str(folder / "model.safetensors"), weights)
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["text_config"]["vocab_size"] = vocab
+        (folder / "config.json").write_text(json.dumps(cfg))
+    largest = vocab * 64 * 2
+    out = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(tmp_path / "target"), str(tmp_path / "assistant"),
+                          str(tmp_path / "b")], capture_output=True, text=True, check=True)
+    peak = json.loads(out.stdout.strip().splitlines()[-1])
+    assert peak["mlx_peak"] < largest / 4, f"mlx peak {peak['mlx_peak'] / 2**20:.1f} MiB for a 32 MiB tensor"
+    if peak["rss_grown"] is not None:
+        assert peak["rss_grown"] < largest / 2, f"peak RSS grew {peak['rss_grown'] / 2**20:.1f} MiB"
+    bundle = load(tmp_path / "b")
+    assert bundle.target.vocab_size == vocab and bundle.target.model.model.embed_tokens.bits == 8
