@@ -40,7 +40,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from gemma_tokenizer import build_hf_tokenizer, end_of_turn_ids
 from make_reference_fixtures import (
     MIN_GREEDY_MARGIN,
@@ -59,26 +58,26 @@ S, F = "sliding_attention", "full_attention"
 LAYERS = [S, S, F, S, S, F]
 DRAFTER_POSITIONS = [5, 9, 20]  # 9 = W + 1: the first position whose sliding view is clipped
 
-COMMON = dict(
-    vocab_size=VOCAB, hidden_size=64, num_hidden_layers=len(LAYERS), layer_types=LAYERS,
-    num_attention_heads=4, head_dim=16, global_head_dim=32, sliding_window=WINDOW,
-    final_logit_softcapping=30.0, tie_word_embeddings=True, max_position_embeddings=4096,
-    bos_token_id=2, pad_token_id=0,
-)
-NO_PLE = dict(hidden_size_per_layer_input=0, vocab_size_per_layer_input=0)
+COMMON = {
+    "vocab_size": VOCAB, "hidden_size": 64, "num_hidden_layers": len(LAYERS), "layer_types": LAYERS,
+    "num_attention_heads": 4, "head_dim": 16, "global_head_dim": 32, "sliding_window": WINDOW,
+    "final_logit_softcapping": 30.0, "tie_word_embeddings": True, "max_position_embeddings": 4096,
+    "bos_token_id": 2, "pad_token_id": 0,
+}
+NO_PLE = {"hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0}
 FAMILIES = {
-    "26b-a4b": dict(kind="gemma4", centroid=False, text=dict(
+    "26b-a4b": {"kind": "gemma4", "centroid": False, "text": dict(
         intermediate_size=32, num_key_value_heads=2, num_global_key_value_heads=1, attention_k_eq_v=True,
         enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32,
-        num_kv_shared_layers=0, **NO_PLE)),
-    "31b": dict(kind="gemma4", centroid=False, text=dict(
+        num_kv_shared_layers=0, **NO_PLE)},
+    "31b": {"kind": "gemma4", "centroid": False, "text": dict(
         intermediate_size=48, num_key_value_heads=2, num_global_key_value_heads=1, attention_k_eq_v=True,
-        num_kv_shared_layers=0, **NO_PLE)),
-    "12b": dict(kind="gemma4_unified", centroid=False, text=dict(
-        intermediate_size=48, num_key_value_heads=2, num_kv_shared_layers=0)),
-    "e2b": dict(kind="gemma4", centroid=True, text=dict(
-        intermediate_size=32, num_key_value_heads=1, num_kv_shared_layers=2, use_double_wide_mlp=True,
-        hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB)),
+        num_kv_shared_layers=0, **NO_PLE)},
+    "12b": {"kind": "gemma4_unified", "centroid": False, "text": {
+        "intermediate_size": 48, "num_key_value_heads": 2, "num_kv_shared_layers": 0}},
+    "e2b": {"kind": "gemma4", "centroid": True, "text": {
+        "intermediate_size": 32, "num_key_value_heads": 1, "num_kv_shared_layers": 2, "use_double_wide_mlp": True,
+        "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB}},
 }
 
 
@@ -123,9 +122,7 @@ def make_target(family: dict, eos_ids, gen):
             # Router scales: O(1) so that expert scores are spread (no near-ties in the top-k).
             if name.endswith(("router.scale", "router.per_expert_scale")):
                 p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-            elif name.endswith("experts.down_proj"):
-                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
-            elif name.endswith("experts.gate_up_proj"):
+            elif name.endswith(("experts.down_proj", "experts.gate_up_proj")):
                 p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
         for name, p in sorted(mm.named_parameters()):
             if not name.startswith("model.language_model."):
@@ -142,7 +139,8 @@ def make_drafter(family: dict, eos_ids, gen):
     from transformers.models import gemma4_unified_assistant as gua
 
     tc = text_config(family, eos_ids, drafter=True)
-    extra = dict(use_ordered_embeddings=True, num_centroids=16, centroid_intermediate_top_k=4) if family["centroid"] else {}
+    centroid = {"use_ordered_embeddings": True, "num_centroids": 16, "centroid_intermediate_top_k": 4}
+    extra = centroid if family["centroid"] else {}
     cls, cfg_cls = (gua.Gemma4UnifiedAssistantForCausalLM, gua.Gemma4UnifiedAssistantConfig) \
         if family["kind"] == "gemma4_unified" else (tf.Gemma4AssistantForCausalLM, tf.Gemma4AssistantConfig)
     model = cls(cfg_cls(text_config=tc, backbone_hidden_size=COMMON["hidden_size"], tie_word_embeddings=True,
@@ -259,7 +257,8 @@ def family_references(name, text, drafter, rng, ref: dict, meta: dict) -> None:
             break
     else:
         raise RuntimeError(f"{name}: no greedy prompt with margin >= {MIN_GREEDY_MARGIN}")
-    ref[f"{name}/greedy/prompt_ids"], ref[f"{name}/greedy/ids"], ref[f"{name}/greedy/margins"] = ids.int(), gen_ids.int(), m
+    ref[f"{name}/greedy/prompt_ids"], ref[f"{name}/greedy/ids"] = ids.int(), gen_ids.int()
+    ref[f"{name}/greedy/margins"] = m
     worst = float("inf")
     for p in DRAFTER_POSITIONS:
         r = drafter_steps(text, drafter, seq, p, 3)

@@ -506,7 +506,8 @@ def test_4_bit_bundle_size_is_what_the_quantisation_implies(family_bundles, fami
         want = 0
         for name, w in full.items():
             params = per_module.get(name.removesuffix(".weight")) if name.endswith(".weight") else None
-            want += (w.size * params["bits"] // 8 + 2 * w.size // params["group_size"] * w.itemsize) if params else w.nbytes
+            quantised = w.size * params["bits"] // 8 + 2 * w.size // params["group_size"] * w.itemsize if params else 0
+            want += quantised or w.nbytes
         got = sum(w.nbytes for w in mx.load(str(family_bundles[family, 4][0] / part / "model.safetensors")).values())
         assert got == want == family_bundles[family, 4][1]["sizes"][part]["bytes"], part
         # f32 sources: 4/32 for the 4-bit modules; the 8-bit head/router/drafter body and norms keep it above

@@ -133,7 +133,8 @@ def convert(
             "sources": {"target": _source_entry(tsrc), "drafter": _source_entry(dsrc)},
             "quantization": {"bits": bits, "group_size": group_size, "mode": "affine",
                              "target": dict(sorted(target_q.items())), "drafter": dict(sorted(draft_q.items())),
-                             "copied_quantised": {"target": _copied(target_tensors), "drafter": _copied(draft_tensors)}},
+                             "copied_quantised": {"target": _copied(target_tensors),
+                                                  "drafter": _copied(draft_tensors)}},
             "sizes": {"target": {"bytes": target_bytes, "tensors": len(target_tensors)},
                       "drafter": {"bytes": draft_bytes, "tensors": len(draft_tensors)}},
         }

@@ -82,7 +82,7 @@ class ShardWriter:
         text += b" " * (-len(text) % 8)
         self.entries = {k: Entry(d, s, 8 + len(text) + o) for k, (d, s, o) in self.entries.items()}
         self.nbytes = offset
-        self.f = open(path, "wb")
+        self.f = open(path, "wb")  # noqa: SIM115 (closed by close(), which write_tensors calls in finally)
         self.f.write(struct.pack("<Q", len(text)) + text)
         self.f.truncate(8 + len(text) + offset)
 

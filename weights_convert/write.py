@@ -21,12 +21,13 @@ Shards are named like mlx-lm's `save_model` (`model.safetensors` or
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import mlx.core as mx
 
+from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import weight_files
 
 from .quantise import quantise, quantised_bytes
@@ -99,7 +100,7 @@ def plan_tensors(
 
 def _source_params(module: str, source_quant: dict | None) -> dict:
     if not source_quant:
-        raise ValueError(f"{module} is quantised in the source, whose config has no quantization entry")
+        raise SpecdecError(f"{module} is quantised in the source, but its config.json has no 'quantization' entry")
     entry = source_quant.get(module, True)
     if isinstance(entry, dict):
         out = {"group_size": entry.get("group_size", source_quant["group_size"]),
@@ -112,7 +113,7 @@ def _source_params(module: str, source_quant: dict | None) -> dict:
 
 
 def write_tensors(tensors: list[Tensor], sanitize: Sanitize, out: Path, shard_bytes: int | None = None) -> int:
-    """Write `tensors` (from `plan_tensors` with the same `sanitize`) as shards into `out`; returns the bytes written."""
+    """Write `tensors` (from `plan_tensors`, same `sanitize`) as shards into `out`; returns the bytes written."""
     shard_bytes = shard_bytes or SHARD_BYTES
     # Cut shards by planned size; all the outputs of one source tensor go into the same shard.
     groups: dict[tuple[Path, str], list[Tensor]] = {}

@@ -48,7 +48,8 @@ class DrafterArgs:
     def from_config(cls, config: dict) -> "DrafterArgs":
         if config.get("model_type") not in DRAFTER_TYPES:
             raise SpecdecError(
-                f"unsupported model_type {config.get('model_type')!r}: expected a Gemma 4 drafter ({one_of(DRAFTER_TYPES)})"
+                f"unsupported model_type {config.get('model_type')!r}: "
+                f"expected a Gemma 4 drafter ({one_of(DRAFTER_TYPES)})"
             )
         if not isinstance(config.get("text_config"), dict):
             raise SpecdecError("missing config key 'text_config'")

@@ -192,7 +192,8 @@ def kv_source_layers(text_cfg: dict) -> dict:
 
 def kv_heads(text_cfg: dict, layer_type: str) -> int:
     """K/V heads of a layer type: full layers of attention_k_eq_v models have their own count."""
-    if layer_type == "full_attention" and text_cfg.get("attention_k_eq_v") and text_cfg.get("num_global_key_value_heads"):
+    own = text_cfg.get("attention_k_eq_v") and text_cfg.get("num_global_key_value_heads")
+    if layer_type == "full_attention" and own:
         return text_cfg["num_global_key_value_heads"]
     return text_cfg["num_key_value_heads"]
 
