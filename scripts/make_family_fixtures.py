@@ -122,6 +122,8 @@ def make_target(family: dict, eos_ids, gen):
             # Router scales: O(1) so that expert scores are spread (no near-ties in the top-k).
             if name.endswith(("router.scale", "router.per_expert_scale")):
                 p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif name.endswith("router.proj.weight"):  # spread expert scores: clear top-k choices
+                p.copy_(torch.randn(p.shape, generator=gen) * 4 / p.shape[-1] ** 0.5)
             elif name.endswith(("experts.down_proj", "experts.gate_up_proj")):
                 p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
         for name, p in sorted(mm.named_parameters()):
