@@ -8,13 +8,19 @@ Invariants:
   last `window + 1 + max_rewind` positions (plus the tokens of the current forward pass), so
   memory is bounded by the window plus the draft length, never by the context.
 * The drafter reads W + 1 sliding entries (positions p-W-1 .. p-1); the target reads W.
-* `rewind` checks every layer: a rewind that cannot happen raises, it never passes silently.
+* `rewind` is all or nothing: it checks every layer before trimming any, and a rewind that
+  cannot happen raises, it never passes silently.
+* `PromptCache.tokens` lists exactly the tokens whose K/V the caches hold.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, _BaseCache
+
+from .settings import MAX_DRAFT
 
 
 class RewindError(RuntimeError):
@@ -85,12 +91,16 @@ class SlidingKVCache(_BaseCache):
     def is_trimmable(self) -> bool:
         return True
 
+    def can_trim(self, n: int) -> bool:
+        """Whether dropping the newest n positions still leaves the window the next query needs."""
+        return n <= self._len and self._len - n >= min(self.offset - n, self.window + 1)
+
     def trim(self, n: int) -> int:
         """Drop the newest n positions; raises RewindError when the window would be left short."""
         if n <= 0:
             return 0
         left = self._len - n
-        if n > self._len or left < min(self.offset - n, self.window + 1):
+        if not self.can_trim(n):
             raise RewindError(
                 f"sliding cache holds {self._len} positions; cannot rewind {n} and keep the window"
             )
@@ -127,16 +137,64 @@ def cache_offset(cache: list) -> int:
     return cache[0].offset
 
 
+def _can_trim(c, n: int) -> bool:
+    if hasattr(c, "can_trim"):
+        return c.can_trim(n)
+    return c.is_trimmable() and c.offset >= n
+
+
 def rewind(cache: list, n: int) -> None:
-    """Drop the newest n positions from every layer; raises RewindError if any layer cannot."""
+    """Drop the newest n positions from every layer, or from none: every layer is checked before
+    any is trimmed, and a layer that trims fewer than n raises. Raises RewindError."""
     if n <= 0:
         return
+    for i, c in enumerate(cache):
+        if not _can_trim(c, n):
+            raise RewindError(f"cache layer {i} holds {c.offset} positions; cannot rewind {n}")
     for c in cache:
-        if c.offset < n:
-            raise RewindError(f"cache holds {c.offset} positions; cannot rewind {n}")
         done = c.trim(n)
         if done != n:
             raise RewindError(f"cache rewound {done} of {n} positions")
+
+
+class PromptCache:
+    """The target's caches plus the token ids whose K/V they hold; reusable across requests.
+
+    Invariant: `tokens` lists exactly the positions the caches hold, in order.
+    """
+
+    def __init__(self, bundle, max_rewind: int = 2 * MAX_DRAFT):
+        self._config = bundle.target.config
+        self._max_rewind = max_rewind
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = make_target_cache(self._config, self._max_rewind)
+        self.tokens: list[int] = []
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(c, "nbytes", 0) for c in self.cache)
+
+    def reuse(self, ids: Sequence[int]) -> int:
+        """Keep the longest cached prefix of ids[:-1] (the last id always runs again: its logits
+        and hidden state are needed); returns how many ids the cache now holds."""
+        common = 0
+        for a, b in zip(self.tokens, ids[:-1]):
+            if a != b:
+                break
+            common += 1
+        self.truncate(common)
+        return len(self.tokens)
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens (rewinding the caches); start afresh when the window forbids it."""
+        try:
+            rewind(self.cache, cache_offset(self.cache) - n)
+        except RewindError:
+            self.reset()  # the sliding window no longer holds those positions: prefill again
+            return
+        del self.tokens[n:]
 
 
 def drafter_kv(cache: list, kv_layers: dict) -> dict:

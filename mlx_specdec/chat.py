@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import statistics
 import sys
 import time
@@ -26,14 +24,19 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, TextIO, Union
 
 from .energy import EnergyMeter, battery, detect_energy_source
-from .draft_len import parse_draft
 from .errors import SpecdecError
+from .provision import (  # noqa: F401  (moved to provision; imported here for existing callers)
+    DEFAULT_BUNDLE,
+    DEFAULT_DRAFTER,
+    DEFAULT_TARGET,
+    cache_dir,
+    default_bundle,
+    hub_reachable,
+)
+from .settings import DraftSetting, GenerationSettings, draft_label, parse_draft
 from .stats import RunStats, TokenRecord
 from .ui import ChatView, Status, status_panel, summary_line
 
-DEFAULT_BUNDLE = "gemma-4-E2B-it-4bit"
-DEFAULT_TARGET = "google/gemma-4-E2B-it"
-DEFAULT_DRAFTER = "google/gemma-4-E2B-it-assistant"
 STATUS_INTERVAL_S = 0.25  # how often energy and memory are re-read while an answer streams
 
 HELP = """\
@@ -45,13 +48,6 @@ HELP = """\
 /colour          colour the tokens that came from the drafter (toggle)
 /save FILE       write the conversation as JSON
 /quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
-
-DraftSetting = Union[int, str]
-
-
-def draft_label(draft: DraftSetting) -> str:
-    return "off" if draft == 0 else str(draft)
-
 
 @dataclass
 class Settings:
@@ -67,11 +63,16 @@ class Settings:
     system: Optional[str] = None
     colour_drafts: bool = False
     battery: Optional[bool] = None  # auto draft length per joule (None: when on battery)
+    max_context: Optional[int] = None
 
-    def sampling(self):
+    def generation(self) -> GenerationSettings:
         from .sampling import SamplingParams
 
-        return SamplingParams(temp=self.temp, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed)
+        sampling = SamplingParams(temp=self.temp, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed)
+        return GenerationSettings(
+            max_tokens=self.max_tokens, draft=self.draft, sampling=sampling, max_context=self.max_context,
+            battery=self.battery,
+        )
 
 
 @dataclass
@@ -98,8 +99,10 @@ class ChatSession:
         if stream_fn is None or cache_factory is None:
             from . import decode
 
+            from .cache import PromptCache
+
             stream_fn = stream_fn or decode.stream_generate
-            cache_factory = cache_factory or decode.PromptCache
+            cache_factory = cache_factory or PromptCache
         self.bundle = bundle
         self.settings = settings
         self._stream = stream_fn
@@ -114,18 +117,12 @@ class ChatSession:
     # -- the conversation --------------------------------------------------------------------
     def prompt_ids(self) -> list[int]:
         """The whole conversation through the chat template, ending with the model's turn."""
+        from .prompt import chat_ids
+
         messages = list(self.messages)
         if self.settings.system:
             messages.insert(0, {"role": "system", "content": self.settings.system})
-        tok = self.bundle.tokenizer
-        if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(messages, add_generation_prompt=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers may return a BatchEncoding
-                ids = ids["input_ids"]
-            return list(ids)
-        # No template (a bare base model): plain "role: content" lines.
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return list(tok.encode(text))
+        return chat_ids(self.bundle.tokenizer, messages)
 
     def reply(self, text: str) -> Iterator[TokenRecord]:
         """Add the user's turn and return the answer's record stream. The answer joins the
@@ -137,15 +134,7 @@ class ChatSession:
         return self._stream_answer(prompt, self.last.records)
 
     def _stream_answer(self, prompt: list[int], records: list[TokenRecord]) -> Iterator[TokenRecord]:
-        stream = self._stream(
-            self.bundle,
-            prompt,
-            max_tokens=self.settings.max_tokens,
-            draft_tokens=self.settings.draft,
-            sampling=self.settings.sampling(),
-            battery=self.settings.battery,
-            prompt_cache=self.prompt_cache,
-        )
+        stream = self._stream(self.bundle, prompt, self.settings.generation(), prompt_cache=self.prompt_cache)
         try:
             for record in stream:
                 records.append(record)
@@ -207,12 +196,13 @@ class ChatSession:
             self.settings.draft = draft
             return f"draft length: {draft_label(draft)}", False
         if name == "/temp":
+            from .sampling import SamplingParams
+
             try:
                 temp = float(arg)
-            except ValueError:
-                temp = -1.0
-            if not temp >= 0:
-                return f"/temp needs a number >= 0, not {arg!r}", False
+                SamplingParams(temp=temp)  # the one place sampling ranges are checked
+            except (ValueError, SpecdecError):
+                return f"/temp needs a finite number >= 0, not {arg!r}", False
             self.settings.temp = temp
             return f"temperature: {temp:g}", False
         if name in ("/colour", "/color"):
@@ -403,66 +393,15 @@ def _header(session: ChatSession, console, source) -> None:
     console.print("/help for commands, Ctrl-C stops an answer, Ctrl-D leaves", style="dim")
 
 
-# ---------------------------------------------------------------------------------------------
-# Model choice.
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("MLX_SPECDEC_CACHE")
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "mlx-specdec"
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A cheap check before a multi-GB download; False when HF_HUB_OFFLINE is set."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
-        return True  # the proxy decides; the download reports its own errors
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def default_bundle(*, convert_fn=None, reachable: Callable[[], bool] = hub_reachable, console=None) -> Path:
-    """The cached converted Gemma 4 E2B bundle, converting it on first use."""
-    folder = cache_dir() / DEFAULT_BUNDLE
-    if (folder / "target" / "config.json").is_file():
-        return folder
-    if not reachable():
-        raise SpecdecError(
-            f"no Gemma 4 E2B bundle in {folder.parent} and the Hugging Face hub is unreachable (offline?); "
-            "try `specdec chat --demo`, or pass a converted bundle folder"
-        )
-    if convert_fn is None:
-        from weights_convert import convert as convert_fn
-    log = (lambda line: console.print(line, highlight=False, markup=False)) if console is not None else (lambda line: None)
-    log(f"first run: converting {DEFAULT_TARGET} + {DEFAULT_DRAFTER} (4-bit) into {folder}")
-    convert_fn(target=DEFAULT_TARGET, drafter=DEFAULT_DRAFTER, output=folder, bits=4, log=log)
-    return folder
-
-
 def run_chat(
     model: Optional[str] = None,
     *,
     target: Optional[str] = None,
     drafter: Optional[str] = None,
     demo: bool = False,
-    max_tokens: int = 512,
-    draft_tokens: Union[str, int] = "auto",
-    temp: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    min_p: float = 0.0,
-    seed: Optional[int] = None,
+    settings: GenerationSettings = GenerationSettings(max_tokens=512),
     system: Optional[str] = None,
     colour_drafts: bool = False,
-    battery: Optional[bool] = None,
     stdin: Optional[TextIO] = None,
     stdout: Optional[TextIO] = None,
     load_fn=None,
@@ -476,13 +415,11 @@ def run_chat(
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
     console = Console(file=stdout, highlight=False) if interactive else Console(file=sys.stderr, highlight=False)
-    if max_tokens < 1:
-        raise SpecdecError(f"--max-tokens must be >= 1, not {max_tokens}")
-    if temp < 0:
-        raise SpecdecError(f"--temp must be >= 0, not {temp}")
+    sp = settings.sampling
     settings = Settings(
-        max_tokens=max_tokens, draft=parse_draft(draft_tokens), temp=temp, top_p=top_p,
-        top_k=top_k, min_p=min_p, seed=seed, system=system, colour_drafts=colour_drafts, battery=battery,
+        max_tokens=settings.max_tokens, draft=settings.draft, temp=sp.temp, top_p=sp.top_p, top_k=sp.top_k,
+        min_p=sp.min_p, seed=sp.seed, system=system, colour_drafts=colour_drafts, battery=settings.battery,
+        max_context=settings.max_context,
     )
     if load_fn is None:
         from .load import load as load_fn

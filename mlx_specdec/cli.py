@@ -1,6 +1,9 @@
 """The `specdec` command line: each command parses its options and calls one library function.
 
-User errors (`SpecdecError`) print one line `error: ...` and exit 1, never a traceback.
+The options every command shares are defined once below as `Annotated` aliases, and each
+command builds one `GenerationSettings` from them (validated before any model is loaded).
+User errors (`SpecdecError`) print one line `error: ...` and exit 1, never a traceback; typer
+reports usage errors with exit status 2.
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ import json
 import sys
 from functools import wraps
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from .errors import SpecdecError
+from .settings import GenerationSettings, parse_draft
 
 app = typer.Typer(
     help="Exact speculative decoding for Gemma 4 on MLX with its MTP assistant drafter.",
@@ -45,87 +49,117 @@ def user_errors(fn):
     return wrapper
 
 
-def parse_draft_tokens(value: str, no_draft: bool):
-    """`--draft-tokens K|auto|off` and `--no-draft` -> int or "auto"."""
-    from .draft_len import parse_draft
+# --- options shared by the commands --------------------------------------------------------
+Model = Annotated[Optional[Path], typer.Argument(
+    help="A bundle folder, or a model name (e2b, e4b, 12b, 26b-a4b, 31b, a hub id): see `specdec models`.")]
+TargetDir = Annotated[Optional[Path], typer.Option("--target", help="Hugging Face-format Gemma 4 target folder.")]
+DrafterDir = Annotated[Optional[Path], typer.Option("--drafter", help="Hugging Face-format gemma4_assistant folder.")]
+Demo = Annotated[bool, typer.Option("--demo", help="Use the bundled demo pair.")]
+DraftTokens = Annotated[str, typer.Option("--draft-tokens", "-k", help="Drafts per round: 0-8, auto or off.")]
+NoDraft = Annotated[bool, typer.Option("--no-draft", help="Plain decoding (no drafter).")]
+Temp = Annotated[float, typer.Option("--temp", help="Sampling temperature; 0 is greedy.")]
+TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the top tokens up to this mass (1 = off).")]
+TopK = Annotated[int, typer.Option("--top-k", help="Keep the K most likely tokens (0 = off).")]
+MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens below this fraction of the top one (0 = off).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 to 2^64 - 1).")]
+Stop = Annotated[List[str], typer.Option("--stop", help="Stop string (repeatable).")]
+MaxContext = Annotated[Optional[int], typer.Option("--max-context", help="Context limit in tokens (default: the model's).")]
+Battery = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--battery/--mains",
+        help="auto draft length: most tokens per joule (--battery) or per second (--mains); default: per joule on battery.",
+    ),
+]
 
-    return 0 if no_draft else parse_draft(value)
+
+def make_settings(
+    *, max_tokens: int, draft_tokens: str = "auto", no_draft: bool = False, temp: float = 0.0, top_p: float = 1.0,
+    top_k: int = 0, min_p: float = 0.0, seed: Optional[int] = None, stop=(), max_context: Optional[int] = None,
+    battery: Optional[bool] = None,
+) -> GenerationSettings:
+    """The command line's values -> one validated GenerationSettings (the only place they meet)."""
+    from .sampling import SamplingParams
+
+    sampling = SamplingParams(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+    draft = 0 if no_draft else parse_draft(draft_tokens)
+    return GenerationSettings(
+        max_tokens=max_tokens, draft=draft, sampling=sampling, stop=tuple(stop), max_context=max_context,
+        battery=battery,
+    )
 
 
 def parse_prompt_ids(text: str) -> list[int]:
     try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise SpecdecError(f"--prompt-ids must be comma-separated integers, not {text!r}") from None
+        raise SpecdecError(f"--prompt-ids must be comma-separated whole numbers, not {text!r}") from None
+    if not ids:
+        raise SpecdecError("--prompt-ids is empty; give comma-separated token ids such as 2,100,200")
+    return ids
 
 
-# Options shared by generate, chat and bench.
-ModelArg = typer.Argument(None, help="A bundle folder made by `specdec convert` (or a target folder).")
-TargetOpt = typer.Option(None, "--target", help="Hugging Face-format Gemma 4 target folder.")
-DrafterOpt = typer.Option(None, "--drafter", help="Hugging Face-format gemma4_assistant folder.")
-DemoOpt = typer.Option(False, "--demo", help="Use the bundled demo pair.")
-DraftOpt = typer.Option("auto", "--draft-tokens", "-k", help="Drafts per round: 0-8 or auto.")
-NoDraftOpt = typer.Option(False, "--no-draft", help="Plain decoding (no drafter).")
-TempOpt = typer.Option(0.0, "--temp", help="Sampling temperature; 0 is greedy.")
-TopPOpt = typer.Option(1.0, "--top-p")
-TopKOpt = typer.Option(0, "--top-k")
-MinPOpt = typer.Option(0.0, "--min-p")
-SeedOpt = typer.Option(None, "--seed")
-BatteryOpt = typer.Option(
-    None, "--battery/--mains",
-    help="auto draft length: most tokens per joule (--battery) or per second (--mains); default: per joule on battery.",
-)
+def model_folder(model, max_context: Optional[int] = None) -> Optional[str]:
+    """MODEL as typed -> a folder: an existing folder, or a known name / hub id (see `specdec models`)
+    whose bundle is converted into ~/.cache/mlx-specdec on first use. None stays None. A folder
+    whose weights and KV cache at `max_context` will not fit this machine's memory is refused."""
+    if model is None:
+        return None
+    from .provision import check_memory_fit
+    from .provision import model_folder as provision_folder
+
+    folder = provision_folder(str(model), max_context=max_context, log=lambda line: typer.echo(line, err=True))
+    check_memory_fit(Path(folder), max_context=max_context)
+    return str(folder)
 
 
 @app.command()
 @user_errors
 def generate(
-    model: Optional[Path] = ModelArg,
-    target: Optional[Path] = TargetOpt,
-    drafter: Optional[Path] = DrafterOpt,
-    demo: bool = DemoOpt,
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Prompt text (chat template applied)."),
-    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template to --prompt."),
-    prompt_ids: Optional[str] = typer.Option(None, "--prompt-ids", help="Comma-separated token ids."),
-    max_tokens: int = typer.Option(256, "--max-tokens", "-m"),
-    draft_tokens: str = DraftOpt,
-    no_draft: bool = NoDraftOpt,
-    temp: float = TempOpt,
-    top_p: float = TopPOpt,
-    top_k: int = TopKOpt,
-    min_p: float = MinPOpt,
-    seed: Optional[int] = SeedOpt,
-    stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
-    max_context: Optional[int] = typer.Option(None, "--max-context", help="Context limit in tokens."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: token_ids, text, stats."),
-    trace: bool = typer.Option(False, "--trace", help="With --json: add one entry per round."),
-    battery: Optional[bool] = BatteryOpt,
+    model: Model = None,
+    target: TargetDir = None,
+    drafter: DrafterDir = None,
+    demo: Demo = False,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt text (chat template applied).")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Do not apply the chat template to --prompt.")] = False,
+    prompt_ids: Annotated[Optional[str], typer.Option("--prompt-ids", help="Comma-separated token ids.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-m", help="Most tokens to generate.")] = 256,
+    draft_tokens: DraftTokens = "auto",
+    no_draft: NoDraft = False,
+    temp: Temp = 0.0,
+    top_p: TopP = 1.0,
+    top_k: TopK = 0,
+    min_p: MinP = 0.0,
+    seed: Seed = None,
+    stop: Stop = [],
+    max_context: MaxContext = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: token_ids, text, stats.")] = False,
+    trace: Annotated[bool, typer.Option("--trace", help="With --json: add one entry per round.")] = False,
+    battery: Battery = None,
 ):
     """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
     from .decode import stream_generate
     from .load import load
-    from .sampling import SamplingParams
+    from .prompt import chat_ids, text_ids
     from .stats import RunStats
 
     if (prompt is None) == (prompt_ids is None):
         raise SpecdecError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
-    k = parse_draft_tokens(draft_tokens, no_draft)
-    bundle = load(model, target=target, drafter=drafter, demo=demo)
-    if prompt_ids is not None:
-        ids = parse_prompt_ids(prompt_ids)
-    elif raw:
-        ids = bundle.tokenizer.encode(prompt)
-    else:
-        ids = bundle.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
-    params = SamplingParams(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
-    rounds = [] if trace else None
+    if trace and not as_json:
+        raise SpecdecError("--trace adds the rounds to the JSON output; add --json")
+    if raw and prompt is None:
+        raise SpecdecError("--raw applies to --prompt text; token ids never get the chat template")
+    settings = make_settings(
+        max_tokens=max_tokens, draft_tokens=draft_tokens, no_draft=no_draft, temp=temp, top_p=top_p, top_k=top_k,
+        min_p=min_p, seed=seed, stop=stop, max_context=max_context, battery=battery,
+    )
+    ids = parse_prompt_ids(prompt_ids) if prompt_ids is not None else None
+    bundle = load(model_folder(model, settings.max_context), target=target, drafter=drafter, demo=demo)
+    if ids is None:
+        tok = bundle.tokenizer
+        ids = text_ids(tok, prompt) if raw else chat_ids(tok, [{"role": "user", "content": prompt}])
     records = []
-    for r in stream_generate(
-        bundle, ids, max_tokens=max_tokens, draft_tokens=k, sampling=params, stop=stop,
-        max_context=max_context, trace=rounds, battery=battery,
-    ):
+    for r in stream_generate(bundle, ids, settings):
         records.append(r)
         if not as_json:
             sys.stdout.write(r.text)
@@ -134,7 +168,7 @@ def generate(
     if as_json:
         out = {"token_ids": [r.token for r in records], "text": "".join(r.text for r in records), "stats": stats.to_dict()}
         if trace:
-            out["rounds"] = rounds
+            out["rounds"] = [r.round_info.trace() for r in records if r.round_info is not None]
         typer.echo(json.dumps(out))
     else:
         typer.echo("")
@@ -148,14 +182,18 @@ def generate(
 @app.command()
 @user_errors
 def convert(
-    target: str = typer.Option(..., "--target", help="Gemma 4 target: hub repo id (owner/name[@revision]) or folder."),
-    drafter: str = typer.Option(..., "--drafter", help="Its gemma4_assistant drafter: hub repo id or folder."),
-    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to create."),
-    bits: int = typer.Option(4, "--bits", help="4 or 8 (quantised), 16 (the checkpoint's floats)."),
-    group_size: int = typer.Option(64, "--group-size", help="Quantisation group size: 32, 64 or 128."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --output."),
-    target_revision: Optional[str] = typer.Option(None, "--target-revision", help="Hub branch, tag or commit."),
-    drafter_revision: Optional[str] = typer.Option(None, "--drafter-revision", help="Hub branch, tag or commit."),
+    target: Annotated[
+        str, typer.Option("--target", help="Gemma 4 target: hub repo id (owner/name[@revision]) or folder.")
+    ],
+    drafter: Annotated[str, typer.Option("--drafter", help="Its gemma4_assistant drafter: hub repo id or folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle folder to create.")],
+    bits: Annotated[int, typer.Option("--bits", help="4 or 8 (quantised), 16 (the checkpoint's floats).")] = 4,
+    group_size: Annotated[int, typer.Option("--group-size", help="Quantisation group size: 32, 64 or 128.")] = 64,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
+    target_revision: Annotated[Optional[str], typer.Option("--target-revision", help="Hub branch, tag or commit.")] = None,
+    drafter_revision: Annotated[
+        Optional[str], typer.Option("--drafter-revision", help="Hub branch, tag or commit.")
+    ] = None,
 ):
     """Convert a Hugging Face target and drafter into one MLX bundle (BUNDLE/target is mlx-lm loadable)."""
     from weights_convert import convert as convert_bundle
@@ -173,21 +211,24 @@ def convert(
 @app.command()
 @user_errors
 def chat(
-    model: Optional[Path] = ModelArg,
-    target: Optional[Path] = TargetOpt,
-    drafter: Optional[Path] = DrafterOpt,
-    demo: bool = DemoOpt,
-    max_tokens: int = typer.Option(512, "--max-tokens", "-m", help="Most tokens per answer."),
-    draft_tokens: str = DraftOpt,
-    no_draft: bool = NoDraftOpt,
-    temp: float = TempOpt,
-    top_p: float = TopPOpt,
-    top_k: int = TopKOpt,
-    min_p: float = MinPOpt,
-    seed: Optional[int] = SeedOpt,
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
-    colour_drafts: bool = typer.Option(False, "--colour-drafts", help="Colour the tokens the drafter proposed (/colour)."),
-    battery: Optional[bool] = BatteryOpt,
+    model: Model = None,
+    target: TargetDir = None,
+    drafter: DrafterDir = None,
+    demo: Demo = False,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-m", help="Most tokens per answer.")] = 512,
+    draft_tokens: DraftTokens = "auto",
+    no_draft: NoDraft = False,
+    temp: Temp = 0.0,
+    top_p: TopP = 1.0,
+    top_k: TopK = 0,
+    min_p: MinP = 0.0,
+    seed: Seed = None,
+    max_context: MaxContext = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
+    colour_drafts: Annotated[
+        bool, typer.Option("--colour-drafts", help="Colour the tokens the drafter proposed (/colour).")
+    ] = False,
+    battery: Battery = None,
 ):
     """Chat in the terminal with live speed, acceptance, memory and energy; one prompt per line when piped.
 
@@ -195,70 +236,99 @@ def chat(
     """
     from .chat import run_chat
 
+    settings = make_settings(
+        max_tokens=max_tokens, draft_tokens=draft_tokens, no_draft=no_draft, temp=temp, top_p=top_p, top_k=top_k,
+        min_p=min_p, seed=seed, max_context=max_context, battery=battery,
+    )
     run_chat(
-        str(model) if model else None,
+        model_folder(model, settings.max_context),
         target=str(target) if target else None,
         drafter=str(drafter) if drafter else None,
-        demo=demo, max_tokens=max_tokens, draft_tokens=parse_draft_tokens(draft_tokens, no_draft),
-        temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, system=system,
-        colour_drafts=colour_drafts, battery=battery,
+        demo=demo, settings=settings, system=system, colour_drafts=colour_drafts,
     )
 
 
 @app.command()
 @user_errors
 def bench(
-    model: Optional[Path] = ModelArg,
-    target: Optional[Path] = TargetOpt,
-    drafter: Optional[Path] = DrafterOpt,
-    demo: bool = DemoOpt,
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help='JSONL file, one {"prompt": ...} per line.'),
-    ks: str = typer.Option("1,2,3,4,5,6,7,8", "--k", help="Fixed draft lengths to run, e.g. 1,2,4."),
-    max_tokens: int = typer.Option(128, "--max-tokens", "-m", help="Tokens per prompt."),
-    trials: int = typer.Option(3, "--trials", help="Trials after the warm-up; figures are their median."),
-    no_mlx_lm: bool = typer.Option(False, "--no-mlx-lm", help="Skip the mlx-lm baseline."),
-    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Always generate --max-tokens tokens."),
-    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template to the prompts."),
-    useless_drafter: bool = typer.Option(
-        False, "--useless-drafter", help="Shuffle the drafter's weights first (auto should match plain)."
-    ),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON summary to this file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of tokens/s and tokens/J against k."),
+    model: Model = None,
+    target: TargetDir = None,
+    drafter: DrafterDir = None,
+    demo: Demo = False,
+    prompts: Annotated[
+        Optional[Path], typer.Option("--prompts", help='JSONL file, one {"prompt": ...} per line.')
+    ] = None,
+    ks: Annotated[str, typer.Option("--k", help="Fixed draft lengths, e.g. 1,2,4, or none.")] = "1,2,3,4,5,6,7,8",
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-m", help="Tokens per prompt.")] = 128,
+    trials: Annotated[int, typer.Option("--trials", help="Trials after the warm-up; figures are their median.")] = 3,
+    no_mlx_lm: Annotated[bool, typer.Option("--no-mlx-lm", help="Skip the mlx-lm baseline.")] = False,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Always generate --max-tokens tokens.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="Do not apply the chat template to the prompts.")] = False,
+    useless_drafter: Annotated[
+        bool, typer.Option("--useless-drafter", help="Shuffle the drafter's weights first (auto should match plain).")
+    ] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON summary to this file.")] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Plot tokens/s and tokens/J against k (.png/.svg/.pdf).")
+    ] = None,
 ):
     """Benchmark plain, mlx-lm, fixed k and auto decoding on a prompt suite (median of trials)."""
     from rich.console import Console
 
+    from . import bench_report as report
+    from .bench import SUITE, load_prompts, parse_k_list, run_bench
     from .blas import describe_blas
-
-    from .bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line, terminal_chart
-    from .bench import write_plot
     from .load import load
 
     suite = load_prompts(prompts) if prompts is not None else SUITE
     k_list = parse_k_list(ks)
-    for path in (json_path, plot):
-        if path is not None and not path.parent.is_dir():  # fail now, not after the whole run
-            raise SpecdecError(f"{path}: cannot write (no folder {path.parent})")
+    if json_path is not None:  # fail now, not after the whole run
+        report.check_output(json_path, "--json")
+    if plot is not None:
+        report.check_plot(plot)
     err = Console(stderr=True)
     blas = describe_blas()
     err.print(f"BLAS: {blas}")
-    bundle = load(model, target=target, drafter=drafter, demo=demo)
+    bundle = load(model_folder(model), target=target, drafter=drafter, demo=demo)
     result = run_bench(
         bundle, prompts=suite, ks=k_list, max_tokens=max_tokens, trials=trials, mlx_lm=not no_mlx_lm,
         ignore_eos=ignore_eos, raw=raw, useless_drafter=useless_drafter, blas=blas,
         log=lambda line: err.print(f"[dim]{line}[/dim]"),
     )
     out = Console(width=None if sys.stdout.isatty() else 120)  # a pipe or file gets the whole table
-    out.print(render_table(result))
-    out.print(summary_line(result))
-    out.print(terminal_chart(result))
-    try:
-        if json_path is not None:
-            json_path.write_text(json.dumps(result, indent=2) + "\n")
-        if plot is not None:
-            write_plot(result, plot)
-    except OSError as e:
-        raise SpecdecError(f"{e.filename}: cannot write ({e.strerror})") from None
+    out.print(report.render_table(result))
+    out.print(report.summary_line(result))
+    out.print(report.terminal_chart(result))
+    if json_path is not None:
+        report.write_json(result, json_path)
+    if plot is not None:
+        report.write_plot(result, plot)
+
+
+@app.command()
+@user_errors
+def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON (sizes in bytes).")):
+    """List the known Gemma 4 pairs: sizes, memory needed, and which are converted locally."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .provision import DEFAULT_CONTEXT, cache_dir, model_rows
+
+    rows = model_rows()
+    if as_json:
+        typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
+        return
+    table = Table(title=f"Gemma 4 pairs (bundles in {cache_dir()})", title_justify="left")
+    for col in ("name", "target", "download", "4-bit bundle", f"memory @{DEFAULT_CONTEXT // 1024}K", "drafter head",
+                "converted"):
+        numeric = col in ("download", "4-bit bundle") or col.startswith("memory")
+        table.add_column(col, justify="right" if numeric else "left")
+    for r in rows:
+        local = ", ".join(Path(f).name for f in r["local"].values()) or "-"  # folders in the cache (title)
+        sizes = [f"{r[k] / 1e9:.1f} GB" for k in ("download_bytes", "bundle_bytes", "memory_bytes")]
+        table.add_row(r["name"], r["target"], *sizes, r["head"], local)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    typer.echo("drafter: <target>-assistant. `specdec chat NAME` converts a pair on first use.")
 
 
 def main():  # pragma: no cover - console entry point

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import mlx.core as mx
 
-from .cache import drafter_kv, make_target_cache
-from .errors import SpecdecError
-
-MAX_DRAFT = 8
+from .cache import drafter_kv, make_target_cache, rewind
+from .settings import MAX_DRAFT, DraftSetting
+from .stats import tried_positions
 
 
 def expected_tokens(acceptance: Sequence[float], k: int) -> float:
@@ -63,7 +62,7 @@ def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=No
     as the loop runs it, queued while the previous one is read, so overlap is not counted twice.
     """
     target, drafter = bundle.target, bundle.drafter
-    cache = make_target_cache(target.config, max_rewind=max_k + 2)
+    cache = make_target_cache(target.config, max_rewind=max(max_k + 1, 8))
     ids = mx.arange(context)[None] % target.vocab_size
     _, hidden = target(ids, cache)
     mx.eval(hidden)
@@ -89,8 +88,7 @@ def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=No
     def verify(n):
         logits, hid = target(mx.zeros((1, n), dtype=mx.int32), cache)
         mx.eval(logits, hid)
-        for c in cache:
-            c.trim(n)
+        rewind(cache, n)
 
     def plain_steps(n: int = 8):
         nxt = mx.argmax(target(tok, cache)[0][:, -1], axis=-1)
@@ -100,8 +98,7 @@ def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=No
             mx.async_eval(nxt)
             cur.item()
         nxt.item()
-        for c in cache:
-            c.trim(n)
+        rewind(cache, n)
 
     verify_cost = list(itertools.accumulate((cost(lambda n=n: verify(n)) for n in range(1, max_k + 2)), max))
     plain = min(verify_cost[0], cost(plain_steps) / 8)
@@ -124,7 +121,7 @@ class FixedPolicy:
     def choose(self, max_k: int) -> int:
         return min(self.k, max_k)
 
-    def observe(self, k: int, accepted: int, seconds: float) -> None:
+    def observe(self, k: int, accepted: int) -> None:
         pass
 
 
@@ -162,7 +159,8 @@ class AutoPolicy:
             k = 1  # probe: one cheap draft keeps the acceptance estimate honest
         return k
 
-    def observe(self, k: int, accepted: int, seconds: float) -> None:
+    def observe(self, k: int, accepted: int) -> None:
+        """A round proposed k drafts and the target accepted `accepted` of them."""
         self.since_draft = 0 if k else self.since_draft + 1
         if self.probing and k:  # a useless drafter is probed ever more rarely
             self.probe_gap = self.probe_every if accepted else min(2 * self.probe_gap, self.max_probe_gap)
@@ -170,25 +168,10 @@ class AutoPolicy:
         if k:
             self.hits = [h * self.memory for h in self.hits]
             self.tries = [t * self.memory for t in self.tries]
-        # Draft i (1-based) was tried iff drafts 1..i-1 were accepted.
-        for i in range(min(k, accepted + 1)):
+        for i in tried_positions(k, accepted):
             self.tries[i] += 1
             self.hits[i] += 1 if i < accepted else 0
 
-
-
-def parse_draft(value) -> Union[int, str]:
-    """"auto" -> "auto"; "off" -> 0; K (int or text) -> K in 0..MAX_DRAFT; anything else is an error."""
-    text = str(value).strip().lower()
-    if text in ("auto", "off"):
-        return "auto" if text == "auto" else 0
-    try:
-        k = int(text)
-    except ValueError:
-        k = -1
-    if not 0 <= k <= MAX_DRAFT:
-        raise SpecdecError(f"draft tokens must be 0-{MAX_DRAFT}, 'auto' or 'off', not {str(value)!r}")
-    return k
 
 
 def objective(battery: Optional[bool] = None):
@@ -207,14 +190,15 @@ def objective(battery: Optional[bool] = None):
     return "seconds", None
 
 
-def make_policy(draft_tokens, bundle, battery: Optional[bool] = None):
+def make_policy(draft: DraftSetting, bundle, battery: Optional[bool] = None):
     """k -> FixedPolicy(k); "auto" -> AutoPolicy maximising tokens per second, or per joule
-    with `battery` (None: automatic, on when the machine runs on battery and can meter energy)."""
-    draft = parse_draft(draft_tokens)
-    if draft != "auto":
-        return FixedPolicy(draft)
+    with `battery` (None: automatic, on when the machine runs on battery and can meter energy).
+    Without a drafter every policy decodes plainly. "auto" calibrates once per bundle: make the
+    policy before a request's clock starts."""
     if bundle.drafter is None:
         return FixedPolicy(0)
+    if draft != "auto":
+        return FixedPolicy(int(draft))
     unit, source = objective(battery)
     # One policy per bundle and objective, calibrated once: what it learns about acceptance
     # carries over to the next request (a chat's next turn) instead of restarting from the prior.

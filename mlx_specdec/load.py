@@ -233,6 +233,8 @@ def load(
 ) -> Bundle:
     """Load a bundle folder, the demo pair, or a target folder (+ optional drafter folder)."""
     if demo:
+        if model is not None or target is not None or drafter is not None:
+            raise SpecdecError("--demo is the bundled pair; give either --demo or a model, not both")
         if not is_bundle(DEMO_DIR):
             raise SpecdecError(f"{DEMO_DIR}: the demo pair is not installed; reinstall mlx-specdec")
         model = DEMO_DIR

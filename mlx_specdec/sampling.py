@@ -14,14 +14,21 @@ Acceptance (DESIGN.md, Leviathan et al. / Chen et al.): with target distribution
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Optional
 
 import mlx.core as mx
 
+from .errors import SpecdecError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """temp 0 means greedy; top_k 0, top_p 1 and min_p 0 disable those filters."""
+    """temp 0 means greedy; top_k 0, top_p 1 and min_p 0 disable those filters.
+
+    Construction validates the ranges (one line naming the option), so the filter below never
+    gets values that would leave an empty or NaN distribution.
+    """
 
     temp: float = 0.0
     top_p: float = 1.0
@@ -29,9 +36,24 @@ class SamplingParams:
     min_p: float = 0.0
     seed: Optional[int] = None
 
+    def __post_init__(self):
+        def number(name, value, ok, want):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+                raise SpecdecError(f"{name} must be {want}, not {value!r}")
+
+        number("--temp", self.temp, lambda v: v >= 0, "a number >= 0 (0 is greedy)")
+        number("--top-p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1] (1 turns it off)")
+        number("--min-p", self.min_p, lambda v: 0 <= v <= 1, "in [0, 1] (0 turns it off)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise SpecdecError(f"--top-k must be a whole number >= 0 (0 turns it off), not {self.top_k!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64
+        ):
+            raise SpecdecError(f"--seed must be a whole number from 0 to 2^64 - 1, not {self.seed!r}")
+
     @property
     def greedy(self) -> bool:
-        return self.temp <= 0.0
+        return self.temp == 0.0
 
 
 def probs(logits: mx.array, params: SamplingParams) -> mx.array:
@@ -39,7 +61,9 @@ def probs(logits: mx.array, params: SamplingParams) -> mx.array:
 
     The same function gives the target's p and the drafter's q, so both follow one rule.
     """
-    p = mx.softmax(logits.astype(mx.float32) / params.temp, axis=-1)
+    z = logits.astype(mx.float32)
+    # Shift before scaling: a tiny temperature then sends the others to -inf, never to NaN.
+    p = mx.softmax((z - z.max(axis=-1, keepdims=True)) / params.temp, axis=-1)
     keep = None
     V = p.shape[-1]
     if 0 < params.top_k < V:
@@ -69,27 +93,24 @@ def sample(logits: mx.array, params: SamplingParams) -> mx.array:
 
 
 def accept_greedy(target_logits: mx.array, drafts: mx.array) -> tuple[mx.array, mx.array]:
-    """target_logits [k+1, V], drafts [k] -> (accepted count n, next token), both mx scalars."""
+    """target_logits [k+1, V], drafts [k] (k >= 1) -> (accepted count n, next token), both mx scalars."""
     best = mx.argmax(target_logits, axis=-1)  # [k+1]
     k = drafts.shape[0]
-    n = mx.cumprod((drafts == best[:k]).astype(mx.int32)).sum() if k else mx.array(0)
+    n = mx.cumprod((drafts == best[:k]).astype(mx.int32)).sum()
     return n, best[n]
 
 
 def accept_rejection(p: mx.array, q: mx.array, drafts: mx.array) -> tuple[mx.array, mx.array]:
-    """p [k+1, V] target, q [k, V] drafter, drafts [k] sampled from q -> (n, next token)."""
+    """p [k+1, V] target, q [k, V] drafter, drafts [k] sampled from q (k >= 1) -> (n, next token)."""
     k = drafts.shape[0]
     V = p.shape[-1]
-    if k:
-        rows = mx.arange(k)
-        p_d, q_d = p[rows, drafts], q[rows, drafts]
-        u = mx.random.uniform(shape=(k,))
-        ok = (u * q_d < p_d).astype(mx.int32)  # u < p/q without dividing by a tiny q
-        n = mx.cumprod(ok).sum()
-    else:
-        n = mx.array(0)
+    rows = mx.arange(k)
+    p_d, q_d = p[rows, drafts], q[rows, drafts]
+    u = mx.random.uniform(shape=(k,))
+    ok = (u * q_d < p_d).astype(mx.int32)  # u < p/q without dividing by a tiny q
+    n = mx.cumprod(ok).sum()
     # Row k has q = 0, so "all accepted" draws from p_k itself.
-    q_pad = mx.concatenate([q, mx.zeros((1, V), dtype=q.dtype)], axis=0) if k else mx.zeros((1, V))
+    q_pad = mx.concatenate([q, mx.zeros((1, V), dtype=q.dtype)], axis=0)
     p_n = mx.take(p, n, axis=0)
     residual = mx.maximum(p_n - mx.take(q_pad, n, axis=0), 0.0)
     residual = mx.where(residual.sum() > 0, residual, p_n)  # p_n == q_n exactly: nothing to correct

@@ -8,7 +8,41 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+from .settings import MAX_DRAFT
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of the loop (decode.rounds yields these).
+
+    position: index in prompt + output of the round's input token x_p (the previous bonus token).
+    drafted:  the k tokens the drafter proposed (empty for a plain round).
+    accepted: how many of them the target accepted (a prefix).
+    bonus:    the target's own next token, from the first unaccepted verify row.
+    seconds:  host time from the round's start to its tokens being known (a plain round issued
+              ahead, while the previous one was read, started earlier).
+    The round adds accepted + 1 tokens: drafted[:accepted], then bonus.
+    """
+
+    position: int
+    drafted: tuple[int, ...]
+    accepted: int
+    bonus: int
+    seconds: float
+
+    @property
+    def k(self) -> int:
+        return len(self.drafted)
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self.drafted[: self.accepted]) + [self.bonus]
+
+    def trace(self) -> dict:
+        """The `--trace` entry: {"position", "drafted", "accepted"}."""
+        return {"position": self.position, "drafted": list(self.drafted), "accepted": self.accepted}
 
 
 @dataclass(frozen=True)
@@ -28,6 +62,8 @@ class TokenRecord:
     elapsed_s:    seconds from the first token to this one.
     peak_memory_bytes: peak memory so far (0 where the backend cannot tell).
     finish_reason: None, or on the last record "stop" (EOS / stop string) or "length".
+    round_info:   on the first token of each round, that round's `Round` (None on the others
+                  and on the prefill's token).
     """
 
     token: int
@@ -41,6 +77,48 @@ class TokenRecord:
     elapsed_s: float
     peak_memory_bytes: int = 0
     finish_reason: Optional[str] = None
+    round_info: Optional[Round] = None
+
+
+class RoundStat(NamedTuple):
+    """A round as rebuilt from its records: k drafts, accepted, and seconds between the
+    round's last token and the previous round's last token."""
+
+    k: int
+    accepted: int
+    seconds: float
+
+
+def rounds_from_records(records: Iterable[TokenRecord]) -> list[RoundStat]:
+    """Records -> one RoundStat per round after the prefill; a round ends at its last token.
+    This is the one place rounds are rebuilt from records (stats, bench and UI use it)."""
+    ends: dict[int, tuple[int, int, float]] = {}
+    for r in records:
+        ends[r.round] = (r.draft_tokens, r.accepted, r.elapsed_s)
+    out, prev = [], ends.get(0, (0, 0, 0.0))[2]
+    for rnd in sorted(ends):
+        if rnd == 0:
+            continue
+        k, acc, t = ends[rnd]
+        out.append(RoundStat(k, acc, t - prev))
+        prev = t
+    return out
+
+
+def tried_positions(k: int, accepted: int) -> range:
+    """Draft positions (0-based) that were tried in a round: draft i+1 is tried iff drafts
+    1..i were accepted, so positions 0..min(k, accepted + 1) - 1."""
+    return range(min(k, accepted + 1))
+
+
+def position_counts(rounds: Sequence) -> tuple[list[int], list[int]]:
+    """(tried, accepted) per draft position 1..MAX_DRAFT over rounds (k, accepted, ...)."""
+    tried, hits = [0] * MAX_DRAFT, [0] * MAX_DRAFT
+    for k, acc, *_ in rounds:
+        for i in tried_positions(k, acc):
+            tried[i] += 1
+            hits[i] += i < acc
+    return tried, hits
 
 
 @dataclass
@@ -65,14 +143,10 @@ class RunStats:
         records = list(records)
         if not records:
             return cls()
-        # One entry per speculative round (round 0 is the prefill token, not a round).
-        per_round = {}
-        for r in records:
-            if r.round > 0 and r.draft_tokens > 0:
-                per_round[r.round] = (r.draft_tokens, r.accepted)
-        drafted = sum(k for k, _ in per_round.values())
-        accepted = sum(a for _, a in per_round.values())
-        rounds = len(per_round)
+        spec = [r for r in rounds_from_records(records) if r.k > 0]  # speculative rounds only
+        drafted = sum(r.k for r in spec)
+        accepted = sum(r.accepted for r in spec)
+        rounds = len(spec)
         last = records[-1]
         # Decode speed excludes the first token (it is the prefill's).
         decode_s = last.elapsed_s
@@ -88,7 +162,7 @@ class RunStats:
             ttft_s=records[0].ttft_s,
             decode_tokens_per_s=n_decode / decode_s if decode_s > 0 and n_decode > 0 else 0.0,
             peak_memory_bytes=max(r.peak_memory_bytes for r in records),
-            accepted_histogram=dict(sorted(Counter(a for _, a in per_round.values()).items())),
+            accepted_histogram=dict(sorted(Counter(r.accepted for r in spec).items())),
             finish_reason=last.finish_reason,
         )
 

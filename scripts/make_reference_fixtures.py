@@ -10,7 +10,7 @@ Requires (pinned; never an unpinned torch):
     torch==2.13.0 (CPU build), transformers==5.24.*, sentencepiece==0.2.*, safetensors, numpy
 
 Usage:
-    /work/venv/bin/python scripts/make_reference_fixtures.py [--out tests/fixtures]
+    python scripts/make_reference_fixtures.py [--out tests/fixtures]
 
 What it writes (see tests/fixtures/README.md for every tensor name, shape and tolerance):
     tokenizer files        in target_text/ and target_mm/ (sentencepiece BPE, vocab 512)

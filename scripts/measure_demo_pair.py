@@ -21,10 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo_corpus import CHAT_QUESTIONS, split_corpus, stdlib_entries  # noqa: E402
 
-from mlx_specdec.bench import position_counts  # noqa: E402
-from mlx_specdec.decode import generate  # noqa: E402
+from mlx_specdec.decode import stream_generate  # noqa: E402
 from mlx_specdec.load import load  # noqa: E402
+from mlx_specdec.prompt import chat_ids  # noqa: E402
 from mlx_specdec.sampling import SamplingParams  # noqa: E402
+from mlx_specdec.settings import GenerationSettings  # noqa: E402
+from mlx_specdec.stats import position_counts, rounds_from_records  # noqa: E402
 
 
 def held_out_prompts(tokenizer, n: int) -> list[list[int]]:
@@ -33,22 +35,27 @@ def held_out_prompts(tokenizer, n: int) -> list[list[int]]:
     prompts = []
     for i, (name, _) in enumerate(held[:half]):
         chat = [{"role": "user", "content": CHAT_QUESTIONS[i % len(CHAT_QUESTIONS)].format(name)}]
-        prompts.append(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+        prompts.append(chat_ids(tokenizer, chat))
     for name, doc in held[half : 2 * half]:
         prompts.append([2] + tokenizer.encode(f"{name}\n\n{doc}", add_special_tokens=False)[:39])
     return prompts
 
 
-def acceptance(traces: list[list[dict]], k: int) -> dict:
+def run(bundle, ids, settings) -> list:
+    """One generation's records."""
+    return list(stream_generate(bundle, ids, settings))
+
+
+def acceptance(runs: list[list], k: int) -> dict:
     """Mean accepted per round, per-position conditional acceptance and the histogram."""
-    rounds = [(len(r["drafted"]), r["accepted"], 0.0) for t in traces for r in t if r["drafted"]]
+    rounds = [r for records in runs for r in rounds_from_records(records) if r.k]
     tried, hit = position_counts(rounds)
     hist = [0] * (k + 1)
-    for _, n, _ in rounds:
-        hist[n] += 1
+    for r in rounds:
+        hist[r.accepted] += 1
     return {
         "rounds": len(rounds),
-        "mean_accepted_per_round": sum(n for _, n, _ in rounds) / max(1, len(rounds)),
+        "mean_accepted_per_round": sum(r.accepted for r in rounds) / max(1, len(rounds)),
         "per_position": [round(h / t, 3) if t else None for h, t in zip(hit[:k], tried[:k])],
         "histogram": hist,
     }
@@ -58,22 +65,16 @@ def measure(bundle_path: str, n_prompts: int, max_tokens: int) -> dict:
     bundle = load(bundle_path)
     prompts = held_out_prompts(bundle.tokenizer, n_prompts)
     out = {"bundle": bundle_path, "prompts": len(prompts), "max_tokens": max_tokens, "greedy": {}}
-    plain = [generate(bundle, p, max_tokens=max_tokens, draft_tokens=0)[1] for p in prompts]
+    plain = [[r.token for r in run(bundle, p, GenerationSettings(max_tokens=max_tokens, draft=0))] for p in prompts]
     for k in (1, 2, 3, 4):
-        traces, exact = [], True
-        for p, want in zip(prompts, plain):
-            trace = []
-            got = generate(bundle, p, max_tokens=max_tokens, draft_tokens=k, trace=trace)[1]
-            exact &= got == want
-            traces.append(trace)
-        out["greedy"][f"k={k}"] = {**acceptance(traces, k), "equals_plain": exact}
-    traces = []
-    for i, p in enumerate(prompts):
-        trace = []
-        generate(bundle, p, max_tokens=max_tokens, draft_tokens=4, trace=trace,
-                 sampling=SamplingParams(temp=0.7, seed=1000 + i))
-        traces.append(trace)
-    out["temp_0.7"] = {"k=4": acceptance(traces, 4)}
+        runs = [run(bundle, p, GenerationSettings(max_tokens=max_tokens, draft=k)) for p in prompts]
+        exact = all([r.token for r in records] == want for records, want in zip(runs, plain))
+        out["greedy"][f"k={k}"] = {**acceptance(runs, k), "equals_plain": exact}
+    runs = [
+        run(bundle, p, GenerationSettings(max_tokens=max_tokens, draft=4, sampling=SamplingParams(temp=0.7, seed=1000 + i)))
+        for i, p in enumerate(prompts)
+    ]
+    out["temp_0.7"] = {"k=4": acceptance(runs, 4)}
     return out
 
 

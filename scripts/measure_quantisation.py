@@ -17,7 +17,7 @@ drafter rows (target left in floats, so only the drafter changes):
 size: bytes of the module's folder in the bundle.
 
 Usage (the fixtures' widths are 32..160, so group size 32 is the one that quantises them):
-    /work/venv/bin/python scripts/measure_quantisation.py \
+    python scripts/measure_quantisation.py \
         --target tests/fixtures/target_text --drafter tests/fixtures/drafter_centroid --group-size 32
 """
 

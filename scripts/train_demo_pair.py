@@ -55,7 +55,7 @@ the definition our MLX port is tested against; and MLX's Linux CPU wheel links r
 which makes training ~25x slower than torch on the same cores.
 
 Usage:
-    /work/venv/bin/python scripts/train_demo_pair.py [--out build/demo_hf] [--quick]
+    python scripts/train_demo_pair.py [--out build/demo_hf] [--quick]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 import mlx.core as mx
 import pytest
-from mlx_lm.models.cache import RotatingKVCache, trim_prompt_cache
+from mlx_lm.models.cache import KVCache, RotatingKVCache, trim_prompt_cache
 
 from mlx_specdec.cache import RewindError, SlidingKVCache, make_target_cache, rewind
 from mlx_specdec.load import load_target
@@ -53,7 +53,7 @@ def test_mlx_lm_rotating_cache_silently_trims_nothing_past_window():
     assert trim_prompt_cache([c], 2) == 0 and c.offset == 10
 
 
-def test_target_cache_rewind_checks_every_layer():
+def test_target_cache_rewind_trims_every_layer():
     target = load_target(TARGET)
     cache = make_target_cache(target.config)
     target(mx.array([[2, 3, 4, 5]]), cache)
@@ -61,3 +61,17 @@ def test_target_cache_rewind_checks_every_layer():
         rewind(cache, 5)
     rewind(cache, 2)
     assert all(c.offset == 2 for c in cache)
+
+
+def test_rewind_is_all_or_nothing_when_only_a_later_layer_refuses():
+    full = KVCache()
+    full.update_and_fetch(*kv(list(range(300))))
+    sliding = SlidingKVCache(window=4, max_rewind=0)
+    for i in range(300):  # past a compaction: it holds too few positions for a long rewind
+        sliding.update_and_fetch(*kv([i]))
+    cache = [full, sliding]
+    n = sliding._len - 2
+    assert full.offset >= n  # the first layer alone could rewind
+    with pytest.raises(RewindError, match=r"^cache layer 1 holds 300 positions; cannot rewind"):
+        rewind(cache, n)
+    assert full.offset == 300 and sliding.offset == 300  # nothing was trimmed

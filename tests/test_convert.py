@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 import weights_convert
 from mlx_specdec.cli import app
 from mlx_specdec.decode import generate
+from mlx_specdec.settings import GenerationSettings
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load, load_target
 from weights_convert import fetch, write
@@ -129,9 +130,9 @@ def test_speculative_equals_plain_decoding_on_a_4_bit_bundle(tmp_path, head, bun
         convert(path, drafter=DRAFTERS["dense"], bits=4, group_size=32)
     bundle = load(path)
     bundle.tokenizer.eos_token_ids = []
-    _, want, _ = generate(bundle, PROMPT, max_tokens=48, draft_tokens=0)  # 68 positions > 4 windows
+    _, want, _ = generate(bundle, PROMPT, GenerationSettings(max_tokens=48, draft=0))  # 68 positions > 4 windows
     for k in (1, 3, 5):
-        _, got, stats = generate(bundle, PROMPT, max_tokens=48, draft_tokens=k)
+        _, got, stats = generate(bundle, PROMPT, GenerationSettings(max_tokens=48, draft=k))
         assert got == want, k
         assert stats.drafted > 0
 

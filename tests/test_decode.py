@@ -4,9 +4,12 @@ import mlx.core as mx
 import pytest
 
 from mlx_specdec.cache import cache_offset
-from mlx_specdec.decode import PromptCache, generate, stream_generate
+from mlx_specdec.cache import PromptCache
+from mlx_specdec.decode import generate, stream_generate
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import Bundle
+from mlx_specdec.settings import GenerationSettings as S
+from mlx_specdec.stats import RunStats
 
 WINDOW = 16  # the fixture target's sliding window
 
@@ -19,14 +22,14 @@ def prompt(n, seed=0):
 def plain_runs(bundles):
     """Plain greedy outputs for a short (< W) and a long (> 2W) prompt, 80 tokens (well past W)."""
     b = bundles["dense"]
-    return {n: generate(b, prompt(n), max_tokens=80, draft_tokens=0)[1] for n in (5, 40)}
+    return {n: generate(b, prompt(n), S(max_tokens=80, draft=0))[1] for n in (5, 40)}
 
 
 @pytest.mark.parametrize("head", ["dense", "centroid"])
 @pytest.mark.parametrize("k", range(1, 9))
 def test_speculative_greedy_equals_plain_greedy(bundles, plain_runs, head, k):
     for n, want in plain_runs.items():
-        _, got, stats = generate(bundles[head], prompt(n), max_tokens=80, draft_tokens=k)
+        _, got, stats = generate(bundles[head], prompt(n), S(max_tokens=80, draft=k))
         assert got == want, f"prompt {n}, k={k}"
         assert stats.drafted > 0
 
@@ -36,7 +39,7 @@ def test_plain_and_speculative_greedy_equal_transformers_reference(bundles, refe
         ids = reference[f"target/greedy{g}/prompt_ids"].tolist()
         want = reference[f"target/greedy{g}/ids"].tolist()
         for head, k in (("dense", 0), ("dense", 4), ("centroid", 3)):
-            _, got, _ = generate(bundles[head], ids, max_tokens=len(want), draft_tokens=k)
+            _, got, _ = generate(bundles[head], ids, S(max_tokens=len(want), draft=k))
             assert got == want, f"greedy{g} {head} k={k}"
 
 
@@ -63,8 +66,9 @@ def test_scripted_drafter_acceptance_is_all_or_nothing_and_output_exact(bundles,
     base = bundles["dense"]
     want = plain_runs[40]
     b = Bundle(base.target, ScriptedDrafter(want, 40, 512, agree), base.tokenizer, "scripted")
-    trace = []
-    _, got, stats = generate(b, prompt(40), max_tokens=80, draft_tokens=4, trace=trace)
+    records = list(stream_generate(b, prompt(40), S(max_tokens=80, draft=4)))
+    trace = [r.round_info.trace() for r in records if r.round_info]
+    got, stats = [r.token for r in records], RunStats.from_records(records)
     assert got == want
     if agree:
         assert stats.acceptance_rate == 1.0 and stats.mean_accepted_per_round == stats.drafted / stats.rounds
@@ -74,10 +78,11 @@ def test_scripted_drafter_acceptance_is_all_or_nothing_and_output_exact(bundles,
 
 
 def test_trace_positions_index_the_bonus_token(bundles):
-    trace = []
     p = prompt(20)
-    _, out, _ = generate(bundles["dense"], p, max_tokens=30, draft_tokens=3, trace=trace)
-    seq = p + out
+    records = list(stream_generate(bundles["dense"], p, S(max_tokens=30, draft=3)))
+    trace = [r.round_info.trace() for r in records if r.round_info]
+    seq = p + [r.token for r in records]
+    assert len(trace) == max(r.round for r in records)  # one entry per round
     pos = len(p)
     for r in trace:
         assert r["position"] == pos  # round's input token is seq[position]
@@ -89,14 +94,14 @@ def test_closed_generator_leaves_cache_consistent_and_rerun_is_identical(bundles
     b = bundles["dense"]
     pc = PromptCache(b)
     p = prompt(30)
-    _, want, _ = generate(b, p, max_tokens=40, draft_tokens=3)
-    gen = stream_generate(b, p, max_tokens=40, draft_tokens=3, prompt_cache=pc)
+    _, want, _ = generate(b, p, S(max_tokens=40, draft=3))
+    gen = stream_generate(b, p, S(max_tokens=40, draft=3), prompt_cache=pc)
     for _ in range(13):
         next(gen)
     gen.close()
     assert cache_offset(pc.cache) == len(pc.tokens)
     assert pc.tokens[: len(p)] == p
-    _, again, _ = generate(b, p, max_tokens=40, draft_tokens=3, prompt_cache=pc)
+    _, again, _ = generate(b, p, S(max_tokens=40, draft=3), prompt_cache=pc)
     assert again == want
 
 
@@ -104,45 +109,41 @@ def test_prompt_cache_prefills_only_new_tokens_and_stays_exact(bundles):
     b = bundles["centroid"]
     pc = PromptCache(b)
     first = prompt(25)
-    _, out1, s1 = generate(b, first, max_tokens=12, draft_tokens=2, prompt_cache=pc)
+    _, out1, s1 = generate(b, first, S(max_tokens=12, draft=2), prompt_cache=pc)
     assert s1.prompt_tokens == 25
     second = first + out1[:-1] + [6, 19, 5, 50, 60]  # next turn: history + 5 new tokens
-    _, out2, s2 = generate(b, second, max_tokens=20, draft_tokens=2, prompt_cache=pc)
+    _, out2, s2 = generate(b, second, S(max_tokens=20, draft=2), prompt_cache=pc)
     assert s2.prompt_tokens == 5
-    _, fresh, _ = generate(b, second, max_tokens=20, draft_tokens=0)
+    _, fresh, _ = generate(b, second, S(max_tokens=20, draft=0))
     assert out2 == fresh
 
 
 def test_stop_string_ends_generation_and_is_not_emitted(bundles):
     b = bundles["dense"]
-    text, ids, _ = generate(b, prompt(10), max_tokens=40, draft_tokens=0)
+    text, ids, _ = generate(b, prompt(10), S(max_tokens=40, draft=0))
     stop = text[10:14]
     assert stop and stop in text
-    got, _, stats = generate(b, prompt(10), max_tokens=40, draft_tokens=3, stop=[stop])
+    got, _, stats = generate(b, prompt(10), S(max_tokens=40, draft=3, stop=(stop,)))
     assert got == text[: text.index(stop)]
     assert stats.finish_reason == "stop"
 
 
 def test_eos_token_stops_generation(bundles):
     b = bundles["dense"]
-    _, ids, _ = generate(b, prompt(10), max_tokens=20, draft_tokens=0)
-    eos_b = Bundle(b.target, b.drafter, b.tokenizer, "eos")
-    saved = b.tokenizer.eos_token_ids
-    try:
-        b.tokenizer.eos_token_ids = [ids[5]]
-        _, got, stats = generate(eos_b, prompt(10), max_tokens=20, draft_tokens=3)
-    finally:
-        b.tokenizer.eos_token_ids = saved
+    _, ids, _ = generate(b, prompt(10), S(max_tokens=20, draft=0))
+    saved = list(b.tokenizer.eos_token_ids)
+    _, got, stats = generate(b, prompt(10), S(max_tokens=20, draft=3), stop_tokens={ids[5]})
     assert got == ids[: ids.index(ids[5]) + 1] and stats.finish_reason == "stop"
+    assert list(b.tokenizer.eos_token_ids) == saved  # a parameter, never a change to the tokenizer
 
 
 def test_prompt_longer_than_context_is_refused(bundles):
     with pytest.raises(SpecdecError, match=r"^the prompt has 50 tokens but the context holds 32; "):
-        generate(bundles["dense"], prompt(50), max_tokens=5, max_context=32)
+        generate(bundles["dense"], prompt(50), S(max_tokens=5, max_context=32))
 
 
 def test_generation_stops_when_context_is_full(bundles):
-    _, ids, stats = generate(bundles["dense"], prompt(20), max_tokens=100, draft_tokens=4, max_context=40)
+    _, ids, stats = generate(bundles["dense"], prompt(20), S(max_tokens=100, draft=4, max_context=40))
     assert stats.finish_reason == "length" and 20 + len(ids) <= 40
 
 
@@ -153,7 +154,7 @@ def test_long_prompt_in_prefill_chunks_matches_one_pass_and_speculation_stays_ex
     b = bundles["dense"]
     p = prompt(600, seed=3)
     logits, _ = b.target(mx.array(p)[None], make_target_cache(b.target.config))  # one pass, no chunks
-    _, plain, _ = generate(b, p, max_tokens=40, draft_tokens=0)
+    _, plain, _ = generate(b, p, S(max_tokens=40, draft=0))
     assert plain[0] == int(mx.argmax(logits[0, -1]).item())
     for k in (3, "auto"):
-        assert generate(b, p, max_tokens=40, draft_tokens=k)[1] == plain
+        assert generate(b, p, S(max_tokens=40, draft=k))[1] == plain

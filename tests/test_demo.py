@@ -3,6 +3,8 @@
 import pytest
 
 from mlx_specdec.decode import generate
+from mlx_specdec.prompt import chat_ids
+from mlx_specdec.settings import GenerationSettings as S
 from mlx_specdec.load import DEMO_DIR, load
 
 # A question about an entry held out of the demo pair's training corpus.
@@ -17,8 +19,8 @@ def demo():
         return load(demo=True)
 
 
-def chat_ids(bundle, text):
-    return bundle.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+def user_ids(bundle, text):
+    return chat_ids(bundle.tokenizer, [{"role": "user", "content": text}])
 
 
 def test_demo_bundle_is_packaged_with_its_model_card():
@@ -29,30 +31,25 @@ def test_demo_bundle_is_packaged_with_its_model_card():
 
 
 def test_demo_greedy_is_identical_with_and_without_drafter(demo):
-    ids = chat_ids(demo, "What does the len function do?")
-    _, plain, _ = generate(demo, ids, max_tokens=60, draft_tokens=0)
+    ids = user_ids(demo, "What does the len function do?")
+    _, plain, _ = generate(demo, ids, S(max_tokens=60, draft=0))
     for k in (2, 4, "auto"):
-        _, spec, _ = generate(demo, ids, max_tokens=60, draft_tokens=k)
+        _, spec, _ = generate(demo, ids, S(max_tokens=60, draft=k))
         assert spec == plain, f"k={k}"
 
 
 def test_demo_drafter_accepts_more_than_one_and_a_half_per_round(demo):
-    ids = chat_ids(demo, HELD_OUT)
-    _, _, stats = generate(demo, ids, max_tokens=120, draft_tokens=4)
+    ids = user_ids(demo, HELD_OUT)
+    _, _, stats = generate(demo, ids, S(max_tokens=120, draft=4))
     assert stats.mean_accepted_per_round > 1.5, stats
 
 
 def test_demo_speculation_is_exact_far_past_its_sliding_window(demo):
     """The demo's window is 128: a 150-token prompt plus 200 generated tokens cross it twice."""
     window = demo.target.sliding_window
-    ids = chat_ids(demo, "Tell me about the with statement. " * 20)
+    ids = user_ids(demo, "Tell me about the with statement. " * 20)
     assert len(ids) > window
-    saved = demo.tokenizer.eos_token_ids
-    demo.tokenizer.eos_token_ids = []  # run the full length
-    try:
-        _, plain, _ = generate(demo, ids, max_tokens=200, draft_tokens=0)
-        _, spec, stats = generate(demo, ids, max_tokens=200, draft_tokens=4)
-    finally:
-        demo.tokenizer.eos_token_ids = saved
+    _, plain, _ = generate(demo, ids, S(max_tokens=200, draft=0), stop_tokens=())  # the full length
+    _, spec, stats = generate(demo, ids, S(max_tokens=200, draft=4), stop_tokens=())
     assert len(ids) + len(plain) > 2 * window
     assert spec == plain and stats.accepted > 0

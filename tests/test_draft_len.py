@@ -35,7 +35,7 @@ def test_auto_policy_learns_a_useless_drafter_and_probes_occasionally():
     for _ in range(100):
         k = p.choose(3)
         ks.append(k)
-        p.observe(k, 0, 0.0)  # nothing ever accepted
+        p.observe(k, 0)  # nothing ever accepted
     assert ks[0] > 0  # the prior lets it try
     assert ks[-50:].count(0) >= 45  # then it mostly decodes plainly
     assert 0 < sum(1 for k in ks[-50:] if k) <= 5  # with rare probes
@@ -45,7 +45,7 @@ def test_auto_policy_learns_a_perfect_drafter():
     p = AutoPolicy([1.0, 1.1, 1.2, 1.3, 1.4])
     for _ in range(30):
         k = p.choose(4)
-        p.observe(k, k, 0.0)
+        p.observe(k, k)
     assert p.choose(4) == 4
 
 
@@ -108,13 +108,13 @@ def test_auto_policy_forgets_old_acceptance_when_the_drafter_stops_agreeing():
     p = AutoPolicy([1.0, 1.5, 2.0, 2.5, 3.0])  # CPU-like: drafting pays only when accepted
     for _ in range(60):
         k = p.choose(4)
-        p.observe(k, k, 0.0)  # everything accepted
+        p.observe(k, k)  # everything accepted
     assert p.choose(4) == 4
     ks = []
     for _ in range(60):
         k = p.choose(4)
         ks.append(k)
-        p.observe(k, 0, 0.0)  # now nothing is
+        p.observe(k, 0)  # now nothing is
     assert ks[0] == 4 and ks.index(0) <= 20  # back to plain decoding within 20 rounds
     assert ks[-30:].count(0) >= 28  # and it stays there, but for rare probes
 
@@ -125,7 +125,7 @@ def test_probes_of_a_useless_drafter_back_off():
     for _ in range(1000):
         k = p.choose(2)
         ks.append(k)
-        p.observe(k, 0, 0.0)
+        p.observe(k, 0)
     probes = [i for i, k in enumerate(ks) if k]
     gaps = [b - a for a, b in zip(probes, probes[1:])]
     assert gaps[:3] == [17, 33, 65] and max(gaps) == 65  # 8, 16, 32, 64 plain rounds between probes

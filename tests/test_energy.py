@@ -128,10 +128,18 @@ def test_null_source_says_na():
     assert source.name == "n/a" and not source.available and source.read() is None
 
 
-def test_detect_on_a_machine_without_counters_is_null_or_real():
+@pytest.mark.parametrize(
+    "ioreport, rapl, want",
+    [(True, True, "IOReport"), (False, True, "RAPL"), (False, False, "n/a")],
+)
+def test_detect_prefers_ioreport_then_rapl_then_null(monkeypatch, ioreport, rapl, want):
+    from mlx_specdec import energy
+
+    monkeypatch.setattr(energy, "IOReportSource", lambda: SimpleNamespace(name="IOReport", available=ioreport))
+    monkeypatch.setattr(energy, "RaplSource", lambda: SimpleNamespace(name="RAPL", available=rapl))
     source = detect_energy_source()
-    # This CI machine has no readable RAPL and no IOReport: then the null source, "n/a".
-    assert source.available or source.name == "n/a"
+    assert source.name == want
+    assert isinstance(source, NullSource) == (want == "n/a")
 
 
 class Clock:

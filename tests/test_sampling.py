@@ -3,7 +3,9 @@
 import mlx.core as mx
 import numpy as np
 
-from mlx_specdec.decode import PromptCache, generate
+from mlx_specdec.cache import PromptCache
+from mlx_specdec.decode import generate
+from mlx_specdec.settings import GenerationSettings
 from mlx_specdec.sampling import SamplingParams, accept_rejection, probs
 
 
@@ -97,8 +99,8 @@ def test_speculative_sampling_matches_plain_sampling_of_the_target(bundles):
     def outputs(k):
         pc = PromptCache(b)
         return np.array([
-            generate(b, ids, max_tokens=3, draft_tokens=k, prompt_cache=pc,
-                     sampling=SamplingParams(seed=10_000 * k + seed, **params))[1]
+            generate(b, ids, GenerationSettings(max_tokens=3, draft=k, sampling=SamplingParams(seed=10_000 * k + seed, **params)),
+                     prompt_cache=pc)[1]
             for seed in range(runs)
         ])
 

@@ -1,0 +1,59 @@
+"""Messages (or raw text) -> prompt token ids: the one place the chat template is applied.
+
+Every front end (generate, chat, bench, serve) turns what the user wrote into ids here, so a
+template quirk is handled once. Text that cannot be encoded (lone surrogates, as Python makes
+of non-UTF-8 bytes in command-line arguments or piped input) becomes U+FFFD instead of failing
+inside the tokenizer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional, Sequence
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """`text` with every lone surrogate (an undecodable byte) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _clean(value):
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def chat_ids(
+    tokenizer,
+    messages: Sequence[dict],
+    *,
+    tools: Optional[Sequence[dict]] = None,
+    add_generation_prompt: bool = True,
+    **template_kwargs,
+) -> list[int]:
+    """messages [{"role", "content", ...}] -> ids through the tokenizer's chat template, ending with
+    the model's turn when `add_generation_prompt`. `tools` and `template_kwargs` (such as
+    `enable_thinking`) go to the template. A tokenizer without a template (a bare base model)
+    gets plain "role: content" lines."""
+    messages = [_clean(dict(m)) for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        extra = dict(template_kwargs)
+        if tools:
+            extra["tools"] = list(tools)
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **extra)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers may return a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+    text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages)
+    return text_ids(tokenizer, text + ("assistant:" if add_generation_prompt else ""))
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    """Raw text -> ids, no template."""
+    return [int(t) for t in tokenizer.encode(clean_text(text))]

@@ -1,0 +1,84 @@
+"""One settings object from the command line down to the loop, validated once.
+
+`GenerationSettings` says how one request is generated: token budget, draft length, sampling,
+stop strings, context limit and the auto draft length's objective. Every front end (CLI,
+chat, bench, server) builds one, and the library takes it whole: no layer forwards a dozen
+loose keyword arguments. Construction validates every value, so a bad one fails before any
+model is loaded, in one line that names the option and the fix.
+
+`parse_draft` turns what a user types for the draft length (`K`, `auto`, `off`) into the
+value the settings hold; the CLI options and the chat's `/draft` share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from .errors import SpecdecError
+from .sampling import SamplingParams
+
+MAX_DRAFT = 8  # the most drafts one round may propose
+
+DraftSetting = Union[int, str]  # 0..MAX_DRAFT, or "auto"
+
+
+def parse_draft(value) -> DraftSetting:
+    """"auto" -> "auto"; "off" -> 0; K (int or text) -> K in 0..MAX_DRAFT; anything else is an error."""
+    text = str(value).strip().lower()
+    if text in ("auto", "off"):
+        return "auto" if text == "auto" else 0
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if not 0 <= k <= MAX_DRAFT:
+        raise SpecdecError(f"draft tokens must be 0-{MAX_DRAFT}, 'auto' or 'off', not {str(value)!r}")
+    return k
+
+
+def draft_label(draft: DraftSetting) -> str:
+    return "off" if draft == 0 else str(draft)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How one request is generated.
+
+    max_tokens:  most tokens to generate (>= 1).
+    draft:       drafts per round, 0..MAX_DRAFT (0 = plain decoding), or "auto".
+    sampling:    temperature and filters (`SamplingParams` validates its own ranges).
+    stop:        stop strings; the output ends before the first one.
+    max_context: the context limit in tokens (>= 2); None means the model's own limit.
+    battery:     auto draft length per joule (True), per second (False), or per joule when
+                 the machine runs on battery (None).
+    """
+
+    max_tokens: int = 256
+    draft: DraftSetting = "auto"
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()
+    max_context: Optional[int] = None
+    battery: Optional[bool] = None
+
+    def __post_init__(self):
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise SpecdecError(f"--max-tokens must be a whole number >= 1, not {self.max_tokens!r}")
+        object.__setattr__(self, "draft", parse_draft(self.draft))
+        if self.max_context is not None and (not isinstance(self.max_context, int) or self.max_context < 2):
+            raise SpecdecError(
+                f"--max-context must be a whole number >= 2 (or left out for the model's limit), not {self.max_context!r}"
+            )
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+
+    def context_limit(self, config: dict) -> int:
+        """The context in tokens for a target with this config; above the model's limit is an error."""
+        model_limit = config.get("max_position_embeddings") or 131072
+        if self.max_context is None:
+            return model_limit
+        if self.max_context > model_limit:
+            raise SpecdecError(
+                f"--max-context {self.max_context} is more than the model's {model_limit} positions; "
+                f"use at most {model_limit}"
+            )
+        return self.max_context
