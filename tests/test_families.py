@@ -14,11 +14,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_specdec.cache import drafter_kv, make_target_cache
-from mlx_specdec.decode import PromptCache, generate
+from mlx_specdec.cache import PromptCache, drafter_kv, make_target_cache
+from mlx_specdec.decode import generate
 from mlx_specdec.load import load
 from mlx_specdec.models.target import kv_layout, kv_source_layers
 from mlx_specdec.sampling import SamplingParams
+from mlx_specdec.settings import GenerationSettings
 
 from .conftest import FIXTURES
 from .test_sampling import chi2_critical, chi_square
@@ -46,8 +47,9 @@ def pair(family):
     return _PAIRS[family]
 
 
-def run(bundle, ids, k, max_tokens=40, **kw):
-    return generate(bundle, list(ids), max_tokens=max_tokens, draft_tokens=k, **kw)[1]
+def run(bundle, ids, k, max_tokens=40, sampling=None, **kw):
+    settings = GenerationSettings(max_tokens=max_tokens, draft=k, sampling=sampling or SamplingParams())
+    return generate(bundle, list(ids), settings, **kw)[1]
 
 
 def close(got, want, atol):
@@ -136,16 +138,18 @@ def test_moe_speculative_sampling_matches_plain_sampling_of_the_target():
         # categories seen at least 10 times in both runs together; the rest pooled into one
         seen = np.concatenate([plain[:, col], spec[:, col]])
         cats = [c for c in sorted(set(seen)) if (seen == c).sum() >= 10]
-        def counts(x):
-            return np.array([(x == c).sum() for c in cats] + [np.isin(x, cats, invert=True).sum()], float)
-
-        a, s = counts(plain[:, col]), counts(spec[:, col])
+        a, s = counts(plain[:, col], cats), counts(spec[:, col], cats)
         keep = (a + s) > 0
         a, s = a[keep], s[keep]
         pooled = (a + s) / (2 * runs)
         assert len(a) >= 3
         stat = chi_square(a, pooled) + chi_square(s, pooled)
         assert stat < chi2_critical(len(a) - 1), f"token {col}: chi2 {stat:.1f} over {len(a)} categories"
+
+
+def counts(x, cats):
+    """Occurrences of each category in `x`, then of everything else."""
+    return np.array([(x == c).sum() for c in cats] + [np.isin(x, cats, invert=True).sum()], float)
 
 
 def test_published_e2b_layout_loads_with_its_chat_template_and_no_sentencepiece_model():
