@@ -611,3 +611,24 @@ def test_convert_peak_memory_stays_bounded_below_the_largest_tensor(tmp_path):
         assert peak["rss_grown"] < largest / 2, f"peak RSS grew {peak['rss_grown'] / 2**20:.1f} MiB"
     bundle = load(tmp_path / "b")
     assert bundle.target.vocab_size == vocab and bundle.target.model.model.embed_tokens.bits == 8
+
+
+def test_already_quantised_drafter_loads_and_converts_without_requantising(tmp_path):
+    """An MLX 4-bit assistant (mlx-lm's config format) loads as it is and is copied through by convert."""
+    from mlx.utils import tree_flatten
+
+    from mlx_specdec.load import load_drafter
+
+    src = FAMILY_DIR / "26b-a4b"
+    drafter = load_drafter(src / "assistant")
+    _, qcfg = mlx_lm.utils.quantize_model(drafter, {}, group_size=32, bits=4)
+    folder = copy(src / "assistant", tmp_path / "assistant-4bit")
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(drafter.parameters())))
+    raw = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**raw, **qcfg}))
+    assert load_drafter(folder).pre_projection.bits == 4
+    manifest = convert(tmp_path / "b", target=src / "target", drafter=folder, bits=8, group_size=32)
+    assert manifest["quantization"]["drafter"]["pre_projection"] == {"group_size": 32, "bits": 4}  # not 8
+    src_w = mx.load(str(folder / "model.safetensors"))
+    out_w = mx.load(str(tmp_path / "b" / "drafter" / "model.safetensors"))
+    assert sorted(src_w) == sorted(out_w) and all(mx.array_equal(src_w[k], out_w[k]) for k in src_w)
