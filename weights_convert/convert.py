@@ -5,6 +5,13 @@
     BUNDLE/drafter/   config.json (gemma4_assistant + `quantization`), shards
     BUNDLE/manifest.json
 
+Every family (E2B/E4B, 12B `gemma4_unified`, 26B-A4B MoE, 31B) goes through the same phases:
+the per-family differences are the tensor mapping (`models.target.text_weights`: fused experts
+split, unused K/V dropped) and the quantisation rules (`quantise.TARGET_RULES`: the router at
+>= 8 bits). A source that is already quantised (mlx-community) has its quantised modules copied
+as they are, never quantised twice. The configs' `quantization` and the manifest describe what
+was written, module by module (`write.plan_tensors`).
+
 Phases, in this order so that a bad input costs neither a download nor a write:
 1. resolve both sources (hub: metadata only, weights listed not fetched);
 2. check the configs, the pair and the tokenizer, and the disk space for the download;
@@ -117,6 +124,9 @@ def convert(
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:
         log(f"writing target ({bits}-bit)" if bits < 16 else "writing target")
+        for part, tensors in (("target", target_tensors), ("drafter", draft_tensors)):
+            if _copied(tensors):
+                log(f"{part}: {_copied(tensors)} modules are already quantised; copied as they are")
         target_cfg = {**text_cfg, **_quant_keys(quantise.config_entry(target_q, bits, group_size))}
         target_bytes = _write_model(tmp / "target", target_cfg, target_tensors, target_sanitize)
         for name in TOKENIZER_FILES + ("generation_config.json",):
