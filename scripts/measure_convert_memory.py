@@ -85,10 +85,13 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="convert-memory-"))
     tcfg = target_config(args.ple_gib)
-    write_checkpoint(work / "target", tcfg, make_model(text_config(tcfg)))
-    dcfg = drafter_config(tcfg)
-    write_checkpoint(work / "drafter", dcfg, Drafter(DrafterArgs.from_config(dcfg)))
-    shutil.copy(Path(__file__).parents[1] / "tests/fixtures/families/e2b/target/tokenizer.json", work / "target")
+    if not (work / "target").is_dir():  # a --work folder from an earlier run is reused
+        write_checkpoint(work / "target", tcfg, make_model(text_config(tcfg)))
+        dcfg = drafter_config(tcfg)
+        write_checkpoint(work / "drafter", dcfg, Drafter(DrafterArgs.from_config(dcfg)))
+        shutil.copy(Path(__file__).parents[1] / "tests/fixtures/families/e2b/target/tokenizer.json", work / "target")
+    for out in ("mlx-lm", "ours"):
+        shutil.rmtree(work / out, ignore_errors=True)
     largest = VOCAB * tcfg["num_hidden_layers"] * tcfg["hidden_size_per_layer_input"] * 2
     mlx_lm = run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(work / "target"),
                   "--mlx-path", str(work / "mlx-lm"), "-q", "--q-bits", "4", "--q-group-size", "64"])
