@@ -198,11 +198,17 @@ def convert(
     """Convert a Hugging Face target and drafter into one MLX bundle (BUNDLE/target is mlx-lm loadable)."""
     from weights_convert import convert as convert_bundle
 
-    manifest = convert_bundle(
-        target, drafter, output, bits=bits, group_size=group_size, force=force,
-        target_revision=target_revision, drafter_revision=drafter_revision,
-        log=lambda line: typer.echo(line, err=True),
-    )
+    existed = output.exists() or output.is_symlink()
+    try:
+        manifest = convert_bundle(
+            target, drafter, output, bits=bits, group_size=group_size, force=force,
+            target_revision=target_revision, drafter_revision=drafter_revision,
+            log=lambda line: typer.echo(line, err=True),
+        )
+    except KeyboardInterrupt:  # convert removed its partial output; say so rather than exit silently
+        kept = f"{output} is unchanged" if existed else f"nothing was written to {output}"
+        typer.echo(f"interrupted: {kept}", err=True)
+        raise typer.Exit(130) from None
     sizes = manifest["sizes"]
     typer.echo(f"{output}: target {sizes['target']['bytes'] / 2**20:.1f} MiB, "
                f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB")

@@ -2,7 +2,7 @@
 
 `ChatView` is a context manager around one answer. It never calls mlx: it reads the loop's
 `TokenRecord`s (`add`) and a `Status` of the numbers only the caller knows (memory, energy,
-battery, the plain-decoding baseline; `update`). Rendering happens on Rich's refresh thread, at
+battery, the plain-decoding baseline, the context). Rendering happens on Rich's refresh thread, at
 most `refresh_per_second` times a second, however fast tokens arrive; `add` only appends.
 
 While live, the answer is cut to the lines that fit above the panel (the newest ones); on exit
@@ -14,7 +14,7 @@ colour (Markdown cannot colour single tokens).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
@@ -43,6 +43,8 @@ class Status:
     energy_watts:        mean power over the same interval.
     energy_source:       the source's name ("IOReport", "RAPL", "n/a").
     battery:             level and power source (None: no battery or unknown).
+    context_limit:       tokens the context holds (None: unknown).
+    dropped_messages:    old messages dropped so that this turn fits the context.
     """
 
     draft: str = "auto"
@@ -53,6 +55,8 @@ class Status:
     energy_watts: Optional[float] = None
     energy_source: str = NA
     battery: Optional[Battery] = None
+    context_limit: Optional[int] = None
+    dropped_messages: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +130,17 @@ def fmt_prefill(stats: RunStats, prompt_len: Optional[int]) -> str:
     return text
 
 
+def fmt_context(records: list[TokenRecord], status: Status, prompt_len: Optional[int]) -> str:
+    """Tokens in the context after this answer, of how many, and what was dropped to fit."""
+    if status.context_limit is None or prompt_len is None:
+        text = NA
+    else:
+        text = f"{prompt_len + len(records)} of {status.context_limit} tokens"
+    if status.dropped_messages:
+        text += f", {status.dropped_messages} oldest messages dropped"
+    return text
+
+
 def histogram(stats: RunStats, k: int, width: int = 12) -> Text:
     """Accepted drafts per round: one bar per count 0..k."""
     text = Text()
@@ -159,6 +174,8 @@ def summary_line(records: list[TokenRecord], status: Status, prompt_len: Optiona
         parts.append(f"{status.energy_joules / stats.generated_tokens:.3f} J/token")
     else:
         parts.append(f"energy {NA}")
+    if status.dropped_messages:
+        parts.append(f"{status.dropped_messages} oldest messages dropped to fit the context")
     return " · ".join(parts)
 
 
@@ -182,6 +199,7 @@ def status_panel(records: list[TokenRecord], status: Status, prompt_len: Optiona
         ("memory", fmt_memory(status)),
         ("energy", fmt_energy(stats, status)),
         ("battery", fmt_battery(status)),
+        ("context", fmt_context(records, status, prompt_len)),
     ]
     left = Table.grid(padding=(0, 1))
     left.add_column(style="dim", no_wrap=True)
@@ -245,11 +263,6 @@ class ChatView:
     def add(self, record: TokenRecord) -> None:
         with self._lock:
             self.records.append(record)
-
-    def update(self, **fields) -> None:
-        """Replace some `Status` fields, e.g. `view.update(energy_joules=1.2)`."""
-        with self._lock:
-            self.status = replace(self.status, **fields)
 
     # -- rendering -----------------------------------------------------------------------------
     def answer(self) -> Markdown | Text:

@@ -17,6 +17,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import mlx.core as mx
 import numpy as np
@@ -55,7 +56,11 @@ def read_header(path: Path) -> dict[str, Entry]:
             for k, v in header.items() if k != "__metadata__"}
 
 
-def read_rows(f, entry: Entry, start: int, stop: int) -> mx.array:
+def open_source(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
+def read_rows(f: BinaryIO, entry: Entry, start: int, stop: int) -> mx.array:
     """Rows start..stop-1 (along axis 0) of a tensor of the open file `f` (0-d: the scalar)."""
     mx_dtype, np_dtype = DTYPES[entry.dtype]
     if not entry.shape:
@@ -70,7 +75,8 @@ class ShardWriter:
     """Writes one safetensors file whose tensors (name -> (mx dtype, shape)) are known up front;
     their data arrive in blocks of rows, in any order."""
 
-    def __init__(self, path: Path, tensors: dict[str, tuple[mx.Dtype, tuple]]):
+    def __init__(self, f: BinaryIO, tensors: dict[str, tuple[mx.Dtype, tuple]]):
+        """`f`: the output file, open for binary writing; `tensors`: name -> (dtype, shape), in order."""
         header, offset = {"__metadata__": {"format": "mlx"}}, 0
         self.entries: dict[str, Entry] = {}
         for name, (dtype, shape) in tensors.items():
@@ -82,7 +88,7 @@ class ShardWriter:
         text += b" " * (-len(text) % 8)
         self.entries = {k: Entry(d, s, 8 + len(text) + o) for k, (d, s, o) in self.entries.items()}
         self.nbytes = offset
-        self.f = open(path, "wb")  # noqa: SIM115 (closed by close(), which write_tensors calls in finally)
+        self.f = f
         self.f.write(struct.pack("<Q", len(text)) + text)
         self.f.truncate(8 + len(text) + offset)
 

@@ -28,10 +28,10 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.load import weight_files
+from mlx_specdec.files import load_safetensors, weight_files
 
 from .quantise import quantise, quantised_bytes
-from .tensor_io import ShardWriter, read_header, read_rows
+from .tensor_io import ShardWriter, open_source, read_header, read_rows
 
 SHARD_BYTES = 2 << 30
 BLOCK_BYTES = 64 << 20  # source bytes read (and quantised) at once
@@ -81,7 +81,7 @@ def plan_tensors(
     """
     found = []
     for file in weight_files(folder):
-        for key, array in mx.load(str(file)).items():  # lazy: headers only
+        for key, array in load_safetensors(file).items():  # lazy: headers only
             found += [(file, key, name, out) for name, out in sanitize(key, array)]
     prequantised = {name.removesuffix(".scales") for _, _, name, _ in found if name.endswith(".scales")}
     written: dict[str, dict | bool] = {m: False for m in per_module}
@@ -91,6 +91,10 @@ def plan_tensors(
         if module in prequantised:
             params, written[module] = False, _source_params(module, source_quant)
         elif name.endswith(".weight") and per_module.get(module):
+            if not mx.issubdtype(array.dtype, mx.floating):
+                dtype = str(array.dtype).removeprefix("mlx.core.")
+                raise SpecdecError(f"{file}: {key} holds {dtype} values, not floating-point weights (already "
+                                   "quantised?); convert the original floating-point checkpoint")
             params = written[module] = per_module[module]
         else:
             params = False
@@ -133,7 +137,8 @@ def write_tensors(tensors: list[Tensor], sanitize: Sanitize, out: Path, shard_by
     total, weight_map, headers = 0, {}, {}
     for name, shard in zip(names, shards):
         layout = {k: v for group in shard for t in group for k, v in t.outputs().items()}
-        writer = ShardWriter(out / name, layout)
+        # A Python file: a failed write (disk full, read-only) raises OSError with its errno.
+        writer = ShardWriter(open(out / name, "wb"), layout)  # noqa: SIM115 (closed in finally)
         try:
             for group in shard:
                 file = group[0].file
@@ -154,7 +159,7 @@ def _write_group(writer: ShardWriter, file: Path, entry, group: list[Tensor], sa
     rows = entry.shape[0] if entry.shape else 1
     blockable = entry.shape and all(t.shape and t.shape[0] == rows for t in group)
     step = max(1, BLOCK_BYTES // max(1, entry.row_bytes)) if blockable else rows
-    with open(file, "rb") as f:
+    with open_source(file) as f:
         for start in range(0, rows, step):
             stop = min(rows, start + step)
             outputs = dict(sanitize(group[0].key, read_rows(f, entry, start, stop) if entry.shape else
