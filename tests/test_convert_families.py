@@ -64,6 +64,8 @@ def test_each_family_converts_at_4_8_16_bits_and_loads_in_mlx_lm_and_ours(family
         assert mx.array_equal(logits(model), logits(ours.target.model)), bits
         if bits == 16:
             assert mx.array_equal(logits(ours.target.model), logits(hf.target.model))
+        hi = [{"role": "user", "content": "hi"}]
+        assert ours.tokenizer.apply_chat_template(hi) == hf.tokenizer.apply_chat_template(hi)  # chat_template.jinja
         for part in ("target", "drafter"):
             check_manifest_describes_the_weights(path / part, manifest["quantization"][part])
             cfg = json.loads((path / part / "config.json").read_text())
