@@ -1,22 +1,20 @@
 """`specdec bench` reporting: the Rich table, the summary line, the terminal chart, the plot and the JSON file.
 
 Reads a `bench_result.BenchResult`, never runs a model. Files are written whole or not at all: to a
-temporary file beside the target, then renamed over it, so a full disk or a crash leaves the
-old file as it was. `check_output` and `check_plot` fail in one line before a run, not after it.
+temporary file beside the target, then renamed over it (`files.write_atomically`), so a full disk
+or a crash leaves the old file as it was. `check_output` and `check_plot` fail in one line before a
+run, not after it.
 The plot needs matplotlib (the optional extra `mlx-specdec[plot]`), drawn with the Agg backend.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from .bench_result import BenchResult
 from .errors import SpecdecError
+from .files import check_output, write_atomically
 
 PLOT_INSTALL = "pip install 'mlx-specdec[plot]'"
 
@@ -92,51 +90,6 @@ def terminal_chart(result: BenchResult, width: int = 40) -> str:
 
 
 # --- files ---------------------------------------------------------------------------------
-def check_output(path: str | Path, option: str) -> None:
-    """Fail now, in one line, if `path` cannot be written: a folder, no parent folder, a read-only folder."""
-    path = Path(path)
-    if path.is_dir():
-        raise SpecdecError(f"{path}: is a folder; give {option} a file name")
-    if not path.parent.is_dir():
-        raise SpecdecError(f"{path}: cannot write (no folder {path.parent})")
-    try:  # the one honest test of a folder: make (and remove) a file in it, as the real write will
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise SpecdecError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
-
-
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(file)` on a temporary file beside `path`, then rename it over `path`.
-
-    On any failure the temporary file is removed and `path` is left as it was; an OSError becomes
-    a one-line SpecdecError. The new file gets the old file's mode, or the umask's for a new one.
-    """
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        raise SpecdecError(f"{path}: cannot write ({e.strerror or e})") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-
-
 def write_json(document: BenchResult | dict, path: str | Path) -> None:
     """The JSON document (a BenchResult or any dict of them), indented, written atomically."""
     data = document.to_dict() if isinstance(document, BenchResult) else document

@@ -282,6 +282,7 @@ def bench(
     from rich.console import Console
 
     from . import bench_report as report
+    from .files import check_output
     from .bench import SUITE, load_prompts, parse_k_list, run_bench
     from .blas import describe_blas
     from .load import load
@@ -289,7 +290,7 @@ def bench(
     suite = load_prompts(prompts) if prompts is not None else SUITE
     k_list = parse_k_list(ks)
     if json_path is not None:  # fail now, not after the whole run
-        report.check_output(json_path, "--json")
+        check_output(json_path, "--json")
     if plot is not None:
         report.check_plot(plot)
     err = Console(stderr=True)
@@ -335,6 +336,36 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
         table.add_row(r["name"], r["target"], *sizes, r["head"], local)
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     typer.echo("drafter: <target>-assistant. `specdec chat NAME` converts a pair on first use.")
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Model = None,
+    target: TargetDir = None,
+    drafter: DrafterDir = None,
+    demo: Demo = False,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; beyond loopback add --api-key.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port, printed at start).")] = 8080,
+    api_key: Annotated[
+        Optional[str], typer.Option("--api-key", envvar="SPECDEC_API_KEY", help="Require 'Authorization: Bearer KEY'.")
+    ] = None,
+    max_context: MaxContext = None,
+    cache_bytes: Annotated[int, typer.Option("--cache-bytes", help="Prompt caches kept between requests.")] = 2**30,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait; more get 429.")] = 32,
+    draft_tokens: DraftTokens = "auto",
+    no_draft: NoDraft = False,
+):
+    """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
+    from .server import serve as run_server
+
+    run_server(
+        model_folder(model, max_context), target=target, drafter=drafter, demo=demo, host=host, port=port,
+        api_key=api_key, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
+        draft=0 if no_draft else parse_draft(draft_tokens),
+    )
 
 
 def main():  # pragma: no cover - console entry point

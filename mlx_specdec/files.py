@@ -7,6 +7,8 @@ Invariants:
 - A safetensors file is checked (header shape, offsets, size) before mlx opens it, and mlx is
   never given a path that is not UTF-8 (it cannot open one: `std::bad_cast`).
 - Paths are printed with `shown`: undecodable bytes appear as `\\xNN`, never as a crash.
+- A file written for the user (`write_atomically`) is whole or absent: a temporary file beside it,
+  then a rename, so a full disk or a crash leaves the old file as it was.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import json
 import math
 import os
 import struct
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import mlx.core as mx
 
@@ -222,3 +227,49 @@ def read_eos_ids(folder: Path) -> list[int] | None:
     if not (isinstance(ids, list) and all(_whole(i) for i in ids)):
         raise SpecdecError(f"{path}: eos_token_id must be a token id or a list of token ids; fix or re-download it")
     return ids
+
+
+# --- writing the user's files ---------------------------------------------------------------
+def check_output(path: str | Path, option: str) -> None:
+    """Fail now, in one line, if `path` cannot be written: a folder, no parent folder, a read-only folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpecdecError(f"{path}: is a folder; give {option} a file name")
+    if not path.parent.is_dir():
+        raise SpecdecError(f"{path}: cannot write (no folder {path.parent})")
+    try:  # the one honest test of a folder: make (and remove) a file in it, as the real write will
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise SpecdecError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(file)` on a temporary file beside `path`, then rename it over `path`.
+
+    On any failure the temporary file is removed and `path` is left as it was; an OSError becomes
+    a one-line SpecdecError. The new file gets the old file's mode, or the umask's for a new one.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise SpecdecError(f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)

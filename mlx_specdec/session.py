@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from .bench_report import write_atomically
+from .files import write_atomically
 from .errors import SpecdecError
 from .prompt import chat_ids, clean_text
 from .settings import GenerationSettings, draft_label, parse_draft

@@ -15,7 +15,7 @@ import tempfile
 import pytest
 from typer.testing import CliRunner
 
-from mlx_specdec import bench, bench_report, bench_result, blas
+from mlx_specdec import bench, bench_report, bench_result, blas, files
 from mlx_specdec.cli import app
 from mlx_specdec.errors import SpecdecError
 
@@ -231,7 +231,7 @@ def test_write_failing_midway_leaves_the_old_file_and_no_temporary_file(tmp_path
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(SpecdecError) as e:
-        bench_report.write_atomically(path, disk_full)
+        files.write_atomically(path, disk_full)
     assert str(e.value) == f"{path}: cannot write (No space left on device)"
     assert path.read_text() == "old result\n"
     assert os.listdir(tmp_path) == ["bench.json"]
