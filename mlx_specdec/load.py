@@ -21,8 +21,8 @@ import mlx.nn as nn
 
 from .errors import SpecdecError
 from .files import read_config, read_eos_ids, read_weights
-from .models.drafter import Drafter, DrafterArgs
-from .models.target import Target, make_model, text_config, text_weight_name
+from .models.drafter import Drafter, DrafterArgs, drafter_quantization
+from .models.target import Target, head_dim, kv_heads, make_model, text_config, text_quantization, text_weights
 
 DEMO_DIR = Path(__file__).parent / "demo"
 
@@ -64,14 +64,13 @@ def load_target(folder: PathLike) -> Target:
         cfg = text_config(raw)
     except SpecdecError as e:
         raise SpecdecError(f"{folder / 'config.json'}: {e}") from None
-    if "quantization" in raw:
-        cfg["quantization"] = raw["quantization"]
+    quantization = text_quantization(raw, cfg)  # an already-quantised source (mlx-lm or mlx-community)
+    if quantization:
+        cfg["quantization"] = quantization
+    model = make_model(cfg)
     weights = {}
     for k, v in read_weights(folder).items():
-        name = text_weight_name(k, cfg)
-        if name is not None:
-            weights[name] = v
-    model = make_model(cfg)
+        weights.update(text_weights(k, v, cfg, model))
     apply_quantization(model, cfg, weights)
     _load_into(model, weights, folder)
     return Target(model, cfg)
@@ -89,7 +88,7 @@ def load_drafter(folder: PathLike, target_cfg: Optional[dict] = None) -> Drafter
         check_pair(target_cfg, args, where=str(folder))
     drafter = Drafter(args)
     weights = drafter.sanitize(read_weights(folder))
-    apply_quantization(drafter, raw, weights)
+    apply_quantization(drafter, {"quantization": drafter_quantization(raw)}, weights)
     _load_into(drafter, weights, folder)
     return drafter
 
@@ -103,7 +102,12 @@ def check_pair(target_cfg: dict, drafter_args: DrafterArgs, where: str = "drafte
         ("head_dim", d["head_dim"], target_cfg["head_dim"]),
         ("global_head_dim", d["global_head_dim"], target_cfg["global_head_dim"]),
         ("num_key_value_heads", d["num_key_value_heads"], target_cfg["num_key_value_heads"]),
+        ("sliding_window", d["sliding_window"], target_cfg["sliding_window"]),
     ]
+    # What the drafter's attention expects of each K/V it reads (k_eq_v full layers have their own head count).
+    for t in sorted(set(d["layer_types"])):
+        checks.append((f"{t} K/V heads", kv_heads(d, t), kv_heads(target_cfg, t)))
+        checks.append((f"{t} head_dim", head_dim(d, t), head_dim(target_cfg, t)))
     for what, got, want in checks:
         if got != want:
             raise SpecdecError(

@@ -286,12 +286,15 @@ def test_output_folder_name_that_is_not_utf8_is_refused_before_writing(tmp_path)
 
 
 @pytest.mark.parametrize("role", ["target", "drafter"])
-def test_already_quantised_checkpoint_is_one_line_until_quantised_inputs_are_supported(tmp_path, role):
+def test_already_quantised_checkpoint_converts_by_copying_its_quantised_modules(tmp_path, role):
+    """Issue 12: a quantised source (here a bundle's own target or drafter) is copied through, never
+    quantised twice (tests/test_convert_families.py covers the mlx-community layout)."""
     b = bundle(tmp_path / "b")
-    args = convert_args(tmp_path / "out", b / "target") if role == "target" else \
-        convert_args(tmp_path / "out", TARGET, b / "drafter")
-    fails(tmp_path, args, f"{role} {b / role} is already quantised (config.json has 'quantization'); "
-          "convert the original floating-point checkpoint")
+    target, drafter = (b / "target", DRAFTER) if role == "target" else (TARGET, b / "drafter")
+    manifest = weights_convert.convert(str(target), str(drafter), tmp_path / "out", bits=8)
+    assert manifest["quantization"]["copied_quantised"][role] > 0
+    src, out = mx.load(str(b / role / "model.safetensors")), mx.load(str(tmp_path / "out" / role / "model.safetensors"))
+    assert all(mx.array_equal(src[k], out[k]) for k in src if k.endswith(".scales"))
 
 
 def test_integer_weights_without_a_quantisation_config_are_one_line_not_a_traceback(tmp_path):
@@ -313,10 +316,10 @@ def test_output_on_a_read_only_file_system(tmp_path, tmpfs):
 
 
 def test_output_turning_read_only_while_writing(tmp_path, monkeypatch):
-    def save_shard(path, arrays):
+    def read_only(path, mode):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(write, "save_shard", save_shard)
+    monkeypatch.setattr(write, "open", read_only, raising=False)  # the shard files (sources are read elsewhere)
     out = tmp_path / "b"
     fails(tmp_path, convert_args(out), f"cannot write {out} (read-only file system); nothing was written: "
           "choose another -o")

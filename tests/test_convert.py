@@ -237,7 +237,7 @@ def test_target_that_is_not_gemma4(tmp_path):
     t = copy(TARGET, tmp_path / "t")
     edit(t, "model_type", "llama")
     fails(tmp_path / "out", f"target {t}: unsupported model_type 'llama': expected a Gemma 4 target "
-          "('gemma4_text' or 'gemma4')", target=t)
+          "('gemma4_text', 'gemma4_unified_text', 'gemma4' or 'gemma4_unified')", target=t)
 
 
 @pytest.mark.parametrize("key, value, what, want", [
@@ -430,3 +430,4 @@ def _flat(module):
     from mlx.utils import tree_flatten
 
     return tree_flatten(module.parameters())
+

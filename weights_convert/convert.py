@@ -5,6 +5,13 @@
     BUNDLE/drafter/   config.json (gemma4_assistant + `quantization`), shards
     BUNDLE/manifest.json
 
+Every family (E2B/E4B, 12B `gemma4_unified`, 26B-A4B MoE, 31B) goes through the same phases:
+the per-family differences are the tensor mapping (`models.target.text_weights`: fused experts
+split, unused K/V dropped) and the quantisation rules (`quantise.TARGET_RULES`: the router at
+>= 8 bits). A source that is already quantised (mlx-community) has its quantised modules copied
+as they are, never quantised twice. The configs' `quantization` and the manifest describe what
+was written, module by module (`write.plan_tensors`).
+
 Phases, in this order so that a bad input costs neither a download nor a write:
 1. resolve both sources (hub: metadata only, weights listed not fetched);
 2. check the configs, the pair and the tokenizer, and the disk space for the download;
@@ -37,12 +44,13 @@ from mlx_specdec import __version__
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.files import check_path, read_config, read_eos_ids, shown
 from mlx_specdec.load import check_pair, load_drafter
-from mlx_specdec.models.drafter import Drafter, DrafterArgs
-from mlx_specdec.models.target import make_model, text_config, text_weight_name
+from mlx_specdec.models.drafter import Drafter, DrafterArgs, drafter_quantization
+from mlx_specdec.models.target import make_model, text_config, text_quantization, text_weights
 
 from . import fetch, quantise, write
 
 FORMAT_VERSION = 1
+QUANT_KEYS = ("quantization", "quantization_config")
 KNOWN_FORMATS = (1,)  # bundle formats `--force` may replace
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json")
@@ -87,8 +95,10 @@ def convert(
     dsrc = fetch.resolve(drafter, drafter_revision, "drafter")
 
     # 2. check configs, pair, tokenizer, disk for the download
-    text_cfg = _target_config(tsrc)
+    text_cfg, target_source_q = _target_config(tsrc)
     draft_raw, draft_args = _drafter_config(dsrc)
+    draft_source_q = drafter_quantization(draft_raw)  # an already-quantised drafter
+    draft_raw = {k: v for k, v in draft_raw.items() if k not in QUANT_KEYS}
     check_pair(text_cfg, draft_args, where=f"drafter {dsrc.spec}")
     if not any((tsrc.folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
         raise SpecdecError(f"target {tsrc.spec} has no tokenizer (tokenizer.json or tokenizer.model)")
@@ -111,15 +121,15 @@ def convert(
                             bits, group_size)
 
     def target_sanitize(key, array):
-        name = text_weight_name(key, text_cfg)
-        return None if name is None else (name, array)
+        return list(text_weights(key, array, text_cfg, target_model).items())  # mlx-lm's names (experts split)
 
     def draft_sanitize(key, array):
-        kept = draft_model.sanitize({key: array})  # the drafter's own names and dtypes
-        return next(iter(kept.items()), None)
+        return list(draft_model.sanitize({key: array}).items())  # the drafter's own names and dtypes
 
-    target_tensors = write.plan_tensors(tsrc.folder, target_sanitize, target_q)
-    draft_tensors = write.plan_tensors(dsrc.folder, draft_sanitize, draft_q)
+    # What is written per module (quantised here, copied already quantised, or float): the
+    # configs and the manifest come from this, not from the plan.
+    target_tensors, target_q = write.plan_tensors(tsrc.folder, target_sanitize, target_q, target_source_q)
+    draft_tensors, draft_q = write.plan_tensors(dsrc.folder, draft_sanitize, draft_q, draft_source_q)
     needed = sum(t.out_bytes for t in target_tensors + draft_tensors)
     _check_disk(output.parent, needed * DISK_MARGIN + DISK_SLACK, f"the bundle at {output}")
 
@@ -134,6 +144,9 @@ def convert(
         raise SpecdecError(_os_error(e, output, sources, replacing)) from None
     try:
         log(f"writing target ({bits}-bit)" if bits < 16 else "writing target")
+        for part, tensors in (("target", target_tensors), ("drafter", draft_tensors)):
+            if _copied(tensors):
+                log(f"{part}: {_copied(tensors)} modules are already quantised; copied as they are")
         target_cfg = {**text_cfg, **_quant_keys(quantise.config_entry(target_q, bits, group_size))}
         target_bytes = _write_model(tmp / "target", target_cfg, target_tensors, target_sanitize)
         for name in TOKENIZER_FILES + ("generation_config.json",):
@@ -149,7 +162,9 @@ def convert(
                           "mlx": mx.__version__, "mlx_lm": version("mlx-lm")},
             "sources": {"target": _source_entry(tsrc), "drafter": _source_entry(dsrc)},
             "quantization": {"bits": bits, "group_size": group_size, "mode": "affine",
-                             "target": dict(sorted(target_q.items())), "drafter": dict(sorted(draft_q.items()))},
+                             "target": dict(sorted(target_q.items())), "drafter": dict(sorted(draft_q.items())),
+                             "copied_quantised": {"target": _copied(target_tensors),
+                                                  "drafter": _copied(draft_tensors)}},
             "sizes": {"target": {"bytes": target_bytes, "tensors": len(target_tensors)},
                       "drafter": {"bytes": draft_bytes, "tensors": len(draft_tensors)}},
         }
@@ -208,31 +223,27 @@ def _foreign(manifest: Path) -> str | None:
     return None
 
 
-def _target_config(src: fetch.Source) -> dict:
+def _target_config(src: fetch.Source) -> tuple[dict, dict | None]:
+    """(normalised text config without any source quantisation, the source's quantisation in our names)."""
     raw = read_config(src.folder)
-    _refuse_quantised(src, raw, "target")
     try:
-        return text_config(raw)
+        cfg = text_config(raw)
+        return {k: v for k, v in cfg.items() if k not in QUANT_KEYS}, text_quantization(raw, cfg)
     except SpecdecError as e:
         raise SpecdecError(f"target {src.spec}: {e}") from None
 
 
+def _copied(tensors: list[write.Tensor]) -> int:
+    """Modules copied through already quantised (their scales come from the source)."""
+    return sum(t.name.endswith(".scales") for t in tensors)
+
+
 def _drafter_config(src: fetch.Source) -> tuple[dict, DrafterArgs]:
     raw = read_config(src.folder)
-    _refuse_quantised(src, raw, "drafter")
     try:
         return raw, DrafterArgs.from_config(raw)
     except SpecdecError as e:
         raise SpecdecError(f"drafter {src.spec}: {e}") from None
-
-
-def _refuse_quantised(src: fetch.Source, raw: dict, role: str) -> None:
-    """An already-quantised checkpoint cannot be quantised again: refuse it before any download."""
-    for cfg in (raw, raw.get("text_config") or {}):
-        key = next((k for k in ("quantization", "quantization_config") if cfg.get(k)), None)
-        if key:
-            raise SpecdecError(f"{role} {src.spec} is already quantised (config.json has {key!r}); "
-                               "convert the original floating-point checkpoint")
 
 
 def _quant_keys(entry: dict | None) -> dict:
