@@ -81,10 +81,6 @@ class Source:
     def download_bytes(self) -> int:
         return sum(size for _, size, pending in self.files if pending)
 
-    @property
-    def weight_bytes(self) -> int:
-        return sum(size for _, size, _ in self.files)
-
 
 def resolve(spec: str, revision: str | None, role: str) -> Source:
     """Locate `spec` (a folder, `owner/name` or `owner/name@revision`) and fetch its metadata.

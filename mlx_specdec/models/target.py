@@ -220,7 +220,6 @@ class Target:
     def __init__(self, model: gemma4_text.Model, config: dict):
         self.model = model
         self.config = config
-        self.hidden_size = config["hidden_size"]
         self.vocab_size = config["vocab_size"]
         self.sliding_window = config["sliding_window"]
         self.kv_layers = kv_source_layers(config)
