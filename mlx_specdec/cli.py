@@ -369,7 +369,3 @@ def serve(
         api_key=api_key, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
         draft=0 if no_draft else parse_draft(draft_tokens),
     )
-
-
-def main():  # pragma: no cover - console entry point
-    app()

@@ -227,7 +227,7 @@ class Terminal:
 
 def specdec(*args):
     """`specdec ARGS` without relying on the console script being installed."""
-    return [sys.executable, "-c", "from mlx_specdec.cli import app; app()", *args]
+    return [sys.executable, "-c", "from mlx_specdec import main; main()", *args]
 
 
 def test_terminal_chat_shows_answer_panel_commands_and_survives_ctrl_c():

@@ -128,3 +128,21 @@ def test_model_that_does_not_fit_memory_is_refused_before_loading(monkeypatch):
     line = one_line_error(runner.invoke(app, ["generate", str(TARGET), "--prompt-ids", "2,40", "--max-context", "64"]))
     assert line.startswith(f"error: {TARGET} with a 64-token context needs 0.5 GB (weights 0.0 GB + KV cache 0.0 GB")
     assert line.endswith("but this machine has 0.0 GB (RAM); nothing smaller fits")
+
+
+def test_ctrl_c_while_the_cli_starts_is_one_line_and_exit_130():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'mlx_specdec.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from mlx_specdec import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", "")
