@@ -7,8 +7,8 @@ with `acceptance`, the drafter is wrapped in `synthetic.OracleDrafter`, which re
 proposals so that draft position i is accepted with probability a_i; without it the random
 drafter proposes its own (nearly always rejected) tokens. Then every mode (plain, each k, auto
 unless `auto=False`) has a short warm-up and `trials` trials, run mode after mode within a
-trial; a mode's figures are medians over trials as in `bench`. Greedy throughout: every mode
-must produce plain's tokens (`matches_plain`).
+trial; a mode's figures are `bench.summarise_mode`'s (medians over trials). Greedy throughout:
+every mode must produce plain's tokens (`matches_plain`).
 
 Measured besides bench's figures:
   costs      on a scratch cache at the run's mid context: seconds of a target pass over n
@@ -23,18 +23,9 @@ Measured besides bench's figures:
              E(k) = draft_len.expected_tokens(a, k), a = the acceptance measured per position
              (the requested rate where a position was never tried); auto's ideal is the best k.
 
-JSON: bench's schema (`bench.py`), with per-mode keys added and a top-level "synthetic" block:
-  modes[i] += {"verify_cost_vs_plain": float | null,   # V(k+1)/V(1); null for auto
-               "draft_step_cost_vs_plain": float | null, # D/V(1); null for plain
-               "host_wait_s_per_round": float | null,  # all trials
-               "host_wait_fraction": float | null,     # of the mean round time
-               "ideal_speedup": float | null}
-  "synthetic": {"family": str, "bits": int, "group_size": int, "seed": int, "dtype": str,
-                "estimated_shapes": bool, "acceptance": [float] | null, "prompt_tokens": int,
-                "build_s": float, "build_peak_memory_bytes": int, "target_bytes": int,
-                "drafter_bytes": int, "target_parameters": int, "drafter_parameters": int,
-                "costs": {"context": int, "verify_s": [float] (n = 1..), "draft_step_s": float | null}}
-  "summary" += {"auto_vs_ideal": float | null}
+The result is bench's schema ("specdec-bench/1", bench_result.py) extended by the dataclasses
+below: `SyntheticMode` adds fields to each mode, `SyntheticSummary` to the summary, and
+`SyntheticResult` a "synthetic" block (`SyntheticInfo`, with its `Costs`).
 """
 
 from __future__ import annotations
@@ -43,15 +34,104 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 
 import mlx.core as mx
 
 from . import bench, synthetic
+from .bench_result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult
 from .draft_len import expected_tokens
 from .errors import SpecdecError
 
-MODE_KEYS = ("verify_cost_vs_plain", "draft_step_cost_vs_plain", "host_wait_s_per_round", "host_wait_fraction",
-             "ideal_speedup")
+
+@dataclass
+class SyntheticMode(ModeResult):
+    """A mode of the synthetic bench: bench's ModeResult fields, then
+
+    verify_cost_vs_plain:     V(k+1) / V(1), a verify of k+1 tokens against a plain step; None for auto.
+    draft_step_cost_vs_plain: D / V(1), one drafter step against a plain step; None for plain.
+    host_wait_s_per_round:    seconds per round the device waits for the host (module docstring), all trials.
+    host_wait_fraction:       that wait over the mean round time.
+    ideal_speedup:            E(k) / ((V(k+1) + k D) / V(1)) at the acceptance measured; auto: the best k.
+    """
+
+    verify_cost_vs_plain: float | None = None
+    draft_step_cost_vs_plain: float | None = None
+    host_wait_s_per_round: float | None = None
+    host_wait_fraction: float | None = None
+    ideal_speedup: float | None = None
+
+
+@dataclass
+class SyntheticSummary(BenchSummary):
+    """bench's BenchSummary fields, then
+
+    auto_vs_ideal: auto's speedup / its ideal_speedup.
+    """
+
+    auto_vs_ideal: float | None = None
+
+
+@dataclass
+class Costs:
+    """Pass costs measured on a scratch cache (`measure_costs`).
+
+    context:      tokens in the cache when measured (the run's mid context).
+    verify_s:     seconds of a target pass over n = 1..max_k+1 tokens (n = 1: a plain step).
+    draft_step_s: seconds of one drafter step; None without a drafter.
+    """
+
+    context: int
+    verify_s: list[float]
+    draft_step_s: float | None
+
+
+@dataclass
+class SyntheticInfo:
+    """What was built and how (the "synthetic" block of the JSON).
+
+    family:                  the family name or the config file's stem.
+    bits:                    quantisation bits (convert's rules per module; 16 = none).
+    group_size:              quantisation group size.
+    seed:                    seed of the weights, the prompt and the oracle.
+    dtype:                   of the activations, scales and unquantised weights.
+    estimated_shapes:        True where the shapes are an estimate (12B).
+    acceptance:              the oracle's rates per draft position (the last repeats); None: the drafter's own.
+    prompt_tokens:           length of the random prompt.
+    build_s:                 seconds to build both models.
+    build_peak_memory_bytes: mlx peak memory while building.
+    target_bytes:            the target's parameter bytes as built (quantised).
+    drafter_bytes:           the drafter's.
+    target_parameters:       the target's parameter count before quantisation.
+    drafter_parameters:      the drafter's.
+    costs:                   the measured pass costs (Costs).
+    """
+
+    family: str
+    bits: int
+    group_size: int
+    seed: int
+    dtype: str
+    estimated_shapes: bool
+    acceptance: list[float] | None
+    prompt_tokens: int
+    build_s: float
+    build_peak_memory_bytes: int
+    target_bytes: int
+    drafter_bytes: int
+    target_parameters: int
+    drafter_parameters: int
+    costs: Costs
+
+
+@dataclass(kw_only=True)
+class SyntheticResult(BenchResult):
+    """bench's BenchResult fields (modes are SyntheticModes, the summary a SyntheticSummary), then
+
+    synthetic: the SyntheticInfo.
+    """
+
+    synthetic: SyntheticInfo
 
 
 class _TimedMx:
@@ -108,8 +188,15 @@ def _run(bundle, ids, max_tokens: int, draft, energy) -> tuple[bench.Run, float]
     return run, timer.host_wait(len(run.rounds) + 1)  # the first token's sync, then one per round
 
 
-def measure_costs(bundle, drafter, context: int, max_k: int, repeats: int = 5) -> dict:
-    """{"context", "verify_s": [s for n = 1..max_k+1 tokens], "draft_step_s"} on a scratch cache: the
+def _run(bundle, ids, max_tokens: int, draft, energy) -> tuple[bench.Run, float]:
+    """One generation -> (bench.Run, host seconds between the syncs of its decode rounds)."""
+    with host_timer() as timer:
+        run = bench.run_specdec(bundle, ids, max_tokens, draft, energy, stop_tokens=())
+    return run, timer.host_wait(len(run.rounds) + 1)  # the first token's sync, then one per round
+
+
+def measure_costs(bundle, drafter, context: int, max_k: int, repeats: int = 5) -> Costs:
+    """Costs of a verify of 1..max_k+1 tokens and of a drafter step on a scratch cache: the
     fastest of `repeats` after a warm-up (noise only ever adds time)."""
     from .cache import drafter_kv, make_target_cache
 
@@ -135,8 +222,7 @@ def measure_costs(bundle, drafter, context: int, max_k: int, repeats: int = 5) -
         for c in cache:
             c.trim(n)
 
-    out = {"context": context, "verify_s": [fastest(lambda n=n: verify(n)) for n in range(1, max_k + 2)],
-           "draft_step_s": None}
+    out = Costs(context, [fastest(lambda n=n: verify(n)) for n in range(1, max_k + 2)], None)
     if drafter is not None:
         kv = drafter_kv(cache, target.kv_layers)
 
@@ -144,13 +230,13 @@ def measure_costs(bundle, drafter, context: int, max_k: int, repeats: int = 5) -
             logits, nh = drafter(target.embed(tok), h, kv, context)
             mx.eval(mx.argmax(logits, axis=-1), nh)
 
-        out["draft_step_s"] = fastest(step)
+        out.draft_step_s = fastest(step)
     return out
 
 
-def ideal_speedup(acceptance: Sequence[float], costs: dict, k: int) -> float | None:
+def ideal_speedup(acceptance: Sequence[float], costs: Costs, k: int) -> float | None:
     """E(k) / ((V(k+1) + k D) / V(1)) with the measured costs."""
-    v, d = costs["verify_s"], costs["draft_step_s"]
+    v, d = costs.verify_s, costs.draft_step_s
     if k >= len(v) or (k and d is None) or not v[0]:
         return None
     return expected_tokens(acceptance, k) / ((v[k] + k * (d or 0.0)) / v[0])
@@ -162,7 +248,7 @@ def run_synthetic(
     bits: int = 4,
     group_size: int = 64,
     acceptance: Sequence[float] | None = None,
-    ks: Sequence[int] = tuple(range(1, bench.MAX_K + 1)),
+    ks: Sequence[int] = tuple(range(1, MAX_K + 1)),
     auto: bool = True,
     max_tokens: int = 128,
     prompt_tokens: int = 64,
@@ -173,8 +259,8 @@ def run_synthetic(
     blas: str = "",
     built: tuple | None = None,
     log: Callable[[str], None] = lambda line: None,
-) -> dict:
-    """Build the synthetic pair, benchmark every mode -> bench's JSON (extended; module docstring).
+) -> SyntheticResult:
+    """Build the synthetic pair, benchmark every mode -> SyntheticResult (module docstring).
 
     `built`: a (Bundle, BuildReport) from `synthetic.build` to reuse (a sweep over acceptance
     rates builds once); its drafter is restored and auto's calibration dropped afterwards.
@@ -202,13 +288,12 @@ def run_synthetic(
         bundle.auto_policies.clear()  # calibrated with this run's drafter: not the next run's
 
 
-def _bench(bundle, report, *, acceptance, ks, auto, max_tokens, prompt_tokens, trials, seed, energy, blas, log) -> dict:
+def _bench(bundle, report, *, acceptance, ks, auto, max_tokens, prompt_tokens, trials, seed, energy, blas,
+           log) -> SyntheticResult:
     from mlx_lm import __version__ as mlx_lm_version
 
-    bits, group_size = report.bits, report.group_size
     ids = synthetic.random_prompt(bundle.target.vocab_size, prompt_tokens, seed)
     real_drafter = bundle.drafter
-
     modes: list[tuple[str, object]] = [("plain", 0)]
     if real_drafter is not None:
         modes += [(f"k={k}", k) for k in ks] + ([("auto", "auto")] if auto else [])
@@ -231,178 +316,45 @@ def _bench(bundle, report, *, acceptance, ks, auto, max_tokens, prompt_tokens, t
         log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
     costs = measure_costs(bundle, real_drafter, prompt_tokens + max_tokens // 2, max(ks, default=0))
 
-    entries = [bench.summarise_mode(m, dt, runs[m]) for m, dt in modes]
-    plain_rate = entries[0]["decode_tokens_per_s"]
-    plain_tokens = [[r.tokens for r in trial] for trial in runs["plain"]]
-    requested = list(acceptance) if acceptance is not None else []
-    for e in entries:
-        e["speedup"] = e["decode_tokens_per_s"] / plain_rate if plain_rate else None
-        e["matches_plain"] = [[r.tokens for r in trial] for trial in runs[e["mode"]]] == plain_tokens
-        rounds = [rd for trial in runs[e["mode"]] for r in trial for rd in r.rounds]
-        seconds = sum(s for _, _, s in rounds)
-        e["host_wait_s_per_round"] = host[e["mode"]] / len(rounds) if rounds else None
-        e["host_wait_fraction"] = host[e["mode"]] / seconds if seconds else None
-        acc = [m if m is not None else (requested[min(i, len(requested) - 1)] if requested else 0.0)
-               for i, m in enumerate(e["acceptance_by_position"])]
-        k = e["draft_tokens"]
-        v, d = costs["verify_s"], costs["draft_step_s"]
-        if k == "auto":
-            e["verify_cost_vs_plain"] = None
-            ideals = [ideal_speedup(acc, costs, j) for j in range(len(v))]
-            e["ideal_speedup"] = max((x for x in ideals if x is not None), default=None)
-        else:
-            e["verify_cost_vs_plain"] = v[k] / v[0] if k < len(v) else None
-            e["ideal_speedup"] = ideal_speedup(acc, costs, k)
-        e["draft_step_cost_vs_plain"] = d / v[0] if d is not None and k != 0 else None
-    by_mode = {e["mode"]: e for e in entries}
-    if "auto" in by_mode:
+    ideal = None
+    if "auto" in runs:
         own = [rd for trial in runs["auto"] for r in trial for rd in r.rounds]
         others = [rd for m, dt in modes if isinstance(dt, int) for trial in runs[m] for r in trial for rd in r.rounds]
         ideal = bench.ideal_rate(own, others)
-        by_mode["auto"]["ideal_tokens_per_s"] = ideal
-        by_mode["auto"]["loop_efficiency"] = by_mode["auto"]["decode_tokens_per_s"] / ideal if ideal else None
+    requested = list(acceptance) if acceptance else []
+    results = []
+    for mode, dt in modes:
+        base = bench.summarise_mode(mode, dt, runs[mode], runs["plain"], ideal if mode == "auto" else None)
+        m = SyntheticMode(**{f.name: getattr(base, f.name) for f in fields(ModeResult)})
+        rounds = [rd for trial in runs[mode] for r in trial for rd in r.rounds]
+        seconds = sum(s for _, _, s in rounds)
+        m.host_wait_s_per_round = host[mode] / len(rounds) if rounds else None
+        m.host_wait_fraction = host[mode] / seconds if seconds else None
+        acc = [a if a is not None else (requested[min(i, len(requested) - 1)] if requested else 0.0)
+               for i, a in enumerate(m.acceptance_by_position)]
+        v, d = costs.verify_s, costs.draft_step_s
+        if dt == "auto":
+            m.ideal_speedup = max((x for j in range(len(v)) if (x := ideal_speedup(acc, costs, j))), default=None)
+        else:
+            m.verify_cost_vs_plain = v[dt] / v[0] if dt < len(v) else None
+            m.ideal_speedup = ideal_speedup(acc, costs, dt)
+        m.draft_step_cost_vs_plain = d / v[0] if d is not None and dt != 0 else None
+        results.append(m)
 
-    fixed = [e for e in entries if e["mode"].startswith("k=")]
-    best = max(fixed, key=lambda e: e["decode_tokens_per_s"]) if fixed else None
-    auto_e = by_mode.get("auto")
-    return {
-        "schema": bench.SCHEMA,
-        "model": bundle.name,
-        "blas": blas,
-        "energy_source": energy.name,
-        "platform": f"{platform.system()} {platform.machine()}",
-        "mlx_version": mx.__version__,
-        "mlx_lm_version": mlx_lm_version,
-        "max_tokens": max_tokens,
-        "trials": trials,
-        "ignore_eos": True,
-        "useless_drafter": False,
-        "prompts": [{"name": "random", "prompt_tokens": len(ids)}],
-        "modes": entries,
-        "summary": {
-            "plain_vs_mlx_lm": None,
-            "auto_speedup": auto_e["speedup"] if auto_e else None,
-            "best_fixed_k": best["draft_tokens"] if best else None,
-            "best_fixed_k_speedup": best["speedup"] if best else None,
-            "loop_efficiency": auto_e["loop_efficiency"] if auto_e else None,
-            "auto_vs_ideal": auto_e["speedup"] / auto_e["ideal_speedup"]
-            if auto_e and auto_e["speedup"] and auto_e["ideal_speedup"] else None,
-        },
-        "synthetic": {
-            "family": report.name, "bits": bits, "group_size": group_size, "seed": seed, "dtype": report.dtype,
-            "estimated_shapes": report.estimated_shapes, "acceptance": list(acceptance) if acceptance else None,
-            "prompt_tokens": prompt_tokens, "build_s": report.seconds,
-            "build_peak_memory_bytes": report.peak_memory_bytes, "target_bytes": report.target_bytes,
-            "drafter_bytes": report.drafter_bytes, "target_parameters": report.target_parameters,
-            "drafter_parameters": report.drafter_parameters, "costs": costs,
-        },
-    }
-
-
-# --- output ------------------------------------------------------------------------------
-def _f(x, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def render_costs(result: dict):
-    """The synthetic figures per mode as a Rich table."""
-    from rich.table import Table
-
-    s = result["synthetic"]
-    table = Table(title=f"{result['model']}: costs relative to a plain step, host wait, ideal speed-up",
-                  caption=f"build {s['build_s']:.1f} s, peak {s['build_peak_memory_bytes'] / 2**30:.2f} GiB; "
-                          f"target {s['target_bytes'] / 2**30:.2f} GiB, drafter {s['drafter_bytes'] / 2**20:.0f} MiB")
-    for col in ("mode", "verify/plain", "draft/plain", "host ms/round", "host %", "acceptance", "ideal", "measured"):
-        table.add_column(col, justify="left" if col in ("mode", "acceptance") else "right")
-    for e in result["modes"]:
-        acc = " ".join(f"{a:.2f}" for a in e["acceptance_by_position"] if a is not None)
-        table.add_row(
-            e["mode"], _f(e["verify_cost_vs_plain"], ".2f"), _f(e["draft_step_cost_vs_plain"], ".3f"),
-            _f(e["host_wait_s_per_round"] and e["host_wait_s_per_round"] * 1000, ".2f"),
-            _f(e["host_wait_fraction"] and 100 * e["host_wait_fraction"], ".1f"), acc or "-",
-            _f(e["ideal_speedup"], ".2f"), _f(e["speedup"], ".2f"),
-        )
-    return table
-
-
-def write_plot(results: Sequence[dict], path) -> None:
-    """PNG: speed-up over plain against acceptance, one colour per k.
-
-    Lines: the ideal speed-up of each k at a uniform acceptance a (costs of the first result);
-    markers: each result's measured speed-up, at the mean requested (else measured) acceptance
-    of the positions that k drafts; auto as black crosses.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SpecdecError("--plot needs matplotlib (pip install matplotlib)") from None
-    costs = results[0]["synthetic"]["costs"]
-    ks = sorted({e["draft_tokens"] for r in results for e in r["modes"] if isinstance(e["draft_tokens"], int)} - {0})
-    grid = [i / 50 for i in range(51)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = plt.get_cmap("viridis")
-    for j, k in enumerate(ks):
-        c = colours(j / max(1, len(ks) - 1))
-        ideal = [ideal_speedup([a] * k, costs, k) for a in grid]
-        if all(x is not None for x in ideal):
-            ax.plot(grid, ideal, color=c, lw=1, alpha=0.6)
-        pts = [(_mean_acceptance(r, e, k), e["speedup"]) for r in results for e in r["modes"] if e["draft_tokens"] == k]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=c, label=f"k={k}")
-    autos = [(_mean_acceptance(r, e, 4), e["speedup"]) for r in results for e in r["modes"] if e["mode"] == "auto"]
-    if autos:
-        ax.plot([p[0] for p in autos], [p[1] for p in autos], "kx", ms=9, label="auto")
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("acceptance per draft position (markers: mean of the positions drafted)")
-    ax.set_ylabel("speed-up over plain decoding")
-    ax.set_title(f"{results[0]['model']} ({results[0]['platform']}): lines ideal, markers measured", fontsize=9)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _mean_acceptance(result: dict, entry: dict, k: int) -> float:
-    requested = result["synthetic"]["acceptance"]
-    if requested:
-        return sum(requested[min(i, len(requested) - 1)] for i in range(k)) / k
-    measured = [a for a in entry["acceptance_by_position"][:k] if a is not None]
-    return sum(measured) / len(measured) if measured else 0.0
-
-
-def run_cli(name: str, *, model, target, drafter, demo: bool, acceptance: str | None, auto: bool, bits: int,
-            ks: str, max_tokens: int, prompt_tokens: int, trials: int, json_path, plot) -> None:
-    """`specdec bench --synthetic NAME ...`: run, print the tables, write --json / --plot."""
-    import json
-    import sys
-
-    from rich.console import Console
-
-    from .blas import describe_blas
-
-    if model is not None or target is not None or drafter is not None or demo:
-        raise SpecdecError("give either --synthetic NAME or a model (MODEL, --target/--drafter, --demo), not both")
-    rates = synthetic.parse_acceptance(acceptance) if acceptance is not None else None
-    k_list = bench.parse_k_list(ks)
-    for path in (json_path, plot):
-        if path is not None and not path.parent.is_dir():
-            raise SpecdecError(f"{path}: cannot write (no folder {path.parent})")
-    err = Console(stderr=True)
-    blas = describe_blas()
-    err.print(f"BLAS: {blas}")
-    result = run_synthetic(name, bits=bits, acceptance=rates, ks=k_list, auto=auto, max_tokens=max_tokens,
-                           prompt_tokens=prompt_tokens, trials=trials, blas=blas,
-                           log=lambda line: err.print(f"[dim]{line}[/dim]"))
-    out = Console(width=None if sys.stdout.isatty() else 120)
-    out.print(bench.render_table(result))
-    out.print(render_costs(result))
-    out.print(bench.summary_line(result))
-    try:
-        if json_path is not None:
-            json_path.write_text(json.dumps(result, indent=2) + "\n")
-        if plot is not None:
-            write_plot([result], plot)
-    except OSError as e:
-        raise SpecdecError(f"{e.filename}: cannot write ({e.strerror})") from None
+    summary = SyntheticSummary(**vars(BenchSummary.from_modes(results)))
+    auto_m = next((m for m in results if m.mode == "auto"), None)
+    if auto_m and auto_m.speedup and auto_m.ideal_speedup:
+        summary.auto_vs_ideal = auto_m.speedup / auto_m.ideal_speedup
+    return SyntheticResult(
+        model=bundle.name, blas=blas, energy_source=energy.name, platform=f"{platform.system()} {platform.machine()}",
+        mlx_version=mx.__version__, mlx_lm_version=mlx_lm_version, max_tokens=max_tokens, trials=trials,
+        ignore_eos=True, useless_drafter=False, prompts=[PromptResult("random", len(ids))], modes=results,
+        summary=summary,
+        synthetic=SyntheticInfo(
+            family=report.name, bits=report.bits, group_size=report.group_size, seed=seed, dtype=report.dtype,
+            estimated_shapes=report.estimated_shapes, acceptance=requested or None, prompt_tokens=prompt_tokens,
+            build_s=report.seconds, build_peak_memory_bytes=report.peak_memory_bytes,
+            target_bytes=report.target_bytes, drafter_bytes=report.drafter_bytes,
+            target_parameters=report.target_parameters, drafter_parameters=report.drafter_parameters, costs=costs,
+        ),
+    )

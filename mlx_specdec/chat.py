@@ -1,244 +1,50 @@
-"""`specdec chat`: a multi-turn chat on the speculative loop, live in a terminal or piped.
+"""`specdec chat`: the terminal front ends of a `ChatSession`, live in a terminal or piped.
 
-Roles:
-- `ChatSession` holds the conversation, the settings and one `PromptCache` kept across turns:
-  each turn renders the whole conversation with the tokenizer's chat template and the loop
-  prefills only what follows the cached common prefix (`TokenRecord.prompt_tokens`).
-  `reply()` is a generator; closing it (Ctrl-C) closes the loop's generator, whose `finally`
-  rewinds the caches, and the partial answer stays in the conversation.
+- `run_piped`: one prompt per input line, the answer as it streams, then a one-line summary.
+  A bad line (not UTF-8, a turn the loop refuses, a bad command argument) prints one
+  `error: ...` line on stderr and the session reads on; the exit status stays 0.
+- `run_interactive`: the Rich live view (`ui.ChatView`): the answer streams above the status
+  panel; Ctrl-C stops the answer, Ctrl-D or /quit leaves.
 - `run_chat` picks the model (MODEL, --target/--drafter, --demo, or the cached Gemma 4 E2B
-  bundle, converted on first use) and a front end: the Rich live view on a terminal, or one
-  prompt per input line with a one-line stats summary when stdin is not a terminal.
-This module reads memory counters from mlx for the view; `ui.py` never touches mlx.
+  bundle, converted on first use) and the front end: live when stdin and stdout are terminals.
+Both front ends act on the `session.Action` a slash command returns; the conversation, the
+settings and the commands themselves live in `session.py`, machine readings in `energy.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import socket
-import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, Optional, TextIO, Union
+from typing import Callable, Iterable, Optional, TextIO, Union
 
-from .energy import EnergyMeter, battery, detect_energy_source
+from .energy import EnergyMeter, battery, detect_energy_source, memory, reset_peak_memory
 from .errors import SpecdecError
-from .settings import DraftSetting, GenerationSettings, draft_label, parse_draft
-from .stats import RunStats, TokenRecord
-from .ui import ChatView, Status, status_panel, summary_line
+from .provision import (  # noqa: F401  (moved to provision; imported here for existing callers)
+    DEFAULT_BUNDLE,
+    DEFAULT_DRAFTER,
+    DEFAULT_TARGET,
+    cache_dir,
+    default_bundle,
+    hub_reachable,
+)
+from .session import CHAT_SETTINGS, Action, ChatOptions, ChatSession
+from .settings import GenerationSettings, draft_label
+from .ui import ChatView, ParsedAnswer, Status, status_panel, summary_line
 
-DEFAULT_BUNDLE = "gemma-4-E2B-it-4bit"
-DEFAULT_TARGET = "google/gemma-4-E2B-it"
-DEFAULT_DRAFTER = "google/gemma-4-E2B-it-assistant"
 STATUS_INTERVAL_S = 0.25  # how often energy and memory are re-read while an answer streams
 
-HELP = """\
-/help            this help
-/reset           forget the conversation (and the prompt cache)
-/stats           the status panel of the last answer
-/draft K|auto|off  draft length: K tokens per round, adaptive, or plain decoding
-/temp T          sampling temperature (0 = greedy)
-/colour          colour the tokens that came from the drafter (toggle)
-/save FILE       write the conversation as JSON
-/quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
 
-@dataclass
-class Settings:
-    """What one turn is generated with; `/draft`, `/temp`, `/colour` change it."""
-
-    max_tokens: int = 512
-    draft: DraftSetting = "auto"
-    temp: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    seed: Optional[int] = None
-    system: Optional[str] = None
-    colour_drafts: bool = False
-    battery: Optional[bool] = None  # auto draft length per joule (None: when on battery)
-    max_context: Optional[int] = None
-
-    def generation(self) -> GenerationSettings:
-        from .sampling import SamplingParams
-
-        sampling = SamplingParams(temp=self.temp, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed)
-        return GenerationSettings(
-            max_tokens=self.max_tokens, draft=self.draft, sampling=sampling, max_context=self.max_context,
-            battery=self.battery,
-        )
-
-
-@dataclass
-class Turn:
-    """The last answer: its prompt ids, records and status, for `/stats`."""
-
-    records: list = field(default_factory=list)
-    prompt: list = field(default_factory=list)
-    status: Status = field(default_factory=Status)
-
-    @property
-    def prompt_len(self) -> Optional[int]:
-        return len(self.prompt) if self.prompt else None
-
-
-class ChatSession:
-    """The conversation, its settings and the prompt cache kept between turns.
-
-    `stream_fn` and `cache_factory` default to `decode.stream_generate` and `decode.PromptCache`;
-    tests inject fakes with the same signatures.
-    """
-
-    def __init__(self, bundle, settings: Settings, *, stream_fn=None, cache_factory=None):
-        if stream_fn is None or cache_factory is None:
-            from . import decode
-
-            from .cache import PromptCache
-
-            stream_fn = stream_fn or decode.stream_generate
-            cache_factory = cache_factory or PromptCache
-        self.bundle = bundle
-        self.settings = settings
-        self._stream = stream_fn
-        self._cache_factory = cache_factory
-        self.messages: list[dict] = []
-        self.prompt_cache = cache_factory(bundle)
-        self.last = Turn()
-        self.plain_speeds: list[float] = []  # decode tok/s of plain turns: the speed-up baseline
-        if bundle.drafter is None:
-            settings.draft = 0
-
-    # -- the conversation --------------------------------------------------------------------
-    def prompt_ids(self) -> list[int]:
-        """The whole conversation through the chat template, ending with the model's turn."""
-        from .prompt import chat_ids
-
-        messages = list(self.messages)
-        if self.settings.system:
-            messages.insert(0, {"role": "system", "content": self.settings.system})
-        return chat_ids(self.bundle.tokenizer, messages)
-
-    def reply(self, text: str) -> Iterator[TokenRecord]:
-        """Add the user's turn and return the answer's record stream. The answer joins the
-        conversation even when the caller stops early (close() / Ctrl-C); `self.last` holds
-        this turn's prompt length at once and its records as they come."""
-        self.messages.append({"role": "user", "content": text})
-        prompt = self.prompt_ids()
-        self.last = Turn([], prompt)
-        return self._stream_answer(prompt, self.last.records)
-
-    def _stream_answer(self, prompt: list[int], records: list[TokenRecord]) -> Iterator[TokenRecord]:
-        stream = self._stream(self.bundle, prompt, self.settings.generation(), prompt_cache=self.prompt_cache)
-        try:
-            for record in stream:
-                records.append(record)
-                yield record
-        finally:
-            stream.close()  # the loop rewinds its caches in its own finally
-            self.messages.append({"role": "assistant", "content": self._answer_text(records)})
-            stats = RunStats.from_records(records)
-            if self.settings.draft == 0 and stats.decode_tokens_per_s > 0:
-                self.plain_speeds.append(stats.decode_tokens_per_s)
-
-    def _answer_text(self, records: list[TokenRecord]) -> str:
-        eos = set(getattr(self.bundle.tokenizer, "eos_token_ids", ()) or ())
-        if records and records[-1].finish_reason == "stop" and records[-1].token in eos:
-            records = records[:-1]
-        return "".join(r.text for r in records)
-
-    @property
-    def plain_tokens_per_s(self) -> Optional[float]:
-        return statistics.median(self.plain_speeds) if self.plain_speeds else None
-
-    def reset(self) -> None:
-        self.messages.clear()
-        self.prompt_cache = self._cache_factory(self.bundle)
-        self.last = Turn()
-
-    def save(self, path: Union[str, Path]) -> Path:
-        path = Path(path).expanduser()
-        data = {
-            "model": self.bundle.name,
-            "settings": asdict(self.settings),
-            "messages": ([{"role": "system", "content": self.settings.system}] if self.settings.system else [])
-            + self.messages,
-        }
-        try:
-            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        except OSError as e:
-            raise SpecdecError(f"{path}: cannot write ({e.strerror})") from None
-        return path
-
-    # -- slash commands ----------------------------------------------------------------------
-    def command(self, line: str) -> tuple[str, bool]:
-        """Run one slash command -> (message for the user, quit?). Unknown commands explain."""
-        name, _, arg = line.strip().partition(" ")
-        name, arg = name.lower(), arg.strip()
-        if name in ("/quit", "/exit", "/q"):
-            return "bye", True
-        if name in ("/help", "/?"):
-            return HELP, False
-        if name == "/reset":
-            self.reset()
-            return "conversation and prompt cache cleared", False
-        if name == "/draft":
-            if not arg:
-                return f"draft length: {draft_label(self.settings.draft)} (use /draft K|auto|off)", False
-            draft = parse_draft(arg)
-            if draft != 0 and self.bundle.drafter is None:
-                return "no drafter loaded: plain decoding only", False
-            self.settings.draft = draft
-            return f"draft length: {draft_label(draft)}", False
-        if name == "/temp":
-            from .sampling import SamplingParams
-
-            try:
-                temp = float(arg)
-                SamplingParams(temp=temp)  # the one place sampling ranges are checked
-            except (ValueError, SpecdecError):
-                return f"/temp needs a finite number >= 0, not {arg!r}", False
-            self.settings.temp = temp
-            return f"temperature: {temp:g}", False
-        if name in ("/colour", "/color"):
-            self.settings.colour_drafts = not self.settings.colour_drafts
-            return f"drafted tokens coloured: {'on' if self.settings.colour_drafts else 'off'}", False
-        if name == "/save":
-            if not arg:
-                return "/save needs a file name", False
-            return f"saved {len(self.messages)} messages to {self.save(arg)}", False
-        if name == "/stats":
-            return "", False  # the front end prints the panel
-        return f"unknown command {name}; /help lists them", False
-
-
-# ---------------------------------------------------------------------------------------------
-# Machine readings for the status panel (mlx is only touched here, never in ui.py).
-
-
-def memory() -> tuple[Optional[int], Optional[int]]:
-    """(active, peak) bytes from mlx; (None, None) where the backend cannot tell."""
+def utf8_text(line: Union[str, bytes]) -> Optional[str]:
+    """The line as text, or None when it is not UTF-8 (raw bytes, or a str carrying the
+    surrogate escapes Python uses for undecodable input and arguments)."""
     try:
-        import mlx.core as mx
-
-        return int(mx.get_active_memory()), int(mx.get_peak_memory())
-    except Exception:
-        return None, None
-
-
-def reset_peak_memory() -> None:
-    try:
-        import mlx.core as mx
-
-        mx.reset_peak_memory()
-    except Exception:
-        pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Front ends.
+        if isinstance(line, bytes):
+            return line.decode("utf-8")
+        line.encode("utf-8")
+        return line
+    except UnicodeError:
+        return None
 
 
 def _status(session: ChatSession, meter: Optional[EnergyMeter], batt) -> Status:
@@ -252,36 +58,67 @@ def _status(session: ChatSession, meter: Optional[EnergyMeter], batt) -> Status:
         energy_watts=meter.watts if meter else None,
         energy_source=meter.source.name if meter else "n/a",
         battery=batt,
+        context_limit=session.context_limit,
+        dropped_messages=session.last.dropped,
     )
 
 
-def run_piped(session: ChatSession, lines: TextIO, out: TextIO, energy_source=None) -> None:
-    """One prompt per line: print the answer as it streams, then one summary line."""
+# ---------------------------------------------------------------------------------------------
+# Piped: one prompt per line.
+
+
+def run_piped(session: ChatSession, lines: Iterable[Union[str, bytes]], out: TextIO, energy_source=None) -> None:
+    """One prompt per line (text or bytes): print the answer as it streams, then one summary line."""
     source = energy_source or detect_energy_source()
-    for line in lines:
-        text = line.strip()
+
+    def error(message: str) -> None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+    for number, line in enumerate(lines, start=1):
+        text = utf8_text(line)
+        if text is None:
+            error(f"input line {number} is not UTF-8 text; skipped it (save the input as UTF-8)")
+            continue
+        text = text.strip()
         if not text:
             continue
         if text.startswith("/"):
-            try:
-                message, quit_ = session.command(text)
-            except SpecdecError as e:  # a bad argument: say so and read on, as on a terminal
-                print(f"error: {e}", file=sys.stderr, flush=True)
-                continue
-            if text.split()[0].lower() == "/stats":
-                message = summary_line(session.last.records, session.last.status, session.last.prompt_len)
-            print(message, file=out, flush=True)
-            if quit_:
+            action = session.command(text)
+            if action.error:
+                error(action.message)
+            elif action.stats:
+                print(summary_line(session.last.records, session.last.status, session.last.prompt_len), file=out)
+            elif action.message:
+                print(action.message, file=out, flush=True)
+            out.flush()
+            if action.quit:
                 return
             continue
         reset_peak_memory()
-        with EnergyMeter(source) as meter:
-            for record in session.reply(text):
-                out.write(record.text)
+        wrote = False
+        try:
+            answer, shown = ParsedAnswer(), 0  # Gemma 4's markup (thinking, tool calls) is never printed
+            with EnergyMeter(source) as meter:
+                for record in session.reply(text):
+                    answer.add(record)
+                    out.write("".join(t for t, _ in answer.pieces[shown:]))
+                    out.flush()
+                    shown, wrote = len(answer.pieces), True
+            answer.finish()
+            out.write("".join(t for t, _ in answer.pieces[shown:]))
+        except SpecdecError as e:  # the turn is not kept: say so and answer the next line
+            if wrote:
+                out.write("\n")
                 out.flush()
+            error(str(e))
+            continue
         session.last.status = _status(session, meter, battery())
         out.write("\n")
         print(summary_line(session.last.records, session.last.status, session.last.prompt_len), file=out, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interactive: the Rich live view.
 
 
 def run_interactive(session: ChatSession, console, energy_source=None, read_line: Callable[[str], str] = input) -> None:
@@ -291,41 +128,53 @@ def run_interactive(session: ChatSession, console, energy_source=None, read_line
     while True:
         try:
             console.print()
-            text = read_line("› ").strip()
+            text = utf8_text(read_line("› "))
         except EOFError:
             console.print("bye", style="dim")
             return
         except KeyboardInterrupt:
             console.print("\n(/quit or Ctrl-D to leave)", style="dim")
             continue
+        except UnicodeDecodeError:
+            text = None
+        if text is None:
+            console.print("error: that line is not UTF-8 text; skipped it", style="red", highlight=False)
+            continue
+        text = text.strip()
         if not text:
             continue
         if text.startswith("/"):
-            try:
-                message, quit_ = session.command(text)
-            except SpecdecError as e:
-                console.print(f"error: {e}", style="red", highlight=False)
-                continue
-            if text.split()[0].lower() == "/stats":
-                last = session.last
-                console.print(status_panel(last.records, last.status, last.prompt_len))
-            else:
-                console.print(message, style="dim", highlight=False, markup=False)
-            if quit_:
+            if _act(session, console, session.command(text)):
                 return
             continue
         _answer(session, console, text, source)
 
 
+def _act(session: ChatSession, console, action: Action) -> bool:
+    """Show what a slash command says -> whether to leave."""
+    if action.error:
+        console.print(f"error: {action.message}", style="red", highlight=False, markup=False)
+    elif action.stats:
+        last = session.last
+        console.print(status_panel(last.records, last.status, last.prompt_len))
+    elif action.message:
+        console.print(action.message, style="dim", highlight=False, markup=False)
+    return action.quit
+
+
 def _answer(session: ChatSession, console, text: str, source) -> None:
     reset_peak_memory()
     batt = battery()
+    try:
+        reply = session.reply(text)
+    except SpecdecError as e:  # does not fit the context: nothing was added
+        console.print(f"error: {e}", style="red", highlight=False, markup=False)
+        return
     meter = EnergyMeter(source).start()
-    reply = session.reply(text)
     view = ChatView(
         console,
         status=_status(session, meter, batt),
-        colour_drafts=session.settings.colour_drafts,
+        colour_drafts=session.options.colour_drafts,
         prompt_len=session.last.prompt_len,
     )
     interrupted = False
@@ -343,7 +192,7 @@ def _answer(session: ChatSession, console, text: str, source) -> None:
     except KeyboardInterrupt:
         interrupted = True
     except SpecdecError as e:
-        console.print(f"error: {e}", style="red", highlight=False)
+        console.print(f"error: {e}", style="red", highlight=False, markup=False)
     finally:
         reply.close()
         meter.stop()
@@ -377,61 +226,18 @@ def _no_echo():
 def _header(session: ChatSession, console, source) -> None:
     from rich.panel import Panel
 
-    b = session.bundle
+    b, sampling = session.bundle, session.settings.sampling
     rows = [
         ("model", b.name),
         ("drafter", "yes" if b.drafter is not None else "none (plain decoding)"),
         ("draft length", draft_label(session.settings.draft)),
-        ("sampling", f"temp {session.settings.temp:g}" + (f", seed {session.settings.seed}" if session.settings.seed is not None else "")),
+        ("sampling", f"temp {sampling.temp:g}" + (f", seed {sampling.seed}" if sampling.seed is not None else "")),
+        ("context", f"{session.context_limit} tokens"),
         ("energy", source.name),
     ]
     body = "\n".join(f"[dim]{k:<13}[/dim]{v}" for k, v in rows)
     console.print(Panel(body, title="specdec chat", title_align="left", border_style="blue", expand=False))
     console.print("/help for commands, Ctrl-C stops an answer, Ctrl-D leaves", style="dim")
-
-
-# ---------------------------------------------------------------------------------------------
-# Model choice.
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("MLX_SPECDEC_CACHE")
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "mlx-specdec"
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A cheap check before a multi-GB download; False when HF_HUB_OFFLINE is set."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
-        return True  # the proxy decides; the download reports its own errors
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def default_bundle(*, convert_fn=None, reachable: Callable[[], bool] = hub_reachable, console=None) -> Path:
-    """The cached converted Gemma 4 E2B bundle, converting it on first use."""
-    folder = cache_dir() / DEFAULT_BUNDLE
-    if (folder / "target" / "config.json").is_file():
-        return folder
-    if not reachable():
-        raise SpecdecError(
-            f"no Gemma 4 E2B bundle in {folder.parent} and the Hugging Face hub is unreachable (offline?); "
-            "try `specdec chat --demo`, or pass a converted bundle folder"
-        )
-    if convert_fn is None:
-        from weights_convert import convert as convert_fn
-    log = (lambda line: console.print(line, highlight=False, markup=False)) if console is not None else (lambda line: None)
-    log(f"first run: converting {DEFAULT_TARGET} + {DEFAULT_DRAFTER} (4-bit) into {folder}")
-    convert_fn(target=DEFAULT_TARGET, drafter=DEFAULT_DRAFTER, output=folder, bits=4, log=log)
-    return folder
 
 
 def run_chat(
@@ -440,9 +246,10 @@ def run_chat(
     target: Optional[str] = None,
     drafter: Optional[str] = None,
     demo: bool = False,
-    settings: GenerationSettings = GenerationSettings(max_tokens=512),
+    settings: GenerationSettings = CHAT_SETTINGS,
     system: Optional[str] = None,
     colour_drafts: bool = False,
+    thinking: bool = False,
     stdin: Optional[TextIO] = None,
     stdout: Optional[TextIO] = None,
     load_fn=None,
@@ -456,12 +263,6 @@ def run_chat(
     stdout = stdout or sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
     console = Console(file=stdout, highlight=False) if interactive else Console(file=sys.stderr, highlight=False)
-    sp = settings.sampling
-    settings = Settings(
-        max_tokens=settings.max_tokens, draft=settings.draft, temp=sp.temp, top_p=sp.top_p, top_k=sp.top_k,
-        min_p=sp.min_p, seed=sp.seed, system=system, colour_drafts=colour_drafts, battery=settings.battery,
-        max_context=settings.max_context,
-    )
     if load_fn is None:
         from .load import load as load_fn
     if model is None and target is None and not demo:
@@ -471,7 +272,8 @@ def run_chat(
             bundle = load_fn(model, target=target, drafter=drafter, demo=demo)
     else:
         bundle = load_fn(model, target=target, drafter=drafter, demo=demo)
-    session = ChatSession(bundle, settings, stream_fn=stream_fn, cache_factory=cache_factory)
+    options = ChatOptions(system=system, colour_drafts=colour_drafts, thinking=thinking)
+    session = ChatSession(bundle, settings, options, stream_fn=stream_fn, cache_factory=cache_factory)
     if interactive:
         try:
             import readline  # noqa: F401  (line editing and history for input())
@@ -479,4 +281,5 @@ def run_chat(
             pass
         run_interactive(session, console)
     else:
-        run_piped(session, stdin, stdout)
+        # Bytes, so that a line that is not UTF-8 is refused alone instead of ending the session.
+        run_piped(session, getattr(stdin, "buffer", stdin), stdout)

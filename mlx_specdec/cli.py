@@ -50,7 +50,8 @@ def user_errors(fn):
 
 
 # --- options shared by the commands --------------------------------------------------------
-Model = Annotated[Optional[Path], typer.Argument(help="A bundle folder made by `specdec convert` (or a target folder).")]
+Model = Annotated[Optional[Path], typer.Argument(
+    help="A bundle folder, or a model name (e2b, e4b, 12b, 26b-a4b, 31b, a hub id): see `specdec models`.")]
 TargetDir = Annotated[Optional[Path], typer.Option("--target", help="Hugging Face-format Gemma 4 target folder.")]
 DrafterDir = Annotated[Optional[Path], typer.Option("--drafter", help="Hugging Face-format gemma4_assistant folder.")]
 Demo = Annotated[bool, typer.Option("--demo", help="Use the bundled demo pair.")]
@@ -98,6 +99,20 @@ def parse_prompt_ids(text: str) -> list[int]:
     return ids
 
 
+def model_folder(model, max_context: Optional[int] = None) -> Optional[str]:
+    """MODEL as typed -> a folder: an existing folder, or a known name / hub id (see `specdec models`)
+    whose bundle is converted into ~/.cache/mlx-specdec on first use. None stays None. A folder
+    whose weights and KV cache at `max_context` will not fit this machine's memory is refused."""
+    if model is None:
+        return None
+    from .provision import check_memory_fit
+    from .provision import model_folder as provision_folder
+
+    folder = provision_folder(str(model), max_context=max_context, log=lambda line: typer.echo(line, err=True))
+    check_memory_fit(Path(folder), max_context=max_context)
+    return str(folder)
+
+
 @app.command()
 @user_errors
 def generate(
@@ -139,7 +154,7 @@ def generate(
         min_p=min_p, seed=seed, stop=stop, max_context=max_context, battery=battery,
     )
     ids = parse_prompt_ids(prompt_ids) if prompt_ids is not None else None
-    bundle = load(model, target=target, drafter=drafter, demo=demo)
+    bundle = load(model_folder(model, settings.max_context), target=target, drafter=drafter, demo=demo)
     if ids is None:
         tok = bundle.tokenizer
         ids = text_ids(tok, prompt) if raw else chat_ids(tok, [{"role": "user", "content": prompt}])
@@ -183,11 +198,17 @@ def convert(
     """Convert a Hugging Face target and drafter into one MLX bundle (BUNDLE/target is mlx-lm loadable)."""
     from weights_convert import convert as convert_bundle
 
-    manifest = convert_bundle(
-        target, drafter, output, bits=bits, group_size=group_size, force=force,
-        target_revision=target_revision, drafter_revision=drafter_revision,
-        log=lambda line: typer.echo(line, err=True),
-    )
+    existed = output.exists() or output.is_symlink()
+    try:
+        manifest = convert_bundle(
+            target, drafter, output, bits=bits, group_size=group_size, force=force,
+            target_revision=target_revision, drafter_revision=drafter_revision,
+            log=lambda line: typer.echo(line, err=True),
+        )
+    except KeyboardInterrupt:  # convert removed its partial output; say so rather than exit silently
+        kept = f"{output} is unchanged" if existed else f"nothing was written to {output}"
+        typer.echo(f"interrupted: {kept}", err=True)
+        raise typer.Exit(130) from None
     sizes = manifest["sizes"]
     typer.echo(f"{output}: target {sizes['target']['bytes'] / 2**20:.1f} MiB, "
                f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB")
@@ -213,6 +234,9 @@ def chat(
     colour_drafts: Annotated[
         bool, typer.Option("--colour-drafts", help="Colour the tokens the drafter proposed (/colour).")
     ] = False,
+    thinking: Annotated[
+        bool, typer.Option("--thinking", help="Ask the model to think before it answers (/think on|off).")
+    ] = False,
     battery: Battery = None,
 ):
     """Chat in the terminal with live speed, acceptance, memory and energy; one prompt per line when piped.
@@ -226,10 +250,10 @@ def chat(
         min_p=min_p, seed=seed, max_context=max_context, battery=battery,
     )
     run_chat(
-        str(model) if model else None,
+        model_folder(model, settings.max_context),
         target=str(target) if target else None,
         drafter=str(drafter) if drafter else None,
-        demo=demo, settings=settings, system=system, colour_drafts=colour_drafts,
+        demo=demo, settings=settings, system=system, colour_drafts=colour_drafts, thinking=thinking,
     )
 
 
@@ -243,7 +267,7 @@ def bench(
     prompts: Annotated[
         Optional[Path], typer.Option("--prompts", help='JSONL file, one {"prompt": ...} per line.')
     ] = None,
-    ks: Annotated[str, typer.Option("--k", help="Fixed draft lengths to run, e.g. 1,2,4.")] = "1,2,3,4,5,6,7,8",
+    ks: Annotated[str, typer.Option("--k", help="Fixed draft lengths, e.g. 1,2,4, or none.")] = "1,2,3,4,5,6,7,8",
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-m", help="Tokens per prompt.")] = 128,
     trials: Annotated[int, typer.Option("--trials", help="Trials after the warm-up; figures are their median.")] = 3,
     no_mlx_lm: Annotated[bool, typer.Option("--no-mlx-lm", help="Skip the mlx-lm baseline.")] = False,
@@ -254,7 +278,7 @@ def bench(
     ] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON summary to this file.")] = None,
     plot: Annotated[
-        Optional[Path], typer.Option("--plot", help="Write a PNG of tokens/s and tokens/J against k.")
+        Optional[Path], typer.Option("--plot", help="Plot tokens/s and tokens/J against k (.png/.svg/.pdf).")
     ] = None,
     # --- synthetic bench (bench_synthetic.py) ---
     synthetic: Annotated[Optional[str], typer.Option(
@@ -271,7 +295,7 @@ def bench(
     from rich.console import Console
 
     if synthetic is not None:  # --- synthetic bench hook ---
-        from .bench_synthetic import run_cli
+        from .bench_synthetic_report import run_cli
 
         return run_cli(synthetic, model=model, target=target, drafter=drafter, demo=demo, acceptance=acceptance,
                        auto=not no_auto, bits=bits, ks=ks, max_tokens=max_tokens, prompt_tokens=prompt_tokens,
@@ -280,37 +304,88 @@ def bench(
         raise SpecdecError("--acceptance, --no-auto, --bits and --prompt-tokens need --synthetic NAME")
     # --- end synthetic bench hook ---
 
-    from .bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line, terminal_chart
-    from .bench import write_plot
+    from . import bench_report as report
+    from .files import check_output
+    from .bench import SUITE, load_prompts, parse_k_list, run_bench
     from .blas import describe_blas
     from .load import load
 
     suite = load_prompts(prompts) if prompts is not None else SUITE
     k_list = parse_k_list(ks)
-    for path in (json_path, plot):
-        if path is not None and not path.parent.is_dir():  # fail now, not after the whole run
-            raise SpecdecError(f"{path}: cannot write (no folder {path.parent})")
+    if json_path is not None:  # fail now, not after the whole run
+        check_output(json_path, "--json")
+    if plot is not None:
+        report.check_plot(plot)
     err = Console(stderr=True)
     blas = describe_blas()
     err.print(f"BLAS: {blas}")
-    bundle = load(model, target=target, drafter=drafter, demo=demo)
+    bundle = load(model_folder(model), target=target, drafter=drafter, demo=demo)
     result = run_bench(
         bundle, prompts=suite, ks=k_list, max_tokens=max_tokens, trials=trials, mlx_lm=not no_mlx_lm,
         ignore_eos=ignore_eos, raw=raw, useless_drafter=useless_drafter, blas=blas,
         log=lambda line: err.print(f"[dim]{line}[/dim]"),
     )
     out = Console(width=None if sys.stdout.isatty() else 120)  # a pipe or file gets the whole table
-    out.print(render_table(result))
-    out.print(summary_line(result))
-    out.print(terminal_chart(result))
-    try:
-        if json_path is not None:
-            json_path.write_text(json.dumps(result, indent=2) + "\n")
-        if plot is not None:
-            write_plot(result, plot)
-    except OSError as e:
-        raise SpecdecError(f"{e.filename}: cannot write ({e.strerror})") from None
+    out.print(report.render_table(result))
+    out.print(report.summary_line(result))
+    out.print(report.terminal_chart(result))
+    if json_path is not None:
+        report.write_json(result, json_path)
+    if plot is not None:
+        report.write_plot(result, plot)
 
 
-def main():  # pragma: no cover - console entry point
-    app()
+@app.command()
+@user_errors
+def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON (sizes in bytes).")):
+    """List the known Gemma 4 pairs: sizes, memory needed, and which are converted locally."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .provision import DEFAULT_CONTEXT, cache_dir, model_rows
+
+    rows = model_rows()
+    if as_json:
+        typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
+        return
+    table = Table(title=f"Gemma 4 pairs (bundles in {cache_dir()})", title_justify="left")
+    for col in ("name", "target", "download", "4-bit bundle", f"memory @{DEFAULT_CONTEXT // 1024}K", "drafter head",
+                "converted"):
+        numeric = col in ("download", "4-bit bundle") or col.startswith("memory")
+        table.add_column(col, justify="right" if numeric else "left")
+    for r in rows:
+        local = ", ".join(Path(f).name for f in r["local"].values()) or "-"  # folders in the cache (title)
+        sizes = [f"{r[k] / 1e9:.1f} GB" for k in ("download_bytes", "bundle_bytes", "memory_bytes")]
+        table.add_row(r["name"], r["target"], *sizes, r["head"], local)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    typer.echo("drafter: <target>-assistant. `specdec chat NAME` converts a pair on first use.")
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Model = None,
+    target: TargetDir = None,
+    drafter: DrafterDir = None,
+    demo: Demo = False,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; beyond loopback add --api-key.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port, printed at start).")] = 8080,
+    api_key: Annotated[
+        Optional[str], typer.Option("--api-key", envvar="SPECDEC_API_KEY", help="Require 'Authorization: Bearer KEY'.")
+    ] = None,
+    max_context: MaxContext = None,
+    cache_bytes: Annotated[int, typer.Option("--cache-bytes", help="Prompt caches kept between requests.")] = 2**30,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait; more get 429.")] = 32,
+    draft_tokens: DraftTokens = "auto",
+    no_draft: NoDraft = False,
+):
+    """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
+    from .server import serve as run_server
+
+    run_server(
+        model_folder(model, max_context), target=target, drafter=drafter, demo=demo, host=host, port=port,
+        api_key=api_key, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
+        draft=0 if no_draft else parse_draft(draft_tokens),
+    )

@@ -1,4 +1,4 @@
-"""Energy and battery readings for the chat view and the benchmark.
+"""Machine readings for the chat view and the benchmark: energy, battery, memory.
 
 An `EnergySource` exposes one cumulative counter in joules (`read()`), from whatever the machine
 offers without sudo:
@@ -12,6 +12,8 @@ offers without sudo:
 Invariants: nothing here raises on a missing or unreadable counter; it reads None and the UI
 shows "n/a". Readings are whole-machine (or whole-SoC) energy, not this process's.
 `EnergyMeter` turns two counter readings into joules and mean watts over an interval.
+`memory()` reads mlx's active and peak allocation the same way: None where the backend cannot
+tell (the UI never imports mlx; the loop records its own peak per token).
 """
 
 from __future__ import annotations
@@ -255,3 +257,23 @@ def battery(sensors: Callable[[], object] | None = None) -> Optional[Battery]:
         return None
     plugged = getattr(state, "power_plugged", None)
     return Battery(percent=float(state.percent), on_battery=None if plugged is None else not plugged)
+
+
+def memory() -> tuple[Optional[int], Optional[int]]:
+    """(active, peak) bytes from mlx; (None, None) where the backend cannot tell."""
+    try:
+        import mlx.core as mx
+
+        return int(mx.get_active_memory()), int(mx.get_peak_memory())
+    except Exception:
+        return None, None
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak (one per chat answer); a no-op where the backend cannot."""
+    try:
+        import mlx.core as mx
+
+        mx.reset_peak_memory()
+    except Exception:
+        pass

@@ -6,14 +6,12 @@ Accepted inputs:
 * Hugging Face-format folders: a Gemma 4 target (`gemma4_text` or multimodal `gemma4`) and a
   `gemma4_assistant` drafter, given separately.
 
-All file IO for models lives here (and in `weights_convert/`). Every failure is a
-`SpecdecError` whose one line names the file and the problem.
+All file IO for models lives here, in `files.py` (the checked readers) and in `weights_convert/`.
+Every failure is a `SpecdecError` whose one line names the file and the problem.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -22,82 +20,16 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import SpecdecError
-from .models.drafter import Drafter, DrafterArgs
-from .models.target import Target, make_model, text_config, text_weight_name
+from .files import read_config, read_eos_ids, read_weights
+from .models.drafter import Drafter, DrafterArgs, drafter_quantization
+from .models.target import Target, head_dim, kv_heads, make_model, text_config, text_quantization, text_weights
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DEMO_DIR = Path(__file__).parent / "demo"
 
 PathLike = Union[str, Path]
 
 
-# --- files -------------------------------------------------------------------------------
-def read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not folder.is_dir():
-        raise SpecdecError(f"{folder}: no such folder")
-    if not path.is_file():
-        raise SpecdecError(f"{path}: missing; expected a Hugging Face or converted model folder")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpecdecError(f"{path}: not valid JSON ({e})") from None
-
-
-def check_safetensors(path: Path) -> None:
-    """Raise if `path` is not a complete safetensors file (header and data all present)."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError
-            header = json.loads(f.read(n))
-    except (struct.error, ValueError, UnicodeDecodeError):
-        raise SpecdecError(f"{path}: not a readable safetensors file (truncated or corrupt); re-download it") from None
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise SpecdecError(
-            f"{path}: truncated ({size} bytes, header needs {8 + n + end}); re-download or re-convert it"
-        )
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder; refuses pickle-only checkpoints."""
-    files = sorted(folder.glob("*.safetensors"))
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError):
-            raise SpecdecError(f"{index}: not a valid safetensors index") from None
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise SpecdecError(f"{folder / missing[0]}: missing shard listed in {index.name}; re-download it")
-        files = [folder / s for s in shards]
-    if not files:
-        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-        if pickles:
-            raise SpecdecError(
-                f"{folder / pickles[0]}: pickle weights are refused (unpickling can run arbitrary code); "
-                "use a safetensors checkpoint"
-            )
-        raise SpecdecError(f"{folder}: no .safetensors weights found")
-    for f in files:
-        check_safetensors(f)
-    return files
-
-
-def read_weights(folder: Path) -> dict:
-    weights = {}
-    for f in weight_files(folder):
-        try:
-            weights.update(mx.load(str(f)))
-        except Exception as e:  # mlx raises plain RuntimeError/ValueError on bad files
-            raise SpecdecError(f"{f}: cannot load ({e}); re-download or re-convert it") from None
-    return weights
-
-
+# --- weights ------------------------------------------------------------------------------
 def apply_quantization(model: nn.Module, config: dict, weights: dict) -> None:
     """Quantise the modules whose scales are in `weights`, as config["quantization"] says (mlx-lm's format)."""
     q = config.get("quantization")
@@ -132,14 +64,13 @@ def load_target(folder: PathLike) -> Target:
         cfg = text_config(raw)
     except SpecdecError as e:
         raise SpecdecError(f"{folder / 'config.json'}: {e}") from None
-    if "quantization" in raw:
-        cfg["quantization"] = raw["quantization"]
+    quantization = text_quantization(raw, cfg)  # an already-quantised source (mlx-lm or mlx-community)
+    if quantization:
+        cfg["quantization"] = quantization
+    model = make_model(cfg)
     weights = {}
     for k, v in read_weights(folder).items():
-        name = text_weight_name(k, cfg)
-        if name is not None:
-            weights[name] = v
-    model = make_model(cfg)
+        weights.update(text_weights(k, v, cfg, model))
     apply_quantization(model, cfg, weights)
     _load_into(model, weights, folder)
     return Target(model, cfg)
@@ -157,7 +88,7 @@ def load_drafter(folder: PathLike, target_cfg: Optional[dict] = None) -> Drafter
         check_pair(target_cfg, args, where=str(folder))
     drafter = Drafter(args)
     weights = drafter.sanitize(read_weights(folder))
-    apply_quantization(drafter, raw, weights)
+    apply_quantization(drafter, {"quantization": drafter_quantization(raw)}, weights)
     _load_into(drafter, weights, folder)
     return drafter
 
@@ -171,7 +102,12 @@ def check_pair(target_cfg: dict, drafter_args: DrafterArgs, where: str = "drafte
         ("head_dim", d["head_dim"], target_cfg["head_dim"]),
         ("global_head_dim", d["global_head_dim"], target_cfg["global_head_dim"]),
         ("num_key_value_heads", d["num_key_value_heads"], target_cfg["num_key_value_heads"]),
+        ("sliding_window", d["sliding_window"], target_cfg["sliding_window"]),
     ]
+    # What the drafter's attention expects of each K/V it reads (k_eq_v full layers have their own head count).
+    for t in sorted(set(d["layer_types"])):
+        checks.append((f"{t} K/V heads", kv_heads(d, t), kv_heads(target_cfg, t)))
+        checks.append((f"{t} head_dim", head_dim(d, t), head_dim(target_cfg, t)))
     for what, got, want in checks:
         if got != want:
             raise SpecdecError(
@@ -191,11 +127,7 @@ def load_tokenizer(folder: Path):
     names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
     if not any((folder / n).is_file() for n in names):
         raise SpecdecError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer.model)")
-    eos = None
-    gen = folder / "generation_config.json"
-    if gen.is_file():
-        ids = json.loads(gen.read_text()).get("eos_token_id")
-        eos = [ids] if isinstance(ids, int) else ids
+    eos = read_eos_ids(folder)
     try:
         return load_tok(folder, eos_token_ids=eos)
     except Exception as e:

@@ -4,12 +4,19 @@ Every front end (generate, chat, bench, serve) turns what the user wrote into id
 template quirk is handled once. Text that cannot be encoded (lone surrogates, as Python makes
 of non-UTF-8 bytes in command-line arguments or piped input) becomes U+FFFD instead of failing
 inside the tokenizer.
+
+`enable_thinking` is False unless the caller asks for it: mlx-lm's tokenizer wrapper would
+otherwise turn it on for every Gemma 4 tokenizer (it detects the thinking markers), and Gemma
+4's template then opens a system turn with `<|think|>` that the user never wrote. A message
+the template cannot render is a one-line `SpecdecError`.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Optional, Sequence
+
+from .errors import SpecdecError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -44,9 +51,14 @@ def chat_ids(
     messages = [_clean(dict(m)) for m in messages]
     if getattr(tokenizer, "chat_template", None):
         extra = dict(template_kwargs)
+        if getattr(tokenizer, "has_thinking", False):  # mlx-lm's wrapper would default it to True
+            extra.setdefault("enable_thinking", False)
         if tools:
             extra["tools"] = list(tools)
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **extra)
+        try:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **extra)
+        except Exception as e:  # noqa: BLE001 - jinja2 errors, KeyError/TypeError on messages it cannot render
+            raise SpecdecError(f"the chat template cannot render these messages ({' '.join(str(e).split())[:200]})") from None
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers may return a BatchEncoding
             ids = ids["input_ids"]
         return [int(t) for t in ids]

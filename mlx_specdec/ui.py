@@ -2,19 +2,23 @@
 
 `ChatView` is a context manager around one answer. It never calls mlx: it reads the loop's
 `TokenRecord`s (`add`) and a `Status` of the numbers only the caller knows (memory, energy,
-battery, the plain-decoding baseline; `update`). Rendering happens on Rich's refresh thread, at
+battery, the plain-decoding baseline, the context). Rendering happens on Rich's refresh thread, at
 most `refresh_per_second` times a second, however fast tokens arrive; `add` only appends.
 
 While live, the answer is cut to the lines that fit above the panel (the newest ones); on exit
 the live region disappears and the whole answer is printed once, then a one-line summary.
 With `colour_drafts` the answer is shown as plain text with the drafter's accepted tokens in
 colour (Markdown cannot colour single tokens).
+
+The text goes through `gemma_format.GemmaParser`, so Gemma 4's markup never shows: thinking is
+shown dimmed while it streams and collapses to one line once the answer starts (`/think` in the
+chat shows it whole), and a tool call shows as one dim line.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
@@ -26,10 +30,59 @@ from rich.table import Table
 from rich.text import Text
 
 from .energy import Battery
+from .gemma_format import Content, Event, GemmaParser, Reasoning
 from .stats import RunStats, TokenRecord
 
 DRAFT_STYLE = "bold cyan"
+THINK_STYLE = "dim italic"
 NA = "n/a"
+
+
+def visible_text(event: Event) -> str:
+    """What the user reads of one parsed event: content as it is, a tool call as one line,
+    thinking not at all (it is shown apart, dimmed)."""
+    if isinstance(event, Content):
+        return event.text
+    if isinstance(event, Reasoning):
+        return ""
+    return f"\n[tool call] {event.name}({event.arguments})\n"
+
+
+class ParsedAnswer:
+    """An answer split by the Gemma 4 parser as its records arrive: the thinking, and the
+    visible pieces, each with whether its token came from the drafter."""
+
+    def __init__(self):
+        self.parser = GemmaParser()
+        self.reasoning = ""
+        self.pieces: list[tuple[str, bool]] = []
+
+    def add(self, record: TokenRecord) -> None:
+        self._take(self.parser.feed(record.text), record.from_draft)
+
+    def finish(self) -> None:
+        self._take(self.parser.finish(), False)
+
+    def _take(self, events: list[Event], from_draft: bool) -> None:
+        for e in events:
+            if isinstance(e, Reasoning):
+                self.reasoning += e.text
+            elif text := visible_text(e):
+                self.pieces.append((text, from_draft and isinstance(e, Content)))
+
+    @property
+    def text(self) -> str:
+        return "".join(t for t, _ in self.pieces)
+
+    def thinking(self, live: bool, lines: int = 6) -> Optional[Text]:
+        """While only thinking has come: its last lines, dimmed; after that: one collapsed line."""
+        if not self.reasoning.strip():
+            return None
+        if live and not self.text.strip():
+            tail = "\n".join(self.reasoning.strip().splitlines()[-lines:])
+            return Text(f"thinking ...\n{tail}", style=THINK_STYLE)
+        words = len(self.reasoning.split())
+        return Text(f"▸ thought for {words} words (/think shows it)", style=THINK_STYLE)
 
 
 @dataclass(frozen=True)
@@ -43,6 +96,8 @@ class Status:
     energy_watts:        mean power over the same interval.
     energy_source:       the source's name ("IOReport", "RAPL", "n/a").
     battery:             level and power source (None: no battery or unknown).
+    context_limit:       tokens the context holds (None: unknown).
+    dropped_messages:    old messages dropped so that this turn fits the context.
     """
 
     draft: str = "auto"
@@ -53,6 +108,8 @@ class Status:
     energy_watts: Optional[float] = None
     energy_source: str = NA
     battery: Optional[Battery] = None
+    context_limit: Optional[int] = None
+    dropped_messages: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +183,17 @@ def fmt_prefill(stats: RunStats, prompt_len: Optional[int]) -> str:
     return text
 
 
+def fmt_context(records: list[TokenRecord], status: Status, prompt_len: Optional[int]) -> str:
+    """Tokens in the context after this answer, of how many, and what was dropped to fit."""
+    if status.context_limit is None or prompt_len is None:
+        text = NA
+    else:
+        text = f"{prompt_len + len(records)} of {status.context_limit} tokens"
+    if status.dropped_messages:
+        text += f", {status.dropped_messages} oldest messages dropped"
+    return text
+
+
 def histogram(stats: RunStats, k: int, width: int = 12) -> Text:
     """Accepted drafts per round: one bar per count 0..k."""
     text = Text()
@@ -159,6 +227,8 @@ def summary_line(records: list[TokenRecord], status: Status, prompt_len: Optiona
         parts.append(f"{status.energy_joules / stats.generated_tokens:.3f} J/token")
     else:
         parts.append(f"energy {NA}")
+    if status.dropped_messages:
+        parts.append(f"{status.dropped_messages} oldest messages dropped to fit the context")
     return " · ".join(parts)
 
 
@@ -182,6 +252,7 @@ def status_panel(records: list[TokenRecord], status: Status, prompt_len: Optiona
         ("memory", fmt_memory(status)),
         ("energy", fmt_energy(stats, status)),
         ("battery", fmt_battery(status)),
+        ("context", fmt_context(records, status, prompt_len)),
     ]
     left = Table.grid(padding=(0, 1))
     left.add_column(style="dim", no_wrap=True)
@@ -231,6 +302,7 @@ class ChatView:
         self.colour_drafts = colour_drafts
         self.prompt_len = prompt_len
         self.records: list[TokenRecord] = []
+        self.parsed = ParsedAnswer()
         self._lock = threading.Lock()  # add() runs on the caller's thread, rendering on Rich's
         self._live = Live(
             console=self.console,
@@ -245,22 +317,20 @@ class ChatView:
     def add(self, record: TokenRecord) -> None:
         with self._lock:
             self.records.append(record)
-
-    def update(self, **fields) -> None:
-        """Replace some `Status` fields, e.g. `view.update(energy_joules=1.2)`."""
-        with self._lock:
-            self.status = replace(self.status, **fields)
+            self.parsed.add(record)
 
     # -- rendering -----------------------------------------------------------------------------
-    def answer(self) -> Markdown | Text:
+    def answer(self, live: bool = True):
+        """The thinking (dimmed, or collapsed to one line) above the answer."""
         with self._lock:
-            records = list(self.records)
+            pieces, thinking = list(self.parsed.pieces), self.parsed.thinking(live)
         if not self.colour_drafts:
-            return Markdown("".join(r.text for r in records))
-        text = Text()
-        for r in records:
-            text.append(r.text, style=DRAFT_STYLE if r.from_draft else None)
-        return text
+            body = Markdown("".join(t for t, _ in pieces))
+        else:
+            body = Text()
+            for t, from_draft in pieces:
+                body.append(t, style=DRAFT_STYLE if from_draft else None)
+        return body if thinking is None else Group(thinking, body)
 
     def panel(self) -> Panel:
         with self._lock:
@@ -285,5 +355,7 @@ class ChatView:
 
     def __exit__(self, *exc) -> None:
         self._live.stop()  # transient: the live region is erased ...
-        self.console.print(self.answer())  # ... and the whole answer printed once
+        with self._lock:
+            self.parsed.finish()
+        self.console.print(self.answer(live=False))  # ... and the whole answer printed once
         self.console.print(self.summary(), style="dim", highlight=False, soft_wrap=True)

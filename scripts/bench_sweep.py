@@ -12,15 +12,14 @@ Targets (ratios from one run, not timed tests):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from mlx_specdec.blas import describe_blas, use_optimised_blas
+from mlx_specdec.errors import SpecdecError
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("model", nargs="?")
     ap.add_argument("--demo", action="store_true")
     ap.add_argument("--target")
@@ -31,48 +30,60 @@ def main() -> int:
     ap.add_argument("--k", default="1,2,3,4,6,8")
     ap.add_argument("--ignore-eos", action="store_true")
     ap.add_argument("--json", help="write both results here")
-    ap.add_argument("--plot", help="PNG of tokens/s (and tokens/J) against k for the first run")
+    ap.add_argument("--plot", help="plot of tokens/s (and tokens/J) against k for the first run (needs matplotlib)")
     args = ap.parse_args()
     use_optimised_blas(any_program=True)
 
     from rich.console import Console
 
-    from mlx_specdec.bench import SUITE, load_prompts, parse_k_list, render_table, run_bench, summary_line, write_plot
+    from mlx_specdec.bench import SUITE, load_prompts, parse_k_list, run_bench
+    from mlx_specdec.bench_report import check_output, check_plot, render_table, summary_line, write_json, write_plot
     from mlx_specdec.load import load
 
     out, err = Console(width=None if sys.stdout.isatty() else 120), Console(stderr=True)
+    # Bad input and unwritable outputs fail now, in one line, not after both runs.
     prompts = load_prompts(args.prompts) if args.prompts else SUITE
-    common = dict(prompts=prompts, max_tokens=args.max_tokens, trials=args.trials, ignore_eos=args.ignore_eos,
-                  blas=describe_blas(), log=lambda line: err.print(f"[dim]{line}[/dim]"))
+    ks = parse_k_list(args.k)
+    if args.json:
+        check_output(args.json, "--json")
+    if args.plot:
+        check_plot(args.plot)
+    common = {"prompts": prompts, "max_tokens": args.max_tokens, "trials": args.trials, "ignore_eos": args.ignore_eos,
+              "blas": describe_blas(), "log": lambda line: err.print(f"[dim]{line}[/dim]")}
 
     def bundle():
         return load(args.model, target=args.target, drafter=args.drafter, demo=args.demo)
 
-    main_run = run_bench(bundle(), ks=parse_k_list(args.k), **common)
+    main_run = run_bench(bundle(), ks=ks, **common)
     useless = run_bench(bundle(), ks=[1], mlx_lm=False, useless_drafter=True, **common)
     for result in (main_run, useless):
         out.print(render_table(result))
         out.print(summary_line(result))
 
-    s, u = main_run["summary"], useless["summary"]
+    s, u = main_run.summary, useless.summary
     checks = [
-        ("plain >= 0.95x mlx-lm", s["plain_vs_mlx_lm"], 0.95),
-        ("auto loop efficiency >= 0.9", s["loop_efficiency"], 0.9),
-        ("useless drafter: auto >= 0.95x plain", u["auto_speedup"], 0.95),
+        ("plain >= 0.95x mlx-lm", s.plain_vs_mlx_lm, 0.95),
+        ("auto loop efficiency >= 0.9", s.loop_efficiency, 0.9),
+        ("useless drafter: auto >= 0.95x plain", u.auto_speedup, 0.95),
     ]
     ok = True
     for name, value, need in checks:
         passed = value is not None and value >= need
         ok &= passed
         out.print(f"{'PASS' if passed else 'FAIL'}  {name}: {'n/a' if value is None else f'{value:.2f}'}")
-    out.print(f"info  auto speed-up over plain: {s['auto_speedup']:.2f}x; best fixed k={s['best_fixed_k']} "
-              f"({s['best_fixed_k_speedup']:.2f}x)")
+    if s.auto_speedup is not None and s.best_fixed_k is not None:
+        out.print(f"info  auto speed-up over plain: {s.auto_speedup:.2f}x; best fixed k={s.best_fixed_k} "
+                  f"({s.best_fixed_k_speedup:.2f}x)")
     if args.plot:
         write_plot(main_run, args.plot)
     if args.json:
-        Path(args.json).write_text(json.dumps({"bench": main_run, "useless_drafter": useless}, indent=2) + "\n")
+        write_json({"bench": main_run, "useless_drafter": useless}, args.json)
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except SpecdecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

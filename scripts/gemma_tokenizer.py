@@ -10,7 +10,8 @@ Conventions (Gemma's, at a small scale):
   turn tokens at other ids: read ids from the tokenizer or config, never hard-code them;
 - Gemma 4's turn format (transformers/cli/serving/utils.py, gemma4 entry):
   `<bos><|turn>user\\n{content}<turn|>\\n<|turn>model\\n` (CHAT_TEMPLATE, stored inside
-  tokenizer_config.json);
+  tokenizer_config.json), with the real template's system turn, tool declarations, tool calls,
+  tool responses and `enable_thinking` (see CHAT_TEMPLATE);
 - no normalisation, no dummy prefix, digits split, whitespace-only pieces allowed; a newline
   is the byte-fallback piece `<0x0A>` (sentencepiece trains on single lines).
 Deterministic: seeded trainer, one thread, input order kept, relative paths in the model file,
@@ -29,14 +30,94 @@ from typing import Iterable
 
 TURN_START, TURN_END = "<|turn>", "<turn|>"
 USER_SYMBOLS = ["<mask>", TURN_START, TURN_END, "<|channel>", "<channel|>"]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- for message in messages -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<|turn>' + role + '\\n' + (message['content'] | trim) + '<turn|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|turn>model\\n' }}{%- endif -%}"
-)
+# Gemma 4's chat template, reduced to what the tiny checkpoints need but with the real one's
+# structure (google/gemma-4-*-it chat_template.jinja): a system turn for the system prompt, tool
+# declarations and `<|think|>` (enable_thinking); assistant tool calls
+# `<|tool_call>call:NAME{key:<|"|>text<|"|>}<tool_call|>` followed in the same model turn by the
+# `role: tool` answers `<|tool_response>response:NAME{value:<|"|>...<|"|>}<tool_response|>`;
+# thinking stripped from earlier answers; no generation prompt after tool responses (the model
+# continues its turn). Simplified: declarations render `parameters` with format_argument (the
+# real template upper-cases types); no images. Without tools and thinking it renders exactly
+# the turns `<|turn>ROLE\n{content}<turn|>\n` of the first version.
+CHAT_TEMPLATE = """\
+{%- macro format_argument(argument) -%}
+{%- if argument is string -%}{{- '<|"|>' + argument + '<|"|>' -}}
+{%- elif argument is boolean -%}{{- 'true' if argument else 'false' -}}
+{%- elif argument is mapping -%}{{- '{' -}}
+{%- for key, value in argument | dictsort -%}{{- key + ':' + format_argument(value) -}}{{- ',' if not loop.last -}}{%- endfor -%}
+{{- '}' -}}
+{%- elif argument is iterable -%}{{- '[' -}}
+{%- for item in argument -%}{{- format_argument(item) -}}{{- ',' if not loop.last -}}{%- endfor -%}
+{{- ']' -}}
+{%- else -%}{{- argument -}}{%- endif -%}
+{%- endmacro -%}
+{%- macro strip_thinking(text) -%}
+{%- set ns = namespace(result='') -%}
+{%- for part in text.split('<channel|>') -%}
+{%- if '<|channel>' in part -%}{%- set ns.result = ns.result + part.split('<|channel>')[0] -%}
+{%- else -%}{%- set ns.result = ns.result + part -%}{%- endif -%}
+{%- endfor -%}
+{{- ns.result | trim -}}
+{%- endmacro -%}
+{%- set ns = namespace(prev_message_type=None) -%}
+{%- set loop_messages = messages -%}
+{{- bos_token -}}
+{%- if (enable_thinking is defined and enable_thinking) or tools or messages[0]['role'] in ['system', 'developer'] -%}
+{{- '<|turn>system\\n' -}}
+{%- if enable_thinking is defined and enable_thinking -%}{{- '<|think|>\\n' -}}{%- endif -%}
+{%- if messages[0]['role'] in ['system', 'developer'] -%}
+{{- messages[0]['content'] | trim -}}
+{%- set loop_messages = messages[1:] -%}
+{%- endif -%}
+{%- for tool in tools or [] -%}
+{{- '<|tool>declaration:' + tool['function']['name'] + '{description:<|"|>' + (tool['function']['description'] or '') + '<|"|>' -}}
+{%- if tool['function']['parameters'] -%}{{- ',parameters:' + format_argument(tool['function']['parameters']) -}}{%- endif -%}
+{{- '}<tool|>' -}}
+{%- endfor -%}
+{{- '<turn|>\\n' -}}
+{%- endif -%}
+{%- for message in loop_messages -%}
+{%- if message['role'] != 'tool' -%}
+{%- set ns.prev_message_type = None -%}
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+{%- set prev = namespace(role=None) -%}
+{%- for j in range(loop.index0) -%}{%- if loop_messages[j]['role'] != 'tool' -%}{%- set prev.role = loop_messages[j]['role'] -%}{%- endif -%}{%- endfor -%}
+{%- if not (role == 'model' and prev.role == 'assistant') -%}{{- '<|turn>' + role + '\\n' -}}{%- endif -%}
+{%- set responded = namespace(flag=false, scan=true) -%}
+{%- if message['tool_calls'] -%}
+{%- for tool_call in message['tool_calls'] -%}
+{%- set function = tool_call['function'] -%}
+{{- '<|tool_call>call:' + function['name'] + '{' -}}
+{%- if function['arguments'] is mapping -%}
+{%- for key, value in function['arguments'] | dictsort -%}{{- key + ':' + format_argument(value) -}}{{- ',' if not loop.last -}}{%- endfor -%}
+{%- elif function['arguments'] is string -%}{{- function['arguments'] -}}
+{%- endif -%}
+{{- '}<tool_call|>' -}}
+{%- endfor -%}
+{%- set ns.prev_message_type = 'tool_call' -%}
+{%- for k in range(loop.index0 + 1, loop_messages | length) -%}
+{%- if responded.scan and loop_messages[k]['role'] == 'tool' -%}
+{%- set follow = loop_messages[k] -%}
+{%- set tname = namespace(name=follow.get('name') or 'unknown') -%}
+{%- for tc in message['tool_calls'] -%}{%- if tc.get('id') and tc.get('id') == follow.get('tool_call_id') -%}{%- set tname.name = tc['function']['name'] -%}{%- endif -%}{%- endfor -%}
+{{- '<|tool_response>response:' + tname.name + '{value:' + format_argument(follow['content']) + '}<tool_response|>' -}}
+{%- set responded.flag = true -%}
+{%- set ns.prev_message_type = 'tool_response' -%}
+{%- else -%}{%- set responded.scan = false -%}
+{%- endif -%}
+{%- endfor -%}
+{%- endif -%}
+{%- set content = (strip_thinking(message['content']) if role == 'model' else message['content'] | trim) if message['content'] is string else '' -%}
+{{- content -}}
+{%- if ns.prev_message_type == 'tool_call' and not responded.flag -%}{{- '<|tool_response>' -}}
+{%- elif not (responded.flag and not content) -%}{{- '<turn|>\\n' -}}
+{%- endif -%}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt and ns.prev_message_type != 'tool_response' and ns.prev_message_type != 'tool_call' -%}
+{{- '<|turn>model\\n' -}}
+{%- endif -%}
+"""
 
 
 def train_sentencepiece(lines: Iterable[str], vocab_size: int, work: Path, seed: int) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 def sweep(args) -> int:
     from mlx_specdec import synthetic
     from mlx_specdec.bench import parse_k_list
+    from mlx_specdec.bench_report import write_json
     from mlx_specdec.bench_synthetic import run_synthetic
     from mlx_specdec.errors import SpecdecError
 
@@ -53,16 +54,16 @@ def sweep(args) -> int:
                 json.dumps({"family": label, "acceptance": text, "error": str(e)}) + "\n")
             print(f"{label} at {text}: {e}", file=sys.stderr)
             return 1
-        (out / name).write_text(json.dumps(result, indent=2) + "\n")
-        s = result["summary"]
-        print(f"{label} a={text}: auto {_x(s['auto_speedup'])}, best k={s['best_fixed_k']} "
-              f"{_x(s['best_fixed_k_speedup'])}", flush=True)
+        write_json(result, out / name)
+        s = result.summary
+        print(f"{label} a={text}: auto {_x(s.auto_speedup)}, best k={s.best_fixed_k} "
+              f"{_x(s.best_fixed_k_speedup)}", flush=True)
     return 0
 
 
 def summarise(folder: Path) -> None:
     """summary.md (one row per run) and <family>.png (speed-up against acceptance) from the JSONs."""
-    from mlx_specdec.bench_synthetic import write_plot
+    from mlx_specdec.bench_synthetic_report import write_plot
 
     results = [json.loads(p.read_text()) for p in sorted(folder.glob("*-a*.json"))]
     lines = [("| family | acceptance | plain tok/s | auto | best fixed k | verify(k+1)/plain at best k | draft/plain "

@@ -1,105 +1,32 @@
-"""`specdec chat`: the session logic against a fake loop, then the real command end to end."""
+"""`specdec chat`: the front ends against a fake loop, then the real command end to end.
+
+The session itself (history, commands, context, /save) is tested in test_session.py.
+"""
 
 import io
+import json
 import os
 import re
+import subprocess
 import sys
 import time
-import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pexpect  # test extra: drives the pseudo-terminal
 import pyte  # test extra: renders what the terminal shows
 import pytest
 
 from mlx_specdec import chat
-from mlx_specdec.chat import ChatSession, Settings, run_piped
-from mlx_specdec.settings import parse_draft
 from mlx_specdec.energy import NullSource
-from mlx_specdec.errors import SpecdecError
-from mlx_specdec.stats import TokenRecord
 
-
-# ---------------------------------------------------------------------------------------------
-# A fake loop with the real contract: common-prefix reuse of a PromptCache, one record per token.
-
-
-class FakeTokenizer:
-    chat_template = "yes"
-    eos_token_ids = [1]
-
-    def apply_chat_template(self, messages, add_generation_prompt=True):
-        ids = [2]
-        for m in messages:
-            ids += [5] + [ord(c) for c in f"{m['role']}\n{m['content'].strip()}"] + [6]
-        return ids + [5] + [ord(c) for c in "assistant\n"]
-
-    def encode(self, text):
-        return [ord(c) for c in text]
-
-
-class FakeCache:
-    def __init__(self, bundle):
-        self.tokens = []
-
-
-class FakeLoop:
-    """Answers "echo: <last user text>" one character per token, then EOS."""
-
-    def __init__(self):
-        self.calls, self.closed = [], 0
-
-    def __call__(self, bundle, prompt_ids, settings, *, prompt_cache):
-        self.calls.append(SimpleNamespace(prompt=list(prompt_ids), draft=settings.draft, sampling=settings.sampling,
-                                          max_tokens=settings.max_tokens, battery=settings.battery))
-        return self._gen(prompt_ids, settings.max_tokens, settings.draft, prompt_cache)
-
-    def _gen(self, ids, max_tokens, draft, pc):
-        common = 0
-        for a, b in zip(pc.tokens, ids[:-1]):
-            if a != b:
-                break
-            common += 1
-        new = len(ids) - common
-        pc.tokens = list(ids)
-        user = "".join(chr(t) for t in ids).split("user\n")[-1].split("\x06")[0]
-        answer = [ord(c) for c in f"echo: {user}"][: max_tokens - 1] + [1]
-        k = 2 if draft == "auto" else draft
-        try:
-            for i, tok in enumerate(answer):
-                last = i == len(answer) - 1
-                yield TokenRecord(
-                    token=tok, text="" if tok == 1 else chr(tok), from_draft=bool(k) and i % 2 == 1,
-                    round=(i + 1) // 2, draft_tokens=k if i else 0, accepted=1 if k else 0,
-                    prompt_tokens=new, ttft_s=0.01, elapsed_s=0.01 * i,
-                    finish_reason="stop" if last else None,
-                )
-                pc.tokens.append(tok)
-        finally:
-            self.closed += 1
-
-
-def bundle(drafter=True):
-    return SimpleNamespace(target=None, drafter=object() if drafter else None, tokenizer=FakeTokenizer(), name="fake")
+from .chat_fakes import FakeCache, FakeLoop, bundle, piped, session
 
 
 @pytest.fixture(autouse=True)
-def plain_sampling(monkeypatch):
-    """Settings.sampling() builds the real SamplingParams; keep it, but never touch mlx memory."""
+def no_mlx_memory(monkeypatch):
+    """The front ends read mlx memory for the panel; the fake loop never touches mlx."""
     monkeypatch.setattr(chat, "memory", lambda: (None, None))
     monkeypatch.setattr(chat, "reset_peak_memory", lambda: None)
-
-
-def session(drafter=True, **settings):
-    loop = FakeLoop()
-    return ChatSession(bundle(drafter), Settings(**settings), stream_fn=loop, cache_factory=FakeCache), loop
-
-
-def piped(s, text):
-    out = io.StringIO()
-    run_piped(s, io.StringIO(text), out, energy_source=NullSource())
-    return out.getvalue()
 
 
 def test_piped_mode_prints_each_answer_then_a_summary_line_and_stops_at_end_of_input():
@@ -112,55 +39,11 @@ def test_piped_mode_prints_each_answer_then_a_summary_line_and_stops_at_end_of_i
     assert len(out) == 4 and len(loop.calls) == 2  # the blank line is skipped
 
 
-def test_second_turn_sends_the_whole_conversation_and_prefills_only_the_new_turn():
-    s, loop = session()
-    piped(s, "hi\nagain\n")
-    first, second = loop.calls
-    assert second.prompt[: len(first.prompt)] == first.prompt
-    # The cache holds the first prompt and the answer: only what follows is prefilled.
-    assert s.last.records[0].prompt_tokens == len(second.prompt) - len(first.prompt) - len("echo: hi")
-    assert s.last.prompt_len == len(second.prompt)
-    assert [m["role"] for m in s.messages] == ["user", "assistant", "user", "assistant"]
-    assert s.messages[1]["content"] == "echo: hi"  # no EOS text
-
-
-def test_slash_commands_change_the_next_turn():
-    s, loop = session()
-    out = piped(s, "/draft 3\na\n/draft off\nb\n/draft auto\n/temp 0.7\nc\n/help\n")
-    assert [c.draft for c in loop.calls] == [3, 0, "auto"]
-    assert loop.calls[2].sampling.temp == 0.7
-    assert "draft length: 3" in out and "draft length: off" in out and "temperature: 0.7" in out
-    assert "/save FILE" in out  # the help text
-
-
-def test_reset_forgets_the_conversation_and_the_cache():
-    s, loop = session()
-    piped(s, "a\n")
-    cache = s.prompt_cache
-    assert piped(s, "/reset\n").strip() == "conversation and prompt cache cleared"
-    assert s.messages == [] and s.prompt_cache is not cache
-    piped(s, "b\n")
-    assert s.last.records[0].prompt_tokens == len(loop.calls[-1].prompt)
-
-
-def test_save_writes_the_conversation_as_json(tmp_path):
-    s, _ = session(system="be brief")
-    piped(s, f"hi\n/save {tmp_path / 'c.json'}\n")
-    data = json.loads((tmp_path / "c.json").read_text())
-    assert data["model"] == "fake"
-    assert data["messages"] == [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "echo: hi"},
-    ]
-    assert data["settings"]["draft"] == "auto"
-
-
 def test_save_to_an_unwritable_path_is_a_one_line_error_and_the_chat_goes_on(tmp_path, capsys):
     s, loop = session()
     bad = tmp_path / "no" / "such" / "dir.json"
-    with pytest.raises(SpecdecError, match="cannot write"):
-        s.command(f"/save {bad}")
+    action = s.command(f"/save {bad}")
+    assert action.error and action.message == f"{bad}: cannot write (No such file or directory)"
     out = piped(s, f"/save {bad}\n/draft 9\nhi\n")
     assert capsys.readouterr().err.splitlines() == [
         f"error: {bad}: cannot write (No such file or directory)",
@@ -181,75 +64,75 @@ def test_stats_in_piped_mode_repeats_the_last_summary():
     assert out[-1] == out[-2]
 
 
-def test_stopping_an_answer_closes_the_loop_and_keeps_the_partial_answer():
-    s, loop = session()
-    reply = s.reply("tell me a story")
-    pieces = [next(reply).text for _ in range(3)]
-    reply.close()  # what Ctrl-C does
-    assert loop.closed == 1
-    assert s.messages[-1] == {"role": "assistant", "content": "".join(pieces)}
-    piped(s, "more\n")  # the chat goes on
-    assert s.messages[-1]["content"] == "echo: more"
-
-
-def test_without_a_drafter_decoding_is_plain_and_draft_cannot_be_turned_on():
-    s, loop = session(drafter=False)
-    assert "no drafter loaded" in piped(s, "/draft 4\na\n")
-    assert loop.calls[0].draft == 0
-
-
-def test_plain_turns_give_the_speed_up_baseline():
-    s, _ = session()
-    piped(s, "/draft off\nplain\n")
-    assert s.plain_tokens_per_s and s.plain_tokens_per_s > 0
-    out = piped(s, "/draft auto\nspec\n")
-    assert "speed-up 1.00x" in out  # the fake runs at one speed
-
-
-def test_unknown_command_and_bad_arguments_explain_themselves():
-    s, _ = session()
-    out = piped(s, "/frobnicate\n/temp hot\n/save\n")
-    assert "unknown command /frobnicate; /help lists them" in out
-    assert "/temp needs a finite number >= 0, not 'hot'" in out
-    assert "/save needs a file name" in out
-
-
-def test_parse_draft():
-    assert parse_draft("auto") == "auto" and parse_draft("off") == 0 and parse_draft("4") == 4
-    with pytest.raises(SpecdecError, match=r"^draft tokens must be 0-8, 'auto' or 'off', not 'many'$"):
-        parse_draft("many")
-    with pytest.raises(SpecdecError, match=r"^draft tokens must be 0-8, 'auto' or 'off', not '9'$"):
-        parse_draft("9")
-
-
 # ---------------------------------------------------------------------------------------------
-# The default model: the cached Gemma 4 E2B bundle, converted on first use, or a clear offline line.
+# Bad input in piped mode: one error line on stderr, then the next line is answered.
 
 
-def test_default_bundle_offline_says_so_and_points_to_demo(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
-    with pytest.raises(SpecdecError) as e:
-        chat.default_bundle(reachable=lambda: False)
-    assert "unreachable (offline?)" in str(e.value) and "specdec chat --demo" in str(e.value)
-    assert "\n" not in str(e.value)
-
-
-def test_default_bundle_converts_once_then_uses_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
-    calls = []
-
-    def convert(**kw):
-        calls.append(kw)
-        (kw["output"] / "target").mkdir(parents=True)
-        (kw["output"] / "target" / "config.json").write_text("{}")
-
-    folder = chat.default_bundle(convert_fn=convert, reachable=lambda: True)
-    assert folder == tmp_path / "gemma-4-E2B-it-4bit"
-    assert [{k: v for k, v in c.items() if k != "log"} for c in calls] == [
-        dict(target="google/gemma-4-E2B-it", drafter="google/gemma-4-E2B-it-assistant", output=folder, bits=4)
+def test_piped_line_that_is_not_utf8_is_refused_in_one_line_and_the_next_is_answered(capsys):
+    s, loop = session()
+    out = piped(s, b"hello\n\xff\xfe caf\xe9\nagain\n")
+    assert capsys.readouterr().err.splitlines() == [
+        "error: input line 2 is not UTF-8 text; skipped it (save the input as UTF-8)"
     ]
-    assert chat.default_bundle(convert_fn=convert, reachable=lambda: False) == folder
-    assert len(calls) == 1
+    assert out.splitlines()[0] == "echo: hello" and out.splitlines()[2] == "echo: again"
+    assert len(loop.calls) == 2 and [m["content"] for m in s.messages if m["role"] == "user"] == ["hello", "again"]
+
+
+def test_piped_line_with_surrogate_escapes_is_refused_like_raw_bytes(capsys):
+    s, loop = session()
+    piped(s, "bad \udcff\nok\n")  # what Python's surrogateescape makes of undecodable bytes
+    assert capsys.readouterr().err.splitlines() == [
+        "error: input line 1 is not UTF-8 text; skipped it (save the input as UTF-8)"
+    ]
+    assert len(loop.calls) == 1
+
+
+def test_piped_turn_the_loop_refuses_is_one_error_line_and_the_next_line_is_answered(capsys):
+    s, loop = session()
+    out = piped(s, "hello\nplease REFUSE\nagain\n")
+    assert capsys.readouterr().err.splitlines() == ["error: the loop refuses this prompt"]
+    assert [line for line in out.splitlines() if line.startswith("echo")] == ["echo: hello", "echo: again"]
+    assert [m["content"] for m in s.messages if m["role"] == "user"] == ["hello", "again"]
+
+
+def test_system_prompt_that_is_not_utf8_is_decoded_with_replacement_like_every_argument(tmp_path):
+    loop = FakeLoop()
+    out = io.StringIO()
+    # Python hands undecodable argv bytes over as lone surrogates (surrogateescape).
+    chat.run_chat(demo=True, system="be \udcff brief", stdin=io.StringIO(f"hi\n/save {tmp_path / 'c.json'}\n"),
+                  stdout=out, load_fn=lambda *a, **k: bundle(), stream_fn=loop, cache_factory=FakeCache)
+    assert "".join(chr(t) for t in loop.calls[0].prompt).startswith("\x02\x05system\nbe \ufffd brief\x06")
+    assert out.getvalue().startswith("echo: hi\n")
+    assert out.getvalue().endswith(f"saved 3 messages to {tmp_path / 'c.json'}\n")
+    assert json.loads((tmp_path / "c.json").read_text())["messages"][0]["content"] == "be \ufffd brief"
+
+
+def test_live_chat_refuses_bad_lines_in_one_line_each_and_answers_the_next():
+    from rich.console import Console
+
+    s, loop = session(max_context=60, max_tokens=8)
+    lines = iter(["hi", "bad \udcff", "x" * 200, "/temp 2", "REFUSE this", "/draft 9", "again"])
+
+    def read_line(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    console = Console(record=True, width=200, file=io.StringIO())
+    chat.run_interactive(s, console, energy_source=NullSource(), read_line=read_line)
+    text = console.export_text()
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: that line is not UTF-8 text; skipped it",
+        f"error: this message needs {len(s.prompt_ids([{'role': 'user', 'content': 'x' * 200}]))} tokens but the "
+        "context holds 60; it was not added: shorten it or raise --max-context",
+        "error: the loop refuses this prompt",
+        "error: draft tokens must be 0-8, 'auto' or 'off', not '9'",
+    ]
+    assert "Traceback" not in text and text.rstrip().endswith("bye")
+    assert [m["content"] for m in s.messages if m["role"] == "user"] == ["hi", "again"]
+    assert s.settings.sampling.temp == 2.0 and len(loop.calls) == 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,40 +142,34 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PAIR = dict(target=str(FIXTURES / "target_text"), drafter=str(FIXTURES / "drafter_dense"))
 
 
-def common_prefix(a, b):
-    n = 0
-    for x, y in zip(a, b[:-1]):  # the loop always runs the last prompt token again
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def test_real_loop_second_turn_prefills_only_what_the_cache_does_not_hold():
-    from mlx_specdec.load import load
-
-    s = ChatSession(load(**PAIR), Settings(max_tokens=12))
-    first = list(s.reply("hello there"))
-    assert first[0].prompt_tokens == s.last.prompt_len  # a fresh cache: everything prefilled
-    held = list(s.prompt_cache.tokens)
-    assert held[: s.last.prompt_len] == s.last.prompt
-    second = list(s.reply("and again"))
-    reused = common_prefix(held, s.last.prompt)
-    assert reused > len(held) // 2
-    assert second[0].prompt_tokens == s.last.prompt_len - reused
-
-
 def test_piped_specdec_chat_prints_answers_and_summaries_and_exits_at_end_of_input():
-    import subprocess
-
     argv = specdec("chat", "--target", PAIR["target"], "--drafter", PAIR["drafter"], "--max-tokens", "12")
-    done = subprocess.run(argv, input="hello there\n/draft off\nand again\n", capture_output=True, text=True, timeout=120)
+    text = "hello there\n/draft off\nand again\n"
+    done = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    summaries = [l for l in lines if " tokens · " in l]
+    summaries = [line for line in lines if " tokens · " in line]
     assert len(summaries) == 2 and "draft length: off" in lines
     assert summaries[0].startswith("12 tokens · ") and "prefill 18 ·" in summaries[0]
     assert "(+" in summaries[1] and "cached)" in summaries[1] and "draft off" in summaries[1]
+
+
+def test_piped_specdec_chat_survives_bad_bytes_and_an_overlong_message_and_drops_old_turns():
+    argv = specdec("chat", "--target", PAIR["target"], "--drafter", PAIR["drafter"], "--max-tokens", "12",
+                   "--max-context", "40")
+    lines = [b"hello there", b"caf\xe9 \xff", b"word " * 60, b"and again", b"more"]
+    done = subprocess.run(argv, input=b"\n".join(lines) + b"\n", capture_output=True, timeout=120)
+    err, out = done.stderr.decode(), done.stdout.decode()
+    assert done.returncode == 0 and "Traceback" not in err, err
+    problems = err.splitlines()
+    assert problems[0] == "error: input line 2 is not UTF-8 text; skipped it (save the input as UTF-8)"
+    assert re.fullmatch(r"error: this message needs \d+ tokens but the context holds 40; "
+                        r"it was not added: shorten it or raise --max-context", problems[1]), problems
+    assert len(problems) == 2
+    summaries = [line for line in out.splitlines() if " tokens · " in line]
+    assert len(summaries) == 3  # hello there, and again, more: each answered
+    assert "oldest messages dropped to fit the context" not in summaries[0]
+    assert "2 oldest messages dropped to fit the context" in summaries[1]  # the first turn made room
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +227,7 @@ class Terminal:
 
 def specdec(*args):
     """`specdec ARGS` without relying on the console script being installed."""
-    return [sys.executable, "-c", "from mlx_specdec.cli import app; app()", *args]
+    return [sys.executable, "-c", "from mlx_specdec import main; main()", *args]
 
 
 def test_terminal_chat_shows_answer_panel_commands_and_survives_ctrl_c():

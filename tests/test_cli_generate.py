@@ -119,3 +119,30 @@ def test_non_utf8_prompt_text_is_decoded_with_replacement_not_a_traceback():
     r = runner.invoke(app, BASE + ["--prompt", "caf\udce9 \udcff", "-m", "4", "--json"])
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.stdout)["token_ids"]) == 4
+
+
+def test_model_that_does_not_fit_memory_is_refused_before_loading(monkeypatch):
+    from mlx_specdec import provision
+
+    monkeypatch.setattr(provision, "available_memory", lambda: (1 << 20, "RAM"))
+    line = one_line_error(runner.invoke(app, ["generate", str(TARGET), "--prompt-ids", "2,40", "--max-context", "64"]))
+    assert line.startswith(f"error: {TARGET} with a 64-token context needs 0.5 GB (weights 0.0 GB + KV cache 0.0 GB")
+    assert line.endswith("but this machine has 0.0 GB (RAM); nothing smaller fits")
+
+
+def test_ctrl_c_while_the_cli_starts_is_one_line_and_exit_130():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'mlx_specdec.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from mlx_specdec import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", "")

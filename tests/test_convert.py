@@ -221,23 +221,23 @@ def test_existing_output_is_not_replaced_without_force(tmp_path):
     assert (out / "mine.txt").read_text() == "keep" and leftovers(tmp_path) == ["b"]
 
 
-def test_missing_target_config_key(tmp_path):
+def test_missing_target_config_key_is_named_and_nothing_is_written(tmp_path):
     t = copy(TARGET, tmp_path / "t")
     edit(t, "hidden_size", None)
     fails(tmp_path / "out", f"target {t}: missing config key 'hidden_size'", target=t)
 
 
-def test_missing_drafter_config_key(tmp_path):
+def test_missing_drafter_config_key_is_named_and_nothing_is_written(tmp_path):
     d = copy(DRAFTERS["dense"], tmp_path / "d")
     edit(d, "backbone_hidden_size", None)
     fails(tmp_path / "out", f"drafter {d}: missing config key 'backbone_hidden_size'", drafter=d)
 
 
-def test_target_that_is_not_gemma4(tmp_path):
+def test_target_that_is_not_gemma4_is_refused_with_the_accepted_types(tmp_path):
     t = copy(TARGET, tmp_path / "t")
     edit(t, "model_type", "llama")
     fails(tmp_path / "out", f"target {t}: unsupported model_type 'llama': expected a Gemma 4 target "
-          "('gemma4_text' or 'gemma4')", target=t)
+          "('gemma4_text', 'gemma4_unified_text', 'gemma4' or 'gemma4_unified')", target=t)
 
 
 @pytest.mark.parametrize("key, value, what, want", [
@@ -254,7 +254,7 @@ def test_pair_mismatch_is_refused_before_writing(tmp_path, key, value, what, wan
           "use the assistant made for this target", drafter=d)
 
 
-def test_missing_tokenizer(tmp_path):
+def test_target_without_tokenizer_files_is_refused_before_writing(tmp_path):
     t = copy(TARGET, tmp_path / "t")
     (t / "tokenizer.json").unlink()
     (t / "tokenizer.model").unlink()
@@ -268,7 +268,7 @@ def test_pickle_only_checkpoint_is_refused(tmp_path):
           "arbitrary code); use a safetensors checkpoint", target=t)
 
 
-def test_not_enough_disk_space(tmp_path, monkeypatch):
+def test_too_little_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=1000))
     out = tmp_path / "out"
     fails(out, re.compile(rf"not enough disk space for the bundle at {re.escape(str(out))}: "
@@ -280,7 +280,7 @@ def test_not_enough_disk_space(tmp_path, monkeypatch):
     ({"group_size": 48}, "--group-size must be one of 32, 64, 128, not 48"),
     ({"target": "not a repo!"}, "target not a repo! is neither an existing folder nor a hub repo id (owner/name)"),
 ])
-def test_bad_arguments(tmp_path, kw, message):
+def test_bad_bits_or_group_size_is_one_line_error(tmp_path, kw, message):
     fails(tmp_path / "out", message, **kw)
 
 
@@ -388,7 +388,7 @@ def test_hub_pickle_only_repo_is_refused_before_downloading_weights(tmp_path, hu
     (LocalEntryNotFoundError("offline"), "cannot reach the Hugging Face Hub for acme/nope and it is not in the "
                                          "local cache; connect to the internet, or pass a local folder holding the checkpoint"),
 ])
-def test_unknown_gated_or_unreachable_repo(tmp_path, hub, error, message):
+def test_unknown_gated_or_unreachable_repo_is_one_line_naming_the_fix(tmp_path, hub, error, message):
     if error is not None:
         hub.repos["acme/nope"] = error
     fails(tmp_path / "out", message, target="acme/nope", drafter="acme/drafter")
@@ -402,7 +402,7 @@ def test_the_hub_token_never_appears_in_a_message(tmp_path, hub, monkeypatch):
     assert "hf_secret123" not in got
 
 
-def test_conflicting_revisions(tmp_path, hub):
+def test_conflicting_revisions_are_refused(tmp_path, hub):
     fails(tmp_path / "out", "acme/target@v1 names revision 'v1' but --target-revision says 'v2'",
           target="acme/target@v1", target_revision="v2")
 
@@ -430,3 +430,4 @@ def _flat(module):
     from mlx.utils import tree_flatten
 
     return tree_flatten(module.parameters())
+

@@ -79,14 +79,14 @@ def test_unsupported_model_type_is_named(tmp_target):
         load_target(tmp_target)
     assert one_line(e) == (
         f"{tmp_target / 'config.json'}: unsupported model_type 'llama': "
-        "expected a Gemma 4 target ('gemma4_text' or 'gemma4')"
+        "expected a Gemma 4 target ('gemma4_text', 'gemma4_unified_text', 'gemma4' or 'gemma4_unified')"
     )
 
 
 def test_target_given_as_drafter_is_refused(tmp_target):
     with pytest.raises(SpecdecError) as e:
         load_drafter(tmp_target)
-    assert "expected a Gemma 4 drafter ('gemma4_assistant')" in one_line(e)
+    assert "expected a Gemma 4 drafter ('gemma4_assistant' or 'gemma4_unified_assistant')" in one_line(e)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Synthetic bundles and the oracle drafter (synthetic.py) and the synthetic bench (bench_synthetic.py)."""
 
+import dataclasses
 import json
 
 import mlx.core as mx
@@ -139,23 +140,36 @@ def test_parse_acceptance_rejects_rates_outside_0_1():
 
 
 def test_synthetic_bench_json_has_the_documented_fields(tmp_path):
-    from mlx_specdec.bench import MODE_KEYS
+    from mlx_specdec import bench_report, bench_synthetic_report
+    from mlx_specdec.bench_result import ModeResult
 
     result = bench_synthetic.run_synthetic(tiny_config(), bits=4, group_size=32, acceptance=[0.9, 0.5], ks=[2],
                                            auto=False, max_tokens=12, prompt_tokens=8, trials=1, dtype=mx.float32)
-    assert [e["mode"] for e in result["modes"]] == ["plain", "k=2"]
-    for e in result["modes"]:
-        assert set(MODE_KEYS) | set(bench_synthetic.MODE_KEYS) <= set(e)
-        assert e["matches_plain"] is True
-    k2 = result["modes"][1]
+    bench_report.write_json(result, tmp_path / "r.json")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [m["mode"] for m in doc["modes"]] == ["plain", "k=2"]
+    mode_fields = [f.name for f in dataclasses.fields(bench_synthetic.SyntheticMode)]
+    assert [f.name for f in dataclasses.fields(ModeResult)] == mode_fields[: len(dataclasses.fields(ModeResult))]
+    for m in doc["modes"]:
+        assert list(m) == mode_fields and m["matches_plain"] is True
+    k2 = doc["modes"][1]
     assert k2["verify_cost_vs_plain"] > 0 and k2["draft_step_cost_vs_plain"] > 0 and k2["ideal_speedup"] > 0
     assert k2["host_wait_s_per_round"] >= 0 and 0 <= k2["host_wait_fraction"] <= 1
-    s = result["synthetic"]
+    assert list(doc["synthetic"]) == [f.name for f in dataclasses.fields(bench_synthetic.SyntheticInfo)]
+    s = doc["synthetic"]
     assert s["acceptance"] == [0.9, 0.5] and len(s["costs"]["verify_s"]) == 3 and s["costs"]["draft_step_s"] > 0
-    assert {"schema", "model", "modes", "summary", "prompts"} <= set(result)
-    json.dumps(result)  # serialisable as it is
-    bench_synthetic.write_plot([result], tmp_path / "p.png")
+    assert doc["schema"] == "specdec-bench/1" and "auto_vs_ideal" in doc["summary"]
+    bench_synthetic_report.write_plot([result, doc], tmp_path / "p.png")  # a result or its JSON document
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("cls", [bench_synthetic.SyntheticMode, bench_synthetic.SyntheticSummary,
+                                 bench_synthetic.SyntheticResult, bench_synthetic.SyntheticInfo, bench_synthetic.Costs])
+def test_every_synthetic_field_is_described_in_its_docstring(cls):
+    described = set()
+    for c in cls.__mro__:
+        described |= {line.split(":")[0].strip() for line in (c.__doc__ or "").splitlines() if ":" in line}
+    assert [f.name for f in dataclasses.fields(cls) if f.name not in described] == []
 
 
 def shrunk(name: str) -> dict:
@@ -178,7 +192,7 @@ def shrunk(name: str) -> dict:
     return fam
 
 
-@pytest.mark.parametrize("name", ["e2b", "e4b", "26b-a4b", "31b"])
+@pytest.mark.parametrize("name", ["e2b", "e4b", "12b", "26b-a4b", "31b"])
 def test_every_family_structure_builds_and_decodes_exactly_with_the_oracle(name):
     bundle = synthetic.synthetic_bundle(shrunk(name), bits=4, group_size=32, dtype=mx.float32)
     ids = synthetic.random_prompt(1024, 10)
@@ -186,15 +200,6 @@ def test_every_family_structure_builds_and_decodes_exactly_with_the_oracle(name)
     bundle.drafter = synthetic.OracleDrafter(bundle.drafter, ids + plain, [0.7])
     _, out, stats = generate(bundle, ids, GenerationSettings(max_tokens=24, draft=3))
     assert out == plain and 0 < stats.acceptance_rate < 1
-
-
-def test_12b_target_builds_and_decodes():
-    """12B's drafter is a `gemma4_unified_assistant` (model-families support); its target is plain Gemma 4."""
-    fam = shrunk("12b")
-    fam["drafter"] = None
-    bundle = synthetic.synthetic_bundle(fam, bits=4, group_size=32, dtype=mx.float32)
-    _, out, _ = generate(bundle, synthetic.random_prompt(1024, 10), GenerationSettings(max_tokens=8, draft=0))
-    assert len(out) == 8 and bundle.drafter is None
 
 
 def test_cli_bench_synthetic_writes_the_json_and_refuses_synthetic_options_without_it(tmp_path):

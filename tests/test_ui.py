@@ -152,3 +152,26 @@ def test_refresh_is_capped_however_fast_tokens_arrive():
     # ~4 refreshes in 0.5 s at 8/s, plus the start and stop renders.
     assert len(view.records) > 1000
     assert renders <= 10
+
+
+def thought_records(text):
+    return [
+        TokenRecord(token=i, text=ch, from_draft=False, round=i, draft_tokens=0, accepted=0, prompt_tokens=3,
+                    ttft_s=0.1, elapsed_s=0.01 * i)
+        for i, ch in enumerate(text)
+    ]
+
+
+def test_thinking_shows_dimmed_while_it_streams_then_collapses_and_markup_never_shows():
+    view = ChatView(Console(record=True, width=80, file=io.StringIO()))
+    for r in thought_records("<|channel>thought\nweighing the options<channel|>"):
+        view.add(r)
+    live = render(view.answer(live=True))
+    assert "thinking ..." in live and "weighing the options" in live and "<|channel>" not in live
+    for r in thought_records("**Use a list.** <|tool_call>call:search{q:<|\"|>lists<|\"|>}<tool_call|>"):
+        view.add(r)
+    view.parsed.finish()
+    done = render(view.answer(live=False))
+    assert "▸ thought for 3 words (/think shows it)" in done
+    assert "weighing" not in done and "<|" not in done and "|>" not in done
+    assert "Use a list." in done and '[tool call] search({"q": "lists"})' in done

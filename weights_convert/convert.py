@@ -5,6 +5,13 @@
     BUNDLE/drafter/   config.json (gemma4_assistant + `quantization`), shards
     BUNDLE/manifest.json
 
+Every family (E2B/E4B, 12B `gemma4_unified`, 26B-A4B MoE, 31B) goes through the same phases:
+the per-family differences are the tensor mapping (`models.target.text_weights`: fused experts
+split, unused K/V dropped) and the quantisation rules (`quantise.TARGET_RULES`: the router at
+>= 8 bits). A source that is already quantised (mlx-community) has its quantised modules copied
+as they are, never quantised twice. The configs' `quantization` and the manifest describe what
+was written, module by module (`write.plan_tensors`).
+
 Phases, in this order so that a bad input costs neither a download nor a write:
 1. resolve both sources (hub: metadata only, weights listed not fetched);
 2. check the configs, the pair and the tokenizer, and the disk space for the download;
@@ -12,11 +19,18 @@ Phases, in this order so that a bad input costs neither a download nor a write:
 4. plan every tensor (headers only) and check the disk space for the output;
 5. write into a hidden temporary folder beside BUNDLE, check that both models load, rename.
 Any failure or interrupt in 5 removes the temporary folder: BUNDLE is either complete or absent.
+
+`--force` replaces only a bundle (a manifest.json that this converter wrote, in a format it
+knows) or an empty folder; the old bundle is moved aside into a folder made for the purpose,
+put back if the new one cannot take its place, and deleted only after it has. Nothing else is
+ever deleted: only paths this run created. The bundle's folders and files get the user's umask.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import tempfile
 from importlib.metadata import version
@@ -28,15 +42,22 @@ from mlx_lm.utils import load_model
 
 from mlx_specdec import __version__
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.load import check_pair, load_drafter, read_config
-from mlx_specdec.models.drafter import Drafter, DrafterArgs
-from mlx_specdec.models.target import make_model, text_config, text_weight_name
+from mlx_specdec.files import check_path, read_config, read_eos_ids, shown
+from mlx_specdec.load import check_pair, load_drafter
+from mlx_specdec.models.drafter import Drafter, DrafterArgs, drafter_quantization
+from mlx_specdec.models.target import make_model, text_config, text_quantization, text_weights
 
 from . import fetch, quantise, write
 
 FORMAT_VERSION = 1
+QUANT_KEYS = ("quantization", "quantization_config")
+KNOWN_FORMATS = (1,)  # bundle formats `--force` may replace
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json")
+# OSError errno -> what to tell the user when writing the bundle fails.
+WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}
 # Headroom on top of the computed output size: index, configs, filesystem blocks.
 DISK_MARGIN = 1.05
 DISK_SLACK = 16 << 20
@@ -74,11 +95,14 @@ def convert(
     dsrc = fetch.resolve(drafter, drafter_revision, "drafter")
 
     # 2. check configs, pair, tokenizer, disk for the download
-    text_cfg = _target_config(tsrc)
+    text_cfg, target_source_q = _target_config(tsrc)
     draft_raw, draft_args = _drafter_config(dsrc)
+    draft_source_q = drafter_quantization(draft_raw)  # an already-quantised drafter
+    draft_raw = {k: v for k, v in draft_raw.items() if k not in QUANT_KEYS}
     check_pair(text_cfg, draft_args, where=f"drafter {dsrc.spec}")
     if not any((tsrc.folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
         raise SpecdecError(f"target {tsrc.spec} has no tokenizer (tokenizer.json or tokenizer.model)")
+    read_eos_ids(tsrc.folder)  # a generation_config.json the bundle could not load with is refused now
     download = tsrc.download_bytes + dsrc.download_bytes
     if download:
         _check_disk(_hub_cache(), download, "the download")
@@ -97,23 +121,32 @@ def convert(
                             bits, group_size)
 
     def target_sanitize(key, array):
-        name = text_weight_name(key, text_cfg)
-        return None if name is None else (name, array)
+        return list(text_weights(key, array, text_cfg, target_model).items())  # mlx-lm's names (experts split)
 
     def draft_sanitize(key, array):
-        kept = draft_model.sanitize({key: array})  # the drafter's own names and dtypes
-        return next(iter(kept.items()), None)
+        return list(draft_model.sanitize({key: array}).items())  # the drafter's own names and dtypes
 
-    target_tensors = write.plan_tensors(tsrc.folder, target_sanitize, target_q)
-    draft_tensors = write.plan_tensors(dsrc.folder, draft_sanitize, draft_q)
+    # What is written per module (quantised here, copied already quantised, or float): the
+    # configs and the manifest come from this, not from the plan.
+    target_tensors, target_q = write.plan_tensors(tsrc.folder, target_sanitize, target_q, target_source_q)
+    draft_tensors, draft_q = write.plan_tensors(dsrc.folder, draft_sanitize, draft_q, draft_source_q)
     needed = sum(t.out_bytes for t in target_tensors + draft_tensors)
     _check_disk(output.parent, needed * DISK_MARGIN + DISK_SLACK, f"the bundle at {output}")
-    output.parent.mkdir(parents=True, exist_ok=True)
 
     # 5. write beside the output, verify, rename
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    replacing = os.path.lexists(output)
+    sources = (tsrc.folder, dsrc.folder)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the bundle is a folder like any other
+    except OSError as e:
+        raise SpecdecError(_os_error(e, output, sources, replacing)) from None
     try:
         log(f"writing target ({bits}-bit)" if bits < 16 else "writing target")
+        for part, tensors in (("target", target_tensors), ("drafter", draft_tensors)):
+            if _copied(tensors):
+                log(f"{part}: {_copied(tensors)} modules are already quantised; copied as they are")
         target_cfg = {**text_cfg, **_quant_keys(quantise.config_entry(target_q, bits, group_size))}
         target_bytes = _write_model(tmp / "target", target_cfg, target_tensors, target_sanitize)
         for name in TOKENIZER_FILES + ("generation_config.json",):
@@ -129,34 +162,80 @@ def convert(
                           "mlx": mx.__version__, "mlx_lm": version("mlx-lm")},
             "sources": {"target": _source_entry(tsrc), "drafter": _source_entry(dsrc)},
             "quantization": {"bits": bits, "group_size": group_size, "mode": "affine",
-                             "target": dict(sorted(target_q.items())), "drafter": dict(sorted(draft_q.items()))},
+                             "target": dict(sorted(target_q.items())), "drafter": dict(sorted(draft_q.items())),
+                             "copied_quantised": {"target": _copied(target_tensors),
+                                                  "drafter": _copied(draft_tensors)}},
             "sizes": {"target": {"bytes": target_bytes, "tensors": len(target_tensors)},
                       "drafter": {"bytes": draft_bytes, "tensors": len(draft_tensors)}},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace(tmp, output)
-    except BaseException:  # KeyboardInterrupt included: never leave a partial bundle
+    except BaseException as e:  # KeyboardInterrupt included: never leave a partial bundle
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # disk full, read-only, ... while writing
+            raise SpecdecError(_os_error(e, output, sources, replacing)) from None
         raise
     return manifest
 
 
 def _check_output(output: Path, force: bool) -> None:
-    if not output.exists():
+    """Refuse, before anything is downloaded, an output that cannot be written or must not be replaced."""
+    check_path(output, fix="choose another -o")
+    parent = _existing(output.parent)
+    if not parent.is_dir():
+        raise SpecdecError(f"cannot create {output}: {parent} is a file, not a folder; choose another -o")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "is not writable"
+        raise SpecdecError(f"cannot create {output}: {parent} {why}; choose another -o")
+    if not os.path.lexists(output):
         return
     if not force:
         raise SpecdecError(f"{output} already exists; pass --force to replace it")
     # --force replaces a bundle or an empty folder, never an unrelated folder or file.
-    if not output.is_dir() or not ((output / "manifest.json").is_file() or not any(output.iterdir())):
+    if output.is_symlink() or not output.is_dir():
+        kind = "a symbolic link" if output.is_symlink() else "a file"
+        raise SpecdecError(f"{output} is {kind}, not a bundle; refusing to replace it, choose another -o")
+    try:
+        if not any(output.iterdir()):
+            return
+    except OSError as e:  # a folder we may not list is not ours to replace
+        raise SpecdecError(
+            f"{output} cannot be read ({e.strerror}); refusing to replace it, choose another -o") from None
+    manifest = output / "manifest.json"
+    if not manifest.is_file():
         raise SpecdecError(f"{output} exists and is not a bundle; refusing to replace it, choose another -o")
+    foreign = _foreign(manifest)
+    if foreign:
+        raise SpecdecError(f"{manifest} {foreign}; refusing to replace {output}, choose another -o")
 
 
-def _target_config(src: fetch.Source) -> dict:
+def _foreign(manifest: Path) -> str | None:
+    """Why `manifest` is not one this converter wrote (None when it is one)."""
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
+        data = None
+    converter = data.get("converter") if isinstance(data, dict) else None
+    if not isinstance(converter, dict) or converter.get("name") != "mlx-specdec":
+        return "was not written by `specdec convert`"
+    if data.get("format_version") not in KNOWN_FORMATS:
+        return f"has bundle format_version {data.get('format_version')!r}, which this mlx-specdec does not know"
+    return None
+
+
+def _target_config(src: fetch.Source) -> tuple[dict, dict | None]:
+    """(normalised text config without any source quantisation, the source's quantisation in our names)."""
     raw = read_config(src.folder)
     try:
-        return text_config(raw)
+        cfg = text_config(raw)
+        return {k: v for k, v in cfg.items() if k not in QUANT_KEYS}, text_quantization(raw, cfg)
     except SpecdecError as e:
         raise SpecdecError(f"target {src.spec}: {e}") from None
+
+
+def _copied(tensors: list[write.Tensor]) -> int:
+    """Modules copied through already quantised (their scales come from the source)."""
+    return sum(t.name.endswith(".scales") for t in tensors)
 
 
 def _drafter_config(src: fetch.Source) -> tuple[dict, DrafterArgs]:
@@ -189,19 +268,44 @@ def _check_loadable(bundle: Path) -> None:
 
 
 def _replace(tmp: Path, output: Path) -> None:
-    """Move the finished bundle into place; an old bundle is removed only once the new one is there."""
-    if not output.exists():
+    """Move the finished bundle into place; an old bundle is removed only once the new one is there.
+
+    The old one is moved aside into a uniquely named folder made here (a `.NAME.old` already
+    there is not ours and is left alone), so the only thing deleted is what was moved aside.
+    """
+    if not os.path.lexists(output):
         tmp.rename(output)
         return
-    old = output.with_name(f".{output.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    output.rename(old)
+    aside = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
     try:
+        output.rename(aside)  # rename(2) replaces an empty directory
         tmp.rename(output)
     except BaseException:
-        old.rename(output)
+        if not os.path.lexists(output):
+            aside.rename(output)  # the old bundle goes back
+        elif any(aside.iterdir()):  # both renames happened: the new bundle is in place
+            shutil.rmtree(aside, ignore_errors=True)
+        else:  # nothing was moved aside (or only an empty folder, already replaced)
+            aside.rmdir()
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _os_error(error: OSError, output: Path, sources: tuple[Path, ...], replacing: bool) -> str:
+    """The one line for an OSError while writing the bundle (or reading a source file for it)."""
+    reason = WRITE_ERRORS.get(error.errno) or error.strerror or type(error).__name__
+    name = error.filename
+    if name is not None and any(Path(os.fsdecode(name)).is_relative_to(s) for s in sources):
+        return f"cannot read {shown(name)} ({reason}); check the file and its permissions"
+    fix = "free some space or choose another -o" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "choose another -o"
+    kept = f"{output} is unchanged" if replacing else "nothing was written"
+    return f"cannot write {output} ({reason}); {kept}: {fix}"
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _check_disk(folder: Path, needed: float, what: str) -> None:

@@ -12,10 +12,14 @@ Invariants:
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import constants as hub_constants
 from huggingface_hub import errors as hub_errors
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (
@@ -29,7 +33,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.load import PICKLE_SUFFIXES, weight_files
+from mlx_specdec.files import PICKLE_SUFFIXES, weight_files
 
 try:  # the HTTP client huggingface-hub uses: httpx2 from 2.x, httpx before
     import httpx2 as httpx
@@ -76,10 +80,6 @@ class Source:
     @property
     def download_bytes(self) -> int:
         return sum(size for _, size, pending in self.files if pending)
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(size for _, size, _ in self.files)
 
 
 def resolve(spec: str, revision: str | None, role: str) -> Source:
@@ -131,10 +131,16 @@ def _hub(spec: str, repo: str, revision: str | None) -> Source:
     folder = _snapshot(repo, revision, METADATA)
     commit = folder.name
     # 2. list the weights at that commit without downloading them (sizes for the disk check)
-    try:
-        listing = snapshot_download(repo, revision=commit, allow_patterns=WEIGHTS + PICKLE, dry_run=True)
+    listing = None
+    with _hub_errors(repo, commit):
+        try:
+            listing = snapshot_download(repo, revision=commit, allow_patterns=WEIGHTS + PICKLE, dry_run=True)
+        except (DryRunError, LocalEntryNotFoundError) as error:
+            if _http_status(error) is not None:  # the Hub answered, with an error: say which
+                raise
+    if listing is not None:
         files = [(f.filename, f.file_size or 0, f.will_download) for f in listing]
-    except (DryRunError, LocalEntryNotFoundError):
+    else:
         # Offline with the repo cached: the cached snapshot is all we can use.
         folder = _snapshot(repo, commit, NEEDED, local_files_only=True)
         files = [(str(p.relative_to(folder)), p.stat().st_size, False) for p in folder.rglob("*") if p.is_file()]
@@ -146,9 +152,16 @@ def _hub(spec: str, repo: str, revision: str | None) -> Source:
 
 def _snapshot(repo: str, revision: str | None, patterns: list[str], local_files_only: bool = False) -> Path:
     """`snapshot_download` with its errors turned into one-line `SpecdecError`s."""
-    try:
+    with _hub_errors(repo, revision):
         return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns,
                                       local_files_only=local_files_only))
+
+
+@contextmanager
+def _hub_errors(repo: str, revision: str | None) -> Iterator[None]:
+    """Turn the errors of a `snapshot_download` call into one-line `SpecdecError`s."""
+    try:
+        yield
     except GatedRepoError:
         raise SpecdecError(
             f"{repo} is gated: accept its licence on https://huggingface.co/{repo}, then log in with "
@@ -159,14 +172,42 @@ def _snapshot(repo: str, revision: str | None, patterns: list[str], local_files_
         raise SpecdecError(
             f"no repo {repo} on the Hugging Face Hub (if it is private, log in with `hf auth login`); "
             "for a checkpoint on disk pass its folder") from None
-    except LocalEntryNotFoundError:
+    except json.JSONDecodeError:  # a proxy's or captive portal's page instead of the Hub's API
         raise SpecdecError(
-            f"cannot reach the Hugging Face Hub for {repo} and it is not in the local cache; "
-            "connect to the internet, or pass a local folder holding the checkpoint") from None
-    except DOWNLOAD_ERRORS as error:
-        reason = _scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
-        raise SpecdecError(
-            f"downloading {repo} failed ({reason}); run the same command again to resume") from None
+            f"the Hugging Face Hub at {hub_constants.ENDPOINT} answered with something that is not JSON "
+            f"for {repo}; check HF_ENDPOINT and your network connection, then try again") from None
+    except (LocalEntryNotFoundError, *DOWNLOAD_ERRORS) as error:
+        raise SpecdecError(_hub_failure(repo, error)) from None
+
+
+def _hub_failure(repo: str, error: Exception) -> str:
+    """The line for a failed hub request: what the Hub answered (if it did), else the network."""
+    status = _http_status(error)
+    if status in (401, 403):
+        return (f"the Hugging Face Hub refused {repo} (HTTP {status}): authentication failed; "
+                "check HF_TOKEN or log in again with `hf auth login`")
+    if status == 429:
+        return f"the Hugging Face Hub is limiting requests (HTTP 429) for {repo}; wait a few minutes and try again"
+    if status is not None and status >= 500:
+        return f"the Hugging Face Hub answered HTTP {status} (a server error) for {repo}; try again later"
+    if isinstance(error, LocalEntryNotFoundError):
+        return (f"cannot reach the Hugging Face Hub for {repo} and it is not in the local cache; "
+                "connect to the internet, or pass a local folder holding the checkpoint")
+    reason = _scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+    return f"downloading {repo} failed ({reason}); run the same command again to resume"
+
+
+def _http_status(error: BaseException | None) -> int | None:
+    """The HTTP status behind `error` or the errors it was raised from (the hub wraps them)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        response = getattr(error, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            return status
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _refuse_pickle(repo: str, names: list[str]) -> None:

@@ -33,7 +33,9 @@ FLOAT = None  # keep the checkpoint's floats
 # float changes nothing (2.44). So: tied embedding/head at >= 8 bits; the PLE follows --bits (on
 # E2B/E4B it is the largest tensor, 2.3B/2.8B parameters, and only one row per token is read).
 # Cost of the 8-bit head: E2B +0.2 GB, and the head's weight read per token doubles on Metal.
-TARGET_RULES: dict[str, object] = {"model.embed_tokens": 8}
+# MoE routers (26B-A4B) stay at >= 8 bits, as mlx-lm's gemma4_text `quant_predicate` keeps them:
+# a misrouted token takes the wrong experts.
+TARGET_RULES: dict[str, object] = {"model.embed_tokens": 8, "model.layers.*.router.proj": 8}
 # Drafter (argmax agreement with the float drafter on the same inputs, and KL). Alone at 4 bits,
 # the pre/post projections hurt most per parameter (agree 0.58, KL 2.75), then attention (0.50)
 # and MLP (0.52), centroids (0.91, KL 0.96); the head (embed_tokens) least (0.85, KL 0.02). All

@@ -1,4 +1,5 @@
-"""The Gemma 4 MTP assistant drafter (`model_type: gemma4_assistant`): maths and sanitize only.
+"""The Gemma 4 MTP assistant drafter (`gemma4_assistant`; the 12B's `gemma4_unified_assistant` has
+the same maths and tensor names): maths and sanitize only.
 
 How it couples to the target (DESIGN.md; transformers' `Gemma4AssistantForCausalLM` and
 `SinglePositionMultiTokenCandidateGenerator` are the reference). One draft step at the fixed
@@ -30,7 +31,9 @@ import mlx.nn as nn
 from mlx_lm.models import gemma4_text
 
 from ..errors import SpecdecError
-from .target import text_config
+from .target import one_of, text_config
+
+DRAFTER_TYPES = ("gemma4_assistant", "gemma4_unified_assistant")
 
 
 @dataclass
@@ -43,9 +46,10 @@ class DrafterArgs:
 
     @classmethod
     def from_config(cls, config: dict) -> "DrafterArgs":
-        if config.get("model_type") != "gemma4_assistant":
+        if config.get("model_type") not in DRAFTER_TYPES:
             raise SpecdecError(
-                f"unsupported model_type {config.get('model_type')!r}: expected a Gemma 4 drafter ('gemma4_assistant')"
+                f"unsupported model_type {config.get('model_type')!r}: "
+                f"expected a Gemma 4 drafter ({one_of(DRAFTER_TYPES)})"
             )
         if not isinstance(config.get("text_config"), dict):
             raise SpecdecError("missing config key 'text_config'")
@@ -145,9 +149,21 @@ class Drafter(nn.Module):
     def sanitize(self, weights: dict) -> dict:
         out = {}
         for k, v in weights.items():
+            k = weight_name(k)
             if k == "lm_head.weight" or "rotary_emb" in k:
                 continue  # the head is tied to model.embed_tokens
             if k.endswith("token_ordering"):
                 v = v.astype(mx.int32)
             out[k] = v
         return out
+
+
+def weight_name(key: str) -> str:
+    """A drafter tensor or module path in any layout -> ours (an MLX export may prefix `language_model.`)."""
+    return key.removeprefix("language_model.")
+
+
+def drafter_quantization(config: dict) -> dict | None:
+    """An already-quantised drafter's `quantization` with its per-path entries renamed like the tensors."""
+    q = config.get("quantization")
+    return None if not q else {weight_name(k): v for k, v in q.items()}

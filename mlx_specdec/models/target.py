@@ -3,14 +3,20 @@
 We do not copy the model: `mlx_lm.models.gemma4_text.Model` computes the maths. This module
 adds what speculative decoding needs on top of it:
 
-* `text_config`: a Hugging Face `config.json` (either `gemma4_text`, or the multimodal `gemma4`
-  layout with a `text_config`) -> the text config mlx-lm accepts, with the known traps fixed
-  (transformers writes `per_layer_config` and no `global_head_dim`; the multimodal layout has
-  no top-level `vocab_size`). Every value comes from the file; mlx-lm's E2B defaults never
-  leak in for a structural key (a missing one is an error).
-* `text_weight_name`: one Hugging Face tensor name -> mlx-lm's name, or None for tensors the
-  text model does not use (vision/audio towers, K/V projections of KV-shared layers). It works
-  one tensor at a time so the converter can stream.
+* `text_config`: a Hugging Face `config.json` -> the text config mlx-lm accepts, with the known
+  traps fixed (transformers 5.24 writes `per_layer_config` and no `global_head_dim`; the
+  multimodal layout has no top-level `vocab_size`). Every family maps onto mlx-lm's one
+  `gemma4_text` model: E2B/E4B/26B-A4B/31B (`gemma4_text`, or multimodal `gemma4`) and the 12B
+  (`gemma4_unified_text`, or multimodal `gemma4_unified`: no PLE, no MoE). Every value comes
+  from the file; mlx-lm's E2B defaults never leak in for a structural key (a missing one is an
+  error).
+* `text_weights`: one source tensor -> the mlx-lm tensors it becomes (none for vision/audio
+  towers and the unused K/V of KV-shared layers; two for the 26B's fused `experts.gate_up_proj`),
+  through mlx-lm's own `sanitize`. One tensor at a time, so the converter can stream.
+  `text_quantization` maps an already-quantised source's per-path entries the same way.
+* `kv_source_layers` / `kv_layout`: which target layers hold the K/V the drafter reads (the last
+  non-shared layer of each attention type; with no KV sharing, the last layer of each type) and
+  the shape of every cached layer (for memory estimates).
 * `Target`: forward returning logits *and* the final-normed hidden states (the lm_head input,
   which the drafter consumes), plus the scaled input embedding the drafter uses.
 """
@@ -23,6 +29,10 @@ import mlx.core as mx
 from mlx_lm.models import gemma4_text
 
 from ..errors import SpecdecError
+
+TEXT_TYPES = ("gemma4_text", "gemma4_unified_text")
+MULTIMODAL_TYPES = ("gemma4", "gemma4_unified")  # text under "text_config", tensors under model.language_model.*
+TARGET_TYPES = TEXT_TYPES + MULTIMODAL_TYPES
 
 # Keys a config must state: without them mlx-lm would silently use E2B's values.
 REQUIRED_TEXT_KEYS = (
@@ -62,13 +72,19 @@ _SHARED_LAYER_DROPS = (".self_attn.k_proj", ".self_attn.v_proj", ".self_attn.k_n
 _ALWAYS_DROP = ("rotary_emb", "input_max", "input_min", "output_max", "output_min")
 
 
+def one_of(names) -> str:
+    """('a', 'b', 'c') -> "'a', 'b' or 'c'" for error messages."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 def text_config(config: dict) -> dict:
     """Hugging Face Gemma 4 config (text or multimodal) -> mlx-lm `gemma4_text` config dict.
 
     Raises SpecdecError naming the missing key or the unsupported model_type.
     """
     model_type = config.get("model_type")
-    if model_type == "gemma4":
+    if model_type in MULTIMODAL_TYPES:
         if not isinstance(config.get("text_config"), dict):
             raise SpecdecError("missing key 'text_config' (a multimodal gemma4 config needs one)")
         cfg = dict(config["text_config"])
@@ -77,11 +93,11 @@ def text_config(config: dict) -> dict:
             cfg["vocab_size"] = config["vocab_size"]
         if "tie_word_embeddings" not in cfg and "tie_word_embeddings" in config:
             cfg["tie_word_embeddings"] = config["tie_word_embeddings"]
-    elif model_type == "gemma4_text":
+    elif model_type in TEXT_TYPES:
         cfg = dict(config)
     else:
         raise SpecdecError(
-            f"unsupported model_type {model_type!r}: expected a Gemma 4 target ('gemma4_text' or 'gemma4')"
+            f"unsupported model_type {model_type!r}: expected a Gemma 4 target ({one_of(TARGET_TYPES)})"
         )
     missing = [k for k in REQUIRED_TEXT_KEYS if k not in cfg]
     if missing:
@@ -132,18 +148,67 @@ def text_weight_name(key: str, text_cfg: dict) -> Optional[str]:
     return key
 
 
+def text_weights(key: str, array: mx.array, text_cfg: dict, model: gemma4_text.Model) -> dict:
+    """One source tensor (any layout) -> {mlx-lm name: array}: empty, one, or several (fused experts).
+
+    `model` is the target's mlx-lm model; only its `sanitize` is used (lazy arrays stay lazy).
+    """
+    name = text_weight_name(key, text_cfg)
+    return {} if name is None else model.sanitize({name: array})
+
+
+def text_quantization(config: dict, text_cfg: dict) -> Optional[dict]:
+    """An already-quantised source's `quantization` (mlx-lm/mlx-vlm format) with its per-path
+    entries renamed like the tensors (`language_model.model.layers.N...` -> `model.layers.N...`).
+    Entries of modules the text model drops (vision tower) are dropped too."""
+    q = config.get("quantization") or (config.get("text_config") or {}).get("quantization")
+    if not q:
+        return None
+    out = {}
+    for key, value in q.items():
+        if not isinstance(value, (dict, bool)):
+            out[key] = value  # group_size, bits, mode
+            continue
+        name = text_weight_name(f"{key}.weight", text_cfg)
+        if name is not None:
+            out[name.removesuffix(".weight")] = value
+    return out
+
+
 def make_model(text_cfg: dict) -> gemma4_text.Model:
     """An mlx-lm gemma4_text model (uninitialised weights) for a normalised text config."""
     return gemma4_text.Model(gemma4_text.ModelArgs.from_dict(text_cfg))
 
 
 def kv_source_layers(text_cfg: dict) -> dict:
-    """Index of the last non-shared layer of each attention type: the K/V the drafter reads."""
+    """{layer type: index of its last non-shared layer}: the K/V the drafter reads (transformers'
+    "store" layers). Without KV sharing (12B, 26B-A4B, 31B) that is the last layer of each type."""
     first_shared = text_cfg["num_hidden_layers"] - text_cfg.get("num_kv_shared_layers", 0)
     out = {}
     for i, t in enumerate(text_cfg["layer_types"][:first_shared]):
         out[t] = i
     return out
+
+
+def kv_heads(text_cfg: dict, layer_type: str) -> int:
+    """K/V heads of a layer type: full layers of attention_k_eq_v models have their own count."""
+    own = text_cfg.get("attention_k_eq_v") and text_cfg.get("num_global_key_value_heads")
+    if layer_type == "full_attention" and own:
+        return text_cfg["num_global_key_value_heads"]
+    return text_cfg["num_key_value_heads"]
+
+
+def head_dim(text_cfg: dict, layer_type: str) -> int:
+    return text_cfg["global_head_dim"] if layer_type == "full_attention" else text_cfg["head_dim"]
+
+
+def kv_layout(text_cfg: dict) -> list[tuple[str, int, int]]:
+    """(layer type, K/V heads, head_dim) of every layer that holds a KV cache, in order. A sliding
+    layer caches at most `sliding_window` (+ the rewind margin) positions; a full layer all of them.
+    K/V bytes per cached position of a layer = 2 * heads * head_dim * itemsize (k_eq_v layers too:
+    mlx-lm caches V separately)."""
+    first_shared = text_cfg["num_hidden_layers"] - text_cfg.get("num_kv_shared_layers", 0)
+    return [(t, kv_heads(text_cfg, t), head_dim(text_cfg, t)) for t in text_cfg["layer_types"][:first_shared]]
 
 
 class Target:
@@ -155,7 +220,6 @@ class Target:
     def __init__(self, model: gemma4_text.Model, config: dict):
         self.model = model
         self.config = config
-        self.hidden_size = config["hidden_size"]
         self.vocab_size = config["vocab_size"]
         self.sliding_window = config["sliding_window"]
         self.kv_layers = kv_source_layers(config)

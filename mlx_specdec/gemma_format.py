@@ -1,0 +1,222 @@
+"""Gemma 4's output format, parsed incrementally into reasoning, content and tool calls.
+
+The one place that reads Gemma 4's output markup; shared by `specdec serve` and `specdec chat`.
+Gemma 4 writes (its chat template, DESIGN.md):
+
+    <|channel>thought\\n ... <channel|>                   the thinking channel -> Reasoning
+    <|tool_call>call:NAME{key:<|"|>text<|"|>,n:3}<tool_call|>   a tool call -> ToolCall
+    anything else                                        the answer -> Content
+
+The markers come from mlx-lm: the thinking markers from its tokenizer wrapper
+(`think_start` / `think_end`, detected from the vocabulary) and the tool-call markers and the
+argument parser from `mlx_lm.tool_parsers.gemma4`. This module adds only the streaming side.
+
+Invariants:
+* `feed()` never emits text that a later piece could turn into a marker: it holds back the
+  longest tail that is a proper prefix of a marker allowed in the current state, and buffers a
+  tool call until it closes. So every split of the same text (at any character, hence any
+  token boundary) yields the same events once adjacent texts of one kind are joined, and
+  `parse(text)` equals feeding it in pieces.
+* A tool call whose arguments do not parse is given back as Content, markers included:
+  nothing the model wrote is lost.
+
+API for front ends (the chat UI shows Reasoning dimmed, the server maps events to deltas):
+
+    parser = GemmaParser.for_tokenizer(bundle.tokenizer)     # or GemmaParser()
+    for record in stream_generate(...):
+        for event in parser.feed(record.text):
+            match event:
+                case Reasoning(text): ...    # thinking: show dimmed / collapsible
+                case Content(text): ...      # the answer
+                case ToolCall(index, name, arguments): ...   # arguments: a JSON object text
+    for event in parser.finish(): ...        # the held-back tail, at the end of generation
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from mlx_lm.tool_parsers import gemma4
+
+THINK_START = "<|channel>thought"  # what mlx-lm's tokenizer wrapper detects for Gemma 4
+THINK_END = "<channel|>"
+TOOL_START, TOOL_END = gemma4.tool_call_start, gemma4.tool_call_end  # "<|tool_call>", "<tool_call|>"
+
+
+@dataclass(frozen=True)
+class Content:
+    """Answer text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """Text of the thinking channel (without its markers and the newline after `thought`)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One complete tool call: `index` counts calls from 0; `arguments` is a JSON object text."""
+
+    index: int
+    name: str
+    arguments: str
+
+
+Event = Content | Reasoning | ToolCall
+
+_CONTENT, _REASONING, _TOOL = "content", "reasoning", "tool"
+
+
+@dataclass
+class Parsed:
+    """A whole output, split: what `parse` returns and `GemmaParser.result` accumulates."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+    def add(self, events: list[Event]) -> None:
+        for e in events:
+            if isinstance(e, Content):
+                self.content += e.text
+            elif isinstance(e, Reasoning):
+                self.reasoning += e.text
+            else:
+                self.tool_calls.append(e)
+
+
+def _held_back(buf: str, markers: list[str]) -> int:
+    """Length of the longest tail of `buf` that is a proper prefix of one of `markers`."""
+    for n in range(min(len(buf), max(len(m) for m in markers) - 1), 0, -1):
+        if any(m.startswith(buf[-n:]) for m in markers):
+            return n
+    return 0
+
+
+def parse_tool_call(body: str, first_index: int) -> list[ToolCall]:
+    """`call:NAME{...}` (the text between the markers) -> ToolCalls; raises ValueError if malformed."""
+    try:
+        parsed = gemma4.parse_tool_call(body)
+    except Exception as e:  # the regex finds nothing, or the arguments are not valid once converted
+        raise ValueError(f"not a Gemma 4 tool call: {body!r}") from e
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    return [
+        ToolCall(first_index + i, c["name"], json.dumps(c["arguments"], ensure_ascii=False))
+        for i, c in enumerate(calls)
+    ]
+
+
+class GemmaParser:
+    """Incremental parser: `feed(piece)` -> events, `finish()` -> the rest; see the module docstring.
+
+    tools: recognise tool calls (False: tool-call markup stays Content, as for `tool_choice: none`).
+    in_reasoning: start inside the thinking channel (the prompt opened it; see `opens_reasoning`).
+    """
+
+    def __init__(
+        self,
+        *,
+        tools: bool = True,
+        in_reasoning: bool = False,
+        think_start: str = THINK_START,
+        think_end: str = THINK_END,
+    ):
+        self.tools = tools
+        self.think_start, self.think_end = think_start, think_end
+        self._state = _REASONING if in_reasoning else _CONTENT
+        self._strip_newline = in_reasoning
+        self._buf = ""
+        self._calls = 0
+        self.result = Parsed()
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, **kwargs) -> GemmaParser:
+        """Thinking markers as mlx-lm's TokenizerWrapper detected them (Gemma 4's by default)."""
+        if getattr(tokenizer, "has_thinking", False) and tokenizer.think_start:
+            kwargs.setdefault("think_start", tokenizer.think_start)
+            kwargs.setdefault("think_end", tokenizer.think_end)
+        return cls(**kwargs)
+
+    def feed(self, text: str) -> list[Event]:
+        """Add a piece of output text; returns the events it completes (possibly none)."""
+        self._buf += text
+        events: list[Event] = []
+        while self._step(events):
+            pass
+        self.result.add(events)
+        return events
+
+    def finish(self) -> list[Event]:
+        """End of output: emit what was held back (an unclosed tool call as Content, or parsed if whole)."""
+        events: list[Event] = []
+        buf, self._buf = self._buf, ""
+        if self._state == _TOOL:
+            events.extend(self._tool_events(buf, closed=False))
+        elif buf:
+            events.append(Reasoning(buf) if self._state == _REASONING else Content(buf))
+        self._state = _CONTENT
+        self.result.add(events)
+        return events
+
+    # -- the state machine ---------------------------------------------------------------
+    def _step(self, events: list[Event]) -> bool:
+        """Consume what the buffer allows in the current state; True when the state changed."""
+        buf = self._buf
+        if self._state == _TOOL:
+            end = buf.find(TOOL_END)
+            if end < 0:
+                return False  # a tool call is emitted whole, once it closes
+            self._buf, self._state = buf[end + len(TOOL_END) :], _CONTENT
+            events.extend(self._tool_events(buf[:end], closed=True))
+            return True
+        if self._state == _REASONING:
+            if self._strip_newline and buf:
+                buf, self._strip_newline = buf[1:] if buf[0] == "\n" else buf, False
+            markers = [self.think_end]
+        else:
+            markers = [self.think_start] + ([TOOL_START] if self.tools else [])
+        hits = [(i, m) for m in markers if (i := buf.find(m)) >= 0]
+        if hits:
+            i, marker = min(hits)
+            self._emit(events, buf[:i])
+            self._buf = buf[i + len(marker) :]
+            if marker == self.think_start:
+                self._state, self._strip_newline = _REASONING, True
+            else:
+                self._state = _TOOL if marker == TOOL_START else _CONTENT
+            return True
+        keep = _held_back(buf, markers)
+        self._emit(events, buf[: len(buf) - keep])
+        self._buf = buf[len(buf) - keep :]
+        return False
+
+    def _emit(self, events: list[Event], text: str) -> None:
+        if text:
+            events.append(Reasoning(text) if self._state == _REASONING else Content(text))
+
+    def _tool_events(self, body: str, closed: bool) -> list[Event]:
+        try:
+            calls = parse_tool_call(body, self._calls)
+        except ValueError:
+            return [Content(TOOL_START + body + (TOOL_END if closed else ""))]
+        self._calls += len(calls)
+        return list(calls)
+
+
+def opens_reasoning(prompt_text: str, think_start: str = THINK_START, think_end: str = THINK_END) -> bool:
+    """True when the prompt ends inside an open thinking channel (the generation starts in it)."""
+    start = prompt_text.rfind(think_start)
+    return start >= 0 and prompt_text.find(think_end, start) < 0
+
+
+def parse(text: str, **kwargs) -> Parsed:
+    """A whole output at once (the same result as feeding it in any pieces)."""
+    parser = GemmaParser(**kwargs)
+    parser.feed(text)
+    parser.finish()
+    return parser.result

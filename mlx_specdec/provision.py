@@ -1,0 +1,318 @@
+"""Model provisioning: MODEL as typed -> a bundle folder, converted on first use; memory fit.
+
+`model_folder(model)` is what the CLI calls: an existing folder is used as it is; a known name or
+hub id (`e2b`, `gemma-4-26b-a4b`, `google/gemma-4-31B-it`, an mlx-community repo; see
+`registry.resolve`) becomes the bundle `cache_dir()/<bundle-name>`, converted by
+`weights_convert.convert` on first use (its huggingface-hub progress bars show the download)
+and reused afterwards. `check_memory_fit` runs before any conversion.
+
+Invariants:
+- A bundle in the cache counts as present only once complete (`target/config.json` exists):
+  `convert` writes into a temporary folder and renames it at the end.
+- Memory estimate = weights + KV cache at the requested context + a fixed allowance for
+  activations. The KV term follows what `cache.make_target_cache` allocates (one cache per
+  non-KV-shared layer; sliding layers keep window + 1 + rewind slack plus one prefill chunk,
+  full layers the context); a test checks it against the bytes those caches really hold.
+- Every failure is a one-line SpecdecError.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from mlx_lm.models.cache import KVCache
+
+from . import decode, registry
+from .cache import PromptCache, SlidingKVCache
+from .errors import SpecdecError
+from .registry import Pair
+
+DEFAULT_NAME = "e2b"
+DEFAULT_BUNDLE = "gemma-4-E2B-it-4bit"
+DEFAULT_TARGET = "google/gemma-4-E2B-it"
+DEFAULT_DRAFTER = "google/gemma-4-E2B-it-assistant"
+
+# Context the memory estimate assumes when no --max-context is given (the caches grow with the
+# context, so a chat rarely needs the model's full 128K-256K).
+DEFAULT_CONTEXT = 32768
+# Activations (a verify pass, logits rows, prefill chunk), the drafter's workspace, allocator slack.
+OVERHEAD_BYTES = 512 << 20
+# What the caches allocate (read from the code that allocates, so the estimate follows it):
+KV_STEP = max(KVCache.step, SlidingKVCache.step)  # both grow in steps of 256 entries
+PREFILL_CHUNK = decode.PREFILL_CHUNK  # a sliding cache briefly holds one prefill chunk past its keep
+MAX_REWIND = inspect.signature(PromptCache).parameters["max_rewind"].default  # 2 * MAX_DRAFT
+
+
+# --- where bundles live ----------------------------------------------------------------------
+def cache_dir() -> Path:
+    root = os.environ.get("MLX_SPECDEC_CACHE")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mlx-specdec"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A cheap check before a multi-GB download; False when HF_HUB_OFFLINE is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
+        return True  # the proxy decides; the download reports its own errors
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def is_bundle(folder: Path) -> bool:
+    return (folder / "target" / "config.json").is_file()
+
+
+def local_bundle(pair: Pair, bits: int = 4) -> Optional[Path]:
+    """The converted bundle of `pair` at `bits` in the cache, or None."""
+    folder = cache_dir() / pair.bundle_name(bits)
+    return folder if is_bundle(folder) else None
+
+
+def local_bundles(pair: Pair) -> dict[int, Path]:
+    """{bits: folder} of every converted bundle of `pair` in the cache."""
+    from weights_convert.quantise import BITS
+
+    return {b: f for b in BITS if (f := local_bundle(pair, b)) is not None}
+
+
+# --- MODEL -> folder -------------------------------------------------------------------------
+def ensure_bundle(
+    name: str,
+    bits: int = 4,
+    *,
+    max_context: Optional[int] = None,
+    convert_fn=None,
+    reachable: Callable[[], bool] = hub_reachable,
+    log: Callable[[str], None] = lambda line: None,
+    available: Optional[int] = None,
+) -> Path:
+    """The cached bundle of the pair `name` names, converting it on first use. Raises SpecdecError.
+
+    Before converting: the memory fit at `bits` and `max_context` (see `check_memory_fit`), then
+    whether the hub can be reached. `convert_fn` defaults to `weights_convert.convert`.
+    """
+    pair = registry.resolve(name)
+    folder = cache_dir() / pair.bundle_name(bits)
+    if is_bundle(folder):
+        return folder
+    check_memory_fit(pair, bits, max_context, available=available)
+    if not reachable():
+        raise SpecdecError(
+            f"no {pair.target} bundle in {folder.parent} and the Hugging Face hub is unreachable (offline?); "
+            "try `specdec chat --demo`, or pass a converted bundle folder"
+        )
+    if convert_fn is None:
+        from weights_convert import convert as convert_fn
+    log(f"first run: converting {pair.target} + {pair.drafter} ({bits}-bit) into {folder}")
+    convert_fn(target=pair.target, drafter=pair.drafter, output=folder, bits=bits, log=log)
+    return folder
+
+
+def default_bundle(*, convert_fn=None, reachable: Callable[[], bool] = hub_reachable, console=None) -> Path:
+    """The cached converted Gemma 4 E2B bundle, converting it on first use."""
+    def log(line: str) -> None:
+        if console is not None:
+            console.print(line, highlight=False, markup=False)
+
+    return ensure_bundle(DEFAULT_NAME, 4, convert_fn=convert_fn, reachable=reachable, log=log)
+
+
+def model_folder(model: Union[str, Path, None], *, bits: int = 4, max_context: Optional[int] = None,
+                 log: Callable[[str], None] = lambda line: None, **kwargs) -> Path:
+    """MODEL as typed -> a folder: an existing folder as it is; a known name or hub id -> its cached
+    bundle (converted on first use); None -> the default E2B bundle. Raises SpecdecError."""
+    if model is None:
+        return ensure_bundle(DEFAULT_NAME, bits, max_context=max_context, log=log, **kwargs)
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise SpecdecError(f"{text} is a file; pass a bundle folder or a model name (see `specdec models`)")
+    pair = registry.find(text)
+    if pair is None and (text.startswith((".", "~", os.sep)) or text.count("/") > 1):
+        raise SpecdecError(f"{text}: no such folder")
+    return ensure_bundle(text, bits, max_context=max_context, log=log, **kwargs)
+
+
+# --- memory fit ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a model needs at `context` tokens: weights + KV cache + a fixed allowance."""
+
+    weights: int
+    kv: int
+    context: int
+    overhead: int = OVERHEAD_BYTES
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.overhead
+
+
+def kv_bytes(text_cfg: dict, context: int, itemsize: int = 2, max_rewind: int = MAX_REWIND) -> int:
+    """KV-cache bytes the target's caches hold at `context` tokens (batch 1).
+
+    Per non-KV-shared layer, K and V of [kv_heads, entries, head_dim]: full layers hold the
+    context (rounded up to the cache step), sliding layers at most window + 1 + `max_rewind`
+    plus one prefill chunk. Full layers use `global_head_dim` and, with `attention_k_eq_v`,
+    `num_global_key_value_heads`. k_eq_v shares the projection, not the cache: V (v_norm of
+    the projection) and K (k_norm + RoPE) differ, so both are stored.
+    """
+    from .models.target import text_config
+
+    cfg = text_config(text_cfg)
+    steps = -(-context // KV_STEP) * KV_STEP
+    sliding = min(steps, cfg["sliding_window"] + 1 + max_rewind + max(KV_STEP, PREFILL_CHUNK))
+    first_shared = cfg["num_hidden_layers"] - cfg.get("num_kv_shared_layers", 0)
+    total = 0
+    for layer_type in cfg["layer_types"][:first_shared]:
+        if layer_type == "full_attention":
+            heads = cfg["num_key_value_heads"]
+            if cfg.get("attention_k_eq_v") and cfg.get("num_global_key_value_heads"):
+                heads = cfg["num_global_key_value_heads"]
+            total += 2 * heads * steps * (cfg.get("global_head_dim") or cfg["head_dim"]) * itemsize
+        else:
+            total += 2 * cfg["num_key_value_heads"] * sliding * cfg["head_dim"] * itemsize
+    return total
+
+
+Source = Union[Pair, str, Path, dict]
+
+
+def estimate(source: Source, bits: int = 4, max_context: Optional[int] = None, *,
+             group_size: int = 64, itemsize: int = 2) -> MemoryEstimate:
+    """Memory for `source` at `bits` and `max_context` (None: DEFAULT_CONTEXT, capped at the model's).
+
+    `source`: a Pair or a known name (weights computed from its shapes at `bits`); a Hugging Face
+    target config dict (weights computed likewise, drafter not counted); a folder (a bundle, or a
+    target folder: weights are its safetensors files as they are, `bits` does not apply).
+    """
+    weights, cfg = _weights_and_config(source, bits, group_size, itemsize)
+    context = min(max_context or DEFAULT_CONTEXT, _max_context(cfg))
+    return MemoryEstimate(weights, kv_bytes(cfg, context, itemsize), context)
+
+
+def available_memory() -> tuple[int, str]:
+    """(bytes the machine can give a model, what that figure is)."""
+    if sys.platform == "darwin":
+        try:
+            import mlx.core as mx
+
+            info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
+            size = int(info.get("max_recommended_working_set_size", 0))
+            if size:
+                return size, "Metal's recommended working set"
+        except Exception:  # no Metal device: fall back to RAM
+            pass
+    import psutil
+
+    return int(psutil.virtual_memory().total), "RAM"
+
+
+def check_memory_fit(source: Source, bits: int = 4, max_context: Optional[int] = None, *,
+                     available: Optional[int] = None) -> MemoryEstimate:
+    """The estimate when it fits; else SpecdecError with the numbers and what would fit.
+
+    `available`: bytes the model may use; None asks the machine (`available_memory`).
+    """
+    if isinstance(source, str) and not Path(source).expanduser().is_dir():
+        source = registry.resolve(source)
+    need = estimate(source, bits, max_context)
+    if available is None:
+        available, what = available_memory()
+    else:
+        what = "available"
+    if need.total <= available:
+        return need
+    label = source.target if isinstance(source, Pair) else str(source)
+    at = f" at {bits} bits" if not isinstance(source, Path) else ""
+    hints = _what_fits(source, bits, need.context, available)
+    raise SpecdecError(
+        f"{label}{at} with a {need.context}-token context needs {_gb(need.total)} (weights {_gb(need.weights)}"
+        f" + KV cache {_gb(need.kv)} + {_gb(need.overhead)} working memory), but this machine has "
+        f"{_gb(available)} ({what})" + (f"; would fit: {', or '.join(hints)}" if hints else "; nothing smaller fits"))
+
+
+def _what_fits(source: Source, bits: int, context: int, available: int) -> list[str]:
+    """What would fit instead: fewer bits, a shorter context, a smaller known model."""
+    hints = []
+    if not isinstance(source, Path):
+        for b in (8, 4):
+            if b < bits and estimate(source, b, context).total <= available:
+                hints.append(f"--bits {b}")
+                break
+    weights, cfg = _weights_and_config(source, bits, 64, 2)
+    room = available - weights - OVERHEAD_BYTES
+    lo, hi = 0, context // 1024  # the longest context, in 1024-token units, whose KV cache fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if kv_bytes(cfg, mid * 1024) <= room else (lo, mid - 1)
+    if lo:
+        hints.append(f"--max-context {lo * 1024}")
+    pair = source if isinstance(source, Pair) else registry.find(source) if isinstance(source, str) else None
+    if pair is not None:
+        size = sum(registry.bundle_bytes(pair, bits))
+        smaller = [p.name for p in registry.PAIRS if not p.qat and sum(registry.bundle_bytes(p, bits)) < size
+                   and estimate(p, bits, context).total <= available]
+        if smaller:
+            hints.append(f"a smaller model ({', '.join(reversed(smaller))})")
+    return hints
+
+
+def _weights_and_config(source: Source, bits: int, group_size: int, itemsize: int) -> tuple[int, dict]:
+    if isinstance(source, str) and not Path(source).expanduser().is_dir():
+        source = registry.resolve(source)
+    if isinstance(source, Pair):
+        return sum(registry.bundle_bytes(source, bits, group_size)), source.target_config()
+    if isinstance(source, dict):
+        return registry.config_bytes(source, None, bits, group_size, itemsize)[0], source
+    from .load import read_config
+
+    folder = Path(source).expanduser()
+    target = folder / "target" if is_bundle(folder) else folder
+    parts = [target] + ([folder / "drafter"] if (folder / "drafter").is_dir() else [])
+    weights = sum(f.stat().st_size for part in parts for f in part.glob("*.safetensors"))
+    return weights, read_config(target)
+
+
+def _max_context(cfg: dict) -> int:
+    text = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+    return int(text.get("max_position_embeddings") or 131072)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"  # decimal GB, as `specdec models` and the hub show sizes
+
+
+# --- the list `specdec models` shows -----------------------------------------------------------
+def model_rows(bits: int = 4, context: int = DEFAULT_CONTEXT) -> list[dict]:
+    """One dict per known pair: names, repos, sizes in bytes, memory at `context`, local bundles.
+
+    Keys: name, target, drafter, kind, head, qat, mlx_repos, download_bytes, bundle_bytes (at `bits`),
+    memory_bytes (weights + KV at `context` + working memory), context, bits, local ({bits: folder}).
+    """
+    rows = []
+    for pair in registry.PAIRS:
+        rows.append({
+            "name": pair.name, "target": pair.target, "drafter": pair.drafter, "kind": pair.kind,
+            "head": pair.head, "qat": pair.qat, "mlx_repos": list(pair.mlx_repos),
+            "download_bytes": pair.download_bytes, "bundle_bytes": sum(registry.bundle_bytes(pair, bits)),
+            "memory_bytes": estimate(pair, bits, context).total, "context": context, "bits": bits,
+            "local": {str(b): str(f) for b, f in local_bundles(pair).items()},
+        })
+    return rows

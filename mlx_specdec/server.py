@@ -1,0 +1,261 @@
+"""`specdec serve`: an OpenAI-compatible HTTP server (starlette + uvicorn) over the speculative loop.
+
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health.
+The HTTP side (the asyncio event loop) validates, renders the prompt (`prompt.chat_ids`, the one
+place the chat template is applied) and queues a `Job`; the worker thread (server_worker.py)
+runs every mlx call, one generation at a time. Chat output goes through `gemma_format`
+(thinking -> `reasoning_content`, tool calls -> `tool_calls`).
+
+Invariants:
+* Every error is OpenAI's JSON shape with its status (server_api.ApiError); never a traceback.
+* A client that disconnects cancels its job (streaming or not); the worker stops before the
+  next token and the cache is rewound.
+* Bodies over `max_body` get 413 before they are read whole; a full queue gets 429 + Retry-After.
+* One log line per request: status, prompt/cached/completion tokens, tok/s, accepted/round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+import time
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .decode import check_prompt
+from .errors import SpecdecError
+from .prompt import chat_ids, text_ids
+from .sampling import SamplingParams
+from .server_api import ApiError, GenRequest, parse_chat, parse_completion
+from .server_stream import Run, collect, stream_response
+from .server_worker import Worker
+from .settings import GenerationSettings
+
+log = logging.getLogger("mlx_specdec.server")
+MAX_BODY = 16 * 2**20
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def _read_json(request: Request, limit: int) -> dict:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"the request body has {int(length)} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"the request body is over the limit of {limit} bytes")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return data
+
+
+def _check_key(request: Request, key: str | None) -> None:
+    if key is not None and request.headers.get("authorization", "") != f"Bearer {key}":
+        raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+
+
+def _prompt_ids(state, req: GenRequest) -> list[int]:
+    tok = state.worker.bundle.tokenizer
+    try:
+        if req.kind == "chat":
+            ids = chat_ids(
+                tok, req.messages, tools=req.tools if req.tool_choice != "none" else None, **req.template_kwargs
+            )
+            if req.forced_prefix:
+                ids += [int(t) for t in tok.encode(req.forced_prefix, add_special_tokens=False)]
+        else:
+            ids = list(req.prompt) if isinstance(req.prompt, list) else text_ids(tok, req.prompt)
+        return check_prompt(state.worker.bundle, ids, state.context_limit)  # in the vocabulary, within context
+    except SpecdecError as e:
+        code = "context_length_exceeded" if "context holds" in str(e) else None
+        raise ApiError(400, str(e), param="messages" if req.kind == "chat" else "prompt", code=code) from None
+
+
+def create_app(
+    worker: Worker,
+    *,
+    api_key: str | None = None,
+    max_body: int = MAX_BODY,
+    defaults: SamplingParams | None = None,
+    draft: int | str = "auto",
+    max_context: int | None = None,
+) -> Starlette:
+    """The ASGI app over a started worker (its bundle loaded). `defaults`, `draft`: for omitted fields."""
+
+    async def generate(request: Request, parse) -> object:
+        state = request.app.state
+        t0 = time.perf_counter()
+        try:
+            _check_key(request, api_key)
+            req = parse(await _read_json(request, max_body), state.model, state.defaults, state.draft)
+            ids = _prompt_ids(state, req)
+            run = Run(state, req, ids, request.url.path)
+            try:
+                worker.submit(run.job)
+            except queue.Full:
+                wait = max(1, round(worker.seconds_per_job * (worker.jobs.qsize() + 1)))
+                raise ApiError(
+                    429,
+                    f"the queue is full ({worker.jobs.maxsize} waiting); retry in {wait} s",
+                    headers={"Retry-After": str(wait)},
+                ) from None
+        except ApiError as e:  # refused before it was queued
+            log.info("%s %d %s (%.0f ms)", request.url.path, e.status, e.message, (time.perf_counter() - t0) * 1e3)
+            return error_response(e)
+        if req.stream:
+            return stream_response(run)
+        try:
+            return await collect(run, request)
+        except ApiError as e:  # the generation failed or was cancelled; the run logged its line
+            return error_response(e)
+
+    async def chat(request: Request):
+        return await generate(request, parse_chat)
+
+    async def completions(request: Request):
+        return await generate(request, parse_completion)
+
+    async def models(request: Request):
+        try:
+            _check_key(request, api_key)
+        except ApiError as e:
+            return error_response(e)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": request.app.state.model,
+                        "object": "model",
+                        "created": request.app.state.created,
+                        "owned_by": "mlx-specdec",
+                    }
+                ],
+            }
+        )
+
+    async def health(request: Request):
+        pool = worker.pool
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": request.app.state.model,
+                "busy": worker.busy,
+                "queued": worker.jobs.qsize(),
+                "cache_entries": len(pool),
+                "cache_bytes": pool.nbytes,
+                "cache_limit_bytes": pool.max_bytes,
+            }
+        )
+
+    async def http_error(request: Request, exc: HTTPException):
+        message = {404: f"no route {request.method} {request.url.path}", 405: f"{request.method} is not allowed here"}
+        return error_response(ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail))))
+
+    async def server_error(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(ApiError(500, "internal server error; see the server log"))
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    bundle = worker.bundle
+    app.state.worker, app.state.model, app.state.created = worker, bundle.name, int(time.time())
+    app.state.max_context = max_context
+    app.state.context_limit = GenerationSettings(max_context=max_context).context_limit(bundle.target.config)
+    app.state.defaults, app.state.draft = defaults or SamplingParams(temp=1.0), draft
+    return app
+
+
+def sampling_defaults(folders) -> SamplingParams:
+    """The model's own sampling defaults (generation_config.json), else OpenAI's (temperature 1)."""
+    for folder in folders:
+        path = Path(folder) / "generation_config.json"
+        if path.is_file():
+            cfg = json.loads(path.read_text())
+            return SamplingParams(
+                temp=float(cfg.get("temperature", 1.0)) if cfg.get("do_sample", True) else 0.0,
+                top_p=float(cfg.get("top_p", 1.0)),
+                top_k=int(cfg.get("top_k", 0) or 0),
+            )
+    return SamplingParams(temp=1.0)
+
+
+def serve(
+    model=None,
+    *,
+    target=None,
+    drafter=None,
+    demo: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    api_key: str | None = None,
+    max_context: int | None = None,
+    cache_bytes: int = 2**30,
+    max_queue: int = 32,
+    max_body: int = MAX_BODY,
+    draft: int | str = "auto",
+) -> None:
+    """Load the model on the worker thread, then serve until interrupted (raises SpecdecError on bad input)."""
+    import uvicorn
+
+    from .load import DEMO_DIR, load
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    GenerationSettings(max_context=max_context, draft=draft)  # validates both before anything loads
+    if cache_bytes < 0 or max_queue < 1:
+        raise SpecdecError("--cache-bytes must be >= 0 and --max-queue >= 1")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog from now on, even before uvicorn runs
+    except OSError as e:
+        sock.close()
+        raise SpecdecError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    worker = Worker(
+        lambda: load(model, target=target, drafter=drafter, demo=demo), max_queue=max_queue, cache_bytes=cache_bytes
+    )
+    worker.start_and_wait()
+    folders = [f for f in (target, model and Path(model) / "target", model, demo and DEMO_DIR / "target") if f]
+    app = create_app(
+        worker,
+        api_key=api_key,
+        max_body=max_body,
+        defaults=sampling_defaults(folders),
+        draft=draft,
+        max_context=max_context,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        log.warning(
+            "warning: listening on %s without --api-key: anyone who can reach this port can use the model", host
+        )
+    bound = sock.getsockname()[1]
+    print(f"specdec serve: http://{host}:{bound}/v1 (model '{worker.bundle.name}')", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        worker.stop()

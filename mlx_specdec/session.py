@@ -1,0 +1,277 @@
+"""One chat conversation on the speculative loop: history, settings, prompt cache, slash commands.
+
+- `ChatSession.reply(text)` adds the user's turn, fits the conversation into the context and
+  returns the answer's record stream. Each turn renders the whole conversation with
+  `prompt.chat_ids`; the loop prefills only what follows the prefix the `PromptCache` still
+  holds (`TokenRecord.prompt_tokens`). Closing the stream (Ctrl-C) closes the loop's generator,
+  whose `finally` rewinds the caches; the partial answer stays in the conversation.
+- Fitting: when the conversation plus room for an answer (`max_tokens`, at most half the
+  context) no longer fits the context, the oldest turns are dropped, never the system prompt
+  or the new message; `Turn.dropped` says how many messages went, for the panel and summary.
+- A rejected turn (too long even alone, or refused by the loop before its first token) leaves
+  the history exactly as it was, so the next turn works.
+- `ChatSession.command(line)` runs one slash command and returns an `Action`; every front end
+  acts on it the same way (show the message, the error or the stats; quit when asked).
+
+Invariants: `settings` is always a valid `GenerationSettings`: a change builds a new value with
+`dataclasses.replace` in `_change`, whose constructor validates it. `messages` never holds a
+rejected turn. Nothing here prints, reads the terminal or touches mlx memory counters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+from .errors import SpecdecError
+from .files import write_atomically
+from .gemma_format import parse
+from .prompt import chat_ids, clean_text
+from .settings import GenerationSettings, draft_label, parse_draft
+from .stats import RunStats, TokenRecord
+from .ui import Status
+
+HELP = """\
+/help            this help
+/reset           forget the conversation (and the prompt cache)
+/stats           the status panel of the last answer
+/draft K|auto|off  draft length: K tokens per round, adaptive, or plain decoding
+/temp T          sampling temperature (0 = greedy)
+/colour          colour the tokens that came from the drafter (toggle)
+/think [on|off]  show the last answer's thinking, or turn thinking on or off
+/save FILE       write the conversation as JSON
+/quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
+
+CHAT_SETTINGS = GenerationSettings(max_tokens=512)  # what `specdec chat` starts with
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """What only the chat has: the system prompt, whether drafted tokens are coloured, and
+    whether the model is asked to think first (the template's `enable_thinking`)."""
+
+    system: Optional[str] = None
+    colour_drafts: bool = False
+    thinking: bool = False
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a front end does after a slash command.
+
+    message: a line (or the help) for the user; with `error`, print it as `error: <message>`.
+    stats:   show the last answer's statistics (the panel on a terminal, the summary piped).
+    quit:    leave after showing the message.
+    """
+
+    message: str = ""
+    error: bool = False
+    stats: bool = False
+    quit: bool = False
+
+
+@dataclass
+class Turn:
+    """The last answer: its prompt ids, records, status and how many old messages made room."""
+
+    records: list = field(default_factory=list)
+    prompt: list = field(default_factory=list)
+    status: Status = field(default_factory=Status)
+    dropped: int = 0
+
+    @property
+    def prompt_len(self) -> Optional[int]:
+        return len(self.prompt) if self.prompt else None
+
+
+class ChatSession:
+    """The conversation, its settings and the prompt cache kept between turns.
+
+    `stream_fn` and `cache_factory` default to `decode.stream_generate` and `cache.PromptCache`;
+    tests inject fakes with the same signatures. Raises SpecdecError for a draft length without
+    a drafter, or a --max-context beyond the model's.
+    """
+
+    def __init__(
+        self, bundle, settings: GenerationSettings = CHAT_SETTINGS, options: ChatOptions = ChatOptions(), *,
+        stream_fn=None, cache_factory=None,
+    ):
+        if stream_fn is None or cache_factory is None:
+            from .cache import PromptCache
+            from .decode import stream_generate
+
+            stream_fn = stream_fn or stream_generate
+            cache_factory = cache_factory or PromptCache
+        if bundle.drafter is None and settings.draft not in (0, "auto"):
+            raise SpecdecError(f"draft tokens {settings.draft} need a drafter; load one, or use --no-draft")
+        self.bundle = bundle
+        self.settings = replace(settings, draft=0) if bundle.drafter is None else settings
+        _ = self.context_limit  # a --max-context beyond the model's fails now, not at the first turn
+        # Undecodable bytes in --system become U+FFFD here too, so /save can write them.
+        self.options = replace(options, system=clean_text(options.system)) if options.system else options
+        self._stream = stream_fn
+        self._cache_factory = cache_factory
+        self.messages: list[dict] = []  # user and assistant turns; the system prompt is in options
+        self.prompt_cache = cache_factory(bundle)
+        self.last = Turn()
+        self.plain_speeds: list[float] = []  # decode tok/s of plain turns: the speed-up baseline
+
+    # -- the conversation --------------------------------------------------------------------
+    @property
+    def context_limit(self) -> int:
+        """Tokens the context holds: --max-context, else the model's."""
+        return self.settings.context_limit(getattr(self.bundle.target, "config", None) or {})
+
+    def all_messages(self, messages: Optional[list[dict]] = None) -> list[dict]:
+        """The system prompt (if any) followed by `messages` (default: the conversation)."""
+        system = [{"role": "system", "content": self.options.system}] if self.options.system else []
+        return system + list(self.messages if messages is None else messages)
+
+    def prompt_ids(self, messages: Optional[list[dict]] = None) -> list[int]:
+        """The conversation through the chat template, ending with the model's turn."""
+        extra = {"enable_thinking": True} if self.options.thinking else {}
+        return chat_ids(self.bundle.tokenizer, self.all_messages(messages), **extra)
+
+    def reply(self, text: str) -> Iterator[TokenRecord]:
+        """Add the user's turn and return the answer's record stream. The answer joins the
+        conversation even when the caller stops early (close() / Ctrl-C); `self.last` holds
+        this turn's prompt at once and its records as they come. Raises SpecdecError (history
+        unchanged) when the message cannot fit the context even alone."""
+        before = (list(self.messages), self.last)
+        kept, prompt = self._fit(before[0] + [{"role": "user", "content": text}])
+        self.messages = kept
+        self.last = Turn([], prompt, dropped=len(before[0]) + 1 - len(kept))
+        return self._stream_answer(prompt, self.last.records, before)
+
+    def _fit(self, messages: list[dict]) -> tuple[list[dict], list[int]]:
+        """Drop the oldest turns until the prompt and room for an answer fit the context."""
+        prompt, limit = self.prompt_ids(messages), self.context_limit
+        room = min(self.settings.max_tokens, limit // 2)
+        while len(prompt) + room > limit and len(messages) > 1:
+            n = 1  # the oldest user message and the answers that follow it
+            while n < len(messages) - 1 and messages[n]["role"] != "user":
+                n += 1
+            messages = messages[n:]
+            prompt = self.prompt_ids(messages)
+        if len(prompt) >= limit:
+            raise SpecdecError(
+                f"this message needs {len(prompt)} tokens but the context holds {limit}; "
+                "it was not added: shorten it or raise --max-context"
+            )
+        return messages, prompt
+
+    def _stream_answer(
+        self, prompt: list[int], records: list[TokenRecord], before: tuple[list[dict], Turn]
+    ) -> Iterator[TokenRecord]:
+        stream, rejected = None, False
+        try:
+            stream = self._stream(self.bundle, prompt, self.settings, prompt_cache=self.prompt_cache)
+            for record in stream:
+                records.append(record)
+                yield record
+        except Exception:
+            rejected = not records  # refused before its first token: the turn never happened
+            raise
+        finally:
+            if stream is not None:
+                stream.close()  # the loop rewinds its caches in its own finally
+            if rejected:
+                self.messages, self.last = before
+            else:
+                self.messages.append({"role": "assistant", "content": self._answer_text(records)})
+                stats = RunStats.from_records(records)
+                if self.settings.draft == 0 and stats.decode_tokens_per_s > 0:
+                    self.plain_speeds.append(stats.decode_tokens_per_s)
+
+    def _raw_text(self, records: list[TokenRecord]) -> str:
+        eos = set(getattr(self.bundle.tokenizer, "eos_token_ids", ()) or ())
+        if records and records[-1].finish_reason == "stop" and records[-1].token in eos:
+            records = records[:-1]
+        return "".join(r.text for r in records)
+
+    def _answer_text(self, records: list[TokenRecord]) -> str:
+        """What the history keeps of an answer: its text without the thinking channel (Gemma 4's
+        template drops earlier thinking too)."""
+        return parse(self._raw_text(records), tools=False).content
+
+    @property
+    def plain_tokens_per_s(self) -> Optional[float]:
+        return statistics.median(self.plain_speeds) if self.plain_speeds else None
+
+    def reset(self) -> None:
+        self.messages = []
+        self.prompt_cache = self._cache_factory(self.bundle)
+        self.last = Turn()
+
+    def save(self, path: Union[str, Path]) -> tuple[Path, int]:
+        """Write the conversation (system prompt included) as JSON -> (path, messages written)."""
+        path = Path(path).expanduser()
+        messages = self.all_messages()
+        data = {"model": self.bundle.name, "settings": {**asdict(self.settings), **asdict(self.options)},
+                "messages": messages}
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+        return path, len(messages)
+
+    # -- slash commands ----------------------------------------------------------------------
+    def command(self, line: str) -> Action:
+        """Run one slash command. Bad arguments come back as an error action, never raised."""
+        name, _, arg = line.strip().partition(" ")
+        try:
+            return self._command(name.lower(), arg.strip())
+        except SpecdecError as e:
+            return Action(str(e), error=True)
+
+    def _command(self, name: str, arg: str) -> Action:
+        if name in ("/quit", "/exit", "/q"):
+            return Action("bye", quit=True)
+        if name in ("/help", "/?"):
+            return Action(HELP)
+        if name == "/reset":
+            self.reset()
+            return Action("conversation and prompt cache cleared")
+        if name == "/stats":
+            return Action(stats=True)
+        if name == "/draft":
+            if not arg:
+                return Action(f"draft length: {draft_label(self.settings.draft)} (use /draft K|auto|off)")
+            draft = parse_draft(arg)
+            if draft != 0 and self.bundle.drafter is None:
+                return Action("no drafter loaded: plain decoding only")
+            self._change(draft=draft)
+            return Action(f"draft length: {draft_label(draft)}")
+        if name == "/temp":
+            try:
+                temp = float(arg)
+            except ValueError:
+                temp = math.nan
+            try:
+                self._change(sampling=replace(self.settings.sampling, temp=temp))
+            except SpecdecError:  # SamplingParams checks the range
+                return Action(f"/temp needs a finite number >= 0, not {arg!r}")
+            return Action(f"temperature: {temp:g}")
+        if name in ("/colour", "/color"):
+            self.options = replace(self.options, colour_drafts=not self.options.colour_drafts)
+            return Action(f"drafted tokens coloured: {'on' if self.options.colour_drafts else 'off'}")
+        if name == "/think":
+            if arg.lower() in ("on", "off"):
+                self.options = replace(self.options, thinking=arg.lower() == "on")
+                return Action(f"thinking: {arg.lower()}")
+            if arg:
+                return Action(f"/think takes on, off or nothing, not {arg!r}", error=True)
+            reasoning = parse(self._raw_text(self.last.records), tools=False).reasoning.strip()
+            return Action(reasoning or "the last answer did no thinking")
+        if name == "/save":
+            if not arg:
+                return Action("/save needs a file name")
+            path, n = self.save(arg)
+            return Action(f"saved {n} messages to {path}")
+        return Action(f"unknown command {name}; /help lists them")
+
+    def _change(self, **fields) -> None:
+        """The one place settings change: a new validated value (SpecdecError if invalid)."""
+        self.settings = replace(self.settings, **fields)

@@ -1,0 +1,284 @@
+"""provision: MODEL -> folder (converted on first use, with a fake convert), memory estimate and fit."""
+
+import mlx.core as mx
+import pytest
+
+from mlx_specdec import provision, registry
+from mlx_specdec.cache import make_target_cache
+from mlx_specdec.errors import SpecdecError
+from mlx_specdec.load import load_target, read_config
+from mlx_specdec.models.target import Target, make_model, text_config
+
+from .conftest import TARGET
+
+
+class FakeConvert:
+    """Records each call and writes the one file that makes a folder count as a bundle."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, **kw):
+        self.calls.append({k: v for k, v in kw.items() if k != "log"})
+        (kw["output"] / "target").mkdir(parents=True)
+        (kw["output"] / "target" / "config.json").write_text("{}")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# ---------------------------------------------------------------------------------------------
+# The default model: the cached Gemma 4 E2B bundle, converted on first use, or a clear offline line.
+
+
+def test_default_bundle_offline_says_so_and_points_to_demo(cache):
+    with pytest.raises(SpecdecError) as e:
+        provision.default_bundle(reachable=lambda: False)
+    assert "unreachable (offline?)" in str(e.value) and "specdec chat --demo" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_default_bundle_converts_once_then_uses_the_cache(cache):
+    convert = FakeConvert()
+    folder = provision.default_bundle(convert_fn=convert, reachable=lambda: True)
+    assert folder == cache / "gemma-4-E2B-it-4bit"
+    assert convert.calls == [
+        dict(target="google/gemma-4-E2B-it", drafter="google/gemma-4-E2B-it-assistant", output=folder, bits=4)
+    ]
+    assert provision.default_bundle(convert_fn=convert, reachable=lambda: False) == folder
+    assert len(convert.calls) == 1
+
+
+def test_chat_still_exports_the_moved_names():
+    from mlx_specdec import chat
+
+    assert chat.default_bundle is provision.default_bundle and chat.cache_dir is provision.cache_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# model_folder: what the CLI calls with MODEL.
+
+
+def test_model_folder_returns_an_existing_folder_unchanged(cache):
+    assert provision.model_folder(str(TARGET)) == TARGET
+
+
+@pytest.mark.parametrize("name", ["26b-a4b", "gemma-4-26b-a4b", "google/gemma-4-26B-A4B-it",
+                                  "GOOGLE/gemma-4-26b-a4b-it-assistant", "mlx-community/gemma-4-26b-a4b-it-4bit"])
+def test_model_folder_converts_a_known_name_into_the_cache_once(cache, name):
+    convert = FakeConvert()
+    kw = dict(convert_fn=convert, reachable=lambda: True, available=1 << 50)
+    folder = provision.model_folder(name, **kw)
+    assert folder == cache / "gemma-4-26B-A4B-it-4bit"
+    assert convert.calls == [dict(target="google/gemma-4-26B-A4B-it", drafter="google/gemma-4-26B-A4B-it-assistant",
+                                  output=folder, bits=4)]
+    assert provision.model_folder(name, **kw) == folder and len(convert.calls) == 1
+
+
+def test_model_folder_at_8_bits_is_its_own_bundle(cache):
+    convert = FakeConvert()
+    folder = provision.model_folder("e4b", bits=8, convert_fn=convert, reachable=lambda: True, available=1 << 50)
+    assert folder == cache / "gemma-4-E4B-it-8bit" and convert.calls[0]["bits"] == 8
+
+
+def test_model_folder_unknown_name_lists_the_known_names(cache):
+    with pytest.raises(SpecdecError) as e:
+        provision.model_folder("llama-3", convert_fn=FakeConvert(), reachable=lambda: True)
+    msg = str(e.value)
+    assert msg.startswith("unknown model 'llama-3': known names are e2b, e4b, 12b, 26b-a4b, 31b, ")
+    assert msg.endswith("a folder path also works") and "\n" not in msg
+
+
+def test_model_folder_missing_path_says_no_such_folder(cache, tmp_path):
+    with pytest.raises(SpecdecError, match=r"^\./nowhere/bundle: no such folder$"):
+        provision.model_folder("./nowhere/bundle")
+
+
+def test_ensure_bundle_refuses_before_converting_when_memory_is_short(cache):
+    convert = FakeConvert()
+    with pytest.raises(SpecdecError) as e:
+        provision.ensure_bundle("31b", 8, convert_fn=convert, reachable=lambda: True, available=24 << 30)
+    assert convert.calls == [] and not (cache / "gemma-4-31B-it-8bit").exists()
+    assert "google/gemma-4-31B-it at 8 bits" in str(e.value) and "--bits 4" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The KV-cache estimate against the bytes our caches really hold.
+
+
+def _peak_kv_bytes(target: Target, n_prompt: int, n_steps: int) -> int:
+    """Run a prompt the way decode._prefill does, then single-token steps; sum of per-layer peaks."""
+    cache = make_target_cache(target.config, provision.MAX_REWIND)
+    peak = [0] * len(cache)
+
+    def step(tokens):
+        target(mx.array(tokens)[None], cache)
+        mx.eval([c.state for c in cache])
+        for i, c in enumerate(cache):
+            peak[i] = max(peak[i], c.nbytes)
+
+    ids = [3 + i % 50 for i in range(n_prompt)]
+    for start in range(0, n_prompt - 1, provision.PREFILL_CHUNK):
+        step(ids[start : min(start + provision.PREFILL_CHUNK, n_prompt - 1)])
+    step(ids[-1:])
+    for _ in range(n_steps):
+        step([5])
+    return sum(peak)
+
+
+@pytest.mark.parametrize("n_prompt", [100, 1300])
+def test_kv_estimate_equals_the_peak_the_caches_hold(n_prompt):
+    # fixture: 10 layers, the last 4 KV-shared, window 16, head_dim 32 (full layers 64), float32
+    target = load_target(TARGET)
+    assert provision.kv_bytes(target.config, n_prompt + 8, itemsize=4) == _peak_kv_bytes(target, n_prompt, 8)
+
+
+def test_kv_estimate_is_never_below_the_caches():
+    target = load_target(TARGET)  # 700: the sliding caches stay below their bound
+    assert provision.kv_bytes(target.config, 708, itemsize=4) >= _peak_kv_bytes(target, 700, 8)
+
+
+def test_kv_estimate_counts_k_eq_v_full_layers_with_their_global_heads():
+    # A tiny 26B/31B-like target: k_eq_v full layers with 2 global KV heads of dim 32, no sharing.
+    cfg = text_config(dict(
+        model_type="gemma4_text", hidden_size=32, num_hidden_layers=6, intermediate_size=64, num_attention_heads=4,
+        num_key_value_heads=1, num_global_key_value_heads=2, head_dim=16, global_head_dim=32, vocab_size=64,
+        sliding_window=8, attention_k_eq_v=True, max_position_embeddings=4096,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2))
+    model = make_model(cfg)
+    mx.eval(model.parameters())
+    target = Target(model, cfg)
+    assert provision.kv_bytes(cfg, 140, itemsize=4) == _peak_kv_bytes(target, 100, 40)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory fit.
+
+
+def test_estimate_is_weights_plus_kv_plus_overhead_at_the_default_context():
+    pair = registry.resolve("e2b")
+    e = provision.estimate(pair, 4)
+    assert e.context == provision.DEFAULT_CONTEXT
+    assert e.weights == sum(registry.bundle_bytes(pair, 4))
+    assert e.kv == provision.kv_bytes(pair.target_config(), provision.DEFAULT_CONTEXT)
+    assert e.total == e.weights + e.kv + provision.OVERHEAD_BYTES
+
+
+def test_estimate_caps_the_context_at_the_model_limit():
+    assert provision.estimate("e2b", 4, 10**7).context == 131072
+
+
+def test_memory_fit_passes_when_it_fits():
+    need = provision.estimate("e4b", 4)
+    assert provision.check_memory_fit("e4b", 4, available=need.total) == need
+
+
+def test_memory_fit_refusal_names_the_numbers_and_what_would_fit():
+    with pytest.raises(SpecdecError) as e:
+        provision.check_memory_fit("31b", 4, 262144, available=24 << 30)
+    msg = str(e.value)
+    need = provision.estimate("31b", 4, 262144)
+    head = f"google/gemma-4-31B-it at 4 bits with a 262144-token context needs {need.total / 1e9:.1f} GB"
+    assert msg.startswith(head)
+    assert "but this machine has 25.8 GB (available)" in msg and "\n" not in msg
+    hint = msg.split("would fit: ")[1]
+    context = int(hint.split("--max-context ")[1].split(",")[0])
+    assert provision.estimate("31b", 4, context).total <= 24 << 30 < provision.estimate("31b", 4, context + 1024).total
+    assert "a smaller model (26b-a4b, 12b, e4b, e2b)" in hint
+
+
+def test_memory_fit_suggests_fewer_bits_first():
+    with pytest.raises(SpecdecError, match=r"would fit: --bits 4, or a smaller model \(12b, e4b, e2b\)$"):
+        provision.check_memory_fit("31b", 8, available=24 << 30)
+
+
+def test_memory_fit_of_a_folder_counts_its_files(tmp_path):
+    e = provision.estimate(TARGET, 4, 1000)
+    assert e.weights == sum(f.stat().st_size for f in TARGET.glob("*.safetensors"))
+    with pytest.raises(SpecdecError, match=r"nothing smaller fits$"):
+        provision.check_memory_fit(TARGET, 4, 1000, available=e.weights // 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# `specdec models` and MODEL names on the command line.
+
+
+def test_models_json_lists_every_pair_and_what_is_converted_locally(cache):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    (cache / "gemma-4-12B-it-4bit" / "target").mkdir(parents=True)
+    (cache / "gemma-4-12B-it-4bit" / "target" / "config.json").write_text("{}")
+    (cache / "gemma-4-31B-it-4bit.partial" / "target").mkdir(parents=True)  # unfinished: not listed
+    result = CliRunner().invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    rows = {r["name"]: r for r in out["models"]}
+    assert list(rows) == [p.name for p in registry.PAIRS]
+    assert rows["12b"]["local"] == {"4": str(cache / "gemma-4-12B-it-4bit")}
+    assert all(not r["local"] for name, r in rows.items() if name != "12b")
+    e2b = rows["e2b"]
+    assert e2b["drafter"] == "google/gemma-4-E2B-it-assistant" and e2b["head"] == "centroid (2048)"
+    assert e2b["bundle_bytes"] == sum(registry.bundle_bytes(registry.resolve("e2b"), 4))
+    assert e2b["memory_bytes"] == provision.estimate("e2b", 4).total
+
+
+def test_models_table_shows_the_local_bundle(cache):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    (cache / "gemma-4-E2B-it-4bit" / "target").mkdir(parents=True)
+    (cache / "gemma-4-E2B-it-4bit" / "target" / "config.json").write_text("{}")
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if "google/gemma-4-E2B-it " in x)
+    assert "gemma-4-E2B-it-4bit" in line and "centroid" in line
+
+
+def test_cli_unknown_model_name_is_one_error_line(cache):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "gemma-9-huge", "--prompt", "hi"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: unknown model 'gemma-9-huge': known names are e2b,")
+    assert result.stderr.count("\n") == 1
+
+
+def test_memory_fit_of_a_bundle_counts_target_and_drafter_files(tmp_path):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    (bundle / "target").mkdir(parents=True)
+    (bundle / "drafter").mkdir()
+    shutil.copyfile(TARGET / "config.json", bundle / "target" / "config.json")
+    (bundle / "target" / "model.safetensors").write_bytes(b"\0" * 3000)
+    (bundle / "drafter" / "model.safetensors").write_bytes(b"\0" * 500)
+    e = provision.estimate(bundle, 4, 1000)
+    assert e.weights == 3500
+    assert e.kv == provision.kv_bytes(read_config(TARGET), 1000)
+
+
+def test_available_memory_is_metal_working_set_on_a_mac_and_ram_elsewhere():
+    import sys
+
+    import psutil
+
+    size, what = provision.available_memory()
+    if sys.platform == "darwin":
+        assert what == "Metal's recommended working set" and 0 < size <= psutil.virtual_memory().total
+    else:
+        assert (size, what) == (psutil.virtual_memory().total, "RAM")
+
+
+def test_hub_reachable_is_false_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert provision.hub_reachable() is False
