@@ -7,7 +7,8 @@
 # Makes a fresh venv (VENV, default .venv-cuda), installs MLX's CUDA backend `mlx[cuda]` (CUDA 12
 # wheels, mlx-cuda-12) of the MLX version pyproject.toml pins, then the project itself with its
 # other dependencies but not `mlx[cpu]` (the two backends must not share one environment).
-# PIP_ARGS is passed to every pip install (e.g. "--no-index --find-links WHEELS" offline).
+# PIP_ARGS is passed to every pip install (e.g. "--no-index --find-links WHEELS" offline); when the
+# system python already runs mlx on the GPU, the venv reuses its site-packages instead.
 # Budget: each family gets at most FAMILY_TIMEOUT s (default 150), the sweep stops starting new
 # families after BUDGET s (default 540), so the whole run fits in about 10 minutes after install.
 # Refuses in one line (exit 1) without a working nvidia-smi. --dry-run prints what it would run.
@@ -32,6 +33,10 @@ if [[ $gpu == 0 && $DRY == 0 ]]; then
     exit 1
 fi
 
+if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10)' >/dev/null 2>&1; then
+    echo "device_bench.sh: $PYTHON does not run Python >= 3.10; set PYTHON=/path/to/python3" >&2
+    exit 1
+fi
 MLX_VERSION="${MLX_VERSION:-$(sed -n 's/.*"mlx\[cpu\]>=\([0-9.]*\).*/\1/p' "$ROOT/pyproject.toml" | head -n1)}"
 # The project's dependencies except the MLX backend lines (mlx-lm stays).
 DEPS="$("$PYTHON" - "$ROOT/pyproject.toml" <<'PY'
@@ -51,10 +56,23 @@ run() {  # print, then run unless --dry-run
 if [[ $DRY == 1 ]]; then
     [[ $gpu == 1 ]] && echo "# GPU: $(nvidia-smi -L | head -n1)" || echo "# dry run: no GPU here (a real run refuses)"
 fi
-run "rm -rf '$VENV' && '$PYTHON' -m venv '$VENV'"
-run "'$VENV/bin/pip' install -q $PIP_ARGS 'mlx[cuda]==$MLX_VERSION'"
+# A machine without a route to PyPI can still run this when its python already has mlx[cuda] (and
+# the other packages): the venv then sees the system's site-packages and pip finds them installed.
+if "$PYTHON" -c 'import mlx.core as mx; assert mx.default_device() == mx.gpu' >/dev/null 2>&1; then
+    SYSTEM_MLX=1; VENV_ARGS="--system-site-packages"
+else
+    SYSTEM_MLX=0; VENV_ARGS=""
+fi
+run "rm -rf '$VENV' && '$PYTHON' -m venv $VENV_ARGS '$VENV'"
+if [[ $SYSTEM_MLX == 0 ]]; then
+    run "'$VENV/bin/pip' install -q $PIP_ARGS 'mlx[cuda]==$MLX_VERSION'"
+else
+    echo "# the system python's mlx already runs on the GPU: using it"
+fi
 run "'$VENV/bin/pip' install -q $PIP_ARGS $DEPS"
-run "'$VENV/bin/pip' install -q $PIP_ARGS --no-deps -e '$ROOT'"
+# The project runs from this checkout (PYTHONPATH), installed or not (an editable install needs setuptools).
+run "'$VENV/bin/pip' install -q $PIP_ARGS --no-deps -e '$ROOT' || echo 'editable install failed: running from $ROOT' >&2"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 run "'$VENV/bin/python' -c 'import mlx.core as mx; assert mx.default_device() == mx.gpu, mx.default_device(); print(\"mlx\", mx.__version__, mx.default_device())'"
 run "mkdir -p '$OUT' && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > '$OUT/gpu.csv'"
 

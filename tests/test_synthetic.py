@@ -221,3 +221,27 @@ def test_cli_bench_synthetic_writes_the_json_and_refuses_synthetic_options_witho
     assert "error: --acceptance, --no-auto, --bits and --prompt-tokens need --synthetic NAME" in res.output
     res = CliRunner().invoke(app, ["bench", "--synthetic", "e2b", "--demo"])
     assert res.exit_code == 1 and "not both" in res.output
+
+
+def test_device_bench_refuses_without_a_gpu_in_one_line_and_dry_runs(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "device_bench.sh"
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}  # no nvidia-smi on this PATH
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # present but failing counts as absent
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    for tool in ("bash", "dirname", "sed", "head"):
+        (tmp_path / tool).symlink_to(shutil.which(tool))
+    (tmp_path / "python3").symlink_to(sys.executable)
+    res = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.splitlines() == [
+        "device_bench.sh: no NVIDIA GPU here (nvidia-smi is missing or fails); run it on a machine with one"]
+    res = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path / "out")], capture_output=True, text=True,
+                         env=env)
+    assert res.returncode == 0, res.stderr
+    assert f"'mlx[cuda]=={mx.__version__}'" in res.stdout  # the project's MLX version, CUDA 12 wheels
+    assert res.stdout.count("synthetic_sweep.py' --family") == 5 and not (tmp_path / "out").exists()
