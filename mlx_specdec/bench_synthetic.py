@@ -99,7 +99,7 @@ class SyntheticInfo:
     acceptance:              the oracle's rates per draft position (the last repeats); None: the drafter's own.
     prompt_tokens:           length of the random prompt.
     build_s:                 seconds to build both models.
-    build_peak_memory_bytes: mlx peak memory while building.
+    build_peak_memory_bytes: mlx's peak memory while building, above what was allocated before.
     target_bytes:            the target's parameter bytes as built (quantised).
     drafter_bytes:           the drafter's.
     target_parameters:       the target's parameter count before quantisation.
