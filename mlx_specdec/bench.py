@@ -141,6 +141,7 @@ class Run:
     peak_memory_bytes: int = 0
     joules: float | None = None
     tokens: list = field(default_factory=list)
+    host_s: float = 0.0  # the rounds' host time the device waited for (stats.Round.host_s)
 
 
 def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=None) -> Run:
@@ -163,6 +164,7 @@ def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=
         generated=len(records), ttft_s=records[0].ttft_s, decode_tokens=len(records) - 1, decode_s=last.elapsed_s,
         rounds=rounds_from_records(records), peak_memory_bytes=int(mx.get_peak_memory()),
         joules=e1 - e0 if e0 is not None and e1 is not None else None, tokens=[r.token for r in records],
+        host_s=sum(r.round_info.host_s for r in records if r.round_info is not None),
     )
 
 

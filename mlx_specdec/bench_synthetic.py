@@ -17,8 +17,8 @@ Measured besides bench's figures:
   host wait  seconds per round from a sync of the loop returning to the next work it issues (a
              sync or a queued `async_eval`): graph building, host reads, bookkeeping, yielding.
              In a drafting round the device idles all that time; a plain round queued earlier
-             may still be computing (so for plain rounds it is an upper bound). Timed by
-             wrapping the `mx.eval`/`mx.async_eval` that decode.py calls (`host_timer`).
+             may still be computing (so for plain rounds it is an upper bound). The loop times it
+             itself (`stats.Round.host_s`).
   ideal      speed-up a fixed k would reach with no host overhead: E(k) / ((V(k+1) + k D) / V(1)),
              E(k) = draft_len.expected_tokens(a, k), a = the acceptance measured per position
              (the requested rate where a position was never tried); auto's ideal is the best k.
@@ -33,7 +33,6 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import mlx.core as mx
@@ -134,65 +133,10 @@ class SyntheticResult(BenchResult):
     synthetic: SyntheticInfo
 
 
-class _TimedMx:
-    """mlx.core as decode.py sees it, with `eval` timed ((start, end) per sync) and the start of
-    every `async_eval` (work queued without a sync) noted."""
-
-    def __init__(self, real):
-        self._real = real
-        self.spans: list[tuple[float, float]] = []
-        self.queued: list[float] = []
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def eval(self, *args):
-        t = time.perf_counter()
-        self._real.eval(*args)
-        self.spans.append((t, time.perf_counter()))
-
-    def async_eval(self, *args):
-        self.queued.append(time.perf_counter())
-        self._real.async_eval(*args)
-
-    def host_wait(self, syncs: int) -> float:
-        """Seconds from each of the last `syncs` syncs returning to the next work issued (a sync or
-        queued work) after it; the last sync has no successor here and counts nothing."""
-        spans = self.spans[-syncs:]
-        issues = sorted([s for s, _ in self.spans] + self.queued)
-        total, i = 0.0, 0
-        for _, end in spans[:-1]:
-            while issues[i] < end:
-                i += 1
-            total += issues[i] - end
-        return total
-
-
-@contextmanager
-def host_timer():
-    """Time every sync of decode.py's loop while the block runs (restored afterwards)."""
-    from . import decode
-
-    timed = _TimedMx(decode.mx)
-    decode.mx = timed
-    try:
-        yield timed
-    finally:
-        decode.mx = timed._real
-
-
 def _run(bundle, ids, max_tokens: int, draft, energy) -> tuple[bench.Run, float]:
-    """One generation -> (bench.Run, host seconds between the syncs of its decode rounds)."""
-    with host_timer() as timer:
-        run = bench.run_specdec(bundle, ids, max_tokens, draft, energy)
-    return run, timer.host_wait(len(run.rounds) + 1)  # the first token's sync, then one per round
-
-
-def _run(bundle, ids, max_tokens: int, draft, energy) -> tuple[bench.Run, float]:
-    """One generation -> (bench.Run, host seconds between the syncs of its decode rounds)."""
-    with host_timer() as timer:
-        run = bench.run_specdec(bundle, ids, max_tokens, draft, energy, stop_tokens=())
-    return run, timer.host_wait(len(run.rounds) + 1)  # the first token's sync, then one per round
+    """One generation -> (bench.Run, host seconds the device waited for in its rounds)."""
+    run = bench.run_specdec(bundle, ids, max_tokens, draft, energy, stop_tokens=())
+    return run, run.host_s
 
 
 def measure_costs(bundle, drafter, context: int, max_k: int, repeats: int = 5) -> Costs:

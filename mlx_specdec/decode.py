@@ -109,6 +109,7 @@ def rounds(
     caller takes every token of a round before asking for the next one.
     """
     queued = None  # the next plain round, already issued
+    t_synced = time.perf_counter()  # when the host last got control back from the device
     while True:
         t_start = time.perf_counter()
         position = len(pc.tokens)  # the index of x_p: every token before it is in the cache
@@ -119,16 +120,20 @@ def rounds(
         else:
             k = policy.choose(room(0))
             drafts, n, nxt, hidden = _issue(bundle, pc, bonus, h, k, params)
+        t_issue = None
         if k == 0 and room(1) >= 0 and policy.choose(room(1)) == 0:
             # The next round is plain too: issue it now, it computes while this one is read.
             queued = _issue(bundle, pc, nxt, hidden, 0, params)
+            t_issue = time.perf_counter()
             mx.async_eval(queued[2])
+        t_issue = t_issue or time.perf_counter()
         if k:
             mx.eval(n, nxt, drafts)  # sync: the one host read of the round
             accepted, drafted = int(n.item()), tuple(drafts.tolist())
         else:
             mx.eval(nxt)  # sync: the one host read of a plain round
             accepted, drafted = 0, ()
+        host_s, t_synced = t_issue - t_synced, time.perf_counter()
 
         # 4. rewind the rejected positions; h is the verify hidden state at p + n.
         rewind(pc.cache, k - accepted)
@@ -136,7 +141,7 @@ def rounds(
         h = hidden[:, accepted : accepted + 1]
         bonus = nxt
         policy.observe(k, accepted)
-        yield Round(position, drafted, accepted, int(nxt.item()), time.perf_counter() - t_start)
+        yield Round(position, drafted, accepted, int(nxt.item()), time.perf_counter() - t_start, host_s)
 
 
 def check_prompt(bundle: Bundle, ids: Sequence[int], limit: int) -> list[int]:

@@ -23,6 +23,10 @@ class Round:
     bonus:    the target's own next token, from the first unaccepted verify row.
     seconds:  host time from the round's start to its tokens being known (a plain round issued
               ahead, while the previous one was read, started earlier).
+    host_s:   host time from the previous round's sync returning to this round's first work
+              being handed to the device (graph building, host reads, the caller's own time
+              between rounds): the device idles that long, unless a plain round queued ahead
+              is still computing.
     The round adds accepted + 1 tokens: drafted[:accepted], then bonus.
     """
 
@@ -31,6 +35,7 @@ class Round:
     accepted: int
     bonus: int
     seconds: float
+    host_s: float = 0.0
 
     @property
     def k(self) -> int:

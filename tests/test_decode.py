@@ -158,3 +158,18 @@ def test_long_prompt_in_prefill_chunks_matches_one_pass_and_speculation_stays_ex
     assert plain[0] == int(mx.argmax(logits[0, -1]).item())
     for k in (3, "auto"):
         assert generate(b, p, S(max_tokens=40, draft=k))[1] == plain
+
+
+def test_round_host_time_counts_what_the_host_does_between_syncs(bundles):
+    """Round.host_s is the time the device waits for the host: a caller that dawdles 50 ms
+    between rounds shows up in the next round's host time, never in a negative or missing one."""
+    import time
+
+    records = []
+    for r in stream_generate(bundles["dense"], prompt(10), S(max_tokens=12, draft=2)):
+        records.append(r)
+        time.sleep(0.05 if r.round_info is not None else 0.0)  # after each round's first token
+    rounds = [r.round_info for r in records if r.round_info is not None]
+    assert len(rounds) >= 3
+    assert all(r.host_s >= 0.05 for r in rounds[1:])
+    assert all(r.seconds >= 0 and r.host_s >= 0 for r in rounds)
