@@ -122,8 +122,10 @@ def make_useless(drafter, seed: int = 0) -> None:
 
     params = tree_flatten(drafter.parameters())
     keys = mx.random.split(mx.random.key(seed), len(params))
-    shuffled = [(name, p.reshape(-1)[mx.random.permutation(p.size, key=key)].reshape(p.shape))
-                for (name, p), key in zip(params, keys)]
+    shuffled = [
+        (name, p.reshape(-1)[mx.random.permutation(p.size, key=key)].reshape(p.shape))
+        for (name, p), key in zip(params, keys)
+    ]
     drafter.update(tree_unflatten(shuffled))
     mx.eval(drafter.parameters())
 
@@ -161,9 +163,14 @@ def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=
     e1 = energy.read()
     last = records[-1]
     return Run(
-        generated=len(records), ttft_s=records[0].ttft_s, decode_tokens=len(records) - 1, decode_s=last.elapsed_s,
-        rounds=rounds_from_records(records), peak_memory_bytes=int(mx.get_peak_memory()),
-        joules=e1 - e0 if e0 is not None and e1 is not None else None, tokens=[r.token for r in records],
+        generated=len(records),
+        ttft_s=records[0].ttft_s,
+        decode_tokens=len(records) - 1,
+        decode_s=last.elapsed_s,
+        rounds=rounds_from_records(records),
+        peak_memory_bytes=int(mx.get_peak_memory()),
+        joules=e1 - e0 if e0 is not None and e1 is not None else None,
+        tokens=[r.token for r in records],
         host_s=sum(r.round_info.host_s for r in records if r.round_info is not None),
     )
 
@@ -191,8 +198,12 @@ def run_mlx_lm(bundle, ids, max_tokens: int, energy, ignore_eos: bool = False) -
         n += 1
     e1 = energy.read()
     return Run(
-        generated=n, ttft_s=t_first - t0, decode_tokens=n - 1, decode_s=t_last - t_first,
-        peak_memory_bytes=int(mx.get_peak_memory()), joules=e1 - e0 if e0 is not None and e1 is not None else None,
+        generated=n,
+        ttft_s=t_first - t0,
+        decode_tokens=n - 1,
+        decode_s=t_last - t_first,
+        peak_memory_bytes=int(mx.get_peak_memory()),
+        joules=e1 - e0 if e0 is not None and e1 is not None else None,
         tokens=tokens,
     )
 
@@ -233,8 +244,9 @@ def _trial_rates(trials: list[list[Run]]) -> list[float]:
     return rates
 
 
-def summarise_mode(mode: str, draft_tokens, trials: list[list[Run]], plain: list[list[Run]],
-                   ideal: float | None = None) -> ModeResult:
+def summarise_mode(
+    mode: str, draft_tokens, trials: list[list[Run]], plain: list[list[Run]], ideal: float | None = None
+) -> ModeResult:
     """Runs of one mode (trials x prompts) -> its ModeResult; `plain`: plain's runs, for speedup and exactness."""
     rates, ttfts, jpt = _trial_rates(trials), [], []
     for runs in trials:

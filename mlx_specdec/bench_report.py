@@ -10,6 +10,7 @@ The plot needs matplotlib (the optional extra `mlx-specdec[plot]`), drawn with t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .bench_result import BenchResult
@@ -28,8 +29,10 @@ def render_table(result: BenchResult):
     """The modes as a Rich table."""
     from rich.table import Table
 
-    title = (f"specdec bench: {result.model}, {len(result.prompts)} prompts x {result.max_tokens} tokens, "
-             f"median of {result.trials}{', useless drafter' if result.useless_drafter else ''}")
+    title = (
+        f"specdec bench: {result.model}, {len(result.prompts)} prompts x {result.max_tokens} tokens, "
+        f"median of {result.trials}{', useless drafter' if result.useless_drafter else ''}"
+    )
     table = Table(title=title, caption=f"BLAS: {result.blas or 'n/a'} | energy: {result.energy_source}")
     columns = ("mode", "TTFT ms", "tok/s", "vs plain", "acc/rnd", "accepted hist.", "MiB", "J/tok", "eff.", "exact")
     for col in columns:
@@ -37,11 +40,16 @@ def render_table(result: BenchResult):
     for m in result.modes:
         hist = " ".join(f"{k}:{v}" for k, v in m.accepted_histogram.items())
         table.add_row(
-            m.mode, _fmt(m.ttft_s and m.ttft_s * 1000, ".0f"), _fmt(m.decode_tokens_per_s, ".1f"),
+            m.mode,
+            _fmt(m.ttft_s and m.ttft_s * 1000, ".0f"),
+            _fmt(m.decode_tokens_per_s, ".1f"),
             _fmt(m.speedup, ".2f", "") + ("x" if m.speedup is not None else ""),
-            _fmt(m.mean_accepted_per_round, ".2f", "-"), hist or "-",
-            f"{m.peak_memory_bytes / 2**20:.0f}", _fmt(m.joules_per_token, ".3f"),
-            _fmt(m.loop_efficiency, ".2f", ""), "yes" if m.matches_plain else "NO",
+            _fmt(m.mean_accepted_per_round, ".2f", "-"),
+            hist or "-",
+            f"{m.peak_memory_bytes / 2**20:.0f}",
+            _fmt(m.joules_per_token, ".3f"),
+            _fmt(m.loop_efficiency, ".2f", ""),
+            "yes" if m.matches_plain else "NO",
         )
     return table
 
@@ -68,8 +76,11 @@ def summary_line(result: BenchResult) -> str:
 
 def curve(result: BenchResult) -> list[tuple[str, float, float | None]]:
     """(k label, tokens/s, tokens/J) for plain (k "0"), each fixed k, and "auto", in run order."""
-    return [("0" if m.mode == "plain" else m.mode.removeprefix("k="), m.decode_tokens_per_s or 0.0, m.tokens_per_joule)
-            for m in result.modes if m.mode != "mlx-lm"]
+    return [
+        ("0" if m.mode == "plain" else m.mode.removeprefix("k="), m.decode_tokens_per_s or 0.0, m.tokens_per_joule)
+        for m in result.modes
+        if m.mode != "mlx-lm"
+    ]
 
 
 def terminal_chart(result: BenchResult, width: int = 40) -> str:
@@ -150,8 +161,7 @@ def make_figure(result: BenchResult):
         axes[0].legend(loc="lower right", fontsize=8)
     axes[-1].set_xlabel("draft tokens per round (k; 0 = plain)")
     extra = ", useless drafter" if result.useless_drafter else ""
-    axes[0].set_title(f"{result.model}: {len(result.prompts)} prompts x {result.max_tokens} tokens{extra}",
-                      fontsize=9)
+    axes[0].set_title(f"{result.model}: {len(result.prompts)} prompts x {result.max_tokens} tokens{extra}", fontsize=9)
     return fig
 
 
@@ -161,3 +171,59 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
     fmt = plot_format(path)
     fig = make_figure(result)
     write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=120))
+
+
+# --- the command ---------------------------------------------------------------------------
+def run_cli(
+    load_bundle: Callable[[], object],
+    *,
+    prompts: Path | None,
+    ks: str,
+    max_tokens: int,
+    trials: int,
+    mlx_lm: bool,
+    ignore_eos: bool,
+    raw: bool,
+    useless_drafter: bool,
+    json_path: Path | None,
+    plot: Path | None,
+) -> None:
+    """`specdec bench MODEL ...`: check the outputs, load (`load_bundle()`), run, print, write files.
+    Every option is checked before the model loads, so a bad one never costs a run."""
+    import sys
+
+    from rich.console import Console
+
+    from .bench import SUITE, load_prompts, parse_k_list, run_bench
+    from .blas import describe_blas
+
+    suite = load_prompts(prompts) if prompts is not None else SUITE
+    k_list = parse_k_list(ks)
+    if json_path is not None:  # fail now, not after the whole run
+        check_output(json_path, "--json")
+    if plot is not None:
+        check_plot(plot)
+    err = Console(stderr=True)
+    blas = describe_blas()
+    err.print(f"BLAS: {blas}")
+    result = run_bench(
+        load_bundle(),
+        prompts=suite,
+        ks=k_list,
+        max_tokens=max_tokens,
+        trials=trials,
+        mlx_lm=mlx_lm,
+        ignore_eos=ignore_eos,
+        raw=raw,
+        useless_drafter=useless_drafter,
+        blas=blas,
+        log=lambda line: err.print(f"[dim]{line}[/dim]"),
+    )
+    out = Console(width=None if sys.stdout.isatty() else 120)  # a pipe or file gets the whole table
+    out.print(render_table(result))
+    out.print(summary_line(result))
+    out.print(terminal_chart(result))
+    if json_path is not None:
+        write_json(result, json_path)
+    if plot is not None:
+        write_plot(result, plot)

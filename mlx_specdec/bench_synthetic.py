@@ -225,15 +225,28 @@ def run_synthetic(
     bundle, report = built
     real_drafter = bundle.drafter
     try:
-        return _bench(bundle, report, acceptance=acceptance, ks=ks, auto=auto, max_tokens=max_tokens,
-                      prompt_tokens=prompt_tokens, trials=trials, seed=seed, energy=energy, blas=blas, log=log)
+        return _bench(
+            bundle,
+            report,
+            acceptance=acceptance,
+            ks=ks,
+            auto=auto,
+            max_tokens=max_tokens,
+            prompt_tokens=prompt_tokens,
+            trials=trials,
+            seed=seed,
+            energy=energy,
+            blas=blas,
+            log=log,
+        )
     finally:
         bundle.drafter = real_drafter
         bundle.auto_policies.clear()  # calibrated with this run's drafter: not the next run's
 
 
-def _bench(bundle, report, *, acceptance, ks, auto, max_tokens, prompt_tokens, trials, seed, energy, blas,
-           log) -> SyntheticResult:
+def _bench(
+    bundle, report, *, acceptance, ks, auto, max_tokens, prompt_tokens, trials, seed, energy, blas, log
+) -> SyntheticResult:
     from mlx_lm import __version__ as mlx_lm_version
 
     ids = synthetic.random_prompt(bundle.target.vocab_size, prompt_tokens, seed)
@@ -274,8 +287,10 @@ def _bench(bundle, report, *, acceptance, ks, auto, max_tokens, prompt_tokens, t
         seconds = sum(s for _, _, s in rounds)
         m.host_wait_s_per_round = host[mode] / len(rounds) if rounds else None
         m.host_wait_fraction = host[mode] / seconds if seconds else None
-        acc = [a if a is not None else (requested[min(i, len(requested) - 1)] if requested else 0.0)
-               for i, a in enumerate(m.acceptance_by_position)]
+        acc = [
+            a if a is not None else (requested[min(i, len(requested) - 1)] if requested else 0.0)
+            for i, a in enumerate(m.acceptance_by_position)
+        ]
         v, d = costs.verify_s, costs.draft_step_s
         if dt == "auto":
             m.ideal_speedup = max((x for j in range(len(v)) if (x := ideal_speedup(acc, costs, j))), default=None)
@@ -290,15 +305,34 @@ def _bench(bundle, report, *, acceptance, ks, auto, max_tokens, prompt_tokens, t
     if auto_m and auto_m.speedup and auto_m.ideal_speedup:
         summary.auto_vs_ideal = auto_m.speedup / auto_m.ideal_speedup
     return SyntheticResult(
-        model=bundle.name, blas=blas, energy_source=energy.name, platform=f"{platform.system()} {platform.machine()}",
-        mlx_version=mx.__version__, mlx_lm_version=mlx_lm_version, max_tokens=max_tokens, trials=trials,
-        ignore_eos=True, useless_drafter=False, prompts=[PromptResult("random", len(ids))], modes=results,
+        model=bundle.name,
+        blas=blas,
+        energy_source=energy.name,
+        platform=f"{platform.system()} {platform.machine()}",
+        mlx_version=mx.__version__,
+        mlx_lm_version=mlx_lm_version,
+        max_tokens=max_tokens,
+        trials=trials,
+        ignore_eos=True,
+        useless_drafter=False,
+        prompts=[PromptResult("random", len(ids))],
+        modes=results,
         summary=summary,
         synthetic=SyntheticInfo(
-            family=report.name, bits=report.bits, group_size=report.group_size, seed=seed, dtype=report.dtype,
-            estimated_shapes=report.estimated_shapes, acceptance=requested or None, prompt_tokens=prompt_tokens,
-            build_s=report.seconds, build_peak_memory_bytes=report.peak_memory_bytes,
-            target_bytes=report.target_bytes, drafter_bytes=report.drafter_bytes,
-            target_parameters=report.target_parameters, drafter_parameters=report.drafter_parameters, costs=costs,
+            family=report.name,
+            bits=report.bits,
+            group_size=report.group_size,
+            seed=seed,
+            dtype=report.dtype,
+            estimated_shapes=report.estimated_shapes,
+            acceptance=requested or None,
+            prompt_tokens=prompt_tokens,
+            build_s=report.seconds,
+            build_peak_memory_bytes=report.peak_memory_bytes,
+            target_bytes=report.target_bytes,
+            drafter_bytes=report.drafter_bytes,
+            target_parameters=report.target_parameters,
+            drafter_parameters=report.drafter_parameters,
+            costs=costs,
         ),
     )

@@ -24,18 +24,24 @@ def render_costs(result: SyntheticResult):
     from rich.table import Table
 
     s = result.synthetic
-    table = Table(title=f"{result.model}: costs relative to a plain step, host wait, ideal speed-up",
-                  caption=f"build {s.build_s:.1f} s, peak {s.build_peak_memory_bytes / 2**30:.2f} GiB; "
-                          f"target {s.target_bytes / 2**30:.2f} GiB, drafter {s.drafter_bytes / 2**20:.0f} MiB")
+    table = Table(
+        title=f"{result.model}: costs relative to a plain step, host wait, ideal speed-up",
+        caption=f"build {s.build_s:.1f} s, peak {s.build_peak_memory_bytes / 2**30:.2f} GiB; "
+        f"target {s.target_bytes / 2**30:.2f} GiB, drafter {s.drafter_bytes / 2**20:.0f} MiB",
+    )
     for col in ("mode", "verify/plain", "draft/plain", "host ms/round", "host %", "acceptance", "ideal", "measured"):
         table.add_column(col, justify="left" if col in ("mode", "acceptance") else "right")
     for m in result.modes:
         acc = " ".join(f"{a:.2f}" for a in m.acceptance_by_position if a is not None)
         table.add_row(
-            m.mode, _f(m.verify_cost_vs_plain, ".2f"), _f(m.draft_step_cost_vs_plain, ".3f"),
+            m.mode,
+            _f(m.verify_cost_vs_plain, ".2f"),
+            _f(m.draft_step_cost_vs_plain, ".3f"),
             _f(m.host_wait_s_per_round and m.host_wait_s_per_round * 1000, ".2f"),
-            _f(m.host_wait_fraction and 100 * m.host_wait_fraction, ".1f"), acc or "-",
-            _f(m.ideal_speedup, ".2f"), _f(m.speedup, ".2f"),
+            _f(m.host_wait_fraction and 100 * m.host_wait_fraction, ".1f"),
+            acc or "-",
+            _f(m.ideal_speedup, ".2f"),
+            _f(m.speedup, ".2f"),
         )
     return table
 
@@ -80,8 +86,9 @@ def make_figure(results: Sequence[SyntheticResult | dict]):
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("acceptance per draft position (markers: mean over the positions drafted)")
     ax.set_ylabel("speed-up over plain decoding")
-    ax.set_title(f"{docs[0]['model']} ({docs[0]['platform']}): lines ideal from measured costs, markers measured",
-                 fontsize=9)
+    ax.set_title(
+        f"{docs[0]['model']} ({docs[0]['platform']}): lines ideal from measured costs, markers measured", fontsize=9
+    )
     ax.legend(fontsize=8, ncol=2)
     return fig
 
@@ -96,8 +103,23 @@ def write_plot(results: Sequence[SyntheticResult | dict], path: str | Path) -> N
     write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=110))
 
 
-def run_cli(name: str, *, model, target, drafter, demo: bool, acceptance: str | None, auto: bool, bits: int,
-            ks: str, max_tokens: int, prompt_tokens: int, trials: int, json_path, plot) -> None:
+def run_cli(
+    name: str,
+    *,
+    model,
+    target,
+    drafter,
+    demo: bool,
+    acceptance: str | None,
+    auto: bool,
+    bits: int,
+    ks: str,
+    max_tokens: int,
+    prompt_tokens: int,
+    trials: int,
+    json_path,
+    plot,
+) -> None:
     """`specdec bench --synthetic NAME ...`: run, print the tables, write --json / --plot."""
     import sys
 
@@ -119,9 +141,18 @@ def run_cli(name: str, *, model, target, drafter, demo: bool, acceptance: str | 
     err = Console(stderr=True)
     blas = describe_blas()
     err.print(f"BLAS: {blas}")
-    result = run_synthetic(name, bits=bits, acceptance=rates, ks=k_list, auto=auto, max_tokens=max_tokens,
-                           prompt_tokens=prompt_tokens, trials=trials, blas=blas,
-                           log=lambda line: err.print(f"[dim]{line}[/dim]"))
+    result = run_synthetic(
+        name,
+        bits=bits,
+        acceptance=rates,
+        ks=k_list,
+        auto=auto,
+        max_tokens=max_tokens,
+        prompt_tokens=prompt_tokens,
+        trials=trials,
+        blas=blas,
+        log=lambda line: err.print(f"[dim]{line}[/dim]"),
+    )
     out = Console(width=None if sys.stdout.isatty() else 120)
     out.print(bench_report.render_table(result))
     out.print(render_costs(result))

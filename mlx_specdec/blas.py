@@ -20,8 +20,9 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 ENV_GUARD = "SPECDEC_BLAS"
 _OFF = {"off", "0", "none", "no", "false"}
@@ -145,5 +146,7 @@ def describe_blas(system: Optional[str] = None, maps: Optional[str] = None, env:
             label = "OpenBLAS" if "openblas" in name else "BLIS" if "blis" in name else "MKL" if "mkl" in name else name
             return f"{label} ({pre}, preloaded)"
     if any("mlx_cpu.libs" in p and Path(p).name.startswith("libblas") for p in libs):
-        return "reference BLAS (bundled with the mlx-cpu wheel; apt install libopenblas0-pthread for ~15x faster matmuls)"
+        return (
+            "reference BLAS (bundled with the mlx-cpu wheel; apt install libopenblas0-pthread for ~15x faster matmuls)"
+        )
     return "unknown BLAS"

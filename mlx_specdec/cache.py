@@ -15,7 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, _BaseCache
@@ -101,9 +101,7 @@ class SlidingKVCache(_BaseCache):
             return 0
         left = self._len - n
         if not self.can_trim(n):
-            raise RewindError(
-                f"sliding cache holds {self._len} positions; cannot rewind {n} and keep the window"
-            )
+            raise RewindError(f"sliding cache holds {self._len} positions; cannot rewind {n} and keep the window")
         self._len = left
         self.offset -= n
         return n

@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Callable, Iterable, Optional, TextIO, Union
+from collections.abc import Callable, Iterable
+from typing import Optional, TextIO, Union
 
 from .energy import EnergyMeter, battery, detect_energy_source, memory, reset_peak_memory
 from .errors import SpecdecError

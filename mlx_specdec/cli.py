@@ -1,7 +1,7 @@
 """The `specdec` command line: each command parses its options and calls one library function.
 
-The options every command shares are defined once below as `Annotated` aliases, and each
-command builds one `GenerationSettings` from them (validated before any model is loaded).
+The options every command shares are defined once, as `Annotated` aliases in `cli_options.py`, and
+each command builds one `GenerationSettings` from them (validated before any model is loaded).
 User errors (`SpecdecError`) print one line `error: ...` and exit 1, never a traceback; typer
 reports usage errors with exit status 2.
 """
@@ -10,14 +10,33 @@ from __future__ import annotations
 
 import json
 import sys
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from .cli_options import (
+    Battery,
+    Demo,
+    DrafterDir,
+    DraftTokens,
+    MaxContext,
+    MinP,
+    Model,
+    NoDraft,
+    Seed,
+    Stop,
+    TargetDir,
+    Temp,
+    TopK,
+    TopP,
+    make_settings,
+    model_folder,
+    parse_prompt_ids,
+    user_errors,
+)
 from .errors import SpecdecError
-from .settings import GenerationSettings, parse_draft
+from .settings import parse_draft
 
 app = typer.Typer(
     help="Exact speculative decoding for Gemma 4 on MLX with its MTP assistant drafter.",
@@ -35,84 +54,6 @@ def _root():
     use_optimised_blas()  # Linux: re-exec once with an optimised BLAS preloaded, when there is one
 
 
-def user_errors(fn):
-    """Turn SpecdecError into `error: <line>` and exit status 1."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SpecdecError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
-
-    return wrapper
-
-
-# --- options shared by the commands --------------------------------------------------------
-Model = Annotated[Optional[Path], typer.Argument(
-    help="A bundle folder, or a model name (e2b, e4b, 12b, 26b-a4b, 31b, a hub id): see `specdec models`.")]
-TargetDir = Annotated[Optional[Path], typer.Option("--target", help="Hugging Face-format Gemma 4 target folder.")]
-DrafterDir = Annotated[Optional[Path], typer.Option("--drafter", help="Hugging Face-format gemma4_assistant folder.")]
-Demo = Annotated[bool, typer.Option("--demo", help="Use the bundled demo pair.")]
-DraftTokens = Annotated[str, typer.Option("--draft-tokens", "-k", help="Drafts per round: 0-8, auto or off.")]
-NoDraft = Annotated[bool, typer.Option("--no-draft", help="Plain decoding (no drafter).")]
-Temp = Annotated[float, typer.Option("--temp", help="Sampling temperature; 0 is greedy.")]
-TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the top tokens up to this mass (1 = off).")]
-TopK = Annotated[int, typer.Option("--top-k", help="Keep the K most likely tokens (0 = off).")]
-MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens below this fraction of the top one (0 = off).")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 to 2^64 - 1).")]
-Stop = Annotated[List[str], typer.Option("--stop", help="Stop string (repeatable).")]
-MaxContext = Annotated[Optional[int], typer.Option("--max-context", help="Context limit in tokens (default: the model's).")]
-Battery = Annotated[
-    Optional[bool],
-    typer.Option(
-        "--battery/--mains",
-        help="auto draft length: most tokens per joule (--battery) or per second (--mains); default: per joule on battery.",
-    ),
-]
-
-
-def make_settings(
-    *, max_tokens: int, draft_tokens: str = "auto", no_draft: bool = False, temp: float = 0.0, top_p: float = 1.0,
-    top_k: int = 0, min_p: float = 0.0, seed: Optional[int] = None, stop=(), max_context: Optional[int] = None,
-    battery: Optional[bool] = None,
-) -> GenerationSettings:
-    """The command line's values -> one validated GenerationSettings (the only place they meet)."""
-    from .sampling import SamplingParams
-
-    sampling = SamplingParams(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
-    draft = 0 if no_draft else parse_draft(draft_tokens)
-    return GenerationSettings(
-        max_tokens=max_tokens, draft=draft, sampling=sampling, stop=tuple(stop), max_context=max_context,
-        battery=battery,
-    )
-
-
-def parse_prompt_ids(text: str) -> list[int]:
-    try:
-        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise SpecdecError(f"--prompt-ids must be comma-separated whole numbers, not {text!r}") from None
-    if not ids:
-        raise SpecdecError("--prompt-ids is empty; give comma-separated token ids such as 2,100,200")
-    return ids
-
-
-def model_folder(model, max_context: Optional[int] = None) -> Optional[str]:
-    """MODEL as typed -> a folder: an existing folder, or a known name / hub id (see `specdec models`)
-    whose bundle is converted into ~/.cache/mlx-specdec on first use. None stays None. A folder
-    whose weights and KV cache at `max_context` will not fit this machine's memory is refused."""
-    if model is None:
-        return None
-    from .provision import check_memory_fit
-    from .provision import model_folder as provision_folder
-
-    folder = provision_folder(str(model), max_context=max_context, log=lambda line: typer.echo(line, err=True))
-    check_memory_fit(Path(folder), max_context=max_context)
-    return str(folder)
-
-
 @app.command()
 @user_errors
 def generate(
@@ -120,7 +61,9 @@ def generate(
     target: TargetDir = None,
     drafter: DrafterDir = None,
     demo: Demo = False,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt text (chat template applied).")] = None,
+    prompt: Annotated[
+        Optional[str], typer.Option("--prompt", "-p", help="Prompt text (chat template applied).")
+    ] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Do not apply the chat template to --prompt.")] = False,
     prompt_ids: Annotated[Optional[str], typer.Option("--prompt-ids", help="Comma-separated token ids.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-m", help="Most tokens to generate.")] = 256,
@@ -131,7 +74,7 @@ def generate(
     top_k: TopK = 0,
     min_p: MinP = 0.0,
     seed: Seed = None,
-    stop: Stop = [],
+    stop: Stop = None,
     max_context: MaxContext = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: token_ids, text, stats.")] = False,
     trace: Annotated[bool, typer.Option("--trace", help="With --json: add one entry per round.")] = False,
@@ -143,6 +86,8 @@ def generate(
     from .prompt import chat_ids, text_ids
     from .stats import RunStats
 
+    if stop is None:
+        stop = []
     if (prompt is None) == (prompt_ids is None):
         raise SpecdecError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
     if trace and not as_json:
@@ -150,8 +95,17 @@ def generate(
     if raw and prompt is None:
         raise SpecdecError("--raw applies to --prompt text; token ids never get the chat template")
     settings = make_settings(
-        max_tokens=max_tokens, draft_tokens=draft_tokens, no_draft=no_draft, temp=temp, top_p=top_p, top_k=top_k,
-        min_p=min_p, seed=seed, stop=stop, max_context=max_context, battery=battery,
+        max_tokens=max_tokens,
+        draft_tokens=draft_tokens,
+        no_draft=no_draft,
+        temp=temp,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        seed=seed,
+        stop=stop,
+        max_context=max_context,
+        battery=battery,
     )
     ids = parse_prompt_ids(prompt_ids) if prompt_ids is not None else None
     bundle = load(model_folder(model, settings.max_context), target=target, drafter=drafter, demo=demo)
@@ -166,7 +120,11 @@ def generate(
             sys.stdout.flush()
     stats = RunStats.from_records(records)
     if as_json:
-        out = {"token_ids": [r.token for r in records], "text": "".join(r.text for r in records), "stats": stats.to_dict()}
+        out = {
+            "token_ids": [r.token for r in records],
+            "text": "".join(r.text for r in records),
+            "stats": stats.to_dict(),
+        }
         if trace:
             out["rounds"] = [r.round_info.trace() for r in records if r.round_info is not None]
         typer.echo(json.dumps(out))
@@ -190,7 +148,9 @@ def convert(
     bits: Annotated[int, typer.Option("--bits", help="4 or 8 (quantised), 16 (the checkpoint's floats).")] = 4,
     group_size: Annotated[int, typer.Option("--group-size", help="Quantisation group size: 32, 64 or 128.")] = 64,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
-    target_revision: Annotated[Optional[str], typer.Option("--target-revision", help="Hub branch, tag or commit.")] = None,
+    target_revision: Annotated[
+        Optional[str], typer.Option("--target-revision", help="Hub branch, tag or commit.")
+    ] = None,
     drafter_revision: Annotated[
         Optional[str], typer.Option("--drafter-revision", help="Hub branch, tag or commit.")
     ] = None,
@@ -201,8 +161,14 @@ def convert(
     existed = output.exists() or output.is_symlink()
     try:
         manifest = convert_bundle(
-            target, drafter, output, bits=bits, group_size=group_size, force=force,
-            target_revision=target_revision, drafter_revision=drafter_revision,
+            target,
+            drafter,
+            output,
+            bits=bits,
+            group_size=group_size,
+            force=force,
+            target_revision=target_revision,
+            drafter_revision=drafter_revision,
             log=lambda line: typer.echo(line, err=True),
         )
     except KeyboardInterrupt:  # convert removed its partial output; say so rather than exit silently
@@ -210,8 +176,10 @@ def convert(
         typer.echo(f"interrupted: {kept}", err=True)
         raise typer.Exit(130) from None
     sizes = manifest["sizes"]
-    typer.echo(f"{output}: target {sizes['target']['bytes'] / 2**20:.1f} MiB, "
-               f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB")
+    typer.echo(
+        f"{output}: target {sizes['target']['bytes'] / 2**20:.1f} MiB, "
+        f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB"
+    )
 
 
 @app.command()
@@ -246,14 +214,26 @@ def chat(
     from .chat import run_chat
 
     settings = make_settings(
-        max_tokens=max_tokens, draft_tokens=draft_tokens, no_draft=no_draft, temp=temp, top_p=top_p, top_k=top_k,
-        min_p=min_p, seed=seed, max_context=max_context, battery=battery,
+        max_tokens=max_tokens,
+        draft_tokens=draft_tokens,
+        no_draft=no_draft,
+        temp=temp,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        seed=seed,
+        max_context=max_context,
+        battery=battery,
     )
     run_chat(
         model_folder(model, settings.max_context),
         target=str(target) if target else None,
         drafter=str(drafter) if drafter else None,
-        demo=demo, settings=settings, system=system, colour_drafts=colour_drafts, thinking=thinking,
+        demo=demo,
+        settings=settings,
+        system=system,
+        colour_drafts=colour_drafts,
+        thinking=thinking,
     )
 
 
@@ -281,58 +261,66 @@ def bench(
         Optional[Path], typer.Option("--plot", help="Plot tokens/s and tokens/J against k (.png/.svg/.pdf).")
     ] = None,
     # --- synthetic bench (bench_synthetic.py) ---
-    synthetic: Annotated[Optional[str], typer.Option(
-        "--synthetic", help="Random weights at real shapes: e2b, e4b, 12b, 26b-a4b, 31b or a config.json.")] = None,
-    acceptance: Annotated[Optional[str], typer.Option(
-        "--acceptance", help="With --synthetic: oracle acceptance, one rate or per position (0.92,0.79,...).")] = None,
-    no_auto: Annotated[bool, typer.Option("--no-auto", help="With --synthetic: skip auto and its calibration.")] = False,
+    synthetic: Annotated[
+        Optional[str],
+        typer.Option(
+            "--synthetic", help="Random weights at real shapes: e2b, e4b, 12b, 26b-a4b, 31b or a config.json."
+        ),
+    ] = None,
+    acceptance: Annotated[
+        Optional[str],
+        typer.Option(
+            "--acceptance", help="With --synthetic: oracle acceptance, one rate or per position (0.92,0.79,...)."
+        ),
+    ] = None,
+    no_auto: Annotated[
+        bool, typer.Option("--no-auto", help="With --synthetic: skip auto and its calibration.")
+    ] = False,
     bits: Annotated[int, typer.Option("--bits", help="With --synthetic: quantisation bits as convert (4, 8, 16).")] = 4,
-    prompt_tokens: Annotated[int, typer.Option(
-        "--prompt-tokens", help="With --synthetic: random prompt length.")] = 64,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="With --synthetic: random prompt length.")] = 64,
     # --- end synthetic ---
 ):
     """Benchmark plain, mlx-lm, fixed k and auto decoding on a prompt suite (median of trials)."""
-    from rich.console import Console
 
     if synthetic is not None:  # --- synthetic bench hook ---
         from .bench_synthetic_report import run_cli
 
-        return run_cli(synthetic, model=model, target=target, drafter=drafter, demo=demo, acceptance=acceptance,
-                       auto=not no_auto, bits=bits, ks=ks, max_tokens=max_tokens, prompt_tokens=prompt_tokens,
-                       trials=trials, json_path=json_path, plot=plot)
+        return run_cli(
+            synthetic,
+            model=model,
+            target=target,
+            drafter=drafter,
+            demo=demo,
+            acceptance=acceptance,
+            auto=not no_auto,
+            bits=bits,
+            ks=ks,
+            max_tokens=max_tokens,
+            prompt_tokens=prompt_tokens,
+            trials=trials,
+            json_path=json_path,
+            plot=plot,
+        )
     if acceptance is not None or no_auto or bits != 4 or prompt_tokens != 64:
         raise SpecdecError("--acceptance, --no-auto, --bits and --prompt-tokens need --synthetic NAME")
     # --- end synthetic bench hook ---
 
-    from . import bench_report as report
-    from .files import check_output
-    from .bench import SUITE, load_prompts, parse_k_list, run_bench
-    from .blas import describe_blas
+    from .bench_report import run_cli
     from .load import load
 
-    suite = load_prompts(prompts) if prompts is not None else SUITE
-    k_list = parse_k_list(ks)
-    if json_path is not None:  # fail now, not after the whole run
-        check_output(json_path, "--json")
-    if plot is not None:
-        report.check_plot(plot)
-    err = Console(stderr=True)
-    blas = describe_blas()
-    err.print(f"BLAS: {blas}")
-    bundle = load(model_folder(model), target=target, drafter=drafter, demo=demo)
-    result = run_bench(
-        bundle, prompts=suite, ks=k_list, max_tokens=max_tokens, trials=trials, mlx_lm=not no_mlx_lm,
-        ignore_eos=ignore_eos, raw=raw, useless_drafter=useless_drafter, blas=blas,
-        log=lambda line: err.print(f"[dim]{line}[/dim]"),
+    run_cli(
+        lambda: load(model_folder(model), target=target, drafter=drafter, demo=demo),
+        prompts=prompts,
+        ks=ks,
+        max_tokens=max_tokens,
+        trials=trials,
+        mlx_lm=not no_mlx_lm,
+        ignore_eos=ignore_eos,
+        raw=raw,
+        useless_drafter=useless_drafter,
+        json_path=json_path,
+        plot=plot,
     )
-    out = Console(width=None if sys.stdout.isatty() else 120)  # a pipe or file gets the whole table
-    out.print(report.render_table(result))
-    out.print(report.summary_line(result))
-    out.print(report.terminal_chart(result))
-    if json_path is not None:
-        report.write_json(result, json_path)
-    if plot is not None:
-        report.write_plot(result, plot)
 
 
 @app.command()
@@ -349,8 +337,15 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
         typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
         return
     table = Table(title=f"Gemma 4 pairs (bundles in {cache_dir()})", title_justify="left")
-    for col in ("name", "target", "download", "4-bit bundle", f"memory @{DEFAULT_CONTEXT // 1024}K", "drafter head",
-                "converted"):
+    for col in (
+        "name",
+        "target",
+        "download",
+        "4-bit bundle",
+        f"memory @{DEFAULT_CONTEXT // 1024}K",
+        "drafter head",
+        "converted",
+    ):
         numeric = col in ("download", "4-bit bundle") or col.startswith("memory")
         table.add_column(col, justify="right" if numeric else "left")
     for r in rows:
@@ -385,7 +380,15 @@ def serve(
     from .server import serve as run_server
 
     run_server(
-        model_folder(model, max_context), target=target, drafter=drafter, demo=demo, host=host, port=port,
-        api_key=api_key, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
+        model_folder(model, max_context),
+        target=target,
+        drafter=drafter,
+        demo=demo,
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_context=max_context,
+        cache_bytes=cache_bytes,
+        max_queue=max_queue,
         draft=0 if no_draft else parse_draft(draft_tokens),
     )

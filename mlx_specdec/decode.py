@@ -27,7 +27,8 @@ failed generator restores it in `finally`.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Optional
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream, wired_limit
@@ -212,10 +213,18 @@ def stream_generate(
         else:
             finish = None
         return TokenRecord(
-            token=token, text=text.piece(final=finish is not None), from_draft=from_draft, round=index,
-            draft_tokens=rnd.k if rnd else 0, accepted=rnd.accepted if rnd else 0, prompt_tokens=len(new_ids),
-            ttft_s=ttft, elapsed_s=time.perf_counter() - t_first, peak_memory_bytes=mx.get_peak_memory(),
-            finish_reason=finish, round_info=rnd if first else None,
+            token=token,
+            text=text.piece(final=finish is not None),
+            from_draft=from_draft,
+            round=index,
+            draft_tokens=rnd.k if rnd else 0,
+            accepted=rnd.accepted if rnd else 0,
+            prompt_tokens=len(new_ids),
+            ttft_s=ttft,
+            elapsed_s=time.perf_counter() - t_first,
+            peak_memory_bytes=mx.get_peak_memory(),
+            finish_reason=finish,
+            round_info=rnd if first else None,
         )
 
     try:

@@ -3,8 +3,8 @@
 Model. Let a_i be the probability that draft i is accepted given drafts 1..i-1 were. A round
 with k drafts yields E(k) = 1 + sum_{i<=k} prod_{j<=i} a_j tokens and costs C(k) (seconds:
 one drafter step per draft plus a verify pass over k+1 tokens, plus fixed overhead; or joules
-with `battery`, measured with the machine's energy counter). "auto" picks argmax_k E(k) / C(k), k = 0 (plain decoding) included, so a
-drafter that does not pay is switched off.
+with `battery`, measured with the machine's energy counter). "auto" picks argmax_k E(k) / C(k),
+k = 0 (plain decoding) included, so a drafter that does not pay is switched off.
 
 Costs come from a one-off calibration per bundle (timed verify passes of 1..K+1 tokens and
 drafter steps on a scratch cache). Only their ratios matter for the choice; per-k online
@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import mlx.core as mx
 
@@ -128,8 +129,15 @@ class FixedPolicy:
 class AutoPolicy:
     """Per-round k maximising expected tokens per second (or per joule-proxy with `battery`)."""
 
-    def __init__(self, cost: Sequence[float], prior_accept: float = 0.5, prior_weight: float = 2.0,
-                 probe_every: int = 32, memory: float = 0.98, max_probe_gap: int = 1024):
+    def __init__(
+        self,
+        cost: Sequence[float],
+        prior_accept: float = 0.5,
+        prior_weight: float = 2.0,
+        probe_every: int = 32,
+        memory: float = 0.98,
+        max_probe_gap: int = 1024,
+    ):
         self.cost = list(cost)
         self.max_k = len(cost) - 1
         self.prior_accept, self.prior_weight = prior_accept, prior_weight
@@ -171,7 +179,6 @@ class AutoPolicy:
         for i in tried_positions(k, accepted):
             self.tries[i] += 1
             self.hits[i] += 1 if i < accepted else 0
-
 
 
 def objective(battery: Optional[bool] = None):

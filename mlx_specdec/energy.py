@@ -21,9 +21,10 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 # Top-level RAPL zones only: "intel-rapl:0", not the subdomain "intel-rapl:0:1".
@@ -183,9 +184,9 @@ def detect_energy_source() -> EnergySource:
 class EnergyMeter:
     """Joules and mean watts over an interval of one `EnergySource`.
 
-        with EnergyMeter(source) as meter:
-            ...                      # meter.joules / meter.watts read live meanwhile
-        meter.joules, meter.watts    # frozen at exit; None when the source reads None
+    with EnergyMeter(source) as meter:
+        ...                      # meter.joules / meter.watts read live meanwhile
+    meter.joules, meter.watts    # frozen at exit; None when the source reads None
     """
 
     def __init__(self, source: EnergySource | None = None, clock: Callable[[], float] = time.perf_counter):
@@ -194,16 +195,16 @@ class EnergyMeter:
         self._start: Optional[tuple[float, Optional[float]]] = None
         self._end: Optional[tuple[float, Optional[float]]] = None
 
-    def start(self) -> "EnergyMeter":
+    def start(self) -> EnergyMeter:
         self._start = (self._clock(), self.source.read())
         self._end = None
         return self
 
-    def stop(self) -> "EnergyMeter":
+    def stop(self) -> EnergyMeter:
         self._end = self._now()
         return self
 
-    def __enter__(self) -> "EnergyMeter":
+    def __enter__(self) -> EnergyMeter:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -33,18 +33,52 @@ PathLike = str | Path
 # config.json keys that must hold numbers wherever they appear (top level, text_config, ...);
 # null is accepted (Hugging Face writes it for "not used"). Anything else would reach the model
 # constructors and fail there with a traceback.
-COUNT_KEYS = frozenset({
-    "vocab_size", "vocab_size_per_layer_input", "hidden_size", "hidden_size_per_layer_input",
-    "intermediate_size", "moe_intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "num_global_key_value_heads", "head_dim", "global_head_dim",
-    "num_kv_shared_layers", "max_position_embeddings", "sliding_window", "num_experts", "top_k_experts",
-    "backbone_hidden_size", "num_centroids", "centroid_intermediate_top_k", "group_size", "bits",
-})
+COUNT_KEYS = frozenset(
+    {
+        "vocab_size",
+        "vocab_size_per_layer_input",
+        "hidden_size",
+        "hidden_size_per_layer_input",
+        "intermediate_size",
+        "moe_intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "num_global_key_value_heads",
+        "head_dim",
+        "global_head_dim",
+        "num_kv_shared_layers",
+        "max_position_embeddings",
+        "sliding_window",
+        "num_experts",
+        "top_k_experts",
+        "backbone_hidden_size",
+        "num_centroids",
+        "centroid_intermediate_top_k",
+        "group_size",
+        "bits",
+    }
+)
 REAL_KEYS = frozenset({"rms_norm_eps", "rope_theta", "partial_rotary_factor", "final_logit_softcapping"})
 OBJECT_KEYS = frozenset({"text_config", "rope_parameters", "per_layer_config"})
 # Bytes per element of the safetensors dtypes (others, if any, are left to mlx to judge).
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-               "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
+}
 
 
 def shown(path: PathLike) -> str:
@@ -74,8 +108,7 @@ def read_json(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SpecdecError(f"{shown(path)}: not valid JSON ({e}); fix or re-download it") from None
     if not isinstance(value, dict):
-        raise SpecdecError(
-            f"{shown(path)}: expected a JSON object, found {_json_kind(value)}; fix or re-download it")
+        raise SpecdecError(f"{shown(path)}: expected a JSON object, found {_json_kind(value)}; fix or re-download it")
     return value
 
 
@@ -157,14 +190,20 @@ def _bad_header(header) -> str | None:
         if not isinstance(entry, dict):
             return f"tensor {key!r} is not an object"
         offsets, shape, dtype = entry.get("data_offsets"), entry.get("shape"), entry.get("dtype")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_whole(o) for o in offsets)
-                and offsets[0] <= offsets[1]):
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(_whole(o) for o in offsets)
+            and offsets[0] <= offsets[1]
+        ):
             return f"tensor {key!r} has no valid data_offsets"
         if not (isinstance(shape, list) and all(_whole(d) for d in shape)) or not isinstance(dtype, str):
             return f"tensor {key!r} has no valid dtype and shape"
         if dtype in DTYPE_BYTES and offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES[dtype]:
-            return f"tensor {key!r} spans {offsets[1] - offsets[0]} bytes, its {dtype} {shape} needs " \
-                   f"{math.prod(shape) * DTYPE_BYTES[dtype]}"
+            return (
+                f"tensor {key!r} spans {offsets[1] - offsets[0]} bytes, its {dtype} {shape} needs "
+                f"{math.prod(shape) * DTYPE_BYTES[dtype]}"
+            )
     return None
 
 

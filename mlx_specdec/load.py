@@ -43,7 +43,9 @@ def apply_quantization(model: nn.Module, config: dict, weights: dict) -> None:
             return False
         return True
 
-    nn.quantize(model, group_size=q["group_size"], bits=q["bits"], mode=q.get("mode", "affine"), class_predicate=predicate)
+    nn.quantize(
+        model, group_size=q["group_size"], bits=q["bits"], mode=q.get("mode", "affine"), class_predicate=predicate
+    )
 
 
 def _load_into(model: nn.Module, weights: dict, folder: Path) -> None:

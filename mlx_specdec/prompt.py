@@ -14,7 +14,8 @@ the template cannot render is a one-line `SpecdecError`.
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from .errors import SpecdecError
 
@@ -58,7 +59,9 @@ def chat_ids(
         try:
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **extra)
         except Exception as e:  # noqa: BLE001 - jinja2 errors, KeyError/TypeError on messages it cannot render
-            raise SpecdecError(f"the chat template cannot render these messages ({' '.join(str(e).split())[:200]})") from None
+            raise SpecdecError(
+                f"the chat template cannot render these messages ({' '.join(str(e).split())[:200]})"
+            ) from None
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers may return a BatchEncoding
             ids = ids["input_ids"]
         return [int(t) for t in ids]

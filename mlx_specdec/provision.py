@@ -22,9 +22,10 @@ import inspect
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 from mlx_lm.models.cache import KVCache
 
@@ -124,6 +125,7 @@ def ensure_bundle(
 
 def default_bundle(*, convert_fn=None, reachable: Callable[[], bool] = hub_reachable, console=None) -> Path:
     """The cached converted Gemma 4 E2B bundle, converting it on first use."""
+
     def log(line: str) -> None:
         if console is not None:
             console.print(line, highlight=False, markup=False)
@@ -131,8 +133,14 @@ def default_bundle(*, convert_fn=None, reachable: Callable[[], bool] = hub_reach
     return ensure_bundle(DEFAULT_NAME, 4, convert_fn=convert_fn, reachable=reachable, log=log)
 
 
-def model_folder(model: Union[str, Path, None], *, bits: int = 4, max_context: Optional[int] = None,
-                 log: Callable[[str], None] = lambda line: None, **kwargs) -> Path:
+def model_folder(
+    model: Union[str, Path, None],
+    *,
+    bits: int = 4,
+    max_context: Optional[int] = None,
+    log: Callable[[str], None] = lambda line: None,
+    **kwargs,
+) -> Path:
     """MODEL as typed -> a folder: an existing folder as it is; a known name or hub id -> its cached
     bundle (converted on first use); None -> the default E2B bundle. Raises SpecdecError."""
     if model is None:
@@ -194,8 +202,9 @@ def kv_bytes(text_cfg: dict, context: int, itemsize: int = 2, max_rewind: int = 
 Source = Union[Pair, str, Path, dict]
 
 
-def estimate(source: Source, bits: int = 4, max_context: Optional[int] = None, *,
-             group_size: int = 64, itemsize: int = 2) -> MemoryEstimate:
+def estimate(
+    source: Source, bits: int = 4, max_context: Optional[int] = None, *, group_size: int = 64, itemsize: int = 2
+) -> MemoryEstimate:
     """Memory for `source` at `bits` and `max_context` (None: DEFAULT_CONTEXT, capped at the model's).
 
     `source`: a Pair or a known name (weights computed from its shapes at `bits`); a Hugging Face
@@ -224,8 +233,9 @@ def available_memory() -> tuple[int, str]:
     return int(psutil.virtual_memory().total), "RAM"
 
 
-def check_memory_fit(source: Source, bits: int = 4, max_context: Optional[int] = None, *,
-                     available: Optional[int] = None) -> MemoryEstimate:
+def check_memory_fit(
+    source: Source, bits: int = 4, max_context: Optional[int] = None, *, available: Optional[int] = None
+) -> MemoryEstimate:
     """The estimate when it fits; else SpecdecError with the numbers and what would fit.
 
     `available`: bytes the model may use; None asks the machine (`available_memory`).
@@ -245,7 +255,8 @@ def check_memory_fit(source: Source, bits: int = 4, max_context: Optional[int] =
     raise SpecdecError(
         f"{label}{at} with a {need.context}-token context needs {_gb(need.total)} (weights {_gb(need.weights)}"
         f" + KV cache {_gb(need.kv)} + {_gb(need.overhead)} working memory), but this machine has "
-        f"{_gb(available)} ({what})" + (f"; would fit: {', or '.join(hints)}" if hints else "; nothing smaller fits"))
+        f"{_gb(available)} ({what})" + (f"; would fit: {', or '.join(hints)}" if hints else "; nothing smaller fits")
+    )
 
 
 def _what_fits(source: Source, bits: int, context: int, available: int) -> list[str]:
@@ -267,8 +278,13 @@ def _what_fits(source: Source, bits: int, context: int, available: int) -> list[
     pair = source if isinstance(source, Pair) else registry.find(source) if isinstance(source, str) else None
     if pair is not None:
         size = sum(registry.bundle_bytes(pair, bits))
-        smaller = [p.name for p in registry.PAIRS if not p.qat and sum(registry.bundle_bytes(p, bits)) < size
-                   and estimate(p, bits, context).total <= available]
+        smaller = [
+            p.name
+            for p in registry.PAIRS
+            if not p.qat
+            and sum(registry.bundle_bytes(p, bits)) < size
+            and estimate(p, bits, context).total <= available
+        ]
         if smaller:
             hints.append(f"a smaller model ({', '.join(reversed(smaller))})")
     return hints
@@ -308,11 +324,21 @@ def model_rows(bits: int = 4, context: int = DEFAULT_CONTEXT) -> list[dict]:
     """
     rows = []
     for pair in registry.PAIRS:
-        rows.append({
-            "name": pair.name, "target": pair.target, "drafter": pair.drafter, "kind": pair.kind,
-            "head": pair.head, "qat": pair.qat, "mlx_repos": list(pair.mlx_repos),
-            "download_bytes": pair.download_bytes, "bundle_bytes": sum(registry.bundle_bytes(pair, bits)),
-            "memory_bytes": estimate(pair, bits, context).total, "context": context, "bits": bits,
-            "local": {str(b): str(f) for b, f in local_bundles(pair).items()},
-        })
+        rows.append(
+            {
+                "name": pair.name,
+                "target": pair.target,
+                "drafter": pair.drafter,
+                "kind": pair.kind,
+                "head": pair.head,
+                "qat": pair.qat,
+                "mlx_repos": list(pair.mlx_repos),
+                "download_bytes": pair.download_bytes,
+                "bundle_bytes": sum(registry.bundle_bytes(pair, bits)),
+                "memory_bytes": estimate(pair, bits, context).total,
+                "context": context,
+                "bits": bits,
+                "local": {str(b): str(f) for b, f in local_bundles(pair).items()},
+            }
+        )
     return rows

@@ -54,6 +54,7 @@ class TextShape:
     top_k_experts: int = 0
     moe_intermediate: int = 0
     max_context: int = 262144
+    inferred: bool = False  # some shapes chosen to match the published parameter count
 
     def config(self) -> dict:
         """A Hugging Face style `gemma4_text` config with these shapes."""
@@ -76,13 +77,17 @@ class TextShape:
             "hidden_size_per_layer_input": self.ple,
             "use_double_wide_mlp": self.double_wide,
             "attention_k_eq_v": self.k_eq_v,
+            "enable_moe_block": bool(self.experts),
             "max_position_embeddings": self.max_context,
             "final_logit_softcapping": 30.0,
             "tie_word_embeddings": True,
         }
         if self.experts:
-            cfg.update(enable_moe_block=True, num_experts=self.experts, top_k_experts=self.top_k_experts,
-                       moe_intermediate_size=self.moe_intermediate)
+            cfg.update(
+                num_experts=self.experts,
+                top_k_experts=self.top_k_experts,
+                moe_intermediate_size=self.moe_intermediate,
+            )
         return cfg
 
 
@@ -95,6 +100,7 @@ class DrafterShape:
     centroids: int = 0  # 0: dense tied head; else a centroid-masked head (top 32 clusters)
     layers: int = 4
     heads: int | None = None  # None: the target's (as in every published drafter config we have seen)
+    inferred: bool = False  # some shapes chosen to match the published parameter count
 
     def config(self, target: TextShape) -> dict:
         """A `gemma4_assistant` config for this drafter on `target` (K/V shapes follow the target)."""
@@ -113,9 +119,14 @@ class DrafterShape:
             "attention_k_eq_v": target.k_eq_v,
             "final_logit_softcapping": None,
         }
-        return {"model_type": "gemma4_assistant", "backbone_hidden_size": target.hidden, "text_config": text,
-                "use_ordered_embeddings": bool(self.centroids), "num_centroids": self.centroids or 2048,
-                "centroid_intermediate_top_k": 32}
+        return {
+            "model_type": "gemma4_assistant",
+            "backbone_hidden_size": target.hidden,
+            "text_config": text,
+            "use_ordered_embeddings": bool(self.centroids),
+            "num_centroids": self.centroids or 2048,
+            "centroid_intermediate_top_k": 32,
+        }
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,11 @@ class Pair:
     aliases: tuple[str, ...] = ()
     mlx_repos: tuple[str, ...] = ()  # pre-converted MLX targets (mlx-community)
     qat: bool = False
+
+    @property
+    def estimated(self) -> bool:
+        """Whether some of the shapes are inferred from the published totals, not read from a config."""
+        return self.text.inferred or self.draft.inferred
 
     @property
     def drafter(self) -> str:
@@ -159,37 +175,110 @@ class Pair:
 
 
 # --- the published pairs ---------------------------------------------------------------------
-E2B = TextShape(hidden=1536, layers=35, period=5, heads=8, kv_heads=1, intermediate=6144, window=512,
-                kv_shared=20, ple=256, double_wide=True, max_context=131072)
-E4B = TextShape(hidden=2560, layers=42, period=6, heads=8, kv_heads=2, intermediate=10240, window=512,
-                kv_shared=18, ple=256, max_context=131072)
+E2B = TextShape(
+    hidden=1536,
+    layers=35,
+    period=5,
+    heads=8,
+    kv_heads=1,
+    intermediate=6144,
+    window=512,
+    kv_shared=20,
+    ple=256,
+    double_wide=True,
+    max_context=131072,
+)
+E4B = TextShape(
+    hidden=2560,
+    layers=42,
+    period=6,
+    heads=8,
+    kv_heads=2,
+    intermediate=10240,
+    window=512,
+    kv_shared=18,
+    ple=256,
+    max_context=131072,
+)
 # 12B (gemma4_unified): 48 layers, hidden 3840, window 1024, no PLE, 11.95B parameters (model card);
 # its drafter's config has k_eq_v and one global KV head. Heads, KV heads, MLP width: inferred.
-G12B = TextShape(hidden=3840, layers=48, period=6, heads=16, kv_heads=8, global_kv_heads=1,  # inferred
-                 intermediate=15360, window=1024, k_eq_v=True)  # inferred: heads, kv_heads, intermediate
+G12B = TextShape(
+    hidden=3840,
+    layers=48,
+    period=6,
+    heads=16,
+    kv_heads=8,
+    global_kv_heads=1,  # inferred
+    intermediate=15360,
+    window=1024,
+    k_eq_v=True,
+    inferred=True,
+)  # inferred: heads, kv_heads, intermediate
 # 26B-A4B: the dense MLP width next to the experts is inferred (25.2B parameters in all).
-G26B = TextShape(hidden=2816, layers=30, period=6, heads=16, kv_heads=8, global_kv_heads=2,
-                 intermediate=2112, window=1024, k_eq_v=True,  # inferred: intermediate
-                 experts=128, top_k_experts=8, moe_intermediate=704)
-G31B = TextShape(hidden=5376, layers=60, period=6, heads=32, kv_heads=16, global_kv_heads=4,
-                 intermediate=21504, window=1024, k_eq_v=True)
+G26B = TextShape(
+    hidden=2816,
+    layers=30,
+    period=6,
+    heads=16,
+    kv_heads=8,
+    global_kv_heads=2,
+    intermediate=2112,
+    window=1024,
+    k_eq_v=True,
+    experts=128,
+    inferred=True,  # the dense MLP width
+    top_k_experts=8,
+    moe_intermediate=704,
+)
+G31B = TextShape(
+    hidden=5376,
+    layers=60,
+    period=6,
+    heads=32,
+    kv_heads=16,
+    global_kv_heads=4,
+    intermediate=21504,
+    window=1024,
+    k_eq_v=True,
+)
 
 # Drafters: E2B/E4B ~78M parameters, hidden 256, 2048 centroids; 12B/26B/31B hidden 1024, dense,
 # MLP 8192 (the 12B's config: 16 heads like its target; 423M/0.4B/0.47B parameters published).
-SMALL_DRAFT = DrafterShape(hidden=256, intermediate=2048, centroids=2048)  # inferred: intermediate
+SMALL_DRAFT = DrafterShape(hidden=256, intermediate=2048, centroids=2048, inferred=True)  # the MLP width
 LARGE_DRAFT = DrafterShape(hidden=1024, intermediate=8192)
 
 
 def _pairs() -> tuple[Pair, ...]:
     base = [
         # name, repo, shapes, drafter, bf16 GB (target + drafter), aliases, mlx-community repos
-        ("e2b", "google/gemma-4-E2B-it", E2B, SMALL_DRAFT, 9.6 + 0.16, ("gemma-4-e2b",),
-         ("mlx-community/gemma-4-e2b-it-4bit",)),
-        ("e4b", "google/gemma-4-E4B-it", E4B, SMALL_DRAFT, 16.0 + 0.16, ("gemma-4-e4b",),
-         ("mlx-community/gemma-4-e4b-it-4bit",)),
+        (
+            "e2b",
+            "google/gemma-4-E2B-it",
+            E2B,
+            SMALL_DRAFT,
+            9.6 + 0.16,
+            ("gemma-4-e2b",),
+            ("mlx-community/gemma-4-e2b-it-4bit",),
+        ),
+        (
+            "e4b",
+            "google/gemma-4-E4B-it",
+            E4B,
+            SMALL_DRAFT,
+            16.0 + 0.16,
+            ("gemma-4-e4b",),
+            ("mlx-community/gemma-4-e4b-it-4bit",),
+        ),
         ("12b", "google/gemma-4-12B-it", G12B, LARGE_DRAFT, 23.9 + 0.84, ("gemma-4-12b",), ()),
-        ("26b-a4b", "google/gemma-4-26B-A4B-it", G26B, LARGE_DRAFT, 51.6 + 0.84,
-         ("26b", "gemma-4-26b-a4b", "gemma-4-26b"), ("mlx-community/gemma-4-26b-a4b-it-4bit",)),
+        (
+            "26b-a4b",
+            "google/gemma-4-26B-A4B-it",
+            G26B,
+            LARGE_DRAFT,
+            51.6 + 0.84,
+            ("26b", "gemma-4-26b-a4b", "gemma-4-26b"),
+            ("mlx-community/gemma-4-26b-a4b-it-4bit",),
+        ),
         ("31b", "google/gemma-4-31B-it", G31B, LARGE_DRAFT, 58.0 + 0.94, ("gemma-4-31b",), ()),
     ]
     out = []
@@ -197,8 +286,17 @@ def _pairs() -> tuple[Pair, ...]:
         out.append(Pair(name, repo, text, draft, int(gb * GB), aliases, mlx))
     for name, repo, text, draft, gb, aliases, _ in base:
         # QAT: bf16 weights trained to survive 4-bit quantisation; same shapes, same download size.
-        out.append(Pair(f"{name}-qat", f"{repo}-qat-q4_0-unquantized", text, draft, int(gb * GB),
-                        tuple(f"{a}-qat" for a in aliases), qat=True))
+        out.append(
+            Pair(
+                f"{name}-qat",
+                f"{repo}-qat-q4_0-unquantized",
+                text,
+                draft,
+                int(gb * GB),
+                tuple(f"{a}-qat" for a in aliases),
+                qat=True,
+            )
+        )
     return tuple(out)
 
 
@@ -213,7 +311,8 @@ def resolve(name: str) -> Pair:
     if pair is None:
         known = ", ".join(p.name for p in PAIRS)
         raise SpecdecError(
-            f"unknown model {name!r}: known names are {known} (or their hub ids); a folder path also works")
+            f"unknown model {name!r}: known names are {known} (or their hub ids); a folder path also works"
+        )
     return pair
 
 
@@ -241,8 +340,9 @@ def model_bytes(model: nn.Module, plan: dict, itemsize: int = 2) -> int:
     return total
 
 
-def config_bytes(target_cfg: dict, drafter_cfg: dict | None, bits: int, group_size: int = 64,
-                 itemsize: int = 2) -> tuple[int, int]:
+def config_bytes(
+    target_cfg: dict, drafter_cfg: dict | None, bits: int, group_size: int = 64, itemsize: int = 2
+) -> tuple[int, int]:
     """(target, drafter) bytes of the bundle `convert` writes from these configs at `bits`."""
     from weights_convert import quantise
 
@@ -258,7 +358,7 @@ def config_bytes(target_cfg: dict, drafter_cfg: dict | None, bits: int, group_si
     return t, d
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bundle_bytes(pair: Pair, bits: int = 4, group_size: int = 64) -> tuple[int, int]:
     """(target, drafter) bytes of `pair`'s bundle at `bits`, computed from its shapes."""
     return config_bytes(pair.target_config(), pair.drafter_config(), bits, group_size)

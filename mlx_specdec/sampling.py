@@ -13,8 +13,8 @@ Acceptance (DESIGN.md, Leviathan et al. / Chen et al.): with target distribution
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
@@ -38,7 +38,12 @@ class SamplingParams:
 
     def __post_init__(self):
         def number(name, value, ok, want):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not ok(value)
+            ):
                 raise SpecdecError(f"{name} must be {want}, not {value!r}")
 
         number("--temp", self.temp, lambda v: v >= 0, "a number >= 0 (0 is greedy)")

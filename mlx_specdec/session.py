@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 from .errors import SpecdecError
 from .files import write_atomically
@@ -97,8 +98,13 @@ class ChatSession:
     """
 
     def __init__(
-        self, bundle, settings: GenerationSettings = CHAT_SETTINGS, options: ChatOptions = ChatOptions(), *,
-        stream_fn=None, cache_factory=None,
+        self,
+        bundle,
+        settings: GenerationSettings = CHAT_SETTINGS,
+        options: ChatOptions = ChatOptions(),
+        *,
+        stream_fn=None,
+        cache_factory=None,
     ):
         if stream_fn is None or cache_factory is None:
             from .cache import PromptCache
@@ -211,8 +217,11 @@ class ChatSession:
         """Write the conversation (system prompt included) as JSON -> (path, messages written)."""
         path = Path(path).expanduser()
         messages = self.all_messages()
-        data = {"model": self.bundle.name, "settings": {**asdict(self.settings), **asdict(self.options)},
-                "messages": messages}
+        data = {
+            "model": self.bundle.name,
+            "settings": {**asdict(self.settings), **asdict(self.options)},
+            "messages": messages,
+        }
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
         write_atomically(path, lambda f: f.write(text.encode("utf-8")))
         return path, len(messages)

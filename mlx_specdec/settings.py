@@ -24,7 +24,7 @@ DraftSetting = Union[int, str]  # 0..MAX_DRAFT, or "auto"
 
 
 def parse_draft(value) -> DraftSetting:
-    """"auto" -> "auto"; "off" -> 0; K (int or text) -> K in 0..MAX_DRAFT; anything else is an error."""
+    """ "auto" -> "auto"; "off" -> 0; K (int or text) -> K in 0..MAX_DRAFT; anything else is an error."""
     text = str(value).strip().lower()
     if text in ("auto", "off"):
         return "auto" if text == "auto" else 0
@@ -67,7 +67,8 @@ class GenerationSettings:
         object.__setattr__(self, "draft", parse_draft(self.draft))
         if self.max_context is not None and (not isinstance(self.max_context, int) or self.max_context < 2):
             raise SpecdecError(
-                f"--max-context must be a whole number >= 2 (or left out for the model's limit), not {self.max_context!r}"
+                "--max-context must be a whole number >= 2 (or left out for the model's limit), "
+                f"not {self.max_context!r}"
             )
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
 

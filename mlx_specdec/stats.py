@@ -7,8 +7,9 @@ Everything downstream of the loop (CLI text and JSON, the chat UI, the benchmark
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 from .settings import MAX_DRAFT
 
@@ -144,7 +145,7 @@ class RunStats:
     finish_reason: Optional[str] = None
 
     @classmethod
-    def from_records(cls, records: Iterable[TokenRecord]) -> "RunStats":
+    def from_records(cls, records: Iterable[TokenRecord]) -> RunStats:
         records = list(records)
         if not records:
             return cls()

@@ -5,8 +5,8 @@ downloading it. Only speed is real here: the weights are random, so the text is 
 drafter's own proposals are useless; `OracleDrafter` supplies the acceptance instead.
 
 Invariants:
-* Shapes come from the published configs below (FAMILIES) or a given config; the models are
-  mlx-lm's / ours (`make_model`, `Drafter`), never a copy.
+* Shapes come from `registry` (the one table of the published pairs, FAMILIES names them) or a
+  given config; the models are mlx-lm's / ours (`make_model`, `Drafter`), never a copy.
 * Quantisation follows `weights_convert.quantise` exactly (its `plan` and rules, its `quantise`),
   so every module has the bits and group size `specdec convert` would give it and a pass reads
   the same bytes as a converted bundle.
@@ -16,9 +16,9 @@ Invariants:
 * Weights are Uniform(-a, a) with std 1/sqrt(fan_in) (a = sqrt(3 / fan_in)); norms, layer
   scalars and router scales keep their init of ones: activations stay O(1) and finite.
 
-Shapes of 12B (`gemma4_unified`) are not public in our sources (DESIGN.md: "?"): its entry is an
-estimate from Gemma 3 12B's shapes and is marked as such. Drafter widths other than those in
-DESIGN.md (heads, MLP width) were chosen to match the published parameter counts.
+Some shapes are not public in our sources (the 12B's heads and MLP width, the 26B's dense MLP
+width, the small drafters' MLP width): the registry chose them to match the published parameter
+counts and marks them (`Pair.estimated`, reported as `estimated_shapes`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from mlx.utils import tree_flatten
 
 from weights_convert import quantise
 
+from . import registry
 from .errors import SpecdecError
 from .load import Bundle, check_pair
 from .models.drafter import Drafter, DrafterArgs
@@ -47,78 +48,21 @@ BLOCK_BYTES = 64 << 20  # float32 bytes drawn per block while building a tensor
 
 
 # --- the published shapes ----------------------------------------------------------------
-def _layers(pattern: int, repeats: int) -> list[str]:
-    """[sliding x (pattern-1), full] x repeats."""
-    return (["sliding_attention"] * (pattern - 1) + ["full_attention"]) * repeats
-
-
+# The shapes come from `registry` (one table of the published pairs for sizes, names and this
+# bench); the target's rotary and norm settings are Gemma 4's own.
 _ROPE = {
     "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
     "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
 }
+_TEXT = {"rms_norm_eps": 1e-6, "rope_parameters": _ROPE, "hidden_activation": "gelu_pytorch_tanh"}
+FAMILIES = ("e2b", "e4b", "12b", "26b-a4b", "31b")
 
 
-def _target(**kw) -> dict:
-    base = {
-        "model_type": "gemma4_text", "vocab_size": 262144, "head_dim": 256, "global_head_dim": 512,
-        "rms_norm_eps": 1e-6, "final_logit_softcapping": 30.0, "tie_word_embeddings": True,
-        "max_position_embeddings": 131072, "rope_parameters": _ROPE, "hidden_activation": "gelu_pytorch_tanh",
-        "num_kv_shared_layers": 0, "hidden_size_per_layer_input": 0, "use_double_wide_mlp": False,
-        "attention_k_eq_v": False, "enable_moe_block": False,
-    }
-    base.update(kw)
-    base["num_hidden_layers"] = len(base["layer_types"])
-    return base
-
-
-def _assistant(target: dict, hidden: int, heads: int, intermediate: int, centroids: bool,
-               model_type: str = "gemma4_assistant") -> dict:
-    """A 4-layer [s, s, s, f] assistant that reads `target`'s K/V (same head dims and KV heads)."""
-    text = {k: target[k] for k in ("vocab_size", "head_dim", "global_head_dim", "num_key_value_heads",
-                                   "sliding_window", "rms_norm_eps", "max_position_embeddings",
-                                   "rope_parameters", "hidden_activation", "attention_k_eq_v")}
-    if "num_global_key_value_heads" in target:
-        text["num_global_key_value_heads"] = target["num_global_key_value_heads"]
-    text.update({
-        "model_type": "gemma4_text", "hidden_size": hidden, "num_attention_heads": heads,
-        "intermediate_size": intermediate, "layer_types": _layers(4, 1), "num_hidden_layers": 4,
-        "num_kv_shared_layers": 4, "hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0,
-        "final_logit_softcapping": None, "tie_word_embeddings": True,
-    })
-    out = {"model_type": model_type, "backbone_hidden_size": target["hidden_size"], "text_config": text,
-           "tie_word_embeddings": True, "use_ordered_embeddings": centroids}
-    if centroids:
-        out.update({"num_centroids": 2048, "centroid_intermediate_top_k": 32})
-    return out
-
-
-def _families() -> dict[str, dict]:
-    e2b = _target(hidden_size=1536, layer_types=_layers(5, 7), num_attention_heads=8, num_key_value_heads=1,
-                  intermediate_size=6144, use_double_wide_mlp=True, num_kv_shared_layers=20,
-                  hidden_size_per_layer_input=256, vocab_size_per_layer_input=262144, sliding_window=512)
-    e4b = _target(hidden_size=2560, layer_types=_layers(6, 7), num_attention_heads=8, num_key_value_heads=2,
-                  intermediate_size=10240, num_kv_shared_layers=18, hidden_size_per_layer_input=256,
-                  vocab_size_per_layer_input=262144, sliding_window=512)
-    # Estimate (shapes not public in our sources): Gemma 3 12B's widths with Gemma 4's layout.
-    b12 = _target(hidden_size=3840, layer_types=_layers(6, 8), num_attention_heads=16, num_key_value_heads=8,
-                  intermediate_size=15360, sliding_window=1024, estimated=True)
-    b26 = _target(hidden_size=2816, layer_types=_layers(6, 5), num_attention_heads=16, num_key_value_heads=8,
-                  num_global_key_value_heads=2, attention_k_eq_v=True, intermediate_size=2112,
-                  enable_moe_block=True, num_experts=128, top_k_experts=8, moe_intermediate_size=704,
-                  sliding_window=1024)
-    b31 = _target(hidden_size=5376, layer_types=_layers(6, 10), num_attention_heads=32, num_key_value_heads=16,
-                  num_global_key_value_heads=4, attention_k_eq_v=True, intermediate_size=21504,
-                  sliding_window=1024)
-    return {
-        "e2b": {"target": e2b, "drafter": _assistant(e2b, 256, 4, 2048, centroids=True)},
-        "e4b": {"target": e4b, "drafter": _assistant(e4b, 256, 4, 2048, centroids=True)},
-        "12b": {"target": b12, "drafter": _assistant(b12, 1024, 16, 8192, False, "gemma4_unified_assistant")},
-        "26b-a4b": {"target": b26, "drafter": _assistant(b26, 1024, 16, 8192, centroids=False)},
-        "31b": {"target": b31, "drafter": _assistant(b31, 1024, 32, 8192, centroids=False)},
-    }
-
-
-FAMILIES = _families()
+def _family(name: str) -> dict:
+    pair = registry.resolve(name)
+    drafter = pair.drafter_config()
+    drafter["text_config"] = {**_TEXT, **drafter["text_config"]}
+    return {"target": {**_TEXT, **pair.target_config()}, "drafter": drafter, "estimated": pair.estimated}
 
 
 def family_config(name_or_config: str | Path | dict) -> dict:
@@ -130,12 +74,13 @@ def family_config(name_or_config: str | Path | dict) -> dict:
     if isinstance(name_or_config, dict):
         raw = name_or_config
     elif str(name_or_config).lower() in FAMILIES:
-        return copy.deepcopy(FAMILIES[str(name_or_config).lower()])
+        return _family(str(name_or_config).lower())
     else:
         path = Path(name_or_config)
         if not path.is_file():
-            raise SpecdecError(f"--synthetic must be one of {', '.join(FAMILIES)} or a config.json, "
-                               f"not {str(name_or_config)!r}")
+            raise SpecdecError(
+                f"--synthetic must be one of {', '.join(FAMILIES)} or a config.json, not {str(name_or_config)!r}"
+            )
         try:
             raw = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -244,9 +189,12 @@ def build(
     if group_size not in quantise.GROUP_SIZES:
         raise SpecdecError(f"--group-size must be one of {', '.join(map(str, quantise.GROUP_SIZES))}, not {group_size}")
     fam = family_config(name_or_config)
-    name = name_or_config if isinstance(name_or_config, str) and name_or_config.lower() in FAMILIES else (
-        Path(name_or_config).stem if isinstance(name_or_config, (str, Path)) else "custom")
-    estimated = bool(fam["target"].pop("estimated", False))
+    name = (
+        name_or_config
+        if isinstance(name_or_config, str) and name_or_config.lower() in FAMILIES
+        else (Path(name_or_config).stem if isinstance(name_or_config, (str, Path)) else "custom")
+    )
+    estimated = bool(fam.get("estimated", False))
     t0 = time.perf_counter()
     mx.reset_peak_memory()
     before = mx.get_active_memory()  # arrays alive before the build are not its cost
@@ -267,10 +215,16 @@ def build(
         draft_q = quantise.plan(drafter, quantise.DRAFTER_RULES, bits, group_size)
         n_draft = _materialise(drafter, draft_q, key_d, dtype)
     report = BuildReport(
-        name=str(name), bits=bits, group_size=group_size, seconds=time.perf_counter() - t0,
-        peak_memory_bytes=int(mx.get_peak_memory() - before), target_bytes=_nbytes(model),
+        name=str(name),
+        bits=bits,
+        group_size=group_size,
+        seconds=time.perf_counter() - t0,
+        peak_memory_bytes=int(mx.get_peak_memory() - before),
+        target_bytes=_nbytes(model),
         drafter_bytes=_nbytes(drafter) if drafter is not None else 0,
-        target_parameters=n_target, drafter_parameters=n_draft, estimated_shapes=estimated,
+        target_parameters=n_target,
+        drafter_parameters=n_draft,
+        estimated_shapes=estimated,
         dtype=str(dtype).removeprefix("mlx.core."),
     )
     label = f"synthetic-{name}-{bits}bit" if bits < 16 else f"synthetic-{name}"
@@ -321,7 +275,7 @@ class IdTokenizer:
 
 # --- oracle acceptance -------------------------------------------------------------------
 def parse_acceptance(text: str) -> list[float]:
-    """"0.8" -> [0.8]; "0.92,0.79,0.68,0.59" -> per draft position (the last one repeats)."""
+    """ "0.8" -> [0.8]; "0.92,0.79,0.68,0.59" -> per draft position (the last one repeats)."""
     try:
         rates = [float(t) for t in str(text).replace(" ", "").split(",") if t]
     except ValueError:

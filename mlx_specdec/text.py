@@ -7,7 +7,7 @@ next token decides, so every piece handed out is final.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class TextStream:

@@ -349,7 +349,7 @@ class ChatView:
         return Group(_Tail(self.answer(), room), panel)
 
     # -- lifetime ------------------------------------------------------------------------------
-    def __enter__(self) -> "ChatView":
+    def __enter__(self) -> ChatView:
         self._live.start()
         return self
 

@@ -48,8 +48,14 @@ def main() -> int:
         check_output(args.json, "--json")
     if args.plot:
         check_plot(args.plot)
-    common = {"prompts": prompts, "max_tokens": args.max_tokens, "trials": args.trials, "ignore_eos": args.ignore_eos,
-              "blas": describe_blas(), "log": lambda line: err.print(f"[dim]{line}[/dim]")}
+    common = {
+        "prompts": prompts,
+        "max_tokens": args.max_tokens,
+        "trials": args.trials,
+        "ignore_eos": args.ignore_eos,
+        "blas": describe_blas(),
+        "log": lambda line: err.print(f"[dim]{line}[/dim]"),
+    }
 
     def bundle():
         return load(args.model, target=args.target, drafter=args.drafter, demo=args.demo)
@@ -72,8 +78,10 @@ def main() -> int:
         ok &= passed
         out.print(f"{'PASS' if passed else 'FAIL'}  {name}: {'n/a' if value is None else f'{value:.2f}'}")
     if s.auto_speedup is not None and s.best_fixed_k is not None:
-        out.print(f"info  auto speed-up over plain: {s.auto_speedup:.2f}x; best fixed k={s.best_fixed_k} "
-                  f"({s.best_fixed_k_speedup:.2f}x)")
+        out.print(
+            f"info  auto speed-up over plain: {s.auto_speedup:.2f}x; best fixed k={s.best_fixed_k} "
+            f"({s.best_fixed_k_speedup:.2f}x)"
+        )
     if args.plot:
         write_plot(main_run, args.plot)
     if args.json:

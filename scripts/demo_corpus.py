@@ -16,8 +16,24 @@ import sys
 import warnings
 
 SKIP_MODULES = {  # GUI, interactive, platform-specific or noisy on import
-    "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc", "test",
-    "lib2to3", "ensurepip", "venv", "msvcrt", "winreg", "winsound", "nt", "pty", "tty", "curses",
+    "antigravity",
+    "this",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "turtledemo",
+    "pydoc",
+    "test",
+    "lib2to3",
+    "ensurepip",
+    "venv",
+    "msvcrt",
+    "winreg",
+    "winsound",
+    "nt",
+    "pty",
+    "tty",
+    "curses",
 }
 CHAT_QUESTIONS = ["What does `{}` do?", "Explain `{}`.", "Tell me about {}.", "How do I use {}?"]
 
@@ -50,8 +66,11 @@ def stdlib_entries() -> list[tuple[str, str]]:
 
     for name in names:
         try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
+            with (
+                warnings.catch_warnings(),
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
                 warnings.simplefilter("ignore")
                 module = importlib.import_module(name)
         except BaseException:  # noqa: BLE001 - a module that fails to import is just skipped

@@ -25,8 +25,8 @@ import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 TURN_START, TURN_END = "<|turn>", "<turn|>"
 USER_SYMBOLS = ["<mask>", TURN_START, TURN_END, "<|channel>", "<channel|>"]
@@ -139,8 +139,14 @@ def train_sentencepiece(lines: Iterable[str], vocab_size: int, work: Path, seed:
             vocab_size=vocab_size,
             byte_fallback=True,
             character_coverage=1.0,
-            pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-            pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+            pad_id=0,
+            eos_id=1,
+            bos_id=2,
+            unk_id=3,
+            pad_piece="<pad>",
+            eos_piece="<eos>",
+            bos_piece="<bos>",
+            unk_piece="<unk>",
             user_defined_symbols=USER_SYMBOLS,
             add_dummy_prefix=False,
             remove_extra_whitespaces=False,
@@ -163,11 +169,20 @@ def build_hf_tokenizer(sp_model: Path, work: Path):
     src = Path(work) / "tok_src"
     src.mkdir()
     shutil.copy(sp_model, src / "tokenizer.model")
-    (src / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GemmaTokenizer",
-        "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
-        "mask_token": "<mask>", "add_bos_token": True, "add_eos_token": False,
-    }))
+    (src / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "GemmaTokenizer",
+                "bos_token": "<bos>",
+                "eos_token": "<eos>",
+                "pad_token": "<pad>",
+                "unk_token": "<unk>",
+                "mask_token": "<mask>",
+                "add_bos_token": True,
+                "add_eos_token": False,
+            }
+        )
+    )
     tok = AutoTokenizer.from_pretrained(str(src))
     tok.add_special_tokens({"additional_special_tokens": USER_SYMBOLS[1:]})
     tok.chat_template = CHAT_TEMPLATE

@@ -38,8 +38,12 @@ def one_request(client, model: str, prompt: str, args) -> dict:
     t0 = time.perf_counter()
     ttft, usage, accepted = None, None, None
     stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=args.max_tokens,
-        temperature=args.temperature, stream=True, stream_options={"include_usage": True},
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        stream=True,
+        stream_options={"include_usage": True},
         extra_body={"draft_tokens": args.draft_tokens},
     )
     for chunk in stream:
@@ -53,8 +57,12 @@ def one_request(client, model: str, prompt: str, args) -> dict:
         if chunk.usage is not None:
             usage = chunk.usage
     latency = time.perf_counter() - t0
-    return {"latency": latency, "ttft": ttft if ttft is not None else latency,
-            "tokens": usage.completion_tokens if usage else 0, "accepted": accepted}
+    return {
+        "latency": latency,
+        "ttft": ttft if ttft is not None else latency,
+        "tokens": usage.completion_tokens if usage else 0,
+        "accepted": accepted,
+    }
 
 
 def main() -> None:
@@ -92,11 +100,17 @@ def main() -> None:
     lat, ttft = [r["latency"] for r in results], [r["ttft"] for r in results]
     acc = [r["accepted"] for r in results if r["accepted"] is not None]
     summary = {
-        "model": model, "clients": args.clients, "requests": len(results) + len(errors), "errors": len(errors),
-        "wall_s": round(wall, 2), "requests_per_s": round(len(results) / wall, 2),
+        "model": model,
+        "clients": args.clients,
+        "requests": len(results) + len(errors),
+        "errors": len(errors),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(results) / wall, 2),
         "completion_tokens_per_s": round(sum(r["tokens"] for r in results) / wall, 1),
-        "latency_p50_s": round(percentile(lat, 0.5), 3), "latency_p95_s": round(percentile(lat, 0.95), 3),
-        "ttft_p50_s": round(percentile(ttft, 0.5), 3), "ttft_p95_s": round(percentile(ttft, 0.95), 3),
+        "latency_p50_s": round(percentile(lat, 0.5), 3),
+        "latency_p95_s": round(percentile(lat, 0.95), 3),
+        "ttft_p50_s": round(percentile(ttft, 0.5), 3),
+        "ttft_p95_s": round(percentile(ttft, 0.95), 3),
         "mean_accepted_per_round": round(statistics.mean(acc), 2) if acc else None,
     }
     if args.json:

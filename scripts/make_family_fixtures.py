@@ -59,25 +59,67 @@ LAYERS = [S, S, F, S, S, F]
 DRAFTER_POSITIONS = [5, 9, 20]  # 9 = W + 1: the first position whose sliding view is clipped
 
 COMMON = {
-    "vocab_size": VOCAB, "hidden_size": 64, "num_hidden_layers": len(LAYERS), "layer_types": LAYERS,
-    "num_attention_heads": 4, "head_dim": 16, "global_head_dim": 32, "sliding_window": WINDOW,
-    "final_logit_softcapping": 30.0, "tie_word_embeddings": True, "max_position_embeddings": 4096,
-    "bos_token_id": 2, "pad_token_id": 0,
+    "vocab_size": VOCAB,
+    "hidden_size": 64,
+    "num_hidden_layers": len(LAYERS),
+    "layer_types": LAYERS,
+    "num_attention_heads": 4,
+    "head_dim": 16,
+    "global_head_dim": 32,
+    "sliding_window": WINDOW,
+    "final_logit_softcapping": 30.0,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 4096,
+    "bos_token_id": 2,
+    "pad_token_id": 0,
 }
 NO_PLE = {"hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0}
 FAMILIES = {
-    "26b-a4b": {"kind": "gemma4", "centroid": False, "text": dict(
-        intermediate_size=32, num_key_value_heads=2, num_global_key_value_heads=1, attention_k_eq_v=True,
-        enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32,
-        num_kv_shared_layers=0, **NO_PLE)},
-    "31b": {"kind": "gemma4", "centroid": False, "text": dict(
-        intermediate_size=48, num_key_value_heads=2, num_global_key_value_heads=1, attention_k_eq_v=True,
-        num_kv_shared_layers=0, **NO_PLE)},
-    "12b": {"kind": "gemma4_unified", "centroid": False, "text": {
-        "intermediate_size": 48, "num_key_value_heads": 2, "num_kv_shared_layers": 0}},
-    "e2b": {"kind": "gemma4", "centroid": True, "text": {
-        "intermediate_size": 32, "num_key_value_heads": 1, "num_kv_shared_layers": 2, "use_double_wide_mlp": True,
-        "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB}},
+    "26b-a4b": {
+        "kind": "gemma4",
+        "centroid": False,
+        "text": dict(
+            intermediate_size=32,
+            num_key_value_heads=2,
+            num_global_key_value_heads=1,
+            attention_k_eq_v=True,
+            enable_moe_block=True,
+            num_experts=4,
+            top_k_experts=2,
+            moe_intermediate_size=32,
+            num_kv_shared_layers=0,
+            **NO_PLE,
+        ),
+    },
+    "31b": {
+        "kind": "gemma4",
+        "centroid": False,
+        "text": dict(
+            intermediate_size=48,
+            num_key_value_heads=2,
+            num_global_key_value_heads=1,
+            attention_k_eq_v=True,
+            num_kv_shared_layers=0,
+            **NO_PLE,
+        ),
+    },
+    "12b": {
+        "kind": "gemma4_unified",
+        "centroid": False,
+        "text": {"intermediate_size": 48, "num_key_value_heads": 2, "num_kv_shared_layers": 0},
+    },
+    "e2b": {
+        "kind": "gemma4",
+        "centroid": True,
+        "text": {
+            "intermediate_size": 32,
+            "num_key_value_heads": 1,
+            "num_kv_shared_layers": 2,
+            "use_double_wide_mlp": True,
+            "hidden_size_per_layer_input": 8,
+            "vocab_size_per_layer_input": VOCAB,
+        },
+    },
 }
 
 
@@ -88,11 +130,17 @@ def text_config(family: dict, eos_ids, drafter: bool = False):
 
     kw = {**COMMON, **family["text"], "eos_token_id": eos_ids}
     if drafter:  # the assistant's own layers: 4 layers, all reading the target's K/V
-        for k in ("enable_moe_block", "num_experts", "top_k_experts", "moe_intermediate_size",
-                  "use_double_wide_mlp"):
+        for k in ("enable_moe_block", "num_experts", "top_k_experts", "moe_intermediate_size", "use_double_wide_mlp"):
             kw.pop(k, None)
-        kw.update(hidden_size=32, intermediate_size=64, num_hidden_layers=4, layer_types=[S, S, S, F],
-                  num_attention_heads=2, num_kv_shared_layers=4, final_logit_softcapping=None)
+        kw.update(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            layer_types=[S, S, S, F],
+            num_attention_heads=2,
+            num_kv_shared_layers=4,
+            final_logit_softcapping=None,
+        )
         if family["kind"] == "gemma4":
             kw.update(NO_PLE)
     if family["kind"] == "gemma4_unified":
@@ -108,14 +156,23 @@ def make_target(family: dict, eos_ids, gen):
     tc = text_config(family, eos_ids)
     if family["kind"] == "gemma4_unified":
         text = gu.Gemma4UnifiedForCausalLM(tc).eval()
-        vision = gu.Gemma4UnifiedVisionConfig(patch_size=2, pooling_kernel_size=1, mm_embed_dim=8,
-                                              mm_posemb_size=4, output_proj_dims=COMMON["hidden_size"])
-        mm = gu.Gemma4UnifiedForConditionalGeneration(gu.Gemma4UnifiedConfig(
-            text_config=tc.to_dict(), vision_config=vision.to_dict(), audio_config=None, eos_token_id=eos_ids))
+        vision = gu.Gemma4UnifiedVisionConfig(
+            patch_size=2,
+            pooling_kernel_size=1,
+            mm_embed_dim=8,
+            mm_posemb_size=4,
+            output_proj_dims=COMMON["hidden_size"],
+        )
+        mm = gu.Gemma4UnifiedForConditionalGeneration(
+            gu.Gemma4UnifiedConfig(
+                text_config=tc.to_dict(), vision_config=vision.to_dict(), audio_config=None, eos_token_id=eos_ids
+            )
+        )
     else:
         text = tf.Gemma4ForCausalLM(tc).eval()
-        mm = tf.Gemma4ForConditionalGeneration(tf.Gemma4Config(
-            text_config=tc.to_dict(), vision_config=None, audio_config=None, eos_token_id=eos_ids))
+        mm = tf.Gemma4ForConditionalGeneration(
+            tf.Gemma4Config(text_config=tc.to_dict(), vision_config=None, audio_config=None, eos_token_id=eos_ids)
+        )
     randomise(text, gen, embed_std=0.15, final_norm=3.0)
     with torch.no_grad():
         for name, p in sorted(text.named_parameters()):
@@ -143,10 +200,14 @@ def make_drafter(family: dict, eos_ids, gen):
     tc = text_config(family, eos_ids, drafter=True)
     centroid = {"use_ordered_embeddings": True, "num_centroids": 16, "centroid_intermediate_top_k": 4}
     extra = centroid if family["centroid"] else {}
-    cls, cfg_cls = (gua.Gemma4UnifiedAssistantForCausalLM, gua.Gemma4UnifiedAssistantConfig) \
-        if family["kind"] == "gemma4_unified" else (tf.Gemma4AssistantForCausalLM, tf.Gemma4AssistantConfig)
-    model = cls(cfg_cls(text_config=tc, backbone_hidden_size=COMMON["hidden_size"], tie_word_embeddings=True,
-                        **extra)).eval()
+    cls, cfg_cls = (
+        (gua.Gemma4UnifiedAssistantForCausalLM, gua.Gemma4UnifiedAssistantConfig)
+        if family["kind"] == "gemma4_unified"
+        else (tf.Gemma4AssistantForCausalLM, tf.Gemma4AssistantConfig)
+    )
+    model = cls(
+        cfg_cls(text_config=tc, backbone_hidden_size=COMMON["hidden_size"], tie_word_embeddings=True, **extra)
+    ).eval()
     randomise(model, gen, embed_std=0.5, final_norm=1.0)
     if family["centroid"]:
         model.masked_embedding.token_ordering.copy_(torch.randperm(VOCAB, generator=gen))
@@ -272,8 +333,11 @@ def family_references(name, text, drafter, rng, ref: dict, meta: dict) -> None:
         worst = min(worst, float((top[:, 0] - top[:, 1]).min()))
     for h in router.hooks:
         h.remove()
-    meta[name] = {"greedy_min_margin": float(m.min()), "drafter_min_margin": worst,
-                  "router_min_topk_gap": None if router.gap == float("inf") else router.gap}
+    meta[name] = {
+        "greedy_min_margin": float(m.min()),
+        "drafter_min_margin": worst,
+        "router_min_topk_gap": None if router.gap == float("inf") else router.gap,
+    }
 
 
 def main() -> None:
@@ -293,8 +357,14 @@ def main() -> None:
     eos_ids = end_of_turn_ids(tok)
 
     ref: dict[str, torch.Tensor] = {}
-    meta: dict = {"seed": SEED, "sliding_window": WINDOW, "drafter_positions": DRAFTER_POSITIONS,
-                  "eos_token_id": eos_ids, "torch": torch.__version__, "families": {}}
+    meta: dict = {
+        "seed": SEED,
+        "sliding_window": WINDOW,
+        "drafter_positions": DRAFTER_POSITIONS,
+        "eos_token_id": eos_ids,
+        "torch": torch.__version__,
+        "families": {},
+    }
     for name, family in FAMILIES.items():
         text, mm = make_target(family, eos_ids, gen)
         drafter = make_drafter(family, eos_ids, gen)

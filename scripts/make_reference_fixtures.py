@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import io
 import json
 import shutil
 import tempfile
@@ -42,8 +41,20 @@ from gemma_tokenizer import TURN_END, build_hf_tokenizer, save_tokenizer, train_
 SEED = 1234
 VOCAB = 512
 STDLIB_MODULES = [
-    "argparse", "collections", "contextlib", "dataclasses", "functools", "inspect", "itertools",
-    "json", "os", "pathlib", "re", "string", "textwrap", "typing",
+    "argparse",
+    "collections",
+    "contextlib",
+    "dataclasses",
+    "functools",
+    "inspect",
+    "itertools",
+    "json",
+    "os",
+    "pathlib",
+    "re",
+    "string",
+    "textwrap",
+    "typing",
 ]
 WINDOW = 16
 MIN_GREEDY_MARGIN = 0.02
@@ -92,13 +103,27 @@ def target_text_config(eos_ids: list[int]):
 
     s, f = "sliding_attention", "full_attention"
     return Gemma4TextConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=TARGET_INTERMEDIATE, num_hidden_layers=10,
-        layer_types=[s, s, s, s, f, s, s, s, s, f], num_kv_shared_layers=4,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=32, global_head_dim=64,
-        sliding_window=WINDOW, hidden_size_per_layer_input=16, vocab_size_per_layer_input=VOCAB,
-        use_double_wide_mlp=True, final_logit_softcapping=30.0, tie_word_embeddings=True,
-        max_position_embeddings=4096, initializer_range=0.02,
-        eos_token_id=eos_ids, bos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=TARGET_INTERMEDIATE,
+        num_hidden_layers=10,
+        layer_types=[s, s, s, s, f, s, s, s, s, f],
+        num_kv_shared_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        global_head_dim=64,
+        sliding_window=WINDOW,
+        hidden_size_per_layer_input=16,
+        vocab_size_per_layer_input=VOCAB,
+        use_double_wide_mlp=True,
+        final_logit_softcapping=30.0,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+        initializer_range=0.02,
+        eos_token_id=eos_ids,
+        bos_token_id=2,
+        pad_token_id=0,
     )
 
 
@@ -107,12 +132,25 @@ def drafter_config(centroid: bool, eos_ids: list[int]):
 
     s, f = "sliding_attention", "full_attention"
     text = Gemma4TextConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-        layer_types=[s, s, s, f], num_kv_shared_layers=4, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=32, global_head_dim=64, sliding_window=WINDOW,
-        hidden_size_per_layer_input=0, vocab_size_per_layer_input=0, use_double_wide_mlp=False,
-        max_position_embeddings=4096, tie_word_embeddings=True,
-        eos_token_id=eos_ids, bos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        layer_types=[s, s, s, f],
+        num_kv_shared_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        global_head_dim=64,
+        sliding_window=WINDOW,
+        hidden_size_per_layer_input=0,
+        vocab_size_per_layer_input=0,
+        use_double_wide_mlp=False,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=eos_ids,
+        bos_token_id=2,
+        pad_token_id=0,
     )
     extra = dict(use_ordered_embeddings=True, num_centroids=16, centroid_intermediate_top_k=4) if centroid else {}
     return Gemma4AssistantConfig(text_config=text, backbone_hidden_size=64, tie_word_embeddings=True, **extra)
@@ -159,13 +197,21 @@ def make_target_mm(target, eos_ids, gen):
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4VisionConfig
 
     vision = Gemma4VisionConfig(
-        hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=1,
-        num_key_value_heads=1, head_dim=8, position_embedding_size=8, patch_size=2,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=8,
+        position_embedding_size=8,
+        patch_size=2,
         pooling_kernel_size=1,
     )
     cfg = Gemma4Config(
-        text_config=target_text_config(eos_ids).to_dict(), vision_config=vision.to_dict(),
-        audio_config=None, eos_token_id=eos_ids,
+        text_config=target_text_config(eos_ids).to_dict(),
+        vision_config=vision.to_dict(),
+        audio_config=None,
+        eos_token_id=eos_ids,
     )
     mm = Gemma4ForConditionalGeneration(cfg).eval()
     with torch.no_grad():
@@ -234,12 +280,18 @@ def target_incremental(target, ids: torch.Tensor):
 @torch.no_grad()
 def target_greedy(target, ids: torch.Tensor, new_tokens: int):
     out = target.generate(
-        input_ids=ids[None], attention_mask=torch.ones_like(ids[None]), max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True,
-        eos_token_id=None, pad_token_id=0,
+        input_ids=ids[None],
+        attention_mask=torch.ones_like(ids[None]),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        eos_token_id=None,
+        pad_token_id=0,
     )
     gen = out.sequences[0, ids.shape[0] :]
-    step_logits = torch.stack([l[0] for l in out.logits])
+    step_logits = torch.stack([step[0] for step in out.logits])
     assert torch.equal(step_logits.argmax(-1), gen)
     return gen, margins(step_logits)
 
@@ -264,11 +316,17 @@ def drafter_steps(target, drafter, seq: torch.Tensor, p: int, n_steps: int):
     captured = {}
     hook = None
     if drafter.masked_embedding is not None:
-        hook = drafter.masked_embedding.register_forward_hook(
-            lambda mod, args, res: captured.__setitem__("h", args[0]))
+        hook = drafter.masked_embedding.register_forward_hook(lambda mod, args, res: captured.__setitem__("h", args[0]))
 
-    rec = {"token": [], "hidden_in": [], "logits": [], "hidden_out": [], "selected_ids": [],
-           "selected_clusters": [], "centroid_margin": []}
+    rec = {
+        "token": [],
+        "hidden_in": [],
+        "logits": [],
+        "hidden_out": [],
+        "selected_ids": [],
+        "selected_clusters": [],
+        "centroid_margin": [],
+    }
     for _ in range(n_steps):
         embeds = torch.cat([target.model.embed_tokens(x), h], dim=-1)
         d = drafter(inputs_embeds=embeds, position_ids=position_ids, shared_kv_states=shared, use_cache=False)
@@ -299,18 +357,23 @@ def drafter_steps(target, drafter, seq: torch.Tensor, p: int, n_steps: int):
 
     # Cross-check: handing the drafter only the attended sliding entries changes nothing.
     keep = swa_mask.nonzero()[:, 0]
-    trimmed = {"full_attention": shared["full_attention"],
-               "sliding_attention": (swa_k[:, :, keep], swa_v[:, :, keep])}
+    trimmed = {"full_attention": shared["full_attention"], "sliding_attention": (swa_k[:, :, keep], swa_v[:, :, keep])}
     embeds0 = torch.cat([target.model.embed_tokens(seq[None, p : p + 1]), out.last_hidden_state[:, -1:]], -1)
     a = drafter(inputs_embeds=embeds0, position_ids=position_ids, shared_kv_states=shared).logits
     b = drafter(inputs_embeds=embeds0, position_ids=position_ids, shared_kv_states=trimmed).logits
     assert torch.allclose(a, b, atol=1e-5), "sliding mask does not select the entries we think"
 
     return {
-        "full_k": full_k[0], "full_v": full_v[0], "swa_k": swa_k[0], "swa_v": swa_v[0],
-        "full_mask": full_mask, "swa_mask": swa_mask,
-        "tokens": torch.tensor(rec["token"]), "hidden_in": torch.stack(rec["hidden_in"]),
-        "logits": torch.stack(rec["logits"]), "hidden_out": torch.stack(rec["hidden_out"]),
+        "full_k": full_k[0],
+        "full_v": full_v[0],
+        "swa_k": swa_k[0],
+        "swa_v": swa_v[0],
+        "full_mask": full_mask,
+        "swa_mask": swa_mask,
+        "tokens": torch.tensor(rec["token"]),
+        "hidden_in": torch.stack(rec["hidden_in"]),
+        "logits": torch.stack(rec["logits"]),
+        "hidden_out": torch.stack(rec["hidden_out"]),
         "selected_ids": torch.stack(rec["selected_ids"]) if rec["selected_ids"] else None,
         "selected_clusters": torch.stack(rec["selected_clusters"]) if rec["selected_clusters"] else None,
         "centroid_margin": rec["centroid_margin"],
@@ -364,8 +427,13 @@ def main() -> None:
 
     # 4. references. Token sequences are random ids (special ids included) from a seeded generator.
     ref: dict[str, torch.Tensor] = {}
-    meta: dict = {"seed": SEED, "sliding_window": WINDOW, "eos_token_id": eos_ids,
-                  "chat_hi_ids": list(chat_ids), "torch": torch.__version__}
+    meta: dict = {
+        "seed": SEED,
+        "sliding_window": WINDOW,
+        "eos_token_id": eos_ids,
+        "chat_hi_ids": list(chat_ids),
+        "torch": torch.__version__,
+    }
     rng = torch.Generator().manual_seed(SEED + 1)
 
     def rand_ids(n: int) -> torch.Tensor:
@@ -420,8 +488,20 @@ def main() -> None:
         for p in meta["drafter_positions"]:
             r = drafter_steps(target, drafter, seq, p, meta["drafter_steps"])
             key = f"drafter_{name}/p{p}"
-            for k in ["full_k", "full_v", "swa_k", "swa_v", "full_mask", "swa_mask",
-                      "tokens", "hidden_in", "logits", "hidden_out", "selected_ids", "selected_clusters"]:
+            for k in [
+                "full_k",
+                "full_v",
+                "swa_k",
+                "swa_v",
+                "full_mask",
+                "swa_mask",
+                "tokens",
+                "hidden_in",
+                "logits",
+                "hidden_out",
+                "selected_ids",
+                "selected_clusters",
+            ]:
                 if r[k] is None:
                     continue
                 v = r[k]
@@ -443,9 +523,21 @@ def main() -> None:
     save_file(ref, str(out / "reference.safetensors"), metadata={"format": "pt"})
     meta["tensors"] = {k: [list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in sorted(ref.items())}
     (out / "reference.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(json.dumps({k: meta[k] for k in ["greedy_min_margin", "drafter_min_margin",
-                                           "centroid_min_cluster_margin", "chat_hi_ids",
-                                           "incremental_vs_one_pass_max_abs_logit_diff"]}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: meta[k]
+                for k in [
+                    "greedy_min_margin",
+                    "drafter_min_margin",
+                    "centroid_min_cluster_margin",
+                    "chat_hi_ids",
+                    "incremental_vs_one_pass_max_abs_logit_diff",
+                ]
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,20 +32,48 @@ def target_config(ple_gib: float) -> dict:
     layers = 8
     ple = int(ple_gib * 2**30 / (VOCAB * 2 * layers))
     return {
-        "model_type": "gemma4_text", "vocab_size": VOCAB, "hidden_size": 256, "num_hidden_layers": layers,
-        "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 64,
-        "global_head_dim": 128, "sliding_window": 512, "layer_types": [S, S, S, F] * 2, "num_kv_shared_layers": 4,
-        "hidden_size_per_layer_input": ple, "vocab_size_per_layer_input": VOCAB, "use_double_wide_mlp": True,
-        "final_logit_softcapping": 30.0, "tie_word_embeddings": True, "rms_norm_eps": 1e-6,
-        "max_position_embeddings": 4096, "eos_token_id": [1], "bos_token_id": 2, "pad_token_id": 0,
+        "model_type": "gemma4_text",
+        "vocab_size": VOCAB,
+        "hidden_size": 256,
+        "num_hidden_layers": layers,
+        "intermediate_size": 512,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 64,
+        "global_head_dim": 128,
+        "sliding_window": 512,
+        "layer_types": [S, S, S, F] * 2,
+        "num_kv_shared_layers": 4,
+        "hidden_size_per_layer_input": ple,
+        "vocab_size_per_layer_input": VOCAB,
+        "use_double_wide_mlp": True,
+        "final_logit_softcapping": 30.0,
+        "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 4096,
+        "eos_token_id": [1],
+        "bos_token_id": 2,
+        "pad_token_id": 0,
     }
 
 
 def drafter_config(target: dict) -> dict:
-    text = {"model_type": "gemma4_text", "vocab_size": VOCAB, "hidden_size": 64, "num_hidden_layers": 4,
-            "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64,
-            "global_head_dim": 128, "sliding_window": 512, "layer_types": [S, S, S, F], "num_kv_shared_layers": 4,
-            "hidden_size_per_layer_input": 0, "tie_word_embeddings": True}
+    text = {
+        "model_type": "gemma4_text",
+        "vocab_size": VOCAB,
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "intermediate_size": 128,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 64,
+        "global_head_dim": 128,
+        "sliding_window": 512,
+        "layer_types": [S, S, S, F],
+        "num_kv_shared_layers": 4,
+        "hidden_size_per_layer_input": 0,
+        "tie_word_embeddings": True,
+    }
     return {"model_type": "gemma4_assistant", "backbone_hidden_size": target["hidden_size"], "text_config": text}
 
 
@@ -93,12 +121,39 @@ def main() -> None:
     for out in ("mlx-lm", "ours"):
         shutil.rmtree(work / out, ignore_errors=True)
     largest = VOCAB * tcfg["num_hidden_layers"] * tcfg["hidden_size_per_layer_input"] * 2
-    mlx_lm = run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(work / "target"),
-                  "--mlx-path", str(work / "mlx-lm"), "-q", "--q-bits", "4", "--q-group-size", "64"])
-    ours = run([sys.executable, "-c", "import sys, weights_convert; weights_convert.convert(*sys.argv[1:4], bits=4)",
-                str(work / "target"), str(work / "drafter"), str(work / "ours")])
-    print(json.dumps({"largest_tensor_gib": round(largest / 2**30, 2), "mlx_lm_convert": mlx_lm,
-                      "specdec_convert": ours}, indent=1))
+    mlx_lm = run(
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "convert",
+            "--hf-path",
+            str(work / "target"),
+            "--mlx-path",
+            str(work / "mlx-lm"),
+            "-q",
+            "--q-bits",
+            "4",
+            "--q-group-size",
+            "64",
+        ]
+    )
+    ours = run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, weights_convert; weights_convert.convert(*sys.argv[1:4], bits=4)",
+            str(work / "target"),
+            str(work / "drafter"),
+            str(work / "ours"),
+        ]
+    )
+    print(
+        json.dumps(
+            {"largest_tensor_gib": round(largest / 2**30, 2), "mlx_lm_convert": mlx_lm, "specdec_convert": ours},
+            indent=1,
+        )
+    )
     if args.work is None:
         shutil.rmtree(work)
 

@@ -71,7 +71,11 @@ def measure(bundle_path: str, n_prompts: int, max_tokens: int) -> dict:
         exact = all([r.token for r in records] == want for records, want in zip(runs, plain))
         out["greedy"][f"k={k}"] = {**acceptance(runs, k), "equals_plain": exact}
     runs = [
-        run(bundle, p, GenerationSettings(max_tokens=max_tokens, draft=4, sampling=SamplingParams(temp=0.7, seed=1000 + i)))
+        run(
+            bundle,
+            p,
+            GenerationSettings(max_tokens=max_tokens, draft=4, sampling=SamplingParams(temp=0.7, seed=1000 + i)),
+        )
         for i, p in enumerate(prompts)
     ]
     out["temp_0.7"] = {"k=4": acceptance(runs, 4)}
@@ -91,8 +95,10 @@ def main() -> None:
         for mode, rows in (("greedy", r["greedy"]), ("T=0.7", r["temp_0.7"])):
             for k, a in rows.items():
                 extra = f"  equals plain: {a['equals_plain']}" if "equals_plain" in a else ""
-                print(f"  {mode:6} {k}: {a['mean_accepted_per_round']:.2f} accepted/round over {a['rounds']} rounds, "
-                      f"per position {a['per_position']}, histogram {a['histogram']}{extra}")
+                print(
+                    f"  {mode:6} {k}: {a['mean_accepted_per_round']:.2f} accepted/round over {a['rounds']} rounds, "
+                    f"per position {a['per_position']}, histogram {a['histogram']}{extra}"
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -55,8 +55,9 @@ def main() -> None:
     fam = synthetic.family_config(args.family)
     dargs = DrafterArgs.from_config(fam["drafter"])
     drafter = Drafter(dargs)
-    synthetic._materialise(drafter, quantise.plan(drafter, quantise.DRAFTER_RULES, 4, 64), mx.random.key(0),
-                           mx.bfloat16)
+    synthetic._materialise(
+        drafter, quantise.plan(drafter, quantise.DRAFTER_RULES, 4, 64), mx.random.key(0), mx.bfloat16
+    )
     t, H, p = dargs.text, dargs.backbone_hidden_size, args.context
     kv_heads = t["num_key_value_heads"]
     full_heads = t.get("num_global_key_value_heads") or kv_heads if t.get("attention_k_eq_v") else kv_heads
@@ -65,8 +66,10 @@ def main() -> None:
     def rnd(*shape):
         return mx.random.normal(shape).astype(mx.bfloat16)
 
-    kv = {"sliding_attention": (rnd(1, kv_heads, min(p, window + 1), t["head_dim"]),) * 2,
-          "full_attention": (rnd(1, full_heads, p, t["global_head_dim"]),) * 2}
+    kv = {
+        "sliding_attention": (rnd(1, kv_heads, min(p, window + 1), t["head_dim"]),) * 2,
+        "full_attention": (rnd(1, full_heads, p, t["global_head_dim"]),) * 2,
+    }
     x, h = rnd(1, 1, H), rnd(1, 1, H)
     mx.eval(kv, x, h)
 
@@ -90,21 +93,28 @@ def main() -> None:
     run_comp = timed(lambda: mx.eval(eager(p)), args.repeats)
     print(f"{args.family} drafter ({sum(v.nbytes for _, v in _flat(drafter)) / 2**20:.0f} MiB), context {p}:")
     print(f"  drafter step, graph building: eager {1e6 * host_eager:.0f} us, compiled head {1e6 * host_comp:.0f} us")
-    print(f"  drafter step, evaluated:      eager {1e3 * run_eager:.2f} ms, compiled head {1e3 * run_comp:.2f} ms "
-          f"(same result: {same})")
+    print(
+        f"  drafter step, evaluated:      eager {1e3 * run_eager:.2f} ms, compiled head {1e3 * run_comp:.2f} ms "
+        f"(same result: {same})"
+    )
 
     V, k = dargs.text["vocab_size"], args.k
     logits = (mx.random.normal((k + 1, V)) * 3).astype(mx.bfloat16)
     drafts = mx.argmax(logits[:k], axis=-1)
     mx.eval(logits, drafts)
     acc_c = mx.compile(accept_greedy)
-    print(f"  accept_greedy [{k + 1}, {V}], graph building: eager "
-          f"{1e6 * timed(lambda: accept_greedy(logits, drafts), args.repeats):.0f} us, compiled "
-          f"{1e6 * timed(lambda: acc_c(logits, drafts), args.repeats):.0f} us")
-    print(f"  accept_greedy evaluated: eager {1e3 * timed(lambda: mx.eval(accept_greedy(logits, drafts)), args.repeats):.3f}"
-          f" ms, compiled {1e3 * timed(lambda: mx.eval(acc_c(logits, drafts)), args.repeats):.3f} ms")
-    print(f"  argmax [{k + 1}, {V}]: bf16 {1e3 * timed(lambda: mx.eval(mx.argmax(logits, -1)), args.repeats):.3f} ms, "
-          f"float32 copy {1e3 * timed(lambda: mx.eval(mx.argmax(logits.astype(mx.float32), -1)), args.repeats):.3f} ms")
+    print(
+        f"  accept_greedy [{k + 1}, {V}], graph building: eager "
+        f"{1e6 * timed(lambda: accept_greedy(logits, drafts), args.repeats):.0f} us, compiled "
+        f"{1e6 * timed(lambda: acc_c(logits, drafts), args.repeats):.0f} us"
+    )
+    eager = timed(lambda: mx.eval(accept_greedy(logits, drafts)), args.repeats)
+    compiled = timed(lambda: mx.eval(acc_c(logits, drafts)), args.repeats)
+    print(f"  accept_greedy evaluated: eager {1e3 * eager:.3f} ms, compiled {1e3 * compiled:.3f} ms")
+    print(
+        f"  argmax [{k + 1}, {V}]: bf16 {1e3 * timed(lambda: mx.eval(mx.argmax(logits, -1)), args.repeats):.3f} ms, "
+        f"float32 copy {1e3 * timed(lambda: mx.eval(mx.argmax(logits.astype(mx.float32), -1)), args.repeats):.3f} ms"
+    )
 
 
 def target_graph(args) -> None:
@@ -127,8 +137,11 @@ def target_graph(args) -> None:
             c.trim(n)
 
     build(1)
-    print(f"  target forward, graph building: 1 token {1e3 * timed(lambda: build(1), args.repeats):.2f} ms, "
-          f"{args.k + 1} tokens {1e3 * timed(lambda: build(args.k + 1), args.repeats):.2f} ms", flush=True)
+    print(
+        f"  target forward, graph building: 1 token {1e3 * timed(lambda: build(1), args.repeats):.2f} ms, "
+        f"{args.k + 1} tokens {1e3 * timed(lambda: build(args.k + 1), args.repeats):.2f} ms",
+        flush=True,
+    )
 
 
 def prefill_chunks(args) -> None:
@@ -148,8 +161,11 @@ def prefill_chunks(args) -> None:
 
             mx.reset_peak_memory()
             seconds = timed(run, 2)
-            print(f"  prefill {args.prefill} tokens, chunk {chunk}: {seconds:.3f} s, "
-                  f"peak {mx.get_peak_memory() / 2**30:.2f} GiB", flush=True)
+            print(
+                f"  prefill {args.prefill} tokens, chunk {chunk}: {seconds:.3f} s, "
+                f"peak {mx.get_peak_memory() / 2**30:.2f} GiB",
+                flush=True,
+            )
     finally:
         decode.PREFILL_CHUNK = default
 

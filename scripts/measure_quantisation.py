@@ -106,7 +106,7 @@ def drafter_rounds(bundle, seq: list[int], start: int, reference=None):
     """
     target = bundle.target
     cache = make_target_cache(target.config)
-    _, hidden = target(mx.array([seq[: start]]), cache)
+    _, hidden = target(mx.array([seq[:start]]), cache)
     for p in range(start, len(seq) - DRAFTS):
         kv = drafter_kv(cache, target.kv_layers)
         x, h = seq[p], hidden[:, -1:]
@@ -130,8 +130,15 @@ def measure(args) -> None:
 
     def build(name, bits, target_rules=None, drafter_rules=None):
         out = work / name
-        convert(args.target, args.drafter, out, bits=bits, group_size=args.group_size,
-                target_rules=target_rules, drafter_rules=drafter_rules)
+        convert(
+            args.target,
+            args.drafter,
+            out,
+            bits=bits,
+            group_size=args.group_size,
+            target_rules=target_rules,
+            drafter_rules=drafter_rules,
+        )
         return out, load(out)
 
     def size(folder: Path) -> int:
@@ -141,12 +148,15 @@ def measure(args) -> None:
     prompts = [ref.tokenizer.encode(p) for p in PROMPTS]
     seqs = [greedy(ref, ids, NEW_TOKENS) for ids in prompts]
     ref_logits = [target_logits(ref, s) for s in seqs]
-    ref_accept = mx.mean(mx.array([a for s, ids in zip(seqs, prompts)
-                                   for a, _, _ in drafter_rounds(ref, s, len(ids))])).item()
+    ref_accept = mx.mean(
+        mx.array([a for s, ids in zip(seqs, prompts) for a, _, _ in drafter_rounds(ref, s, len(ids))])
+    ).item()
 
-    print(f"fixtures: target {args.target}, drafter {args.drafter}; --bits {args.bits}, "
-          f"--group-size {args.group_size}; {len(PROMPTS)} prompts x {NEW_TOKENS} greedy tokens, k={DRAFTS}")
-    print(f"\ntarget (drafter in floats)                  max|dlogit|   KL(nats)   top-1    size")
+    print(
+        f"fixtures: target {args.target}, drafter {args.drafter}; --bits {args.bits}, "
+        f"--group-size {args.group_size}; {len(PROMPTS)} prompts x {NEW_TOKENS} greedy tokens, k={DRAFTS}"
+    )
+    print("\ntarget (drafter in floats)                  max|dlogit|   KL(nats)   top-1    size")
     print(f"  {'float (reference)':40} {0:10.4f} {0:10.5f} {1:8.3f} {size(ref_path / 'target'):8d}")
     for i, (name, rules) in enumerate(choices(TARGET_GROUPS, args.bits).items()):
         path, b = build(f"target-{i}", args.bits, target_rules=rules, drafter_rules=_all_float(ref.drafter))
@@ -159,7 +169,7 @@ def measure(args) -> None:
             n += len(s)
         print(f"  {name:40} {errs:10.4f} {kls / n:10.5f} {agree / n:8.3f} {size(path / 'target'):8d}")
 
-    print(f"\ndrafter (target in floats)                  accepted/round   agree   KL(nats)   size")
+    print("\ndrafter (target in floats)                  accepted/round   agree   KL(nats)   size")
     print(f"  {'float (reference)':40} {ref_accept:10.3f} {1:12.3f} {0:10.5f} {size(ref_path / 'drafter'):6d}")
     for i, (name, rules) in enumerate(choices(DRAFTER_GROUPS, args.bits).items()):
         path, b = build(f"drafter-{i}", args.bits, target_rules=_all_float(ref.target.model), drafter_rules=rules)
@@ -170,8 +180,10 @@ def measure(args) -> None:
                 agree += (mx.argmax(ours, -1) == mx.argmax(theirs, -1)).sum().item()
                 kls += kl(theirs, ours).item() * ours.shape[0]
                 n += ours.shape[0]
-        print(f"  {name:40} {mx.mean(mx.array(acc)).item():10.3f} {agree / n:12.3f} {kls / n:10.5f} "
-              f"{size(path / 'drafter'):6d}")
+        print(
+            f"  {name:40} {mx.mean(mx.array(acc)).item():10.3f} {agree / n:12.3f} {kls / n:10.5f} "
+            f"{size(path / 'drafter'):6d}"
+        )
 
 
 def _all_float(model) -> dict:

@@ -46,18 +46,28 @@ def sweep(args) -> int:
         rates = synthetic.parse_acceptance(text)
         name = f"{label}-a{text.replace(',', '_')}.json"
         try:
-            result = run_synthetic(args.family, built=built, acceptance=rates, ks=parse_k_list(args.k),
-                                   auto=not args.no_auto, max_tokens=args.max_tokens,
-                                   prompt_tokens=args.prompt_tokens, trials=args.trials)
+            result = run_synthetic(
+                args.family,
+                built=built,
+                acceptance=rates,
+                ks=parse_k_list(args.k),
+                auto=not args.no_auto,
+                max_tokens=args.max_tokens,
+                prompt_tokens=args.prompt_tokens,
+                trials=args.trials,
+            )
         except (SpecdecError, ValueError, RuntimeError) as e:
             (out / f"{label}-error.json").write_text(
-                json.dumps({"family": label, "acceptance": text, "error": str(e)}) + "\n")
+                json.dumps({"family": label, "acceptance": text, "error": str(e)}) + "\n"
+            )
             print(f"{label} at {text}: {e}", file=sys.stderr)
             return 1
         write_json(result, out / name)
         s = result.summary
-        print(f"{label} a={text}: auto {_x(s.auto_speedup)}, best k={s.best_fixed_k} "
-              f"{_x(s.best_fixed_k_speedup)}", flush=True)
+        print(
+            f"{label} a={text}: auto {_x(s.auto_speedup)}, best k={s.best_fixed_k} {_x(s.best_fixed_k_speedup)}",
+            flush=True,
+        )
     return 0
 
 
@@ -66,8 +76,13 @@ def summarise(folder: Path) -> None:
     from mlx_specdec.bench_synthetic_report import write_plot
 
     results = [json.loads(p.read_text()) for p in sorted(folder.glob("*-a*.json"))]
-    lines = [("| family | acceptance | plain tok/s | auto | best fixed k | verify(k+1)/plain at best k | draft/plain "
-             "| host wait (auto) | peak GiB | exact |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| family | acceptance | plain tok/s | auto | best fixed k | verify(k+1)/plain at best k | draft/plain "
+            "| host wait (auto) | peak GiB | exact |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     by_family: dict[str, list] = {}
     for r in results:
         fam, modes = r["synthetic"]["family"], {e["mode"]: e for e in r["modes"]}
@@ -76,14 +91,25 @@ def summarise(folder: Path) -> None:
         best = modes.get(f"k={s['best_fixed_k']}") if s["best_fixed_k"] else None
         auto = modes.get("auto")
         peak = max(e["peak_memory_bytes"] for e in r["modes"]) / 2**30
-        lines.append(" | ".join([
-            f"| {fam}", ",".join(str(a) for a in r["synthetic"]["acceptance"] or []) or "own",
-            f"{plain['decode_tokens_per_s']:.1f}", _x(s["auto_speedup"]),
-            f"k={s['best_fixed_k']} {_x(s['best_fixed_k_speedup'])}" if best else "-",
-            f"{best['verify_cost_vs_plain']:.2f}" if best else "-",
-            f"{best['draft_step_cost_vs_plain']:.3f}" if best else "-",
-            f"{100 * auto['host_wait_fraction']:.1f}%" if auto and auto["host_wait_fraction"] is not None else "-",
-            f"{peak:.1f}", "yes" if all(e["matches_plain"] for e in r["modes"]) else "NO"]) + " |")
+        lines.append(
+            " | ".join(
+                [
+                    f"| {fam}",
+                    ",".join(str(a) for a in r["synthetic"]["acceptance"] or []) or "own",
+                    f"{plain['decode_tokens_per_s']:.1f}",
+                    _x(s["auto_speedup"]),
+                    f"k={s['best_fixed_k']} {_x(s['best_fixed_k_speedup'])}" if best else "-",
+                    f"{best['verify_cost_vs_plain']:.2f}" if best else "-",
+                    f"{best['draft_step_cost_vs_plain']:.3f}" if best else "-",
+                    f"{100 * auto['host_wait_fraction']:.1f}%"
+                    if auto and auto["host_wait_fraction"] is not None
+                    else "-",
+                    f"{peak:.1f}",
+                    "yes" if all(e["matches_plain"] for e in r["modes"]) else "NO",
+                ]
+            )
+            + " |"
+        )
     for p in sorted(folder.glob("*-error.json")):
         e = json.loads(p.read_text())
         lines.append(f"| {e['family']} | {e.get('acceptance', '-')} | error: {e['error']} | | | | | | | |")
@@ -108,8 +134,12 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--no-auto", action="store_true")
-    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
-                    help="activations and unquantised weights (float32 on a CPU: its bf16 path is slow)")
+    ap.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("bfloat16", "float16", "float32"),
+        help="activations and unquantised weights (float32 on a CPU: its bf16 path is slow)",
+    )
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no new acceptance run after this")
     ap.add_argument("--summarise", metavar="DIR", help="only write DIR/summary.md and the plots")
     args = ap.parse_args()

@@ -83,23 +83,45 @@ TARGET_BATCH, TARGET_LENGTH = 8, 256  # windows cross the sliding window twice
 DRAFTER_BATCH, DRAFTER_LENGTH = 6, 256
 K_DRAFT = 4  # drafter steps unrolled in training, and the shipped num_assistant_tokens
 TARGET_CONFIG = dict(
-    vocab_size=VOCAB, hidden_size=128, intermediate_size=512, num_hidden_layers=8,
-    num_attention_heads=4, num_key_value_heads=1, head_dim=32, global_head_dim=64,
+    vocab_size=VOCAB,
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=32,
+    global_head_dim=64,
     layer_types=["sliding_attention"] * 3 + ["full_attention"] + ["sliding_attention"] * 3 + ["full_attention"],
-    sliding_window=WINDOW, final_logit_softcapping=30.0,
-    hidden_size_per_layer_input=16, vocab_size_per_layer_input=VOCAB,
-    num_kv_shared_layers=3, use_double_wide_mlp=True, tie_word_embeddings=True,
+    sliding_window=WINDOW,
+    final_logit_softcapping=30.0,
+    hidden_size_per_layer_input=16,
+    vocab_size_per_layer_input=VOCAB,
+    num_kv_shared_layers=3,
+    use_double_wide_mlp=True,
+    tie_word_embeddings=True,
     max_position_embeddings=8192,
 )
 DRAFTER_TEXT_CONFIG = dict(
-    vocab_size=VOCAB, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-    num_attention_heads=4, num_key_value_heads=1, head_dim=32, global_head_dim=64,
+    vocab_size=VOCAB,
+    hidden_size=128,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=32,
+    global_head_dim=64,
     layer_types=["sliding_attention"] * 3 + ["full_attention"],
-    sliding_window=WINDOW, final_logit_softcapping=None,
-    hidden_size_per_layer_input=0, vocab_size_per_layer_input=0,
-    num_kv_shared_layers=4, use_double_wide_mlp=False, tie_word_embeddings=True,
+    sliding_window=WINDOW,
+    final_logit_softcapping=None,
+    hidden_size_per_layer_input=0,
+    vocab_size_per_layer_input=0,
+    num_kv_shared_layers=4,
+    use_double_wide_mlp=False,
+    tie_word_embeddings=True,
     max_position_embeddings=8192,
 )
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -161,8 +183,13 @@ def train_target(target, stream, steps, batch, length, gen) -> list[float]:
 def heldout_loss(target, stream, length: int, max_windows: int = 48) -> float:
     n = min(max_windows, (len(stream) - 1) // length)
     ids = stream[: n * length].view(n, length)
-    return sum(target(input_ids=ids[i : i + 8], labels=ids[i : i + 8]).loss.item() * len(ids[i : i + 8])
-               for i in range(0, n, 8)) / n
+    return (
+        sum(
+            target(input_ids=ids[i : i + 8], labels=ids[i : i + 8]).loss.item() * len(ids[i : i + 8])
+            for i in range(0, n, 8)
+        )
+        / n
+    )
 
 
 def softcap(target, h: torch.Tensor) -> torch.Tensor:
@@ -207,8 +234,14 @@ def draft_batched(drafter, embed, h_prev, kv, step_tokens, positions, window):
         x = drafter.pre_projection(torch.cat([embed(tokens), h], dim=-1))
         # logits_to_keep as a slice: keeps transformers from slicing the (absent) per-layer
         # inputs at the first KV-shared layer, which is layer 0 in the drafter.
-        out = drafter.model(inputs_embeds=x, position_ids=position_ids, attention_mask=masks,
-                            shared_kv_states=kv, use_cache=False, logits_to_keep=slice(None))
+        out = drafter.model(
+            inputs_embeds=x,
+            position_ids=position_ids,
+            attention_mask=masks,
+            shared_kv_states=kv,
+            use_cache=False,
+            logits_to_keep=slice(None),
+        )
         h = drafter.post_projection(out.last_hidden_state)
         all_logits.append(drafter.lm_head(out.last_hidden_state))
     return all_logits
@@ -228,8 +261,11 @@ def check_batched_matches_forward(target, drafter, ids: torch.Tensor, window: in
         h = hidden[:, p - 1 : p]
         sliced = {k: (v[0][:, :, :p], v[1][:, :, :p]) for k, v in kv.items()}
         for j in range(K_DRAFT):
-            out = drafter(inputs_embeds=torch.cat([embed(ids[p + j].view(1, 1)), h], dim=-1),
-                          position_ids=torch.tensor([[p]]), shared_kv_states=sliced)
+            out = drafter(
+                inputs_embeds=torch.cat([embed(ids[p + j].view(1, 1)), h], dim=-1),
+                position_ids=torch.tensor([[p]]),
+                shared_kv_states=sliced,
+            )
             diff = (out.logits[0, 0] - batched[j][0, i]).abs().max().item()
             worst = max(worst, diff)
             assert diff < 1e-4, f"batched drafter path differs from forward at p={p} step {j + 1}: {diff}"
@@ -245,10 +281,16 @@ def continuations(target, stream, n, prompt_len, total_len, batch, gen, temperat
         prompts = windows(stream, batch, prompt_len, gen)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         out = target.generate(
-            input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=total_len - prompt_len,
-            min_new_tokens=total_len - prompt_len, do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None, top_k=None, top_p=None,
-            eos_token_id=None, pad_token_id=0,
+            input_ids=prompts,
+            attention_mask=torch.ones_like(prompts),
+            max_new_tokens=total_len - prompt_len,
+            min_new_tokens=total_len - prompt_len,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_k=None,
+            top_p=None,
+            eos_token_id=None,
+            pad_token_id=0,
         )
         seqs.append(out)
     return torch.cat(seqs)[:n]
@@ -292,8 +334,16 @@ def pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> tupl
 
 
 @torch.no_grad()
-def speculative_run(target, drafter, prompt: list[int], k: int, max_new: int, temperature: float,
-                    gen: torch.Generator, stop_ids: set[int]):
+def speculative_run(
+    target,
+    drafter,
+    prompt: list[int],
+    k: int,
+    max_new: int,
+    temperature: float,
+    gen: torch.Generator,
+    stop_ids: set[int],
+):
     """A naive speculative loop (full target pass per round, no caches); returns (new tokens,
     accepted drafts per round)."""
     embed = target.model.embed_tokens
@@ -309,8 +359,11 @@ def speculative_run(target, drafter, prompt: list[int], k: int, max_new: int, te
         sliced = {name: (kk[:, :, :p], vv[:, :, :p]) for name, (kk, vv) in kv.items()}
         h, x, drafts, q_probs = hidden[:, p - 1 : p], bonus, [], []
         for _ in range(k):
-            out = drafter(inputs_embeds=torch.cat([embed(torch.tensor([[x]])), h], dim=-1),
-                          position_ids=torch.tensor([[p]]), shared_kv_states=sliced)
+            out = drafter(
+                inputs_embeds=torch.cat([embed(torch.tensor([[x]])), h], dim=-1),
+                position_ids=torch.tensor([[p]]),
+                shared_kv_states=sliced,
+            )
             x, q = pick(out.logits[0, 0], temperature, gen)
             drafts.append(x)
             q_probs.append(q)
@@ -357,7 +410,7 @@ def acceptance_stats(rounds: list[int], k: int) -> dict:
 def evaluate(target, drafter, prompts, max_new, stop_ids, gen, temperatures=(0.0, 0.7)) -> dict:
     results = {}
     for temperature in temperatures:
-        for k in ([1, 2, 3, 4] if temperature == 0 else [K_DRAFT]):
+        for k in [1, 2, 3, 4] if temperature == 0 else [K_DRAFT]:
             rounds, exact = [], 0
             for prompt in prompts:
                 new, acc = speculative_run(target, drafter, prompt, k, max_new, temperature, gen, stop_ids)
@@ -369,15 +422,17 @@ def evaluate(target, drafter, prompts, max_new, stop_ids, gen, temperatures=(0.0
             if temperature == 0:
                 stats["greedy_output_equals_target"] = f"{exact}/{len(prompts)}"
             results[f"T{temperature}_k{k}"] = stats
-            log(f"eval T={temperature} k={k}: mean accepted {stats['mean_accepted_per_round']:.2f}, "
-                f"per position {[round(x, 2) for x in stats['per_position_acceptance']]}")
+            log(
+                f"eval T={temperature} k={k}: mean accepted {stats['mean_accepted_per_round']:.2f}, "
+                f"per position {[round(x, 2) for x in stats['per_position_acceptance']]}"
+            )
     return results
 
 
 def eval_prompts(held, tok, rng: random.Random, n_each: int) -> list[list[int]]:
     """Held-out prompts: chat questions (generation prompt) and document openings."""
     prompts = []
-    for name, doc in held[:n_each]:
+    for name, _ in held[:n_each]:
         chat = [{"role": "user", "content": rng.choice(CHAT_QUESTIONS).format(name)}]
         prompts.append(tok.apply_chat_template(chat, tokenize=True, add_generation_prompt=True, return_dict=False))
     for name, doc in held[n_each : 2 * n_each]:
@@ -458,7 +513,9 @@ def main() -> None:
     t0 = time.time()
     drafter_config = Gemma4AssistantConfig(
         text_config=Gemma4TextConfig(**DRAFTER_TEXT_CONFIG, eos_token_id=eos_ids, bos_token_id=2, pad_token_id=0),
-        backbone_hidden_size=TARGET_CONFIG["hidden_size"], use_ordered_embeddings=False, tie_word_embeddings=True,
+        backbone_hidden_size=TARGET_CONFIG["hidden_size"],
+        use_ordered_embeddings=False,
+        tie_word_embeddings=True,
     )
     drafter = Gemma4AssistantForCausalLM(drafter_config)
     # Same width as the target: start the drafter's tied embedding/head from the target's.
@@ -468,14 +525,18 @@ def main() -> None:
     worst = check_batched_matches_forward(target, drafter, train_stream[: 2 * WINDOW + 16], WINDOW)
     log(f"batched drafter path == Gemma4AssistantForCausalLM.forward (max |diff| {worst:.1e})")
     half = n_continuations // 2
-    pool = torch.cat([
-        continuations(target, train_stream, half, 48, DRAFTER_LENGTH, 48, gen, temperature=0.0),
-        continuations(target, train_stream, n_continuations - half, 48, DRAFTER_LENGTH, 48, gen, temperature=0.7),
-    ])
+    pool = torch.cat(
+        [
+            continuations(target, train_stream, half, 48, DRAFTER_LENGTH, 48, gen, temperature=0.0),
+            continuations(target, train_stream, n_continuations - half, 48, DRAFTER_LENGTH, 48, gen, temperature=0.7),
+        ]
+    )
     timings["continuations_s"] = time.time() - t0
     log(f"{len(pool)} continuations in {timings['continuations_s']:.0f}s")
     t1 = time.time()
-    drafter_losses = train_drafter(target, drafter, pool, train_stream, drafter_steps, DRAFTER_BATCH, DRAFTER_LENGTH, gen)
+    drafter_losses = train_drafter(
+        target, drafter, pool, train_stream, drafter_steps, DRAFTER_BATCH, DRAFTER_LENGTH, gen
+    )
     timings["drafter_s"] = time.time() - t1
 
     # 5. evaluate
@@ -492,13 +553,31 @@ def main() -> None:
     save_model(drafter, out / "drafter", tok_dir, eos_ids, {})
     timings["total_s"] = time.time() - t_start
     metrics = {
-        "seed": SEED, "quick": q, "torch": torch.__version__, "python": sys.version.split()[0],
-        "target": {"parameters": n_target, "steps": target_steps, "batch": TARGET_BATCH, "length": TARGET_LENGTH,
-                   "final_train_loss": sum(target_losses[-25:]) / len(target_losses[-25:]),
-                   "train_loss": train_loss, "heldout_loss": held_loss, "config": TARGET_CONFIG},
-        "drafter": {"parameters": n_drafter, "steps": drafter_steps, "batch": DRAFTER_BATCH, "length": DRAFTER_LENGTH, "k": K_DRAFT,
-                    "continuations": len(pool), "final_kl": sum(drafter_losses[-25:]) / len(drafter_losses[-25:]),
-                    "config": DRAFTER_TEXT_CONFIG, "batched_vs_forward_max_diff": worst},
+        "seed": SEED,
+        "quick": q,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "target": {
+            "parameters": n_target,
+            "steps": target_steps,
+            "batch": TARGET_BATCH,
+            "length": TARGET_LENGTH,
+            "final_train_loss": sum(target_losses[-25:]) / len(target_losses[-25:]),
+            "train_loss": train_loss,
+            "heldout_loss": held_loss,
+            "config": TARGET_CONFIG,
+        },
+        "drafter": {
+            "parameters": n_drafter,
+            "steps": drafter_steps,
+            "batch": DRAFTER_BATCH,
+            "length": DRAFTER_LENGTH,
+            "k": K_DRAFT,
+            "continuations": len(pool),
+            "final_kl": sum(drafter_losses[-25:]) / len(drafter_losses[-25:]),
+            "config": DRAFTER_TEXT_CONFIG,
+            "batched_vs_forward_max_diff": worst,
+        },
         "eval": {"prompts": len(prompts), "max_new_tokens": max_new, "acceptance": acceptance},
         "timings": timings,
     }

@@ -40,8 +40,15 @@ class FakeLoop:
         self.calls, self.closed = [], 0
 
     def __call__(self, bundle, prompt_ids, settings, *, prompt_cache):
-        self.calls.append(SimpleNamespace(prompt=list(prompt_ids), draft=settings.draft, sampling=settings.sampling,
-                                          max_tokens=settings.max_tokens, battery=settings.battery))
+        self.calls.append(
+            SimpleNamespace(
+                prompt=list(prompt_ids),
+                draft=settings.draft,
+                sampling=settings.sampling,
+                max_tokens=settings.max_tokens,
+                battery=settings.battery,
+            )
+        )
         return self._gen(prompt_ids, settings.max_tokens, settings.draft, prompt_cache)
 
     def _gen(self, ids, max_tokens, draft, pc):
@@ -61,9 +68,15 @@ class FakeLoop:
             for i, tok in enumerate(answer):
                 last = i == len(answer) - 1
                 yield TokenRecord(
-                    token=tok, text="" if tok == 1 else chr(tok), from_draft=bool(k) and i % 2 == 1,
-                    round=(i + 1) // 2, draft_tokens=k if i else 0, accepted=1 if k else 0,
-                    prompt_tokens=new, ttft_s=0.01, elapsed_s=0.01 * i,
+                    token=tok,
+                    text="" if tok == 1 else chr(tok),
+                    from_draft=bool(k) and i % 2 == 1,
+                    round=(i + 1) // 2,
+                    draft_tokens=k if i else 0,
+                    accepted=1 if k else 0,
+                    prompt_tokens=new,
+                    ttft_s=0.01,
+                    elapsed_s=0.01 * i,
                     finish_reason="stop" if last else None,
                 )
                 pc.tokens.append(tok)
@@ -78,8 +91,9 @@ def bundle(drafter=True):
 def session(drafter=True, system=None, colour_drafts=False, temp=0.0, **settings):
     loop = FakeLoop()
     settings = GenerationSettings(**{"max_tokens": 512, **settings}, sampling=SamplingParams(temp=temp))
-    s = ChatSession(bundle(drafter), settings, ChatOptions(system, colour_drafts), stream_fn=loop,
-                    cache_factory=FakeCache)
+    s = ChatSession(
+        bundle(drafter), settings, ChatOptions(system, colour_drafts), stream_fn=loop, cache_factory=FakeCache
+    )
     return s, loop
 
 

@@ -87,8 +87,9 @@ def test_bench_runs_the_builtin_suite_through_the_library():
 
     bundle = load(target=TARGET, drafter=DRAFTERS["centroid"])
     result = bench.run_bench(bundle, ks=[2], max_tokens=4, trials=1, mlx_lm=False, ignore_eos=True)
-    assert result.prompts == [bench_result.PromptResult(p["name"], len(bench.encode_prompt(bundle, p["prompt"])))
-                              for p in bench.SUITE]
+    assert result.prompts == [
+        bench_result.PromptResult(p["name"], len(bench.encode_prompt(bundle, p["prompt"]))) for p in bench.SUITE
+    ]
     assert [m.mode for m in result.modes] == ["plain", "k=2", "auto"]
     assert all(m.generated_tokens == 4 * len(bench.SUITE) for m in result.modes)
     assert result.summary.plain_vs_mlx_lm is None and result.mode("mlx-lm") is None
@@ -145,8 +146,17 @@ def test_rounds_from_records_times_each_round_from_its_last_token():
     from mlx_specdec.stats import TokenRecord
 
     def rec(rnd, k, acc, t):
-        return TokenRecord(token=5, text="", from_draft=False, round=rnd, draft_tokens=k, accepted=acc,
-                           prompt_tokens=3, ttft_s=0.1, elapsed_s=t)
+        return TokenRecord(
+            token=5,
+            text="",
+            from_draft=False,
+            round=rnd,
+            draft_tokens=k,
+            accepted=acc,
+            prompt_tokens=3,
+            ttft_s=0.1,
+            elapsed_s=t,
+        )
 
     records = [rec(0, 0, 0, 0.0), rec(1, 2, 1, 0.4), rec(1, 2, 1, 0.5), rec(2, 2, 0, 0.75)]
     assert bench.rounds_from_records(records) == [(2, 1, 0.5), (2, 0, 0.25)]
@@ -174,18 +184,41 @@ def _result(tokens_per_joule=None, exact=True) -> bench_result.BenchResult:
     def mode(name, dt, rate):
         j = rate * tokens_per_joule if tokens_per_joule else None
         return bench_result.ModeResult(
-            mode=name, draft_tokens=dt, generated_tokens=8, ttft_s=0.01, decode_tokens_per_s=rate,
-            trials_tokens_per_s=[rate], speedup=rate / 10, rounds=0, mean_accepted_per_round=None,
-            accepted_histogram={}, draft_tokens_histogram={"1": 3}, acceptance_by_position=[None] * 8,
-            peak_memory_bytes=2**20, joules_per_token=1 / j if j else None, tokens_per_joule=j,
-            ideal_tokens_per_s=None, loop_efficiency=None, matches_plain=exact or name == "plain",
+            mode=name,
+            draft_tokens=dt,
+            generated_tokens=8,
+            ttft_s=0.01,
+            decode_tokens_per_s=rate,
+            trials_tokens_per_s=[rate],
+            speedup=rate / 10,
+            rounds=0,
+            mean_accepted_per_round=None,
+            accepted_histogram={},
+            draft_tokens_histogram={"1": 3},
+            acceptance_by_position=[None] * 8,
+            peak_memory_bytes=2**20,
+            joules_per_token=1 / j if j else None,
+            tokens_per_joule=j,
+            ideal_tokens_per_s=None,
+            loop_efficiency=None,
+            matches_plain=exact or name == "plain",
         )
 
     modes = [mode("plain", 0, 10.0), mode("mlx-lm", None, 11.0), mode("k=1", 1, 12.0), mode("auto", "auto", 15.0)]
     return bench_result.BenchResult(
-        model="tiny", blas="", energy_source="none", platform="Linux x86_64", mlx_version="0", mlx_lm_version="0",
-        max_tokens=8, trials=1, ignore_eos=False, useless_drafter=False, prompts=[bench_result.PromptResult("a", 3)],
-        modes=modes, summary=bench_result.BenchSummary.from_modes(modes),
+        model="tiny",
+        blas="",
+        energy_source="none",
+        platform="Linux x86_64",
+        mlx_version="0",
+        mlx_lm_version="0",
+        max_tokens=8,
+        trials=1,
+        ignore_eos=False,
+        useless_drafter=False,
+        prompts=[bench_result.PromptResult("a", 3)],
+        modes=modes,
+        summary=bench_result.BenchSummary.from_modes(modes),
     )
 
 
@@ -281,17 +314,26 @@ def test_blas_finds_first_existing_candidate(tmp_path):
 def test_blas_reexec_plan_only_on_linux_cli_once(tmp_path):
     lib = tmp_path / "libopenblas.so.0"
     lib.write_bytes(b"")
-    cli = {"argv": ["/venv/bin/specdec", "bench"], "orig_argv": ["/venv/bin/python", "/venv/bin/specdec", "bench"],
-           "candidates": [lib]}
+    cli = {
+        "argv": ["/venv/bin/specdec", "bench"],
+        "orig_argv": ["/venv/bin/python", "/venv/bin/specdec", "bench"],
+        "candidates": [lib],
+    }
     env = blas.reexec_plan({"LD_PRELOAD": "/x.so"}, system="Linux", **cli)
     assert env["LD_PRELOAD"] == f"{lib}:/x.so" and env["SPECDEC_BLAS_ACTIVE"] == str(lib)
     assert blas.reexec_plan(env, system="Linux", **cli) is None  # the guard: never twice
     assert blas.reexec_plan({}, system="Darwin", **cli) is None
     assert blas.reexec_plan({"SPECDEC_BLAS": "off"}, system="Linux", **cli) is None
-    assert blas.reexec_plan({}, system="Linux", argv=["pytest"], orig_argv=["python", "-m", "pytest"],
-                            candidates=[lib]) is None
-    assert blas.reexec_plan({}, system="Linux", argv=["x"], orig_argv=["python", "-m", "mlx_specdec.cli", "bench"],
-                            candidates=[lib]) is not None
+    assert (
+        blas.reexec_plan({}, system="Linux", argv=["pytest"], orig_argv=["python", "-m", "pytest"], candidates=[lib])
+        is None
+    )
+    assert (
+        blas.reexec_plan(
+            {}, system="Linux", argv=["x"], orig_argv=["python", "-m", "mlx_specdec.cli", "bench"], candidates=[lib]
+        )
+        is not None
+    )
     assert blas.reexec_plan({}, system="Linux", **{**cli, "candidates": [tmp_path / "missing.so"]}) is None
     explicit = blas.reexec_plan({"SPECDEC_BLAS": str(lib)}, system="Linux", **{**cli, "candidates": []})
     assert explicit["LD_PRELOAD"] == str(lib)
@@ -312,8 +354,11 @@ def test_describe_blas_reports_what_is_mapped():
 def test_blas_reexec_plan_for_scripts_that_ask(tmp_path):
     lib = tmp_path / "libopenblas.so.0"
     lib.write_bytes(b"")
-    script = {"argv": ["scripts/bench_sweep.py"], "orig_argv": ["python", "scripts/bench_sweep.py"],
-              "candidates": [lib]}
+    script = {
+        "argv": ["scripts/bench_sweep.py"],
+        "orig_argv": ["python", "scripts/bench_sweep.py"],
+        "candidates": [lib],
+    }
     assert blas.reexec_plan({}, system="Linux", **script) is None
     assert blas.reexec_plan({}, system="Linux", any_program=True, **script)["LD_PRELOAD"] == str(lib)
 
@@ -329,6 +374,7 @@ def test_bench_unwritable_output_is_one_line_error_before_the_run(tmp_path, monk
         target.mkdir()
         message = f"{target}: is a folder; give {option} a file name"
     else:  # as root a chmod does not stop a write: refuse the probe file the check makes, as a read-only mount would
+
         def read_only(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system")
 

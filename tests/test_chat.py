@@ -99,8 +99,15 @@ def test_system_prompt_that_is_not_utf8_is_decoded_with_replacement_like_every_a
     loop = FakeLoop()
     out = io.StringIO()
     # Python hands undecodable argv bytes over as lone surrogates (surrogateescape).
-    chat.run_chat(demo=True, system="be \udcff brief", stdin=io.StringIO(f"hi\n/save {tmp_path / 'c.json'}\n"),
-                  stdout=out, load_fn=lambda *a, **k: bundle(), stream_fn=loop, cache_factory=FakeCache)
+    chat.run_chat(
+        demo=True,
+        system="be \udcff brief",
+        stdin=io.StringIO(f"hi\n/save {tmp_path / 'c.json'}\n"),
+        stdout=out,
+        load_fn=lambda *a, **k: bundle(),
+        stream_fn=loop,
+        cache_factory=FakeCache,
+    )
     assert "".join(chr(t) for t in loop.calls[0].prompt).startswith("\x02\x05system\nbe \ufffd brief\x06")
     assert out.getvalue().startswith("echo: hi\n")
     assert out.getvalue().endswith(f"saved 3 messages to {tmp_path / 'c.json'}\n")
@@ -155,16 +162,20 @@ def test_piped_specdec_chat_prints_answers_and_summaries_and_exits_at_end_of_inp
 
 
 def test_piped_specdec_chat_survives_bad_bytes_and_an_overlong_message_and_drops_old_turns():
-    argv = specdec("chat", "--target", PAIR["target"], "--drafter", PAIR["drafter"], "--max-tokens", "12",
-                   "--max-context", "40")
+    argv = specdec(
+        "chat", "--target", PAIR["target"], "--drafter", PAIR["drafter"], "--max-tokens", "12", "--max-context", "40"
+    )
     lines = [b"hello there", b"caf\xe9 \xff", b"word " * 60, b"and again", b"more"]
     done = subprocess.run(argv, input=b"\n".join(lines) + b"\n", capture_output=True, timeout=120)
     err, out = done.stderr.decode(), done.stdout.decode()
     assert done.returncode == 0 and "Traceback" not in err, err
     problems = err.splitlines()
     assert problems[0] == "error: input line 2 is not UTF-8 text; skipped it (save the input as UTF-8)"
-    assert re.fullmatch(r"error: this message needs \d+ tokens but the context holds 40; "
-                        r"it was not added: shorten it or raise --max-context", problems[1]), problems
+    assert re.fullmatch(
+        r"error: this message needs \d+ tokens but the context holds 40; "
+        r"it was not added: shorten it or raise --max-context",
+        problems[1],
+    ), problems
     assert len(problems) == 2
     summaries = [line for line in out.splitlines() if " tokens · " in line]
     assert len(summaries) == 3  # hello there, and again, more: each answered
@@ -193,7 +204,7 @@ class Terminal:
     def text(self) -> str:
         """The whole screen including what scrolled off the top."""
         history = ["".join(ch.data for ch in line.values()) for line in self.screen.history.top]
-        return "\n".join(l.rstrip() for l in history + self.screen.display)
+        return "\n".join(row.rstrip() for row in history + self.screen.display)
 
     def wait_for(self, pattern, timeout=60.0):
         """Feed output until `pattern` (a regex) shows on the screen; return the match."""
@@ -207,7 +218,7 @@ class Terminal:
             try:
                 chunk = self.child.read_nonblocking(65536, timeout=0.2)
             except self._eof:
-                raise AssertionError(f"exited before {pattern!r} showed:\n{self.text()}")
+                raise AssertionError(f"exited before {pattern!r} showed:\n{self.text()}") from None
             except Exception:  # pexpect.TIMEOUT
                 continue
             self.raw += chunk
@@ -257,7 +268,9 @@ def test_terminal_chat_shows_answer_panel_commands_and_survives_ctrl_c():
         # Clean caches after the stop: the first answer comes back token for token.
         term.send("/reset")
         term.send("hello there")
-        term.wait_for(r"(?s)\(stopped.*› hello there\n" + re.escape(first) + r"\n12 tokens · [^\n]* · prefill 18 · draft 2")
+        term.wait_for(
+            r"(?s)\(stopped.*› hello there\n" + re.escape(first) + r"\n12 tokens · [^\n]* · prefill 18 · draft 2"
+        )
         term.quit()
     finally:
         term.child.close(force=True)

@@ -19,8 +19,18 @@ def test_generate_json_has_documented_schema_and_trace():
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert set(out) == {"token_ids", "text", "stats", "rounds"}
-    assert {"prompt_tokens", "generated_tokens", "rounds", "drafted", "accepted", "mean_accepted_per_round",
-            "acceptance_rate", "ttft_s", "decode_tokens_per_s", "peak_memory_bytes"} <= set(out["stats"])
+    assert {
+        "prompt_tokens",
+        "generated_tokens",
+        "rounds",
+        "drafted",
+        "accepted",
+        "mean_accepted_per_round",
+        "acceptance_rate",
+        "ttft_s",
+        "decode_tokens_per_s",
+        "peak_memory_bytes",
+    } <= set(out["stats"])
     assert out["stats"]["prompt_tokens"] == 4
     assert out["rounds"][0]["position"] == 4 and len(out["rounds"][0]["drafted"]) == 3
 
@@ -58,7 +68,10 @@ def one_line_error(r, exit_code=1):
         ("2,5,999999", "error: token id 999999 is outside the vocabulary (0-511); give ids below 512"),
         ("2,512", "error: token id 512 is outside the vocabulary (0-511); give ids below 512"),
         ("2,-1", "error: token id -1 is outside the vocabulary (0-511); give ids below 512"),
-        ("2,99999999999999999999", "error: token id 99999999999999999999 is outside the vocabulary (0-511); give ids below 512"),
+        (
+            "2,99999999999999999999",
+            "error: token id 99999999999999999999 is outside the vocabulary (0-511); give ids below 512",
+        ),
         ("2,x", "error: --prompt-ids must be comma-separated whole numbers, not '2,x'"),
         (",", "error: --prompt-ids is empty; give comma-separated token ids such as 2,100,200"),
     ],
@@ -88,9 +101,14 @@ def test_library_refuses_out_of_vocabulary_ids_before_touching_the_model(bundles
         (["--top-k", "-3"], "error: --top-k must be a whole number >= 0 (0 turns it off), not -3"),
         (["-m", "0"], "error: --max-tokens must be a whole number >= 1, not 0"),
         (["-m", "-5"], "error: --max-tokens must be a whole number >= 1, not -5"),
-        (["--max-context", "0"],
-         "error: --max-context must be a whole number >= 2 (or left out for the model's limit), not 0"),
-        (["--max-context", "99999"], "error: --max-context 99999 is more than the model's 4096 positions; use at most 4096"),
+        (
+            ["--max-context", "0"],
+            "error: --max-context must be a whole number >= 2 (or left out for the model's limit), not 0",
+        ),
+        (
+            ["--max-context", "99999"],
+            "error: --max-context 99999 is more than the model's 4096 positions; use at most 4096",
+        ),
         (["--trace"], "error: --trace adds the rounds to the JSON output; add --json"),
     ],
 )

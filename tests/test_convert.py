@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 import weights_convert
 from mlx_specdec.cli import app
 from mlx_specdec.decode import generate
-from mlx_specdec.settings import GenerationSettings
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load, load_target
+from mlx_specdec.settings import GenerationSettings
 from weights_convert import fetch, write
 
 from .conftest import DRAFTERS, TARGET, TARGET_MM
@@ -236,22 +236,33 @@ def test_missing_drafter_config_key_is_named_and_nothing_is_written(tmp_path):
 def test_target_that_is_not_gemma4_is_refused_with_the_accepted_types(tmp_path):
     t = copy(TARGET, tmp_path / "t")
     edit(t, "model_type", "llama")
-    fails(tmp_path / "out", f"target {t}: unsupported model_type 'llama': expected a Gemma 4 target "
-          "('gemma4_text', 'gemma4_unified_text', 'gemma4' or 'gemma4_unified')", target=t)
+    fails(
+        tmp_path / "out",
+        f"target {t}: unsupported model_type 'llama': expected a Gemma 4 target "
+        "('gemma4_text', 'gemma4_unified_text', 'gemma4' or 'gemma4_unified')",
+        target=t,
+    )
 
 
-@pytest.mark.parametrize("key, value, what, want", [
-    ("backbone_hidden_size", 32, "backbone width", 64),
-    ("text_config.vocab_size", 1024, "vocabulary size", 512),
-    ("text_config.head_dim", 16, "head_dim", 32),
-    ("text_config.global_head_dim", 32, "global_head_dim", 64),
-    ("text_config.num_key_value_heads", 2, "num_key_value_heads", 1),
-])
+@pytest.mark.parametrize(
+    "key, value, what, want",
+    [
+        ("backbone_hidden_size", 32, "backbone width", 64),
+        ("text_config.vocab_size", 1024, "vocabulary size", 512),
+        ("text_config.head_dim", 16, "head_dim", 32),
+        ("text_config.global_head_dim", 32, "global_head_dim", 64),
+        ("text_config.num_key_value_heads", 2, "num_key_value_heads", 1),
+    ],
+)
 def test_pair_mismatch_is_refused_before_writing(tmp_path, key, value, what, want):
     d = copy(DRAFTERS["dense"], tmp_path / "d")
     edit(d, key, value)
-    fails(tmp_path / "out", f"drafter {d}: does not fit the target: {what} is {value}, the target's is {want}; "
-          "use the assistant made for this target", drafter=d)
+    fails(
+        tmp_path / "out",
+        f"drafter {d}: does not fit the target: {what} is {value}, the target's is {want}; "
+        "use the assistant made for this target",
+        drafter=d,
+    )
 
 
 def test_target_without_tokenizer_files_is_refused_before_writing(tmp_path):
@@ -264,22 +275,34 @@ def test_target_without_tokenizer_files_is_refused_before_writing(tmp_path):
 def test_pickle_only_checkpoint_is_refused(tmp_path):
     t = copy(TARGET, tmp_path / "t")
     (t / "model.safetensors").rename(t / "pytorch_model.bin")
-    fails(tmp_path / "out", f"{t / 'pytorch_model.bin'}: pickle weights are refused (unpickling can run "
-          "arbitrary code); use a safetensors checkpoint", target=t)
+    fails(
+        tmp_path / "out",
+        f"{t / 'pytorch_model.bin'}: pickle weights are refused (unpickling can run "
+        "arbitrary code); use a safetensors checkpoint",
+        target=t,
+    )
 
 
 def test_too_little_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=1000))
     out = tmp_path / "out"
-    fails(out, re.compile(rf"not enough disk space for the bundle at {re.escape(str(out))}: "
-                          r"needs \d+\.\d MiB, 0\.0 MiB free"))
+    fails(
+        out,
+        re.compile(
+            rf"not enough disk space for the bundle at {re.escape(str(out))}: "
+            r"needs \d+\.\d MiB, 0\.0 MiB free"
+        ),
+    )
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"bits": 3}, "--bits must be one of 4, 8, 16, not 3"),
-    ({"group_size": 48}, "--group-size must be one of 32, 64, 128, not 48"),
-    ({"target": "not a repo!"}, "target not a repo! is neither an existing folder nor a hub repo id (owner/name)"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"bits": 3}, "--bits must be one of 4, 8, 16, not 3"),
+        ({"group_size": 48}, "--group-size must be one of 32, 64, 128, not 48"),
+        ({"target": "not a repo!"}, "target not a repo! is neither an existing folder nor a hub repo id (owner/name)"),
+    ],
+)
 def test_bad_bits_or_group_size_is_one_line_error(tmp_path, kw, message):
     fails(tmp_path / "out", message, **kw)
 
@@ -328,12 +351,16 @@ class FakeHub:
             raise self.repos[repo_id]
         if repo_id not in self.repos:
             raise http_error(RepositoryNotFoundError, 404)
-        commit = revision if revision and len(revision) == 40 else hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+        commit = (
+            revision if revision and len(revision) == 40 else hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+        )
         snap = self.cache / repo_id.replace("/", "--") / "snapshots" / commit
         files = [p for p in sorted(self.repos[repo_id].iterdir()) if fetch._matches(p.name, list(allow_patterns))]
         if dry_run:
-            return [SimpleNamespace(filename=p.name, file_size=p.stat().st_size, will_download=not (snap / p.name).exists())
-                    for p in files]
+            return [
+                SimpleNamespace(filename=p.name, file_size=p.stat().st_size, will_download=not (snap / p.name).exists())
+                for p in files
+            ]
         snap.mkdir(parents=True, exist_ok=True)
         for p in files:
             if p.suffix == ".safetensors" and self.fail_download == repo_id:
@@ -357,15 +384,22 @@ def test_hub_repos_convert_and_the_manifest_names_the_resolved_revision(tmp_path
     assert manifest["sources"]["drafter"]["revision"] == hashlib.sha1(b"acme/drafter@main").hexdigest()
     # metadata first, then a listing, then the weights, all at the resolved commit
     assert [(c[0], c[1], c[3]) for c in hub.calls[:3]] == [
-        ("acme/target", "v1", False), ("acme/target", commit, True), ("acme/drafter", "main", False)]
+        ("acme/target", "v1", False),
+        ("acme/target", commit, True),
+        ("acme/drafter", "main", False),
+    ]
     assert not any(p.endswith(".bin") for c in hub.calls if not c[3] for p in c[2])
     load(tmp_path / "b")
 
 
 def test_download_failing_midway_leaves_no_output_and_a_rerun_completes(tmp_path, hub):
     hub.fail_download = "acme/drafter"
-    fails(tmp_path / "out", "downloading acme/drafter failed (The read operation timed out); "
-          "run the same command again to resume", target="acme/target", drafter="acme/drafter")
+    fails(
+        tmp_path / "out",
+        "downloading acme/drafter failed (The read operation timed out); run the same command again to resume",
+        target="acme/target",
+        drafter="acme/drafter",
+    )
     hub.fail_download = None
     convert(tmp_path / "out", target="acme/target", drafter="acme/drafter")
     load(tmp_path / "out")
@@ -375,19 +409,36 @@ def test_hub_pickle_only_repo_is_refused_before_downloading_weights(tmp_path, hu
     repo = copy(TARGET, tmp_path / "pickled")
     (repo / "model.safetensors").rename(repo / "pytorch_model.bin")
     hub.repos["acme/pickled"] = repo
-    fails(tmp_path / "out", "acme/pickled/pytorch_model.bin: pickle weights are refused (unpickling can run "
-          "arbitrary code); use a safetensors checkpoint", target="acme/pickled", drafter="acme/drafter")
+    fails(
+        tmp_path / "out",
+        "acme/pickled/pytorch_model.bin: pickle weights are refused (unpickling can run "
+        "arbitrary code); use a safetensors checkpoint",
+        target="acme/pickled",
+        drafter="acme/drafter",
+    )
     assert not list(hub.cache.rglob("*.bin"))
 
 
-@pytest.mark.parametrize("error, message", [
-    (None, "no repo acme/nope on the Hugging Face Hub (if it is private, log in with `hf auth login`); "
-           "for a checkpoint on disk pass its folder"),
-    (http_error(GatedRepoError, 403), "acme/nope is gated: accept its licence on https://huggingface.co/acme/nope, "
-                                      "then log in with `hf auth login` (or set HF_TOKEN)"),
-    (LocalEntryNotFoundError("offline"), "cannot reach the Hugging Face Hub for acme/nope and it is not in the "
-                                         "local cache; connect to the internet, or pass a local folder holding the checkpoint"),
-])
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (
+            None,
+            "no repo acme/nope on the Hugging Face Hub (if it is private, log in with `hf auth login`); "
+            "for a checkpoint on disk pass its folder",
+        ),
+        (
+            http_error(GatedRepoError, 403),
+            "acme/nope is gated: accept its licence on https://huggingface.co/acme/nope, "
+            "then log in with `hf auth login` (or set HF_TOKEN)",
+        ),
+        (
+            LocalEntryNotFoundError("offline"),
+            "cannot reach the Hugging Face Hub for acme/nope and it is not in the "
+            "local cache; connect to the internet, or pass a local folder holding the checkpoint",
+        ),
+    ],
+)
 def test_unknown_gated_or_unreachable_repo_is_one_line_naming_the_fix(tmp_path, hub, error, message):
     if error is not None:
         hub.repos["acme/nope"] = error
@@ -397,21 +448,30 @@ def test_unknown_gated_or_unreachable_repo_is_one_line_naming_the_fix(tmp_path, 
 def test_the_hub_token_never_appears_in_a_message(tmp_path, hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret123")
     hub.repos["acme/nope"] = OSError("401 for token hf_secret123")
-    got = fails(tmp_path / "out", "downloading acme/nope failed (401 for token ***); run the same command "
-                "again to resume", target="acme/nope", drafter="acme/drafter")
+    got = fails(
+        tmp_path / "out",
+        "downloading acme/nope failed (401 for token ***); run the same command again to resume",
+        target="acme/nope",
+        drafter="acme/drafter",
+    )
     assert "hf_secret123" not in got
 
 
 def test_conflicting_revisions_are_refused(tmp_path, hub):
-    fails(tmp_path / "out", "acme/target@v1 names revision 'v1' but --target-revision says 'v2'",
-          target="acme/target@v1", target_revision="v2")
+    fails(
+        tmp_path / "out",
+        "acme/target@v1 names revision 'v1' but --target-revision says 'v2'",
+        target="acme/target@v1",
+        target_revision="v2",
+    )
 
 
 # --- the CLI ------------------------------------------------------------------------------
 def test_cli_converts_and_prints_the_sizes(tmp_path):
     out = tmp_path / "b"
-    result = CliRunner().invoke(app, ["convert", "--target", str(TARGET), "--drafter", str(DRAFTERS["dense"]),
-                                      "-o", str(out), "--bits", "8"])
+    result = CliRunner().invoke(
+        app, ["convert", "--target", str(TARGET), "--drafter", str(DRAFTERS["dense"]), "-o", str(out), "--bits", "8"]
+    )
     assert result.exit_code == 0, result.output
     assert re.fullmatch(rf"{re.escape(str(out))}: target \d+\.\d MiB, drafter \d+\.\d MiB\n", result.stdout)
     assert json.loads((out / "manifest.json").read_text())["quantization"]["bits"] == 8
@@ -419,8 +479,9 @@ def test_cli_converts_and_prints_the_sizes(tmp_path):
 
 def test_cli_prints_one_error_line_and_exits_1(tmp_path):
     (tmp_path / "b").mkdir()
-    result = CliRunner().invoke(app, ["convert", "--target", str(TARGET), "--drafter", str(DRAFTERS["dense"]),
-                                      "-o", str(tmp_path / "b")])
+    result = CliRunner().invoke(
+        app, ["convert", "--target", str(TARGET), "--drafter", str(DRAFTERS["dense"]), "-o", str(tmp_path / "b")]
+    )
     assert result.exit_code == 1
     assert result.stderr == f"error: {tmp_path / 'b'} already exists; pass --force to replace it\n"
     assert "Traceback" not in result.output
@@ -430,4 +491,3 @@ def _flat(module):
     from mlx.utils import tree_flatten
 
     return tree_flatten(module.parameters())
-

@@ -31,8 +31,10 @@ def family_bundles(tmp_path_factory):
         for bits in (4, 8, 16):
             path = root / f"{family}-{bits}"
             src = FAMILY_DIR / family
-            out[family, bits] = path, convert(path, target=src / "target", drafter=src / "assistant",
-                                              bits=bits, group_size=32)
+            out[family, bits] = (
+                path,
+                convert(path, target=src / "target", drafter=src / "assistant", bits=bits, group_size=32),
+            )
     return out
 
 
@@ -50,7 +52,8 @@ def check_manifest_describes_the_weights(folder, per_module):
         else:
             assert f"{module}.scales" not in weights and mx.issubdtype(w.dtype, mx.floating), module
     assert {k.removesuffix(".scales") for k in weights if k.endswith(".scales")} == {
-        m for m, p in per_module.items() if p}
+        m for m, p in per_module.items() if p
+    }
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -118,8 +121,9 @@ def mlx_community_target(tmp_path_factory):
     assert q["language_model.model.layers.0.router.proj"]["bits"] == 8
     folder = tmp_path_factory.mktemp("mlx-community") / "gemma-4-26b-a4b-it-4bit"
     folder.mkdir()
-    mx.save_safetensors(str(folder / "model.safetensors"),
-                        {f"language_model.{k}": v for k, v in tree_flatten(model.parameters())})
+    mx.save_safetensors(
+        str(folder / "model.safetensors"), {f"language_model.{k}": v for k, v in tree_flatten(model.parameters())}
+    )
     (folder / "config.json").write_text(json.dumps({**raw, "quantization": q, "quantization_config": q}))
     for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
         shutil.copy(src / f, folder / f)
@@ -134,8 +138,9 @@ def test_mlx_community_quantised_target_loads_with_identical_logits(mlx_communit
 
 def test_already_quantised_source_is_copied_through_never_quantised_twice(tmp_path, mlx_community_target):
     folder, model = mlx_community_target
-    manifest = convert(tmp_path / "b", target=folder, drafter=FAMILY_DIR / "26b-a4b" / "assistant", bits=4,
-                       group_size=32)
+    manifest = convert(
+        tmp_path / "b", target=folder, drafter=FAMILY_DIR / "26b-a4b" / "assistant", bits=4, group_size=32
+    )
     q = manifest["quantization"]["target"]
     assert q["model.layers.0.router.proj"] == {"group_size": 64, "bits": 8}  # mlx-lm's, kept
     assert q["model.embed_tokens"] == {"group_size": 32, "bits": 4}  # as the source has it, not re-made at 8
@@ -180,8 +185,10 @@ def test_convert_peak_memory_stays_bounded_below_the_largest_tensor(tmp_path):
 
     vocab = 1 << 18
     src = FAMILY_DIR / "31b"
-    for part, key, width in (("target", "model.language_model.embed_tokens.weight", 64),
-                             ("assistant", "model.embed_tokens.weight", 32)):
+    for part, key, width in (
+        ("target", "model.language_model.embed_tokens.weight", 64),
+        ("assistant", "model.embed_tokens.weight", 32),
+    ):
         folder = copy(src / part, tmp_path / part)
         weights = mx.load(str(folder / "model.safetensors"))
         weights[key] = (mx.random.normal((vocab, width), key=mx.random.key(0)) * 0.1).astype(mx.bfloat16)
@@ -190,8 +197,12 @@ def test_convert_peak_memory_stays_bounded_below_the_largest_tensor(tmp_path):
         cfg["text_config"]["vocab_size"] = vocab
         (folder / "config.json").write_text(json.dumps(cfg))
     largest = vocab * 64 * 2
-    out = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(tmp_path / "target"), str(tmp_path / "assistant"),
-                          str(tmp_path / "b")], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY, str(tmp_path / "target"), str(tmp_path / "assistant"), str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     peak = json.loads(out.stdout.strip().splitlines()[-1])
     assert peak["mlx_peak"] < largest / 4, f"mlx peak {peak['mlx_peak'] / 2**20:.1f} MiB for a 32 MiB tensor"
     if peak["rss_grown"] is not None:

@@ -3,8 +3,7 @@
 import mlx.core as mx
 import pytest
 
-from mlx_specdec.cache import cache_offset
-from mlx_specdec.cache import PromptCache
+from mlx_specdec.cache import PromptCache, cache_offset
 from mlx_specdec.decode import generate, stream_generate
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import Bundle

@@ -3,9 +3,9 @@
 import pytest
 
 from mlx_specdec.decode import generate
+from mlx_specdec.load import DEMO_DIR, load
 from mlx_specdec.prompt import chat_ids
 from mlx_specdec.settings import GenerationSettings as S
-from mlx_specdec.load import DEMO_DIR, load
 
 # A question about an entry held out of the demo pair's training corpus.
 HELD_OUT = "Explain `argparse.ArgumentTypeError`."  # a held-out name (scripts/demo_corpus.py)

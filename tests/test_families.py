@@ -74,8 +74,10 @@ def test_drafter_steps_match_transformers_from_explicit_inputs(family, p, ref):
     b = pair(family)
     pre = f"{family}/drafter/p{p}/"
     W = b.drafter.sliding_window
-    kv = {"full_attention": (ref[pre + "full_k"][None], ref[pre + "full_v"][None]),
-          "sliding_attention": (ref[pre + "swa_k"][None, :, -(W + 1):], ref[pre + "swa_v"][None, :, -(W + 1):])}
+    kv = {
+        "full_attention": (ref[pre + "full_k"][None], ref[pre + "full_v"][None]),
+        "sliding_attention": (ref[pre + "swa_k"][None, :, -(W + 1) :], ref[pre + "swa_v"][None, :, -(W + 1) :]),
+    }
     for step in range(3):
         x = b.target.embed(ref[pre + "tokens"][step].reshape(1, 1))
         logits, nxt = b.drafter(x, ref[pre + "hidden_in"][step].reshape(1, 1, -1), kv, p)
@@ -129,9 +131,19 @@ def test_moe_speculative_sampling_matches_plain_sampling_of_the_target():
 
     def outputs(k):
         pc = PromptCache(b)
-        return np.array([run(b, ids, k, max_tokens=3, prompt_cache=pc,
-                             sampling=SamplingParams(seed=10_000 * k + seed, temp=3.0, top_k=3))
-                         for seed in range(runs)])
+        return np.array(
+            [
+                run(
+                    b,
+                    ids,
+                    k,
+                    max_tokens=3,
+                    prompt_cache=pc,
+                    sampling=SamplingParams(seed=10_000 * k + seed, temp=3.0, top_k=3),
+                )
+                for seed in range(runs)
+            ]
+        )
 
     plain, spec = outputs(0), outputs(3)
     for col in (1, 2):
@@ -163,4 +175,4 @@ def test_published_e2b_layout_loads_with_its_chat_template_and_no_sentencepiece_
     tok = pair("e2b").tokenizer
     chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
     assert list(chat) == json.loads((FIXTURES / "reference.json").read_text())["chat_hi_ids"]
-    assert tok.decode(tok.encode("def f(x):\n    return x")) .endswith("def f(x):\n    return x")
+    assert tok.decode(tok.encode("def f(x):\n    return x")).endswith("def f(x):\n    return x")

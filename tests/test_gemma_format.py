@@ -136,9 +136,7 @@ def test_template_thinking_is_off_unless_asked_and_old_reasoning_is_dropped():
         {"role": "user", "content": "more"},
     ]
     off = tok.decode(chat_ids(tok, history))
-    assert (
-        off
-        == "<bos><|turn>user\nhi<turn|>\n<|turn>model\nHello <b>there</b>!<turn|>\n<|turn>user\nmore<turn|>\n<|turn>model\n"
-    )
+    turns = "<|turn>user\nhi<turn|>\n<|turn>model\nHello <b>there</b>!<turn|>\n<|turn>user\nmore<turn|>\n"
+    assert off == "<bos>" + turns + "<|turn>model\n"
     on = tok.decode(chat_ids(tok, history, enable_thinking=True))
     assert on == "<bos><|turn>system\n<|think|>\n<turn|>\n" + off[len("<bos>") :]

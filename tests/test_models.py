@@ -23,8 +23,12 @@ def test_target_whole_prompt_matches_reference(target, reference):
     for i in (0, 1):
         ids = reference[f"target/prompt{i}/ids"]
         logits, hidden = target(ids[None], make_target_cache(target.config))
-        np.testing.assert_allclose(np.array(logits[0]), np.array(reference[f"target/prompt{i}/logits"]), atol=LOGIT_ATOL, rtol=0)
-        np.testing.assert_allclose(np.array(hidden[0]), np.array(reference[f"target/prompt{i}/hidden"]), atol=HIDDEN_ATOL, rtol=0)
+        np.testing.assert_allclose(
+            np.array(logits[0]), np.array(reference[f"target/prompt{i}/logits"]), atol=LOGIT_ATOL, rtol=0
+        )
+        np.testing.assert_allclose(
+            np.array(hidden[0]), np.array(reference[f"target/prompt{i}/hidden"]), atol=HIDDEN_ATOL, rtol=0
+        )
 
 
 def test_target_incremental_past_sliding_window_matches_reference(target, reference):
@@ -36,8 +40,12 @@ def test_target_incremental_past_sliding_window_matches_reference(target, refere
         lg, h = target(ids[None, i : i + 1], cache)
         logits.append(lg[0, 0])
         hidden.append(h[0, 0])
-    np.testing.assert_allclose(np.array(mx.stack(logits)), np.array(reference["target/incremental/logits"]), atol=LOGIT_ATOL, rtol=0)
-    np.testing.assert_allclose(np.array(mx.stack(hidden)), np.array(reference["target/incremental/hidden"]), atol=HIDDEN_ATOL, rtol=0)
+    np.testing.assert_allclose(
+        np.array(mx.stack(logits)), np.array(reference["target/incremental/logits"]), atol=LOGIT_ATOL, rtol=0
+    )
+    np.testing.assert_allclose(
+        np.array(mx.stack(hidden)), np.array(reference["target/incremental/hidden"]), atol=HIDDEN_ATOL, rtol=0
+    )
 
 
 def test_target_chunked_prefill_across_window_matches_reference(target, reference):
@@ -47,7 +55,9 @@ def test_target_chunked_prefill_across_window_matches_reference(target, referenc
     for a, b in [(0, 7), (7, 20), (20, 23), (23, 48)]:
         lg, _ = target(ids[None, a:b], cache)
         pieces.append(lg[0])
-    np.testing.assert_allclose(np.array(mx.concatenate(pieces)), np.array(reference["target/incremental/logits"]), atol=LOGIT_ATOL, rtol=0)
+    np.testing.assert_allclose(
+        np.array(mx.concatenate(pieces)), np.array(reference["target/incremental/logits"]), atol=LOGIT_ATOL, rtol=0
+    )
 
 
 def test_both_target_layouts_load_the_same_weights():
@@ -77,8 +87,12 @@ def test_drafter_steps_match_reference_from_explicit_inputs(head, p, reference):
         x = target.embed(tokens[step].reshape(1, 1))
         h = reference[pre + "hidden_in"][step].reshape(1, 1, -1)
         logits, nxt = drafter(x, h, kv, p)
-        np.testing.assert_allclose(np.array(logits[0, 0]), np.array(reference[pre + "logits"][step]), atol=DRAFTER_ATOL, rtol=0)
-        np.testing.assert_allclose(np.array(nxt[0, 0]), np.array(reference[pre + "hidden_out"][step]), atol=DRAFTER_ATOL, rtol=0)
+        np.testing.assert_allclose(
+            np.array(logits[0, 0]), np.array(reference[pre + "logits"][step]), atol=DRAFTER_ATOL, rtol=0
+        )
+        np.testing.assert_allclose(
+            np.array(nxt[0, 0]), np.array(reference[pre + "hidden_out"][step]), atol=DRAFTER_ATOL, rtol=0
+        )
 
 
 def test_drafter_reads_target_cache_like_reference(reference):
@@ -93,8 +107,12 @@ def test_drafter_reads_target_cache_like_reference(reference):
         kv = drafter_kv(cache, target.kv_layers)
         pre = f"drafter_dense/p{p}/"
         first = max(0, p - (drafter.sliding_window + 1))
-        np.testing.assert_allclose(np.array(kv["sliding_attention"][0][0]), np.array(reference[pre + "swa_k"][:, first:]), atol=HIDDEN_ATOL)
-        np.testing.assert_allclose(np.array(kv["full_attention"][1][0]), np.array(reference[pre + "full_v"]), atol=HIDDEN_ATOL)
+        np.testing.assert_allclose(
+            np.array(kv["sliding_attention"][0][0]), np.array(reference[pre + "swa_k"][:, first:]), atol=HIDDEN_ATOL
+        )
+        np.testing.assert_allclose(
+            np.array(kv["full_attention"][1][0]), np.array(reference[pre + "full_v"]), atol=HIDDEN_ATOL
+        )
 
 
 def test_centroid_head_gives_real_logits_to_exactly_the_selected_clusters(reference):
@@ -114,7 +132,10 @@ def test_centroid_head_gives_real_logits_to_exactly_the_selected_clusters(refere
             W = drafter.sliding_window
             kv = {
                 "full_attention": (reference[pre + "full_k"][None], reference[pre + "full_v"][None]),
-                "sliding_attention": (reference[pre + "swa_k"][None, :, -(W + 1):], reference[pre + "swa_v"][None, :, -(W + 1):]),
+                "sliding_attention": (
+                    reference[pre + "swa_k"][None, :, -(W + 1) :],
+                    reference[pre + "swa_v"][None, :, -(W + 1) :],
+                ),
             }
             logits, _ = drafter(x, h, kv, p)
             ours = np.array(logits[0, 0])

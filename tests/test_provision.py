@@ -66,15 +66,24 @@ def test_model_folder_returns_an_existing_folder_unchanged(cache):
     assert provision.model_folder(str(TARGET)) == TARGET
 
 
-@pytest.mark.parametrize("name", ["26b-a4b", "gemma-4-26b-a4b", "google/gemma-4-26B-A4B-it",
-                                  "GOOGLE/gemma-4-26b-a4b-it-assistant", "mlx-community/gemma-4-26b-a4b-it-4bit"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "26b-a4b",
+        "gemma-4-26b-a4b",
+        "google/gemma-4-26B-A4B-it",
+        "GOOGLE/gemma-4-26b-a4b-it-assistant",
+        "mlx-community/gemma-4-26b-a4b-it-4bit",
+    ],
+)
 def test_model_folder_converts_a_known_name_into_the_cache_once(cache, name):
     convert = FakeConvert()
     kw = dict(convert_fn=convert, reachable=lambda: True, available=1 << 50)
     folder = provision.model_folder(name, **kw)
     assert folder == cache / "gemma-4-26B-A4B-it-4bit"
-    assert convert.calls == [dict(target="google/gemma-4-26B-A4B-it", drafter="google/gemma-4-26B-A4B-it-assistant",
-                                  output=folder, bits=4)]
+    assert convert.calls == [
+        dict(target="google/gemma-4-26B-A4B-it", drafter="google/gemma-4-26B-A4B-it-assistant", output=folder, bits=4)
+    ]
     assert provision.model_folder(name, **kw) == folder and len(convert.calls) == 1
 
 
@@ -143,11 +152,24 @@ def test_kv_estimate_is_never_below_the_caches():
 
 def test_kv_estimate_counts_k_eq_v_full_layers_with_their_global_heads():
     # A tiny 26B/31B-like target: k_eq_v full layers with 2 global KV heads of dim 32, no sharing.
-    cfg = text_config(dict(
-        model_type="gemma4_text", hidden_size=32, num_hidden_layers=6, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=1, num_global_key_value_heads=2, head_dim=16, global_head_dim=32, vocab_size=64,
-        sliding_window=8, attention_k_eq_v=True, max_position_embeddings=4096,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2))
+    cfg = text_config(
+        dict(
+            model_type="gemma4_text",
+            hidden_size=32,
+            num_hidden_layers=6,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            num_global_key_value_heads=2,
+            head_dim=16,
+            global_head_dim=32,
+            vocab_size=64,
+            sliding_window=8,
+            attention_k_eq_v=True,
+            max_position_embeddings=4096,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+        )
+    )
     model = make_model(cfg)
     mx.eval(model.parameters())
     target = Target(model, cfg)

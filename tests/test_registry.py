@@ -12,15 +12,30 @@ from mlx_specdec.load import read_config
 from .conftest import DRAFTERS, TARGET
 
 
-@pytest.mark.parametrize("name, short", [
-    ("e2b", "e2b"), ("E2B", "e2b"), ("gemma-4-E2B-it", "e2b"), ("gemma-4-e2b", "e2b"),
-    ("google/gemma-4-E2B-it", "e2b"), ("google/gemma-4-e2b-it-assistant", "e2b"),
-    ("mlx-community/gemma-4-e2b-it-4bit", "e2b"), ("https://huggingface.co/google/gemma-4-E4B-it", "e4b"),
-    ("12b", "12b"), ("gemma-4-12B-it", "12b"), ("26b", "26b-a4b"), ("gemma-4-26b-a4b", "26b-a4b"),
-    ("Gemma-4-26B-A4B-it", "26b-a4b"), ("31b", "31b"), ("google/gemma-4-31B-it-assistant", "31b"),
-    ("e2b-qat", "e2b-qat"), ("google/gemma-4-E2B-it-qat-q4_0-unquantized", "e2b-qat"),
-    ("google/gemma-4-E2B-it-qat-q4_0-unquantized-assistant", "e2b-qat"), ("gemma-4-31b-qat", "31b-qat"),
-])
+@pytest.mark.parametrize(
+    "name, short",
+    [
+        ("e2b", "e2b"),
+        ("E2B", "e2b"),
+        ("gemma-4-E2B-it", "e2b"),
+        ("gemma-4-e2b", "e2b"),
+        ("google/gemma-4-E2B-it", "e2b"),
+        ("google/gemma-4-e2b-it-assistant", "e2b"),
+        ("mlx-community/gemma-4-e2b-it-4bit", "e2b"),
+        ("https://huggingface.co/google/gemma-4-E4B-it", "e4b"),
+        ("12b", "12b"),
+        ("gemma-4-12B-it", "12b"),
+        ("26b", "26b-a4b"),
+        ("gemma-4-26b-a4b", "26b-a4b"),
+        ("Gemma-4-26B-A4B-it", "26b-a4b"),
+        ("31b", "31b"),
+        ("google/gemma-4-31B-it-assistant", "31b"),
+        ("e2b-qat", "e2b-qat"),
+        ("google/gemma-4-E2B-it-qat-q4_0-unquantized", "e2b-qat"),
+        ("google/gemma-4-E2B-it-qat-q4_0-unquantized-assistant", "e2b-qat"),
+        ("gemma-4-31b-qat", "31b-qat"),
+    ],
+)
 def test_resolve_accepts_short_names_aliases_hub_ids_and_mlx_repos(name, short):
     assert registry.resolve(name).name == short
 
@@ -29,8 +44,10 @@ def test_resolve_unknown_name_is_one_line_with_the_known_names():
     with pytest.raises(SpecdecError) as e:
         registry.resolve("gemma-3-27b")
     known = ", ".join(p.name for p in registry.PAIRS)
-    assert str(e.value) == f"unknown model 'gemma-3-27b': known names are {known} (or their hub ids); " \
-                           "a folder path also works"
+    assert (
+        str(e.value) == f"unknown model 'gemma-3-27b': known names are {known} (or their hub ids); "
+        "a folder path also works"
+    )
 
 
 def test_every_name_resolves_to_one_pair_only():
@@ -73,8 +90,9 @@ def test_computed_bundle_bytes_equal_what_convert_writes(tmp_path, bits):
     # The tiny fixture pair is float32: itemsize 4. Same rules, same shapes -> the same bytes.
     out = tmp_path / "bundle"
     manifest = weights_convert.convert(str(TARGET), str(DRAFTERS["centroid"]), out, bits=bits, group_size=32)
-    target, drafter = registry.config_bytes(read_config(TARGET), read_config(DRAFTERS["centroid"]), bits,
-                                            group_size=32, itemsize=4)
+    target, drafter = registry.config_bytes(
+        read_config(TARGET), read_config(DRAFTERS["centroid"]), bits, group_size=32, itemsize=4
+    )
     assert (target, drafter) == (manifest["sizes"]["target"]["bytes"], manifest["sizes"]["drafter"]["bytes"])
     assert json.loads((out / "manifest.json").read_text())["quantization"]["bits"] == bits
 

@@ -5,9 +5,8 @@ import numpy as np
 
 from mlx_specdec.cache import PromptCache
 from mlx_specdec.decode import generate
-from mlx_specdec.settings import GenerationSettings
 from mlx_specdec.sampling import SamplingParams, accept_rejection, probs
-
+from mlx_specdec.settings import GenerationSettings
 
 
 def chi2_critical(df, z=3.09):
@@ -98,11 +97,19 @@ def test_speculative_sampling_matches_plain_sampling_of_the_target(bundles):
 
     def outputs(k):
         pc = PromptCache(b)
-        return np.array([
-            generate(b, ids, GenerationSettings(max_tokens=3, draft=k, sampling=SamplingParams(seed=10_000 * k + seed, **params)),
-                     prompt_cache=pc)[1]
-            for seed in range(runs)
-        ])
+        return np.array(
+            [
+                generate(
+                    b,
+                    ids,
+                    GenerationSettings(
+                        max_tokens=3, draft=k, sampling=SamplingParams(seed=10_000 * k + seed, **params)
+                    ),
+                    prompt_cache=pc,
+                )[1]
+                for seed in range(runs)
+            ]
+        )
 
     plain, spec = outputs(0), outputs(3)
     for col in (1, 2):

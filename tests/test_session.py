@@ -197,8 +197,11 @@ def test_a_message_too_long_for_the_context_is_refused_and_not_kept():
     s, loop = session(max_context=60, max_tokens=8)
     piped(s, "hi\n")
     history = list(s.messages)
-    with pytest.raises(SpecdecError, match=r"^this message needs 2\d\d tokens but the context holds 60; "
-                                           r"it was not added: shorten it or raise --max-context$"):
+    with pytest.raises(
+        SpecdecError,
+        match=r"^this message needs 2\d\d tokens but the context holds 60; "
+        r"it was not added: shorten it or raise --max-context$",
+    ):
         s.reply("x" * 200)
     assert s.messages == history and len(loop.calls) == 1
     list(s.reply("ok"))  # the next turn works
@@ -235,8 +238,12 @@ def test_context_defaults_to_the_models_max_position_embeddings_and_cannot_excee
     s.settings = replace(s.settings, max_context=256)
     assert s.context_limit == 256
     with pytest.raises(SpecdecError, match=r"^--max-context 5000 is more than the model's 4096 positions; "):
-        ChatSession(s.bundle, replace(s.settings, max_context=5000), stream_fn=lambda *a, **k: iter(()),
-                    cache_factory=lambda b: None)
+        ChatSession(
+            s.bundle,
+            replace(s.settings, max_context=5000),
+            stream_fn=lambda *a, **k: iter(()),
+            cache_factory=lambda b: None,
+        )
 
 
 def test_a_draft_length_without_a_drafter_is_refused_but_auto_means_plain():
@@ -276,8 +283,6 @@ def test_real_loop_second_turn_prefills_only_what_the_cache_does_not_hold():
     assert second[0].prompt_tokens == s.last.prompt_len - reused
 
 
-
-
 THOUGHT = "<|channel>thought weighing it up<channel|>the answer"  # one line: piped input
 
 
@@ -293,7 +298,9 @@ def test_thinking_is_never_printed_raw_and_think_shows_it(monkeypatch):
 def test_think_on_asks_the_template_to_think_and_bad_arguments_are_errors():
     s, _ = session()
     seen = []
-    s.bundle.tokenizer.apply_chat_template = lambda messages, add_generation_prompt=True, **kw: seen.append(kw) or [2, 3]
+    s.bundle.tokenizer.apply_chat_template = lambda messages, add_generation_prompt=True, **kw: (
+        seen.append(kw) or [2, 3]
+    )
     assert s.command("/think on").message == "thinking: on"
     s.prompt_ids()
     assert seen[-1] == {"enable_thinking": True}

@@ -49,7 +49,9 @@ def test_generation_settings_refuse_bad_values_in_one_line(kwargs, message):
 
 def test_context_above_the_models_limit_is_refused():
     s = GenerationSettings(max_context=5000)
-    with pytest.raises(SpecdecError, match=r"^--max-context 5000 is more than the model's 4096 positions; use at most 4096$"):
+    with pytest.raises(
+        SpecdecError, match=r"^--max-context 5000 is more than the model's 4096 positions; use at most 4096$"
+    ):
         s.context_limit({"max_position_embeddings": 4096})
     assert GenerationSettings().context_limit({"max_position_embeddings": 4096}) == 4096
     assert GenerationSettings(max_context=100).context_limit({"max_position_embeddings": 4096}) == 100

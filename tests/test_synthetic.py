@@ -125,7 +125,11 @@ def test_family_configs_are_the_published_shapes():
     e2b = synthetic.family_config("e2b")
     t = text_config(e2b["target"])
     assert (t["hidden_size"], t["num_hidden_layers"], t["num_kv_shared_layers"], t["global_head_dim"]) == (
-        1536, 35, 20, 512)
+        1536,
+        35,
+        20,
+        512,
+    )
     assert t["layer_types"][:5] == ["sliding_attention"] * 4 + ["full_attention"]
     assert synthetic.family_config("31b")["target"]["attention_k_eq_v"] is True
     assert synthetic.family_config("26b-a4b")["target"]["num_experts"] == 128
@@ -143,8 +147,18 @@ def test_synthetic_bench_json_has_the_documented_fields(tmp_path):
     from mlx_specdec import bench_report, bench_synthetic_report
     from mlx_specdec.bench_result import ModeResult
 
-    result = bench_synthetic.run_synthetic(tiny_config(), bits=4, group_size=32, acceptance=[0.9, 0.5], ks=[2],
-                                           auto=False, max_tokens=12, prompt_tokens=8, trials=1, dtype=mx.float32)
+    result = bench_synthetic.run_synthetic(
+        tiny_config(),
+        bits=4,
+        group_size=32,
+        acceptance=[0.9, 0.5],
+        ks=[2],
+        auto=False,
+        max_tokens=12,
+        prompt_tokens=8,
+        trials=1,
+        dtype=mx.float32,
+    )
     bench_report.write_json(result, tmp_path / "r.json")
     doc = json.loads((tmp_path / "r.json").read_text())
     assert [m["mode"] for m in doc["modes"]] == ["plain", "k=2"]
@@ -163,8 +177,16 @@ def test_synthetic_bench_json_has_the_documented_fields(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("cls", [bench_synthetic.SyntheticMode, bench_synthetic.SyntheticSummary,
-                                 bench_synthetic.SyntheticResult, bench_synthetic.SyntheticInfo, bench_synthetic.Costs])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        bench_synthetic.SyntheticMode,
+        bench_synthetic.SyntheticSummary,
+        bench_synthetic.SyntheticResult,
+        bench_synthetic.SyntheticInfo,
+        bench_synthetic.Costs,
+    ],
+)
 def test_every_synthetic_field_is_described_in_its_docstring(cls):
     described = set()
     for c in cls.__mro__:
@@ -178,16 +200,25 @@ def shrunk(name: str) -> dict:
     fam = synthetic.family_config(name)
     t, d = fam["target"], fam["drafter"]
     period = t["layer_types"].index("full_attention") + 1
-    t.update(hidden_size=128, intermediate_size=256, vocab_size=1024, head_dim=32, global_head_dim=64,
-             sliding_window=16, layer_types=t["layer_types"][: 2 * period], num_hidden_layers=2 * period)
+    t.update(
+        hidden_size=128,
+        intermediate_size=256,
+        vocab_size=1024,
+        head_dim=32,
+        global_head_dim=64,
+        sliding_window=16,
+        layer_types=t["layer_types"][: 2 * period],
+        num_hidden_layers=2 * period,
+    )
     if t["num_kv_shared_layers"]:
         t["num_kv_shared_layers"] = period
     if t["hidden_size_per_layer_input"]:
         t.update(hidden_size_per_layer_input=16, vocab_size_per_layer_input=1024)
     if t["enable_moe_block"]:
         t.update(num_experts=8, top_k_experts=2, moe_intermediate_size=64)
-    d["text_config"].update(vocab_size=1024, head_dim=32, global_head_dim=64, hidden_size=64, intermediate_size=128,
-                            sliding_window=16)
+    d["text_config"].update(
+        vocab_size=1024, head_dim=32, global_head_dim=64, hidden_size=64, intermediate_size=128, sliding_window=16
+    )
     d.update(backbone_hidden_size=128, num_centroids=32, centroid_intermediate_top_k=4)
     return fam
 
@@ -210,8 +241,27 @@ def test_cli_bench_synthetic_writes_the_json_and_refuses_synthetic_options_witho
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(tiny_config()))
     out = tmp_path / "r.json"
-    res = CliRunner().invoke(app, ["bench", "--synthetic", str(config), "--acceptance", "1", "--k", "2", "--no-auto",
-                                   "--max-tokens", "8", "--prompt-tokens", "4", "--trials", "1", "--json", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--synthetic",
+            str(config),
+            "--acceptance",
+            "1",
+            "--k",
+            "2",
+            "--no-auto",
+            "--max-tokens",
+            "8",
+            "--prompt-tokens",
+            "4",
+            "--trials",
+            "1",
+            "--json",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     assert [e["mode"] for e in result["modes"]] == ["plain", "k=2"]
@@ -236,12 +286,16 @@ def test_device_bench_refuses_without_a_gpu_in_one_line_and_dry_runs(tmp_path):
     for tool in ("bash", "dirname", "sed", "head"):
         (tmp_path / tool).symlink_to(shutil.which(tool))
     (tmp_path / "python3").symlink_to(sys.executable)
-    res = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env, check=False)
+    res = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, env=env, check=False
+    )
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.splitlines() == [
-        "device_bench.sh: no NVIDIA GPU here (nvidia-smi is missing or fails); run it on a machine with one"]
-    res = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path / "out")], capture_output=True, text=True, check=False,
-                         env=env)
+        "device_bench.sh: no NVIDIA GPU here (nvidia-smi is missing or fails); run it on a machine with one"
+    ]
+    res = subprocess.run(
+        ["bash", str(script), "--dry-run", str(tmp_path / "out")], capture_output=True, text=True, check=False, env=env
+    )
     assert res.returncode == 0, res.stderr
     assert f"'mlx[cuda]=={mx.__version__}'" in res.stdout  # the project's MLX version, CUDA 12 wheels
     assert res.stdout.count("synthetic_sweep.py' --family") == 5 and not (tmp_path / "out").exists()

@@ -18,9 +18,15 @@ def records(pieces, k=4, accepted=(3, 0, 2), prompt_tokens=12):
     def rec(from_draft, rnd, a):
         nonlocal i, t
         r = TokenRecord(
-            token=i, text=pieces[i % len(pieces)], from_draft=from_draft, round=rnd,
-            draft_tokens=k if rnd else 0, accepted=a, prompt_tokens=prompt_tokens,
-            ttft_s=0.25, elapsed_s=t,
+            token=i,
+            text=pieces[i % len(pieces)],
+            from_draft=from_draft,
+            round=rnd,
+            draft_tokens=k if rnd else 0,
+            accepted=a,
+            prompt_tokens=prompt_tokens,
+            ttft_s=0.25,
+            elapsed_s=t,
         )
         i, t = i + 1, t + 0.1
         return r
@@ -38,9 +44,14 @@ def render(renderable, width=100):
 
 
 FULL = Status(
-    draft="auto", plain_tokens_per_s=4.5, active_memory_bytes=1_250_000_000,
-    peak_memory_bytes=2_500_000_000, energy_joules=2.4, energy_watts=6.0,
-    energy_source="IOReport", battery=Battery(81.0, True),
+    draft="auto",
+    plain_tokens_per_s=4.5,
+    active_memory_bytes=1_250_000_000,
+    peak_memory_bytes=2_500_000_000,
+    energy_joules=2.4,
+    energy_watts=6.0,
+    energy_source="IOReport",
+    battery=Battery(81.0, True),
 )
 
 
@@ -62,7 +73,7 @@ def test_panel_shows_every_metric_when_known():
 def test_panel_says_na_where_no_source_exists():
     text = render(status_panel(records(["a"]), Status()))
     for label in ("speed-up", "memory", "energy", "battery"):
-        line = next(l for l in text.splitlines() if label in l)
+        line = next(row for row in text.splitlines() if label in row)
         assert "n/a" in line, line
 
 
@@ -76,21 +87,27 @@ def test_histogram_has_one_bar_per_accepted_count_scaled_to_the_largest():
 
 
 def test_plain_decoding_shows_no_histogram_and_draft_off():
-    recs = [
-        TokenRecord(i, "t", False, i, 0, 0, 5, 0.1, 0.1 * i) for i in range(5)
-    ]
+    recs = [TokenRecord(i, "t", False, i, 0, 0, 5, 0.1, 0.1 * i) for i in range(5)]
     text = render(status_panel(recs, Status(draft="off")))
     assert "accepted drafts per round" not in text
-    assert "off" in next(l for l in text.splitlines() if "draft length" in l)
-    assert "n/a" in next(l for l in text.splitlines() if "accepted/round" in l)
-    assert "baseline (plain decoding)" in next(l for l in text.splitlines() if "speed-up" in l)
+    assert "off" in next(row for row in text.splitlines() if "draft length" in row)
+    assert "n/a" in next(row for row in text.splitlines() if "accepted/round" in row)
+    assert "baseline (plain decoding)" in next(row for row in text.splitlines() if "speed-up" in row)
 
 
 def test_summary_line_is_one_line_with_the_key_numbers():
     line = summary_line(records(["a"]), FULL, prompt_len=40)
     assert "\n" not in line
-    for part in ("9 tokens", "10.0 tok/s", "TTFT 250 ms", "prefill 12 (+28 cached)",
-                 "draft auto (now 4)", "1.67 accepted/round", "speed-up 2.22x", "0.267 J/token"):
+    for part in (
+        "9 tokens",
+        "10.0 tok/s",
+        "TTFT 250 ms",
+        "prefill 12 (+28 cached)",
+        "draft auto (now 4)",
+        "1.67 accepted/round",
+        "speed-up 2.22x",
+        "0.267 J/token",
+    ):
         assert part in line, (part, line)
     assert "energy n/a" in summary_line(records(["a"]), Status())
 
@@ -113,7 +130,7 @@ def test_colour_toggle_styles_exactly_the_drafted_tokens():
         view.add(r)
     answer = view.answer()
     assert isinstance(answer, Text)
-    styled = "".join(answer.plain[s.start:s.end] for s in answer.spans if s.style == DRAFT_STYLE)
+    styled = "".join(answer.plain[s.start : s.end] for s in answer.spans if s.style == DRAFT_STYLE)
     assert styled == "".join(r.text for r in recs if r.from_draft)
     # The rendered terminal output carries the colour.
     console = Console(file=io.StringIO(), force_terminal=True, color_system="standard", width=80)
@@ -156,8 +173,17 @@ def test_refresh_is_capped_however_fast_tokens_arrive():
 
 def thought_records(text):
     return [
-        TokenRecord(token=i, text=ch, from_draft=False, round=i, draft_tokens=0, accepted=0, prompt_tokens=3,
-                    ttft_s=0.1, elapsed_s=0.01 * i)
+        TokenRecord(
+            token=i,
+            text=ch,
+            from_draft=False,
+            round=i,
+            draft_tokens=0,
+            accepted=0,
+            prompt_tokens=3,
+            ttft_s=0.1,
+            elapsed_s=0.01 * i,
+        )
         for i, ch in enumerate(text)
     ]
 
@@ -168,7 +194,7 @@ def test_thinking_shows_dimmed_while_it_streams_then_collapses_and_markup_never_
         view.add(r)
     live = render(view.answer(live=True))
     assert "thinking ..." in live and "weighing the options" in live and "<|channel>" not in live
-    for r in thought_records("**Use a list.** <|tool_call>call:search{q:<|\"|>lists<|\"|>}<tool_call|>"):
+    for r in thought_records('**Use a list.** <|tool_call>call:search{q:<|"|>lists<|"|>}<tool_call|>'):
         view.add(r)
     view.parsed.finish()
     done = render(view.answer(live=False))

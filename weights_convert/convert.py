@@ -33,9 +33,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 import mlx.core as mx
 from mlx_lm.utils import load_model
@@ -52,12 +52,23 @@ from . import fetch, quantise, write
 FORMAT_VERSION = 1
 QUANT_KEYS = ("quantization", "quantization_config")
 KNOWN_FORMATS = (1,)  # bundle formats `--force` may replace
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 # OSError errno -> what to tell the user when writing the bundle fails.
-WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                errno.EPERM: "permission denied"}
+WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
 # Headroom on top of the computed output size: index, configs, filesystem blocks.
 DISK_MARGIN = 1.05
 DISK_SLACK = 16 << 20
@@ -115,10 +126,12 @@ def convert(
     # 4. plan every tensor, check disk for the output
     target_model = make_model(text_cfg)  # lazy: its random init is never evaluated
     draft_model = Drafter(draft_args)
-    target_q = quantise.plan(target_model, quantise.TARGET_RULES if target_rules is None else target_rules,
-                             bits, group_size)
-    draft_q = quantise.plan(draft_model, quantise.DRAFTER_RULES if drafter_rules is None else drafter_rules,
-                            bits, group_size)
+    target_q = quantise.plan(
+        target_model, quantise.TARGET_RULES if target_rules is None else target_rules, bits, group_size
+    )
+    draft_q = quantise.plan(
+        draft_model, quantise.DRAFTER_RULES if drafter_rules is None else drafter_rules, bits, group_size
+    )
 
     def target_sanitize(key, array):
         return list(text_weights(key, array, text_cfg, target_model).items())  # mlx-lm's names (experts split)
@@ -158,15 +171,25 @@ def convert(
         _check_loadable(tmp)
         manifest = {
             "format_version": FORMAT_VERSION,
-            "converter": {"name": "mlx-specdec", "version": __version__,
-                          "mlx": mx.__version__, "mlx_lm": version("mlx-lm")},
+            "converter": {
+                "name": "mlx-specdec",
+                "version": __version__,
+                "mlx": mx.__version__,
+                "mlx_lm": version("mlx-lm"),
+            },
             "sources": {"target": _source_entry(tsrc), "drafter": _source_entry(dsrc)},
-            "quantization": {"bits": bits, "group_size": group_size, "mode": "affine",
-                             "target": dict(sorted(target_q.items())), "drafter": dict(sorted(draft_q.items())),
-                             "copied_quantised": {"target": _copied(target_tensors),
-                                                  "drafter": _copied(draft_tensors)}},
-            "sizes": {"target": {"bytes": target_bytes, "tensors": len(target_tensors)},
-                      "drafter": {"bytes": draft_bytes, "tensors": len(draft_tensors)}},
+            "quantization": {
+                "bits": bits,
+                "group_size": group_size,
+                "mode": "affine",
+                "target": dict(sorted(target_q.items())),
+                "drafter": dict(sorted(draft_q.items())),
+                "copied_quantised": {"target": _copied(target_tensors), "drafter": _copied(draft_tensors)},
+            },
+            "sizes": {
+                "target": {"bytes": target_bytes, "tensors": len(target_tensors)},
+                "drafter": {"bytes": draft_bytes, "tensors": len(draft_tensors)},
+            },
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace(tmp, output)
@@ -200,7 +223,8 @@ def _check_output(output: Path, force: bool) -> None:
             return
     except OSError as e:  # a folder we may not list is not ours to replace
         raise SpecdecError(
-            f"{output} cannot be read ({e.strerror}); refusing to replace it, choose another -o") from None
+            f"{output} cannot be read ({e.strerror}); refusing to replace it, choose another -o"
+        ) from None
     manifest = output / "manifest.json"
     if not manifest.is_file():
         raise SpecdecError(f"{output} exists and is not a bundle; refusing to replace it, choose another -o")

@@ -41,7 +41,8 @@ except ImportError:  # pragma: no cover
     import httpx
 # A network or disk failure in the middle of a download.
 DOWNLOAD_ERRORS = (OSError, httpx.HTTPError) + tuple(
-    getattr(hub_errors, name) for name in ("XetDownloadError",) if hasattr(hub_errors, name))
+    getattr(hub_errors, name) for name in ("XetDownloadError",) if hasattr(hub_errors, name)
+)
 
 # Small files: read before any weight is downloaded, to check the pair.
 METADATA = [
@@ -116,8 +117,9 @@ def fetch_weights(source: Source) -> Source:
         return source
     folder = _snapshot(source.repo, source.revision, NEEDED)
     weight_files(folder)  # every shard complete
-    return Source(source.spec, source.repo, source.revision, folder,
-                  tuple((name, size, False) for name, size, _ in source.files))
+    return Source(
+        source.spec, source.repo, source.revision, folder, tuple((name, size, False) for name, size, _ in source.files)
+    )
 
 
 def _local(spec: str, folder: Path) -> Source:
@@ -153,8 +155,9 @@ def _hub(spec: str, repo: str, revision: str | None) -> Source:
 def _snapshot(repo: str, revision: str | None, patterns: list[str], local_files_only: bool = False) -> Path:
     """`snapshot_download` with its errors turned into one-line `SpecdecError`s."""
     with _hub_errors(repo, revision):
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns,
-                                      local_files_only=local_files_only))
+        return Path(
+            snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=local_files_only)
+        )
 
 
 @contextmanager
@@ -165,17 +168,20 @@ def _hub_errors(repo: str, revision: str | None) -> Iterator[None]:
     except GatedRepoError:
         raise SpecdecError(
             f"{repo} is gated: accept its licence on https://huggingface.co/{repo}, then log in with "
-            "`hf auth login` (or set HF_TOKEN)") from None
+            "`hf auth login` (or set HF_TOKEN)"
+        ) from None
     except RevisionNotFoundError:
         raise SpecdecError(f"{repo} has no revision {revision!r}") from None
     except RepositoryNotFoundError:
         raise SpecdecError(
             f"no repo {repo} on the Hugging Face Hub (if it is private, log in with `hf auth login`); "
-            "for a checkpoint on disk pass its folder") from None
+            "for a checkpoint on disk pass its folder"
+        ) from None
     except json.JSONDecodeError:  # a proxy's or captive portal's page instead of the Hub's API
         raise SpecdecError(
             f"the Hugging Face Hub at {hub_constants.ENDPOINT} answered with something that is not JSON "
-            f"for {repo}; check HF_ENDPOINT and your network connection, then try again") from None
+            f"for {repo}; check HF_ENDPOINT and your network connection, then try again"
+        ) from None
     except (LocalEntryNotFoundError, *DOWNLOAD_ERRORS) as error:
         raise SpecdecError(_hub_failure(repo, error)) from None
 
@@ -184,15 +190,19 @@ def _hub_failure(repo: str, error: Exception) -> str:
     """The line for a failed hub request: what the Hub answered (if it did), else the network."""
     status = _http_status(error)
     if status in (401, 403):
-        return (f"the Hugging Face Hub refused {repo} (HTTP {status}): authentication failed; "
-                "check HF_TOKEN or log in again with `hf auth login`")
+        return (
+            f"the Hugging Face Hub refused {repo} (HTTP {status}): authentication failed; "
+            "check HF_TOKEN or log in again with `hf auth login`"
+        )
     if status == 429:
         return f"the Hugging Face Hub is limiting requests (HTTP 429) for {repo}; wait a few minutes and try again"
     if status is not None and status >= 500:
         return f"the Hugging Face Hub answered HTTP {status} (a server error) for {repo}; try again later"
     if isinstance(error, LocalEntryNotFoundError):
-        return (f"cannot reach the Hugging Face Hub for {repo} and it is not in the local cache; "
-                "connect to the internet, or pass a local folder holding the checkpoint")
+        return (
+            f"cannot reach the Hugging Face Hub for {repo} and it is not in the local cache; "
+            "connect to the internet, or pass a local folder holding the checkpoint"
+        )
     reason = _scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
     return f"downloading {repo} failed ({reason}); run the same command again to resume"
 
@@ -216,7 +226,8 @@ def _refuse_pickle(repo: str, names: list[str]) -> None:
     if pickled:
         raise SpecdecError(
             f"{repo}/{pickled[0]}: pickle weights are refused (unpickling can run arbitrary code); "
-            "use a safetensors checkpoint")
+            "use a safetensors checkpoint"
+        )
     raise SpecdecError(f"{repo}: no .safetensors weights found")
 
 

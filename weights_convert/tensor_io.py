@@ -24,10 +24,18 @@ import numpy as np
 
 # safetensors dtype <-> mlx dtype, and the numpy dtype its bytes are read as (bf16 as uint16).
 DTYPES = {
-    "BOOL": (mx.bool_, np.bool_), "U8": (mx.uint8, np.uint8), "I8": (mx.int8, np.int8),
-    "U16": (mx.uint16, np.uint16), "I16": (mx.int16, np.int16), "U32": (mx.uint32, np.uint32),
-    "I32": (mx.int32, np.int32), "U64": (mx.uint64, np.uint64), "I64": (mx.int64, np.int64),
-    "F16": (mx.float16, np.float16), "BF16": (mx.bfloat16, np.uint16), "F32": (mx.float32, np.float32),
+    "BOOL": (mx.bool_, np.bool_),
+    "U8": (mx.uint8, np.uint8),
+    "I8": (mx.int8, np.int8),
+    "U16": (mx.uint16, np.uint16),
+    "I16": (mx.int16, np.int16),
+    "U32": (mx.uint32, np.uint32),
+    "I32": (mx.int32, np.int32),
+    "U64": (mx.uint64, np.uint64),
+    "I64": (mx.int64, np.int64),
+    "F16": (mx.float16, np.float16),
+    "BF16": (mx.bfloat16, np.uint16),
+    "F32": (mx.float32, np.float32),
 }
 NAMES = {mx_dtype: name for name, (mx_dtype, _) in DTYPES.items()}
 
@@ -52,8 +60,11 @@ def read_header(path: Path) -> dict[str, Entry]:
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
-    return {k: Entry(v["dtype"], tuple(v["shape"]), 8 + n + v["data_offsets"][0])
-            for k, v in header.items() if k != "__metadata__"}
+    return {
+        k: Entry(v["dtype"], tuple(v["shape"]), 8 + n + v["data_offsets"][0])
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
 
 
 def open_source(path: Path) -> BinaryIO:

@@ -60,8 +60,11 @@ class Tensor:
         *lead, cols = self.shape
         module = self.name.removesuffix(".weight")
         groups = (*lead, cols // self.params["group_size"])
-        return {self.name: (mx.uint32, (*lead, cols * self.params["bits"] // 32)),
-                f"{module}.scales": (self.dtype, groups), f"{module}.biases": (self.dtype, groups)}
+        return {
+            self.name: (mx.uint32, (*lead, cols * self.params["bits"] // 32)),
+            f"{module}.scales": (self.dtype, groups),
+            f"{module}.biases": (self.dtype, groups),
+        }
 
 
 # (source name, lazy array) -> [(new name, array), ...]: empty to drop the tensor, several to split it.
@@ -93,8 +96,10 @@ def plan_tensors(
         elif name.endswith(".weight") and per_module.get(module):
             if not mx.issubdtype(array.dtype, mx.floating):
                 dtype = str(array.dtype).removeprefix("mlx.core.")
-                raise SpecdecError(f"{file}: {key} holds {dtype} values, not floating-point weights (already "
-                                   "quantised?); convert the original floating-point checkpoint")
+                raise SpecdecError(
+                    f"{file}: {key} holds {dtype} values, not floating-point weights (already "
+                    "quantised?); convert the original floating-point checkpoint"
+                )
             params = written[module] = per_module[module]
         else:
             params = False
@@ -107,8 +112,10 @@ def _source_params(module: str, source_quant: dict | None) -> dict:
         raise SpecdecError(f"{module} is quantised in the source, but its config.json has no 'quantization' entry")
     entry = source_quant.get(module, True)
     if isinstance(entry, dict):
-        out = {"group_size": entry.get("group_size", source_quant["group_size"]),
-               "bits": entry.get("bits", source_quant["bits"])}
+        out = {
+            "group_size": entry.get("group_size", source_quant["group_size"]),
+            "bits": entry.get("bits", source_quant["bits"]),
+        }
         mode = entry.get("mode", source_quant.get("mode", "affine"))
     else:
         out = {"group_size": source_quant["group_size"], "bits": source_quant["bits"]}
@@ -132,8 +139,11 @@ def write_tensors(tensors: list[Tensor], sanitize: Sanitize, out: Path, shard_by
             size = 0
         shards[-1].append(group)
         size += n
-    names = ["model.safetensors"] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     total, weight_map, headers = 0, {}, {}
     for name, shard in zip(names, shards):
         layout = {k: v for group in shard for t in group for k, v in t.outputs().items()}
@@ -162,8 +172,9 @@ def _write_group(writer: ShardWriter, file: Path, entry, group: list[Tensor], sa
     with open_source(file) as f:
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            outputs = dict(sanitize(group[0].key, read_rows(f, entry, start, stop) if entry.shape else
-                                    read_rows(f, entry, 0, 0)))
+            outputs = dict(
+                sanitize(group[0].key, read_rows(f, entry, start, stop) if entry.shape else read_rows(f, entry, 0, 0))
+            )
             for t in group:
                 block = outputs.pop(t.name)
                 if t.params:

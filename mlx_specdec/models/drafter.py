@@ -45,7 +45,7 @@ class DrafterArgs:
     centroid_intermediate_top_k: int = 32
 
     @classmethod
-    def from_config(cls, config: dict) -> "DrafterArgs":
+    def from_config(cls, config: dict) -> DrafterArgs:
         if config.get("model_type") not in DRAFTER_TYPES:
             raise SpecdecError(
                 f"unsupported model_type {config.get('model_type')!r}: "
@@ -124,9 +124,7 @@ class Drafter(nn.Module):
                 margs.hidden_size, margs.vocab_size, args.num_centroids, args.centroid_intermediate_top_k
             )
 
-    def __call__(
-        self, token_embed: mx.array, hidden: mx.array, shared_kv: dict, position
-    ) -> tuple[mx.array, mx.array]:
+    def __call__(self, token_embed: mx.array, hidden: mx.array, shared_kv: dict, position) -> tuple[mx.array, mx.array]:
         """One draft step.
 
         token_embed: [B, 1, H_t] the target's scaled embedding of the input token.

@@ -96,9 +96,7 @@ def text_config(config: dict) -> dict:
     elif model_type in TEXT_TYPES:
         cfg = dict(config)
     else:
-        raise SpecdecError(
-            f"unsupported model_type {model_type!r}: expected a Gemma 4 target ({one_of(TARGET_TYPES)})"
-        )
+        raise SpecdecError(f"unsupported model_type {model_type!r}: expected a Gemma 4 target ({one_of(TARGET_TYPES)})")
     missing = [k for k in REQUIRED_TEXT_KEYS if k not in cfg]
     if missing:
         raise SpecdecError(f"missing config key {missing[0]!r}")

@@ -1,0 +1,115 @@
+"""What the `specdec` commands share: the one-line error wrapper, the option aliases, and the
+builders that turn option values into library inputs (one `GenerationSettings`, prompt ids, a
+model folder). Options are defined once here as typer `Annotated` aliases.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import SpecdecError
+from .settings import GenerationSettings, parse_draft
+
+
+def user_errors(fn):
+    """Turn SpecdecError into `error: <line>` and exit status 1."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpecdecError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+# --- options shared by the commands --------------------------------------------------------
+Model = Annotated[
+    Optional[Path],
+    typer.Argument(
+        help="A bundle folder, or a model name (e2b, e4b, 12b, 26b-a4b, 31b, a hub id): see `specdec models`."
+    ),
+]
+TargetDir = Annotated[Optional[Path], typer.Option("--target", help="Hugging Face-format Gemma 4 target folder.")]
+DrafterDir = Annotated[Optional[Path], typer.Option("--drafter", help="Hugging Face-format gemma4_assistant folder.")]
+Demo = Annotated[bool, typer.Option("--demo", help="Use the bundled demo pair.")]
+DraftTokens = Annotated[str, typer.Option("--draft-tokens", "-k", help="Drafts per round: 0-8, auto or off.")]
+NoDraft = Annotated[bool, typer.Option("--no-draft", help="Plain decoding (no drafter).")]
+Temp = Annotated[float, typer.Option("--temp", help="Sampling temperature; 0 is greedy.")]
+TopP = Annotated[
+    float, typer.Option("--top-p", help="Nucleus sampling: keep the top tokens up to this mass (1 = off).")
+]
+TopK = Annotated[int, typer.Option("--top-k", help="Keep the K most likely tokens (0 = off).")]
+MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens below this fraction of the top one (0 = off).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 to 2^64 - 1).")]
+Stop = Annotated[list[str], typer.Option("--stop", help="Stop string (repeatable).")]
+MaxContext = Annotated[
+    Optional[int], typer.Option("--max-context", help="Context limit in tokens (default: the model's).")
+]
+Battery = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--battery/--mains",
+        help="auto draft length: most tokens per joule (--battery) or per second (--mains); "
+        "default: per joule on battery.",
+    ),
+]
+
+
+def make_settings(
+    *,
+    max_tokens: int,
+    draft_tokens: str = "auto",
+    no_draft: bool = False,
+    temp: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    seed: Optional[int] = None,
+    stop=(),
+    max_context: Optional[int] = None,
+    battery: Optional[bool] = None,
+) -> GenerationSettings:
+    """The command line's values -> one validated GenerationSettings (the only place they meet)."""
+    from .sampling import SamplingParams
+
+    sampling = SamplingParams(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+    draft = 0 if no_draft else parse_draft(draft_tokens)
+    return GenerationSettings(
+        max_tokens=max_tokens,
+        draft=draft,
+        sampling=sampling,
+        stop=tuple(stop),
+        max_context=max_context,
+        battery=battery,
+    )
+
+
+def parse_prompt_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise SpecdecError(f"--prompt-ids must be comma-separated whole numbers, not {text!r}") from None
+    if not ids:
+        raise SpecdecError("--prompt-ids is empty; give comma-separated token ids such as 2,100,200")
+    return ids
+
+
+def model_folder(model, max_context: Optional[int] = None) -> Optional[str]:
+    """MODEL as typed -> a folder: an existing folder, or a known name / hub id (see `specdec models`)
+    whose bundle is converted into ~/.cache/mlx-specdec on first use. None stays None. A folder
+    whose weights and KV cache at `max_context` will not fit this machine's memory is refused."""
+    if model is None:
+        return None
+    from .provision import check_memory_fit
+    from .provision import model_folder as provision_folder
+
+    folder = provision_folder(str(model), max_context=max_context, log=lambda line: typer.echo(line, err=True))
+    check_memory_fit(Path(folder), max_context=max_context)
+    return str(folder)
