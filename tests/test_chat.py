@@ -149,6 +149,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PAIR = dict(target=str(FIXTURES / "target_text"), drafter=str(FIXTURES / "drafter_dense"))
 
 
+@pytest.mark.slow
 def test_piped_specdec_chat_prints_answers_and_summaries_and_exits_at_end_of_input():
     argv = specdec("chat", "--target", PAIR["target"], "--drafter", PAIR["drafter"], "--max-tokens", "12")
     text = "hello there\n/draft off\nand again\n"
@@ -161,6 +162,7 @@ def test_piped_specdec_chat_prints_answers_and_summaries_and_exits_at_end_of_inp
     assert "(+" in summaries[1] and "cached)" in summaries[1] and "draft off" in summaries[1]
 
 
+@pytest.mark.slow
 def test_piped_specdec_chat_survives_bad_bytes_and_an_overlong_message_and_drops_old_turns():
     argv = specdec(
         "chat", "--target", PAIR["target"], "--drafter", PAIR["drafter"], "--max-tokens", "12", "--max-context", "40"
@@ -241,6 +243,7 @@ def specdec(*args):
     return [sys.executable, "-c", "from mlx_specdec import main; main()", *args]
 
 
+@pytest.mark.slow
 def test_terminal_chat_shows_answer_panel_commands_and_survives_ctrl_c():
     term = Terminal(specdec("chat", "--target", PAIR["target"], "--drafter", PAIR["drafter"], "--max-tokens", "1500"))
     try:
@@ -276,6 +279,7 @@ def test_terminal_chat_shows_answer_panel_commands_and_survives_ctrl_c():
         term.child.close(force=True)
 
 
+@pytest.mark.slow
 def test_terminal_chat_on_the_demo_pair_shows_real_acceptance_and_obeys_draft_commands():
     term = Terminal(specdec("chat", "--demo", "--max-tokens", "60", "--draft-tokens", "4"))
     try:

@@ -27,6 +27,8 @@ from weights_convert import fetch, write
 
 from .conftest import DRAFTERS, TARGET, TARGET_MM
 
+pytestmark = pytest.mark.slow  # the converter end to end: quick loops skip it (-m 'not slow')
+
 PROMPT = [2, 5, 432, 424, 274, 19, 431, 423, 6, 19, 5, 435, 401, 428, 19, 40, 77, 301, 12, 99]
 
 

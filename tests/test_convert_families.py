@@ -18,6 +18,8 @@ from mlx_specdec.load import load, load_target
 
 from .test_convert import TARGET, convert, copy, logits
 
+pytestmark = pytest.mark.slow  # the converter end to end: quick loops skip it (-m 'not slow')
+
 FAMILY_DIR = TARGET.parent / "families"
 FAMILIES = ["26b-a4b", "31b", "12b", "e2b"]
 
@@ -159,6 +161,7 @@ from pathlib import Path
 import mlx.core as mx
 import weights_convert
 from weights_convert import write
+
 write.BLOCK_BYTES = 2 << 20
 mx.eval(mx.quantize(mx.zeros((256, 256)), group_size=32, bits=4))  # warm up the allocator and kernels
 status = Path("/proc/self/status")

@@ -123,6 +123,7 @@ def test_speculative_greedy_equals_plain_greedy_equals_transformers_past_the_win
         assert run(b, prompt, k) == want, f"k={k}"
 
 
+@pytest.mark.slow
 def test_moe_speculative_sampling_matches_plain_sampling_of_the_target():
     """Two-sample chi-square on tokens 2 and 3 (made by speculative rounds) on the 26B-A4B pair.
     Temperature 3: this prompt's next-token distribution is peaked (top-1 0.98 at temperature 1)."""

@@ -2,6 +2,7 @@
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
 from mlx_specdec.cache import PromptCache
 from mlx_specdec.decode import generate
@@ -88,6 +89,7 @@ def test_filters_keep_the_expected_tokens():
     assert np.allclose(p.sum(), 1.0)
 
 
+@pytest.mark.slow
 def test_speculative_sampling_matches_plain_sampling_of_the_target(bundles):
     """Two-sample chi-square on tokens 2 and 3 (made by speculative rounds) over many seeds."""
     b = bundles["dense"]

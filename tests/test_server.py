@@ -184,6 +184,7 @@ def test_follow_up_request_prefills_only_the_new_part(demo_server, demo):
     assert "cached=" in demo_server.log.read_text()  # one log line per request
 
 
+@pytest.mark.slow
 def test_sixteen_streaming_clients_all_get_the_single_client_answer_in_bounded_memory(demo_server, demo):
     prompts = [QUESTION, [{"role": "user", "content": "What is a list?"}]]
     single = [stream_text(demo_server.client(), p, 12, **GREEDY)[0] for p in prompts]
