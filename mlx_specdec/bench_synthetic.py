@@ -39,7 +39,7 @@ import mlx.core as mx
 
 from . import bench, synthetic
 from .bench_result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult
-from .draft_len import expected_tokens
+from .draft_len import expected_tokens, measure_passes
 from .errors import SpecdecError
 
 
@@ -140,42 +140,10 @@ def _run(bundle, ids, max_tokens: int, draft, energy) -> tuple[bench.Run, float]
 
 
 def measure_costs(bundle, drafter, context: int, max_k: int, repeats: int = 5) -> Costs:
-    """Costs of a verify of 1..max_k+1 tokens and of a drafter step on a scratch cache: the
-    fastest of `repeats` after a warm-up (noise only ever adds time)."""
-    from .cache import drafter_kv, make_target_cache
-
-    target = bundle.target
-    cache = make_target_cache(target.config, max_rewind=max_k + 2)
-    ids = mx.array(synthetic.random_prompt(target.vocab_size, context, seed=1))[None]
-    _, hidden = target(ids, cache)
-    mx.eval(hidden, [c.state for c in cache])
-    h, tok = hidden[:, -1:], mx.array([[11]])
-
-    def fastest(fn) -> float:
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    def verify(n: int) -> None:
-        logits, hid = target(mx.full((1, n), 11, dtype=mx.int32), cache)
-        mx.eval(mx.argmax(logits, axis=-1), hid)
-        for c in cache:
-            c.trim(n)
-
-    out = Costs(context, [fastest(lambda n=n: verify(n)) for n in range(1, max_k + 2)], None)
-    if drafter is not None:
-        kv = drafter_kv(cache, target.kv_layers)
-
-        def step() -> None:
-            logits, nh = drafter(target.embed(tok), h, kv, context)
-            mx.eval(mx.argmax(logits, axis=-1), nh)
-
-        out.draft_step_s = fastest(step)
-    return out
+    """Costs of a verify of 1..max_k+1 tokens and of a drafter step on a scratch cache
+    (`draft_len.measure_passes`, as auto's calibration measures them)."""
+    passes = measure_passes(bundle, max_k, repeats, context, drafter=drafter)
+    return Costs(context, passes.verify, passes.draft_step if drafter is not None else None)
 
 
 def ideal_speedup(acceptance: Sequence[float], costs: Costs, k: int) -> float | None:

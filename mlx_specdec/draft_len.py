@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
@@ -52,21 +53,33 @@ def choose_k(acceptance: Sequence[float], cost: Sequence[float]) -> int:
     return best
 
 
-def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None) -> list[float]:
-    """Cost of a round with k = 0..max_k drafts, timed on a scratch cache.
+@dataclass(frozen=True)
+class PassCosts:
+    """What the passes of a round cost, measured on a scratch cache (`measure_passes`).
 
-    Seconds (the fastest of `repeats` after a warm-up: noise only ever adds time), or, with
-    `energy` (an energy.EnergySource that reads), joules: the counter over `8 * repeats` runs of
-    each pass, divided by the count (counters tick too coarsely for one pass). A verify of more
-    tokens never counts as cheaper than one of fewer: on a busy machine noise can say otherwise,
-    and a policy that believes it drafts forever at no acceptance. A plain round (k = 0) is timed
-    as the loop runs it, queued while the previous one is read, so overlap is not counted twice.
+    verify:     verify[n - 1] is one target pass over n tokens, n = 1..max_k + 1.
+    draft_step: one drafter step (logits' argmax and next hidden), None without a drafter.
+    plain:      one plain step as the loop runs it: queued while the previous one is read.
     """
-    target, drafter = bundle.target, bundle.drafter
+
+    verify: list[float]
+    draft_step: Optional[float]
+    plain: float
+
+
+def measure_passes(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None, drafter=None) -> PassCosts:
+    """Time (or meter) the passes of a round on a scratch cache holding `context` positions.
+
+    Seconds: the fastest of `repeats` after a warm-up (noise only ever adds time). With `energy`
+    (an energy.EnergySource that reads): joules, the counter over `8 * repeats` runs of each pass
+    divided by the count (counters tick too coarsely for one pass). `drafter` defaults to the
+    bundle's (a wrapper such as the synthetic oracle passes the real one).
+    """
+    target, drafter = bundle.target, drafter if drafter is not None else bundle.drafter
     cache = make_target_cache(target.config, max_rewind=max(max_k + 1, 8))
     ids = mx.arange(context)[None] % target.vocab_size
     _, hidden = target(ids, cache)
-    mx.eval(hidden)
+    mx.eval(hidden, [c.state for c in cache])
     h = hidden[:, -1:]
     tok = mx.array([[1]])
 
@@ -88,7 +101,7 @@ def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=No
 
     def verify(n):
         logits, hid = target(mx.zeros((1, n), dtype=mx.int32), cache)
-        mx.eval(logits, hid)
+        mx.eval(mx.argmax(logits, axis=-1), hid)
         rewind(cache, n)
 
     def plain_steps(n: int = 8):
@@ -101,18 +114,35 @@ def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=No
         nxt.item()
         rewind(cache, n)
 
-    verify_cost = list(itertools.accumulate((cost(lambda n=n: verify(n)) for n in range(1, max_k + 2)), max))
-    plain = min(verify_cost[0], cost(plain_steps) / 8)
-    if drafter is None:
+    verify_cost = [cost(lambda n=n: verify(n)) for n in range(1, max_k + 2)]
+    plain = cost(plain_steps) / 8
+    step = None
+    if drafter is not None:
+        kv = drafter_kv(cache, target.kv_layers)
+
+        def draft_step():
+            logits, nh = drafter(target.embed(tok), h, kv, context)
+            mx.eval(mx.argmax(logits, axis=-1), nh)
+
+        step = cost(draft_step)
+    return PassCosts(verify_cost, step, plain)
+
+
+def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None) -> list[float]:
+    """Cost of a round with k = 0..max_k drafts (seconds, or joules with `energy`; see
+    `measure_passes`): a verify of k + 1 tokens plus k drafter steps.
+
+    A verify of more tokens never counts as cheaper than one of fewer: on a busy machine noise
+    can say otherwise, and a policy that believes it drafts forever at no acceptance. A plain
+    round (k = 0) is timed as the loop runs it, queued while the previous one is read, so
+    overlap is not counted twice.
+    """
+    passes = measure_passes(bundle, max_k, repeats, context, energy)
+    verify_cost = list(itertools.accumulate(passes.verify, max))
+    plain = min(verify_cost[0], passes.plain)
+    if passes.draft_step is None:
         return [plain]
-    kv = drafter_kv(cache, target.kv_layers)
-
-    def draft_step():
-        logits, nh = drafter(target.embed(tok), h, kv, context)
-        mx.eval(mx.argmax(logits, axis=-1), nh)
-
-    step = cost(draft_step)
-    return [plain] + [verify_cost[k] + k * step for k in range(1, max_k + 1)]
+    return [plain] + [verify_cost[k] + k * passes.draft_step for k in range(1, max_k + 1)]
 
 
 class FixedPolicy:

@@ -52,15 +52,7 @@ from . import fetch, quantise, write
 FORMAT_VERSION = 1
 QUANT_KEYS = ("quantization", "quantization_config")
 KNOWN_FORMATS = (1,)  # bundle formats `--force` may replace
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
+TOKENIZER_FILES = fetch.TOKENIZER_FILES  # copied into BUNDLE/target
 # OSError errno -> what to tell the user when writing the bundle fails.
 WRITE_ERRORS = {
     errno.ENOSPC: "no space left on the device",

@@ -45,10 +45,7 @@ DOWNLOAD_ERRORS = (OSError, httpx.HTTPError) + tuple(
 )
 
 # Small files: read before any weight is downloaded, to check the pair.
-METADATA = [
-    "config.json",
-    "generation_config.json",
-    "model.safetensors.index.json",
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "tokenizer.model",
@@ -56,7 +53,8 @@ METADATA = [
     "added_tokens.json",
     "chat_template.jinja",
     "chat_template.json",
-]
+)
+METADATA = ["config.json", "generation_config.json", "model.safetensors.index.json", *TOKENIZER_FILES]
 WEIGHTS = ["*.safetensors"]
 NEEDED = METADATA + WEIGHTS
 # Listed (never downloaded) only to explain why a checkpoint without safetensors is refused.
