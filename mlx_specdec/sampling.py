@@ -38,13 +38,9 @@ class SamplingParams:
 
     def __post_init__(self):
         def number(name, value, ok, want):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or not ok(value)
-            ):
-                raise SpecdecError(f"{name} must be {want}, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or not ok(value):
+                text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                raise SpecdecError(f"{name} must be {want}, not {text}")
 
         number("--temp", self.temp, lambda v: v >= 0, "a number >= 0 (0 is greedy)")
         number("--top-p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1] (1 turns it off)")
@@ -59,6 +55,13 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temp == 0.0
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (10**400)
+        return False
 
 
 def probs(logits: mx.array, params: SamplingParams) -> mx.array:

@@ -48,7 +48,8 @@ class GenerationSettings:
     max_tokens:  most tokens to generate (>= 1).
     draft:       drafts per round, 0..MAX_DRAFT (0 = plain decoding), or "auto".
     sampling:    temperature and filters (`SamplingParams` validates its own ranges).
-    stop:        stop strings; the output ends before the first one.
+    stop:        stop strings; the output ends before the first one (one string is one stop
+                 string, not its characters; None is none).
     max_context: the context limit in tokens (>= 2); None means the model's own limit.
     battery:     auto draft length per joule (True), per second (False), or per joule when
                  the machine runs on battery (None).
@@ -70,7 +71,19 @@ class GenerationSettings:
                 "--max-context must be a whole number >= 2 (or left out for the model's limit), "
                 f"not {self.max_context!r}"
             )
-        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+        if not isinstance(self.sampling, SamplingParams):
+            raise SpecdecError(f"sampling must be a SamplingParams, not {type(self.sampling).__name__}")
+        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else self.stop
+        try:
+            stop = tuple(stop)
+        except TypeError:
+            stop = (stop,)
+        bad = [s for s in stop if not isinstance(s, str)]
+        if bad:
+            raise SpecdecError(f"--stop takes text (one string or a list of strings), not {bad[0]!r}")
+        object.__setattr__(self, "stop", tuple(s for s in stop if s))
+        if self.battery not in (None, True, False):
+            raise SpecdecError(f"battery must be True, False or None (decide by power source), not {self.battery!r}")
 
     def context_limit(self, config: dict) -> int:
         """The context in tokens for a target with this config; above the model's limit is an error."""

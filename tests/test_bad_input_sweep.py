@@ -1,0 +1,54 @@
+"""Bad-input sweep (issue 11, second pass): odd values given to the Python API and the commands
+give one line, a `SpecdecError` from the library (never a raw TypeError/AttributeError from deep
+inside) or `error: ...` with exit status 1 from the CLI, and never a traceback.
+"""
+
+import pytest
+from typer.testing import CliRunner
+
+from mlx_specdec.errors import SpecdecError
+from mlx_specdec.sampling import SamplingParams
+from mlx_specdec.settings import GenerationSettings
+
+runner = CliRunner()
+
+
+def one_line_error(result) -> str:
+    """The CLI's stderr, asserted to be one `error:` line with exit status 1 and no traceback."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
+    return lines[0]
+
+
+def refused(fn) -> str:
+    with pytest.raises(SpecdecError) as e:
+        fn()
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+# --- settings and sampling values ------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"stop": [1, 2]}, "--stop takes text (one string or a list of strings), not 1"),
+        ({"battery": "yes"}, "battery must be True, False or None (decide by power source), not 'yes'"),
+        ({"sampling": None}, "sampling must be a SamplingParams, not NoneType"),
+        ({"sampling": {"temp": 1}}, "sampling must be a SamplingParams, not dict"),
+    ],
+)
+def test_generation_settings_refuse_values_of_the_wrong_type(kwargs, message):
+    assert refused(lambda: GenerationSettings(**kwargs)) == message
+
+
+@pytest.mark.parametrize("stop, held", [(None, ()), ("END", ("END",)), (["a", "", "b"], ("a", "b"))])
+def test_stop_none_is_none_and_one_string_is_one_stop_string_not_its_characters(stop, held):
+    assert GenerationSettings(stop=stop).stop == held
+
+
+def test_an_int_too_large_for_a_float_is_refused_not_an_overflow_error():
+    assert refused(lambda: SamplingParams(temp=10**400)) == (
+        "--temp must be a number >= 0 (0 is greedy), not 1000000000000000000000000000000000000..."
+    )
