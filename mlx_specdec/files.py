@@ -86,6 +86,20 @@ def shown(path: PathLike) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def as_path(value, option: str) -> Path | None:
+    """A folder argument as the API receives it -> a Path (None stays None); bytes are decoded the
+    way the OS does. An empty name or a value that is no path at all is one line naming `option`."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if not isinstance(value, (str, os.PathLike)):
+        raise SpecdecError(f"{option} must be a folder path, not {type(value).__name__} {value!r}")
+    if str(value) == "":
+        raise SpecdecError(f"{option} is an empty path; give a model folder")
+    return Path(value).expanduser()
+
+
 def check_path(path: Path, fix: str = "rename it") -> None:
     """mlx opens files by UTF-8 name: refuse a path that has none (`std::bad_cast` otherwise)."""
     if not _is_utf8(str(path)):

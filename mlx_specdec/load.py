@@ -20,7 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import SpecdecError
-from .files import read_config, read_eos_ids, read_weights
+from .files import as_path, read_config, read_eos_ids, read_weights
 from .models.drafter import Drafter, DrafterArgs, drafter_quantization
 from .models.target import Target, head_dim, kv_heads, make_model, text_config, text_quantization, text_weights
 
@@ -162,6 +162,7 @@ def load(
     demo: bool = False,
 ) -> Bundle:
     """Load a bundle folder, the demo pair, or a target folder (+ optional drafter folder)."""
+    model, target, drafter = as_path(model, "MODEL"), as_path(target, "--target"), as_path(drafter, "--drafter")
     if demo:
         if model is not None or target is not None or drafter is not None:
             raise SpecdecError("--demo is the bundled pair; give either --demo or a model, not both")
@@ -171,7 +172,7 @@ def load(
     if model is not None and target is not None:
         raise SpecdecError("give either MODEL or --target/--drafter, not both")
     if model is not None:
-        folder = Path(model).expanduser()
+        folder = model
         if is_bundle(folder):
             target = folder / "target"
             if drafter is None and (folder / "drafter").is_dir():
@@ -180,11 +181,11 @@ def load(
             target = folder
     if target is None:
         raise SpecdecError("no model given; pass MODEL, --target DIR or --demo")
-    target_dir = Path(target).expanduser()
+    target_dir = target
     tgt = load_target(target_dir)
     drf = None
     if drafter is not None:
-        drf = load_drafter(Path(drafter).expanduser(), tgt.config)
+        drf = load_drafter(drafter, tgt.config)
     tokenizer = load_tokenizer(target_dir)
     name = Path(model).name if model is not None else target_dir.name
-    return Bundle(tgt, drf, tokenizer, name, Path(model) if model is not None else None)
+    return Bundle(tgt, drf, tokenizer, name, model)

@@ -7,8 +7,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mlx_specdec.errors import SpecdecError
+from mlx_specdec.load import load
 from mlx_specdec.sampling import SamplingParams
 from mlx_specdec.settings import GenerationSettings
+
+from .conftest import TARGET
 
 runner = CliRunner()
 
@@ -51,4 +54,25 @@ def test_stop_none_is_none_and_one_string_is_one_stop_string_not_its_characters(
 def test_an_int_too_large_for_a_float_is_refused_not_an_overflow_error():
     assert refused(lambda: SamplingParams(temp=10**400)) == (
         "--temp must be a number >= 0 (0 is greedy), not 1000000000000000000000000000000000000..."
+    )
+
+
+# --- load(): folder arguments ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"model": 123}, "MODEL must be a folder path, not int 123"),
+        ({"model": ""}, "MODEL is an empty path; give a model folder"),
+        ({"target": ""}, "--target is an empty path; give a model folder"),
+        ({"target": TARGET, "drafter": ""}, "--drafter is an empty path; give a model folder"),
+    ],
+)
+def test_load_refuses_a_folder_argument_that_is_no_path_or_empty(kwargs, message):
+    # "" used to load the current folder and report "config.json: missing"; 123 was a TypeError.
+    assert refused(lambda: load(**kwargs)) == message
+
+
+def test_load_takes_a_folder_name_given_as_bytes(tmp_path):
+    assert refused(lambda: load(target=bytes(tmp_path))) == (
+        f"{tmp_path}/config.json: missing; expected a Hugging Face or converted model folder"
     )
