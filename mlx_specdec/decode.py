@@ -148,6 +148,8 @@ def rounds(
 def check_prompt(bundle: Bundle, ids: Sequence[int], limit: int) -> list[int]:
     """The prompt as a list of ints in the vocabulary and shorter than the context, or SpecdecError."""
     vocab = bundle.target.vocab_size
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise SpecdecError(f"the prompt must be a list of token ids, not {type(ids).__name__}")
     out = []
     for t in ids:
         if isinstance(t, bool) or not isinstance(t, int) and not hasattr(t, "__index__"):
@@ -181,6 +183,10 @@ def stream_generate(
     prompt_cache: reused across requests; only the ids after its common prefix are prefilled.
     stop_tokens: ids that end the output (kept as its last token); None: the tokenizer's EOS ids.
     """
+    if not isinstance(bundle, Bundle):
+        raise SpecdecError(f"stream_generate needs a Bundle from load(), not {type(bundle).__name__}")
+    if not isinstance(settings, GenerationSettings):
+        raise SpecdecError(f"settings must be a GenerationSettings, not {type(settings).__name__}")
     limit = settings.context_limit(bundle.target.config)
     ids = check_prompt(bundle, prompt_ids, limit)
     if bundle.drafter is None and settings.draft not in (0, "auto"):

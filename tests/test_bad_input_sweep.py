@@ -6,6 +6,7 @@ inside) or `error: ...` with exit status 1 from the CLI, and never a traceback.
 import pytest
 from typer.testing import CliRunner
 
+from mlx_specdec.decode import stream_generate
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load
 from mlx_specdec.sampling import SamplingParams
@@ -76,3 +77,22 @@ def test_load_takes_a_folder_name_given_as_bytes(tmp_path):
     assert refused(lambda: load(target=bytes(tmp_path))) == (
         f"{tmp_path}/config.json: missing; expected a Hugging Face or converted model folder"
     )
+
+
+# --- stream_generate(): arguments of the wrong kind ---------------------------------------------
+@pytest.mark.parametrize(
+    "ids, settings, message",
+    [
+        (None, GenerationSettings(), "the prompt must be a list of token ids, not NoneType"),
+        ("2,3", GenerationSettings(), "the prompt must be a list of token ids, not str"),
+        ([2, 3], None, "settings must be a GenerationSettings, not NoneType"),
+        ([2, 3], {"max_tokens": 3}, "settings must be a GenerationSettings, not dict"),
+    ],
+)
+def test_stream_generate_refuses_a_prompt_or_settings_of_the_wrong_kind(bundles, ids, settings, message):
+    assert refused(lambda: next(stream_generate(bundles["dense"], ids, settings))) == message
+
+
+def test_stream_generate_refuses_something_that_is_not_a_bundle():
+    message = refused(lambda: next(stream_generate(None, [2, 3])))
+    assert message == "stream_generate needs a Bundle from load(), not NoneType"
