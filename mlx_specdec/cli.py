@@ -30,13 +30,13 @@ from .cli_options import (
     Temp,
     TopK,
     TopP,
+    draft_option,
     make_settings,
     model_folder,
     parse_prompt_ids,
     user_errors,
 )
 from .errors import SpecdecError
-from .settings import parse_draft
 
 app = typer.Typer(
     help="Exact speculative decoding for Gemma 4 on MLX with its MTP assistant drafter.",
@@ -390,5 +390,5 @@ def serve(
         max_context=max_context,
         cache_bytes=cache_bytes,
         max_queue=max_queue,
-        draft=0 if no_draft else parse_draft(draft_tokens),
+        draft=draft_option(draft_tokens, no_draft),
     )

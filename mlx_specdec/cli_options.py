@@ -80,7 +80,7 @@ def make_settings(
     from .sampling import SamplingParams
 
     sampling = SamplingParams(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
-    draft = 0 if no_draft else parse_draft(draft_tokens)
+    draft = draft_option(draft_tokens, no_draft)
     return GenerationSettings(
         max_tokens=max_tokens,
         draft=draft,
@@ -89,6 +89,14 @@ def make_settings(
         max_context=max_context,
         battery=battery,
     )
+
+
+def draft_option(draft_tokens: str, no_draft: bool):
+    """-k and --no-draft -> the draft setting; --no-draft with a -k that drafts is a contradiction."""
+    draft = parse_draft(draft_tokens)
+    if no_draft and draft != 0 and str(draft_tokens).strip().lower() != "auto":  # "auto" is -k's default
+        raise SpecdecError(f"--no-draft and -k {draft_tokens} contradict each other; give one of them")
+    return 0 if no_draft else draft
 
 
 def parse_prompt_ids(text: str) -> list[int]:

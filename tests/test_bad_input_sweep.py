@@ -6,6 +6,7 @@ inside) or `error: ...` with exit status 1 from the CLI, and never a traceback.
 import pytest
 from typer.testing import CliRunner
 
+from mlx_specdec.cli import app
 from mlx_specdec.decode import stream_generate
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load
@@ -96,3 +97,11 @@ def test_stream_generate_refuses_a_prompt_or_settings_of_the_wrong_kind(bundles,
 def test_stream_generate_refuses_something_that_is_not_a_bundle():
     message = refused(lambda: next(stream_generate(None, [2, 3])))
     assert message == "stream_generate needs a Bundle from load(), not NoneType"
+
+
+# --- the command line ---------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["generate", "chat", "serve"])
+def test_no_draft_with_a_k_that_drafts_is_refused_not_silently_plain(command):
+    args = [command, "--demo", "--no-draft", "-k", "4"] + (["-p", "hi"] if command == "generate" else [])
+    r = runner.invoke(app, args)
+    assert one_line_error(r) == "error: --no-draft and -k 4 contradict each other; give one of them"
