@@ -144,7 +144,9 @@ def convert(
         str, typer.Option("--target", help="Gemma 4 target: hub repo id (owner/name[@revision]) or folder.")
     ],
     drafter: Annotated[str, typer.Option("--drafter", help="Its gemma4_assistant drafter: hub repo id or folder.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle folder to create.")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Bundle folder to create.")
+    ],  # str: keeps "" ("" is not ".")
     bits: Annotated[int, typer.Option("--bits", help="4 or 8 (quantised), 16 (the checkpoint's floats).")] = 4,
     group_size: Annotated[int, typer.Option("--group-size", help="Quantisation group size: 32, 64 or 128.")] = 64,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
@@ -158,7 +160,7 @@ def convert(
     """Convert a Hugging Face target and drafter into one MLX bundle (BUNDLE/target is mlx-lm loadable)."""
     from weights_convert import convert as convert_bundle
 
-    existed = output.exists() or output.is_symlink()
+    existed = output != "" and (Path(output).exists() or Path(output).is_symlink())
     try:
         manifest = convert_bundle(
             target,

@@ -3,6 +3,9 @@ give one line, a `SpecdecError` from the library (never a raw TypeError/Attribut
 inside) or `error: ...` with exit status 1 from the CLI, and never a traceback.
 """
 
+import hashlib
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -13,7 +16,7 @@ from mlx_specdec.load import load
 from mlx_specdec.sampling import SamplingParams
 from mlx_specdec.settings import GenerationSettings
 
-from .conftest import TARGET
+from .conftest import DRAFTERS, TARGET
 
 runner = CliRunner()
 
@@ -105,3 +108,36 @@ def test_no_draft_with_a_k_that_drafts_is_refused_not_silently_plain(command):
     args = [command, "--demo", "--no-draft", "-k", "4"] + (["-p", "hi"] if command == "generate" else [])
     r = runner.invoke(app, args)
     assert one_line_error(r) == "error: --no-draft and -k 4 contradict each other; give one of them"
+
+
+def checksums(root: Path) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def convert_cli(output, *extra):
+    args = ["convert", "--target", str(TARGET), "--drafter", str(DRAFTERS["dense"]), "-o", str(output), *extra]
+    return runner.invoke(app, args)
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_convert_onto_a_file_or_a_foreign_folder_never_advises_a_force_that_would_refuse(tmp_path, force):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "app.js").write_text("mine")
+    before = checksums(tmp_path)
+    assert one_line_error(convert_cli(tmp_path / "notes.txt", *force)) == (
+        f"error: {tmp_path / 'notes.txt'} is a file, not a bundle; refusing to replace it, choose another -o"
+    )
+    assert one_line_error(convert_cli(tmp_path / "app", *force)) == (
+        f"error: {tmp_path / 'app'} exists and is not a bundle; refusing to replace it, choose another -o"
+    )
+    assert checksums(tmp_path) == before
+
+
+def test_convert_with_an_empty_output_name_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("mine")
+    before = checksums(tmp_path)
+    for force in ([], ["--force"]):
+        assert one_line_error(convert_cli("", *force)) == "error: -o is empty; give the bundle folder to create"
+    assert checksums(tmp_path) == before

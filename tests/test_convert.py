@@ -216,7 +216,8 @@ def test_existing_output_is_not_replaced_without_force(tmp_path):
     out = tmp_path / "b"
     with pytest.raises(SpecdecError) as e:
         convert(out)
-    assert str(e.value) == f"{out} already exists; pass --force to replace it"
+    # Not "pass --force": --force would refuse it too (test_bad_input_sweep).
+    assert str(e.value) == f"{out} exists and is not a bundle; refusing to replace it, choose another -o"
     with pytest.raises(SpecdecError) as e:
         convert(out, force=True)
     assert str(e.value) == f"{out} exists and is not a bundle; refusing to replace it, choose another -o"

@@ -90,6 +90,8 @@ def convert(
         raise SpecdecError(f"--bits must be one of {', '.join(map(str, quantise.BITS))}, not {bits}")
     if group_size not in quantise.GROUP_SIZES:
         raise SpecdecError(f"--group-size must be one of {', '.join(map(str, quantise.GROUP_SIZES))}, not {group_size}")
+    if str(output) == "":  # Path("") is the current folder
+        raise SpecdecError("-o is empty; give the bundle folder to create")
     output = Path(output).expanduser().absolute()
     _check_output(output, force)
 
@@ -204,14 +206,15 @@ def _check_output(output: Path, force: bool) -> None:
         raise SpecdecError(f"cannot create {output}: {parent} {why}; choose another -o")
     if not os.path.lexists(output):
         return
-    if not force:
-        raise SpecdecError(f"{output} already exists; pass --force to replace it")
-    # --force replaces a bundle or an empty folder, never an unrelated folder or file.
+    # --force replaces a bundle or an empty folder, never an unrelated folder or file: anything else
+    # is refused whether or not --force was given, so the advice to pass it is never a dead end.
     if output.is_symlink() or not output.is_dir():
         kind = "a symbolic link" if output.is_symlink() else "a file"
         raise SpecdecError(f"{output} is {kind}, not a bundle; refusing to replace it, choose another -o")
     try:
         if not any(output.iterdir()):
+            if not force:
+                raise SpecdecError(f"{output} already exists; pass --force to replace it")
             return
     except OSError as e:  # a folder we may not list is not ours to replace
         raise SpecdecError(
@@ -223,6 +226,8 @@ def _check_output(output: Path, force: bool) -> None:
     foreign = _foreign(manifest)
     if foreign:
         raise SpecdecError(f"{manifest} {foreign}; refusing to replace {output}, choose another -o")
+    if not force:
+        raise SpecdecError(f"{output} already exists; pass --force to replace it")
 
 
 def _foreign(manifest: Path) -> str | None:
