@@ -35,6 +35,7 @@ from .cli_options import (
     model_folder,
     parse_prompt_ids,
     user_errors,
+    write_out,
 )
 from .errors import SpecdecError
 
@@ -116,8 +117,7 @@ def generate(
     for r in stream_generate(bundle, ids, settings):
         records.append(r)
         if not as_json:
-            sys.stdout.write(r.text)
-            sys.stdout.flush()
+            write_out(r.text)
     stats = RunStats.from_records(records)
     if as_json:
         out = {
@@ -127,9 +127,9 @@ def generate(
         }
         if trace:
             out["rounds"] = [r.round_info.trace() for r in records if r.round_info is not None]
-        typer.echo(json.dumps(out))
+        write_out(json.dumps(out) + "\n")
     else:
-        typer.echo("")
+        write_out("\n")
         typer.echo(
             f"[{stats.generated_tokens} tokens, {stats.decode_tokens_per_s:.1f} tok/s, "
             f"{stats.mean_accepted_per_round:.2f} accepted/round, ttft {stats.ttft_s * 1000:.0f} ms]",

@@ -5,6 +5,9 @@ model folder). Options are defined once here as typer `Annotated` aliases.
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,6 +30,21 @@ def user_errors(fn):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def write_out(text: str) -> None:
+    """Write command output to stdout now. A stdout that cannot take it (a full disk, a device
+    error) is one line; a closed pipe ends the command quietly (exit 1); the unwritten rest is
+    dropped rather than retried, with a traceback, at exit."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as e:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # exit's flush of what is left then succeeds
+        os.dup2(devnull, sys.stdout.fileno())
+        if e.errno == errno.EPIPE:  # the reader left (`| head`): nobody to tell, like other tools
+            raise typer.Exit(1) from None
+        raise SpecdecError(f"cannot write the output ({e.strerror or e}); free space or send it elsewhere") from None
 
 
 # --- options shared by the commands --------------------------------------------------------

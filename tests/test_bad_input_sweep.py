@@ -4,6 +4,9 @@ inside) or `error: ...` with exit status 1 from the CLI, and never a traceback.
 """
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +144,20 @@ def test_convert_with_an_empty_output_name_is_refused_not_the_current_folder(tmp
     for force in ([], ["--force"]):
         assert one_line_error(convert_cli("", *force)) == "error: -o is empty; give the bundle folder to create"
     assert checksums(tmp_path) == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) for a stdout that is full")
+@pytest.mark.parametrize("json_out", [[], ["--json"]])
+def test_generate_onto_a_full_stdout_is_one_line_not_a_traceback(json_out):
+    # Was `OSError: [Errno 28] No space left on device` with a traceback, and another at exit.
+    code = "import mlx_specdec; mlx_specdec.main()"
+    args = ["generate", "--demo", "--prompt-ids", "2,40,41", "-m", "3", *json_out]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1:] == [
+        "error: cannot write the output (No space left on device); free space or send it elsewhere"
+    ]
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
