@@ -141,6 +141,11 @@ def read_config(folder: Path) -> dict:
         raise SpecdecError(f"{folder}: no such folder")
     if not path.is_file():
         raise SpecdecError(f"{path}: missing; expected a Hugging Face or converted model folder")
+    return read_config_file(path)
+
+
+def read_config_file(path: Path) -> dict:
+    """A config JSON file (any name) as a dict whose size, count and float keys hold numbers."""
     config = read_json(path)
     _check_types(config, path, "")
     return config

@@ -24,7 +24,6 @@ counts and marks them (`Pair.estimated`, reported as `estimated_shapes`).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
 import time
@@ -40,6 +39,7 @@ from weights_convert import quantise
 
 from . import registry
 from .errors import SpecdecError
+from .files import read_config_file
 from .load import Bundle, check_pair
 from .models.drafter import Drafter, DrafterArgs
 from .models.target import Target, make_model, text_config
@@ -81,10 +81,7 @@ def family_config(name_or_config: str | Path | dict) -> dict:
             raise SpecdecError(
                 f"--synthetic must be one of {', '.join(FAMILIES)} or a config.json, not {str(name_or_config)!r}"
             )
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SpecdecError(f"{path}: not valid JSON ({e})") from None
+        raw = read_config_file(path)  # an object whose number keys hold numbers, or one line naming it
     if not isinstance(raw, dict):
         raise SpecdecError("a synthetic config must be a JSON object")
     if "target" in raw:
@@ -199,8 +196,14 @@ def build(
     mx.reset_peak_memory()
     before = mx.get_active_memory()  # arrays alive before the build are not its cost
     key_t, key_d = mx.random.split(mx.random.key(seed))
-    cfg = text_config(fam["target"])
-    model = make_model(cfg)
+    try:  # a config file's missing keys are named with the file, as load() names config.json
+        cfg = text_config(fam["target"])
+        model = make_model(cfg)
+        args = DrafterArgs.from_config(fam["drafter"]) if fam["drafter"] is not None else None
+    except SpecdecError as e:
+        if isinstance(name_or_config, dict) or str(name_or_config).lower() in FAMILIES:
+            raise
+        raise SpecdecError(f"{name_or_config}: {e}") from None
     target_q = quantise.plan(model, quantise.TARGET_RULES, bits, group_size)
     n_target = _materialise(model, target_q, key_t, dtype)
     entry = quantise.config_entry(target_q, bits, group_size)
@@ -208,8 +211,7 @@ def build(
         cfg["quantization"] = entry
     target = Target(model, cfg)
     drafter, n_draft = None, 0
-    if fam["drafter"] is not None:
-        args = DrafterArgs.from_config(fam["drafter"])
+    if args is not None:
         check_pair(cfg, args, where=f"synthetic {name} drafter")
         drafter = Drafter(args)
         draft_q = quantise.plan(drafter, quantise.DRAFTER_RULES, bits, group_size)

@@ -4,6 +4,7 @@ inside) or `error: ...` with exit status 1 from the CLI, and never a traceback.
 """
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -24,13 +25,15 @@ from .conftest import DRAFTERS, TARGET
 runner = CliRunner()
 
 
-def one_line_error(result) -> str:
-    """The CLI's stderr, asserted to be one `error:` line with exit status 1 and no traceback."""
+def one_line_error(result, progress: bool = False) -> str:
+    """The CLI's stderr, asserted to be one `error:` line with exit status 1 and no traceback
+    (with `progress`, the last line after the command's progress lines)."""
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
-    return lines[0]
+    assert (progress or len(lines) == 1) and "Traceback" not in result.output, result.stderr
+    assert lines[-1].startswith("error: "), result.stderr
+    return lines[-1]
 
 
 def refused(fn) -> str:
@@ -161,3 +164,21 @@ def test_generate_onto_a_full_stdout_is_one_line_not_a_traceback(json_out):
         "error: cannot write the output (No space left on device); free space or send it elsewhere"
     ]
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"hidden_size": "big"}, 'hidden_size must be a whole number >= 0, not "big"; fix or re-download it'),
+        ({"hidden_size": None}, "missing config key 'hidden_size'"),
+    ],
+)
+def test_synthetic_config_file_with_a_bad_or_missing_key_names_the_file(tmp_path, change, message):
+    # A string was a TypeError traceback from inside the model; a missing key did not name the file.
+    config = json.loads((TARGET / "config.json").read_text())
+    config.update(change)
+    config = {k: v for k, v in config.items() if v is not None}
+    path = tmp_path / "shape.json"
+    path.write_text(json.dumps(config))
+    r = runner.invoke(app, ["bench", "--synthetic", str(path), "--no-auto", "--k", "2", "--bits", "16"])
+    assert one_line_error(r, progress=True) == f"error: {path}: {message}"
