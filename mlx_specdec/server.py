@@ -226,6 +226,8 @@ def serve(
     GenerationSettings(max_context=max_context, draft=draft)  # validates both before anything loads
     if cache_bytes < 0 or max_queue < 1:
         raise SpecdecError("--cache-bytes must be >= 0 and --max-queue >= 1")
+    if not 0 <= port <= 65535:  # bind() would raise OverflowError, not OSError
+        raise SpecdecError(f"--port must be 0-65535 (0: any free port), not {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -182,3 +182,10 @@ def test_synthetic_config_file_with_a_bad_or_missing_key_names_the_file(tmp_path
     path.write_text(json.dumps(config))
     r = runner.invoke(app, ["bench", "--synthetic", str(path), "--no-auto", "--k", "2", "--bits", "16"])
     assert one_line_error(r, progress=True) == f"error: {path}: {message}"
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_serve_port_out_of_range_is_one_line_before_loading(port):
+    # Was `OverflowError: bind(): port must be 0-65535.` with a traceback.
+    r = runner.invoke(app, ["serve", "--demo", "--port", port])
+    assert one_line_error(r) == f"error: --port must be 0-65535 (0: any free port), not {port}"
