@@ -25,7 +25,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -51,10 +51,13 @@ async def _read_json(request: Request, limit: int) -> dict:
     if length is not None and length.isdigit() and int(length) > limit:
         raise ApiError(413, f"the request body has {int(length)} bytes; the limit is {limit}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"the request body is over the limit of {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"the request body is over the limit of {limit} bytes")
+    except ClientDisconnect:  # a client gone mid-body is a log line, like one gone mid-answer, not a traceback
+        raise ApiError(499, "the client closed the connection before the whole request body arrived") from None
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

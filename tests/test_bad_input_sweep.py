@@ -3,6 +3,7 @@ give one line, a `SpecdecError` from the library (never a raw TypeError/Attribut
 inside) or `error: ...` with exit status 1 from the CLI, and never a traceback.
 """
 
+import asyncio
 import hashlib
 import json
 import os
@@ -189,3 +190,25 @@ def test_serve_port_out_of_range_is_one_line_before_loading(port):
     # Was `OverflowError: bind(): port must be 0-65535.` with a traceback.
     r = runner.invoke(app, ["serve", "--demo", "--port", port])
     assert one_line_error(r) == f"error: --port must be 0-65535 (0: any free port), not {port}"
+
+
+def test_a_client_gone_before_its_request_body_arrived_is_a_499_not_an_unexpected_error():
+    # Was "unexpected error" with a ClientDisconnect traceback in the server log (and a 500).
+    from starlette.requests import ClientDisconnect
+
+    from mlx_specdec.server import _read_json
+    from mlx_specdec.server_api import ApiError
+
+    class GoneRequest:
+        headers = {"content-length": "100"}
+
+        async def stream(self):
+            yield b'{"messa'
+            raise ClientDisconnect()
+
+    with pytest.raises(ApiError) as e:
+        asyncio.run(_read_json(GoneRequest(), limit=1000))
+    assert (e.value.status, e.value.message) == (
+        499,
+        "the client closed the connection before the whole request body arrived",
+    )
