@@ -288,9 +288,24 @@ def read_eos_ids(folder: Path) -> list[int] | None:
 
 
 # --- writing the user's files ---------------------------------------------------------------
+def _target(path: str | Path) -> Path:
+    """Where writing `path` lands: a symbolic link's target (the link stays a link)."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+
+
+def _special(path: Path) -> bool:
+    """An existing file that is not a regular one (/dev/stdout's pipe or terminal, a FIFO, a device):
+    written in place, since renaming a temporary file over it would replace it, not write to it."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def check_output(path: str | Path, option: str) -> None:
     """Fail now, in one line, if `path` cannot be written: a folder, no parent folder, a read-only folder."""
-    path = Path(path)
+    path = _target(path)
+    if _special(path):
+        if not os.access(path, os.W_OK):
+            raise SpecdecError(f"{path}: cannot write (permission denied)")
+        return
     if path.is_dir():
         raise SpecdecError(f"{path}: is a folder; give {option} a file name")
     if not path.parent.is_dir():
@@ -308,8 +323,17 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Non
 
     On any failure the temporary file is removed and `path` is left as it was; an OSError becomes
     a one-line SpecdecError. The new file gets the old file's mode, or the umask's for a new one.
+    A symbolic link is followed (its target is replaced, the link kept); a FIFO, device or
+    /dev/stdout is written in place.
     """
-    path = Path(path)
+    path = _target(path)
+    if _special(path):
+        try:
+            with open(path, "wb") as f:
+                write(f)
+        except OSError as e:
+            raise SpecdecError(f"{path}: cannot write ({e.strerror or e})") from None
+        return
     try:
         mode = path.stat().st_mode & 0o777
     except OSError:

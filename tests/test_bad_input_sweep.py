@@ -7,8 +7,10 @@ import asyncio
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from typer.testing import CliRunner
 from mlx_specdec.cli import app
 from mlx_specdec.decode import stream_generate
 from mlx_specdec.errors import SpecdecError
+from mlx_specdec.files import check_output, write_atomically
 from mlx_specdec.load import load
 from mlx_specdec.sampling import SamplingParams
 from mlx_specdec.settings import GenerationSettings
@@ -212,3 +215,34 @@ def test_a_client_gone_before_its_request_body_arrived_is_a_499_not_an_unexpecte
         499,
         "the client closed the connection before the whole request body arrived",
     )
+
+
+# --- writing the user's files: links and special files ------------------------------------------
+def test_writing_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    # The rename used to replace the link itself with a regular file (the user's link lost).
+    (tmp_path / "data").mkdir()
+    real = tmp_path / "data" / "results.json"
+    real.write_text("old")
+    link = tmp_path / "results.json"
+    link.symlink_to(real)
+    check_output(link, "--json")
+    write_atomically(link, lambda f: f.write(b"new"))
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_text() == "new"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["results.json"]  # no temporary left
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_writing_to_a_fifo_writes_into_it_instead_of_renaming_a_file_over_it(tmp_path):
+    # `--json /dev/stdout` is the same case: renaming over it replaced /dev/stdout (as root) or was
+    # refused as "cannot write in /dev".
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    check_output(fifo, "--json")
+    write_atomically(fifo, lambda f: f.write(b'{"ok": 1}'))
+    reader.join(timeout=10)
+    assert got == [b'{"ok": 1}']
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
