@@ -32,6 +32,7 @@ from mlx_lm.models.cache import KVCache
 from . import decode, registry
 from .cache import PromptCache, SlidingKVCache
 from .errors import SpecdecError
+from .files import shown
 from .registry import Pair
 
 DEFAULT_NAME = "e2b"
@@ -113,7 +114,7 @@ def ensure_bundle(
     check_memory_fit(pair, bits, max_context, available=available)
     if not reachable():
         raise SpecdecError(
-            f"no {pair.target} bundle in {folder.parent} and the Hugging Face hub is unreachable (offline?); "
+            f"no {pair.target} bundle in {shown(folder.parent)} and the Hugging Face hub is unreachable (offline?); "
             "try `specdec chat --demo`, or pass a converted bundle folder"
         )
     if convert_fn is None:

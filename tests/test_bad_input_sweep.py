@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from mlx_specdec import provision
 from mlx_specdec.cli import app
 from mlx_specdec.decode import stream_generate
 from mlx_specdec.errors import SpecdecError
@@ -246,3 +247,15 @@ def test_writing_to_a_fifo_writes_into_it_instead_of_renaming_a_file_over_it(tmp
     reader.join(timeout=10)
     assert got == [b'{"ok": 1}']
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_cache_folder_name_that_is_not_utf8_is_shown_escaped(tmp_path, monkeypatch):
+    # Was printed as a lone surrogate ('\udcff'), which a terminal or log cannot show.
+    cache = os.fsdecode(bytes(tmp_path) + b"/cache\xff")
+    monkeypatch.setenv("MLX_SPECDEC_CACHE", cache)
+    monkeypatch.setattr(provision, "check_memory_fit", lambda *a, **k: None)  # any machine's memory
+    r = runner.invoke(app, ["generate", "e2b", "-p", "hi"])
+    assert one_line_error(r) == (
+        f"error: no google/gemma-4-E2B-it bundle in {tmp_path}/cache\\xff and the Hugging Face hub is "
+        "unreachable (offline?); try `specdec chat --demo`, or pass a converted bundle folder"
+    )
