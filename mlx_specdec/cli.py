@@ -351,11 +351,14 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
         numeric = col in ("download", "4-bit bundle") or col.startswith("memory")
         table.add_column(col, justify="right" if numeric else "left")
     for r in rows:
-        local = ", ".join(Path(f).name for f in r["local"].values()) or "-"  # folders in the cache (title)
+        folders = [*r["local"].values(), *r["local_mlx"].values()]  # in the cache (the title says where)
+        local = ", ".join(Path(f).name for f in folders) or "-"
         sizes = [f"{r[k] / 1e9:.1f} GB" for k in ("download_bytes", "bundle_bytes", "memory_bytes")]
         table.add_row(r["name"], r["target"], *sizes, r["head"], local)
     Console(width=None if sys.stdout.isatty() else 160).print(table)
-    typer.echo("drafter: <target>-assistant. `specdec chat NAME` converts a pair on first use.")
+    typer.echo(
+        "drafter: <target>-assistant. `specdec chat NAME` converts on first use (an mlx-community repo: from it)."
+    )
 
 
 @app.command()

@@ -4,7 +4,9 @@
 hub id (`e2b`, `gemma-4-26b-a4b`, `google/gemma-4-31B-it`, an mlx-community repo; see
 `registry.resolve`) becomes the bundle `cache_dir()/<bundle-name>`, converted by
 `weights_convert.convert` on first use (its huggingface-hub progress bars show the download)
-and reused afterwards. `check_memory_fit` runs before any conversion.
+and reused afterwards. `check_memory_fit` runs before any conversion. An mlx-community target
+name converts from that pre-quantised repo (a quarter of the bf16 download; its weights copied
+through, never quantised again) into a bundle of its own, beside the Google-converted one.
 
 Invariants:
 - A bundle in the cache counts as present only once complete (`target/config.json` exists):
@@ -36,6 +38,7 @@ from .files import shown
 from .registry import Pair
 
 DEFAULT_NAME = "e2b"
+DEFAULT_BITS = 4
 DEFAULT_BUNDLE = "gemma-4-E2B-it-4bit"
 DEFAULT_TARGET = "google/gemma-4-E2B-it"
 DEFAULT_DRAFTER = "google/gemma-4-E2B-it-assistant"
@@ -91,10 +94,16 @@ def local_bundles(pair: Pair) -> dict[int, Path]:
     return {b: f for b in BITS if (f := local_bundle(pair, b)) is not None}
 
 
+def local_mlx_bundles(pair: Pair) -> dict[str, Path]:
+    """{mlx-community repo: folder} of every bundle of `pair` in the cache converted from an MLX repo."""
+    folders = {repo: cache_dir() / registry.mlx_bundle_name(repo) for repo in pair.mlx_repos}
+    return {repo: f for repo, f in folders.items() if is_bundle(f)}
+
+
 # --- MODEL -> folder -------------------------------------------------------------------------
 def ensure_bundle(
     name: str,
-    bits: int = 4,
+    bits: Optional[int] = None,
     *,
     max_context: Optional[int] = None,
     convert_fn=None,
@@ -104,23 +113,36 @@ def ensure_bundle(
 ) -> Path:
     """The cached bundle of the pair `name` names, converting it on first use. Raises SpecdecError.
 
-    Before converting: the memory fit at `bits` and `max_context` (see `check_memory_fit`), then
-    whether the hub can be reached. `convert_fn` defaults to `weights_convert.convert`.
+    `bits` (None: 4) applies to Google's bf16 repos. An mlx-community target name converts from that
+    repo instead (its quantised weights copied through, at the bits its name states; a different
+    `bits` is said in one `log` line and not applied), with the pair's mlx-community drafter where
+    the registry has one, into a bundle of its own (`registry.mlx_bundle_name`).
+    Before converting: the memory fit (see `check_memory_fit`), then whether the hub can be reached.
+    `convert_fn` defaults to `weights_convert.convert`.
     """
     pair = registry.resolve(name)
-    folder = cache_dir() / pair.bundle_name(bits)
+    target, drafter, repo = pair.target, pair.drafter, registry.mlx_source(name)
+    if repo is None:
+        bits = DEFAULT_BITS if bits is None else bits
+        folder = cache_dir() / pair.bundle_name(bits)
+    else:
+        own = registry.repo_bits(repo)
+        if bits is not None and bits != own:
+            log(f"--bits {bits} does not apply to {repo}: it is already {own}-bit; its weights are used as they are")
+        bits, target, drafter = own, repo, pair.mlx_drafter or pair.drafter
+        folder = cache_dir() / registry.mlx_bundle_name(repo)
     if is_bundle(folder):
         return folder
-    check_memory_fit(pair, bits, max_context, available=available)
+    check_memory_fit(pair, bits, max_context, available=available, label=target)
     if not reachable():
         raise SpecdecError(
-            f"no {pair.target} bundle in {shown(folder.parent)} and the Hugging Face hub is unreachable (offline?); "
+            f"no {target} bundle in {shown(folder.parent)} and the Hugging Face hub is unreachable (offline?); "
             "try `specdec chat --demo`, or pass a converted bundle folder"
         )
     if convert_fn is None:
         from weights_convert import convert as convert_fn
-    log(f"first run: converting {pair.target} + {pair.drafter} ({bits}-bit) into {folder}")
-    convert_fn(target=pair.target, drafter=pair.drafter, output=folder, bits=bits, log=log)
+    log(f"first run: converting {target} + {drafter} ({bits}-bit) into {folder}")
+    convert_fn(target=target, drafter=drafter, output=folder, bits=bits, log=log)
     return folder
 
 
@@ -137,13 +159,14 @@ def default_bundle(*, convert_fn=None, reachable: Callable[[], bool] = hub_reach
 def model_folder(
     model: Union[str, Path, None],
     *,
-    bits: int = 4,
+    bits: Optional[int] = None,
     max_context: Optional[int] = None,
     log: Callable[[str], None] = lambda line: None,
     **kwargs,
 ) -> Path:
     """MODEL as typed -> a folder: an existing folder as it is; a known name or hub id -> its cached
-    bundle (converted on first use); None -> the default E2B bundle. Raises SpecdecError."""
+    bundle (converted on first use; `bits` as `ensure_bundle`); None -> the default E2B bundle. Raises
+    SpecdecError."""
     if model is None:
         return ensure_bundle(DEFAULT_NAME, bits, max_context=max_context, log=log, **kwargs)
     text = str(model)
@@ -235,11 +258,17 @@ def available_memory() -> tuple[int, str]:
 
 
 def check_memory_fit(
-    source: Source, bits: int = 4, max_context: Optional[int] = None, *, available: Optional[int] = None
+    source: Source,
+    bits: int = 4,
+    max_context: Optional[int] = None,
+    *,
+    available: Optional[int] = None,
+    label: Optional[str] = None,
 ) -> MemoryEstimate:
     """The estimate when it fits; else SpecdecError with the numbers and what would fit.
 
-    `available`: bytes the model may use; None asks the machine (`available_memory`).
+    `available`: bytes the model may use; None asks the machine (`available_memory`). `label`: what
+    the message calls the model (default: the pair's target, or the source as given).
     """
     if isinstance(source, str) and not Path(source).expanduser().is_dir():
         source = registry.resolve(source)
@@ -250,7 +279,7 @@ def check_memory_fit(
         what = "available"
     if need.total <= available:
         return need
-    label = source.target if isinstance(source, Pair) else str(source)
+    label = label or (source.target if isinstance(source, Pair) else str(source))
     at = f" at {bits} bits" if not isinstance(source, Path) else ""
     hints = _what_fits(source, bits, need.context, available)
     raise SpecdecError(
@@ -320,8 +349,9 @@ def _gb(n: float) -> str:
 def model_rows(bits: int = 4, context: int = DEFAULT_CONTEXT) -> list[dict]:
     """One dict per known pair: names, repos, sizes in bytes, memory at `context`, local bundles.
 
-    Keys: name, target, drafter, kind, head, qat, mlx_repos, download_bytes, bundle_bytes (at `bits`),
-    memory_bytes (weights + KV at `context` + working memory), context, bits, local ({bits: folder}).
+    Keys: name, target, drafter, kind, head, qat, mlx_repos, mlx_drafter, download_bytes, bundle_bytes (at
+    `bits`), memory_bytes (weights + KV at `context` + working memory), context, bits, local ({bits: folder}
+    of the bundles converted from Google's repos), local_mlx ({mlx repo: folder} of those converted from one).
     """
     rows = []
     for pair in registry.PAIRS:
@@ -334,12 +364,14 @@ def model_rows(bits: int = 4, context: int = DEFAULT_CONTEXT) -> list[dict]:
                 "head": pair.head,
                 "qat": pair.qat,
                 "mlx_repos": list(pair.mlx_repos),
+                "mlx_drafter": pair.mlx_drafter,
                 "download_bytes": pair.download_bytes,
                 "bundle_bytes": sum(registry.bundle_bytes(pair, bits)),
                 "memory_bytes": estimate(pair, bits, context).total,
                 "context": context,
                 "bits": bits,
                 "local": {str(b): str(f) for b, f in local_bundles(pair).items()},
+                "local_mlx": {repo: str(f) for repo, f in local_mlx_bundles(pair).items()},
             }
         )
     return rows

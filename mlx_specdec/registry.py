@@ -2,7 +2,9 @@
 
 One `Pair` per published target and its `-assistant` drafter (the QAT releases are pairs of
 their own, with the same shapes). `resolve(name)` maps what a person types (a short name, an
-alias, a hub id of the target or of its drafter, an mlx-community repo id; any case) to a Pair.
+alias, a hub id of the target or of its drafter, an mlx-community repo id; any case) to a Pair;
+`mlx_source(name)` says whether the name was a pre-quantised mlx-community target, which
+provision converts from (copied through) instead of Google's bf16 repo, into its own bundle.
 
 Invariants:
 - The shapes here serve estimates only (bundle size, memory, `specdec models`). Loading and
@@ -141,6 +143,7 @@ class Pair:
     aliases: tuple[str, ...] = ()
     mlx_repos: tuple[str, ...] = ()  # pre-converted MLX targets (mlx-community)
     qat: bool = False
+    mlx_drafter: str | None = None  # the drafter converted to MLX (mlx-community, bf16)
 
     @property
     def estimated(self) -> bool:
@@ -171,7 +174,8 @@ class Pair:
 
     def names(self) -> tuple[str, ...]:
         """Every name that resolves to this pair (compared case-insensitively)."""
-        return (self.name, *self.aliases, self.target, self.drafter, self.target.split("/")[-1], *self.mlx_repos)
+        names = (self.name, *self.aliases, self.target, self.drafter, self.target.split("/")[-1], *self.mlx_repos)
+        return names + ((self.mlx_drafter,) if self.mlx_drafter else ())
 
 
 # --- the published pairs ---------------------------------------------------------------------
@@ -248,28 +252,21 @@ SMALL_DRAFT = DrafterShape(hidden=256, intermediate=2048, centroids=2048, inferr
 LARGE_DRAFT = DrafterShape(hidden=1024, intermediate=8192)
 
 
+# Pre-converted MLX repos (mlx-community, made by mlx-vlm): 4-bit targets, and bf16 drafters that
+# go with them (DESIGN.md "The published checkpoints"; the drafter ids as public pairings spell them).
+MLX_TARGETS = {n: (f"mlx-community/gemma-4-{n}-it-4bit",) for n in ("e2b", "e4b", "26b-a4b")}
+MLX_DRAFTERS = {
+    name: f"mlx-community/gemma-4-{size}-it-assistant-bf16"
+    for name, size in (("e2b", "E2B"), ("e4b", "E4B"), ("26b-a4b", "26B-A4B"), ("31b", "31B"))
+}
+
+
 def _pairs() -> tuple[Pair, ...]:
     base = [
-        # name, repo, shapes, drafter, bf16 GB (target + drafter), aliases, mlx-community repos
-        (
-            "e2b",
-            "google/gemma-4-E2B-it",
-            E2B,
-            SMALL_DRAFT,
-            9.6 + 0.16,
-            ("gemma-4-e2b",),
-            ("mlx-community/gemma-4-e2b-it-4bit",),
-        ),
-        (
-            "e4b",
-            "google/gemma-4-E4B-it",
-            E4B,
-            SMALL_DRAFT,
-            16.0 + 0.16,
-            ("gemma-4-e4b",),
-            ("mlx-community/gemma-4-e4b-it-4bit",),
-        ),
-        ("12b", "google/gemma-4-12B-it", G12B, LARGE_DRAFT, 23.9 + 0.84, ("gemma-4-12b",), ()),
+        # name, repo, shapes, drafter, bf16 GB (target + drafter), aliases
+        ("e2b", "google/gemma-4-E2B-it", E2B, SMALL_DRAFT, 9.6 + 0.16, ("gemma-4-e2b",)),
+        ("e4b", "google/gemma-4-E4B-it", E4B, SMALL_DRAFT, 16.0 + 0.16, ("gemma-4-e4b",)),
+        ("12b", "google/gemma-4-12B-it", G12B, LARGE_DRAFT, 23.9 + 0.84, ("gemma-4-12b",)),
         (
             "26b-a4b",
             "google/gemma-4-26B-A4B-it",
@@ -277,25 +274,18 @@ def _pairs() -> tuple[Pair, ...]:
             LARGE_DRAFT,
             51.6 + 0.84,
             ("26b", "gemma-4-26b-a4b", "gemma-4-26b"),
-            ("mlx-community/gemma-4-26b-a4b-it-4bit",),
         ),
-        ("31b", "google/gemma-4-31B-it", G31B, LARGE_DRAFT, 58.0 + 0.94, ("gemma-4-31b",), ()),
+        ("31b", "google/gemma-4-31B-it", G31B, LARGE_DRAFT, 58.0 + 0.94, ("gemma-4-31b",)),
     ]
-    out = []
-    for name, repo, text, draft, gb, aliases, mlx in base:
-        out.append(Pair(name, repo, text, draft, int(gb * GB), aliases, mlx))
-    for name, repo, text, draft, gb, aliases, _ in base:
+    out = [
+        Pair(n, repo, text, draft, int(gb * GB), aliases, MLX_TARGETS.get(n, ()), mlx_drafter=MLX_DRAFTERS.get(n))
+        for n, repo, text, draft, gb, aliases in base
+    ]
+    for name, repo, text, draft, gb, aliases in base:
         # QAT: bf16 weights trained to survive 4-bit quantisation; same shapes, same download size.
+        qat_aliases = tuple(f"{a}-qat" for a in aliases)
         out.append(
-            Pair(
-                f"{name}-qat",
-                f"{repo}-qat-q4_0-unquantized",
-                text,
-                draft,
-                int(gb * GB),
-                tuple(f"{a}-qat" for a in aliases),
-                qat=True,
-            )
+            Pair(f"{name}-qat", f"{repo}-qat-q4_0-unquantized", text, draft, int(gb * GB), qat_aliases, qat=True)
         )
     return tuple(out)
 
@@ -304,9 +294,13 @@ PAIRS: tuple[Pair, ...] = _pairs()
 _BY_NAME = {n.lower(): p for p in PAIRS for n in p.names()}
 
 
+def _key(name: str) -> str:
+    return str(name).strip().lower().removeprefix("https://huggingface.co/").rstrip("/")
+
+
 def resolve(name: str) -> Pair:
     """A short name, alias, hub id (target or drafter) or mlx-community repo id -> its Pair (any case)."""
-    key = str(name).strip().lower().removeprefix("https://huggingface.co/").rstrip("/")
+    key = _key(name)
     pair = _BY_NAME.get(key) or _BY_NAME.get(key.removesuffix("-it")) or _BY_NAME.get(key + "-it")
     if pair is None:
         known = ", ".join(p.name for p in PAIRS)
@@ -322,6 +316,29 @@ def find(name: str) -> Pair | None:
         return resolve(name)
     except SpecdecError:
         return None
+
+
+def mlx_source(name: str) -> str | None:
+    """The pre-quantised mlx-community target repo `name` is (spelt as the registry has it), else None."""
+    key = _key(name)
+    return next((r for p in PAIRS for r in p.mlx_repos if r.lower() == key), None)
+
+
+def repo_bits(repo: str) -> int:
+    """The bits an MLX repo's name states (`...-4bit`: 4, `...-bf16`: 16); SpecdecError if it states none."""
+    tail = repo.rsplit("-", 1)[-1].lower()
+    if tail in ("bf16", "fp16"):
+        return 16
+    if tail.endswith("bit") and tail[:-3].isdigit():
+        return int(tail[:-3])
+    raise SpecdecError(f"{repo}: the name does not say how it is quantised (-4bit, -8bit, -bf16)")
+
+
+def mlx_bundle_name(repo: str) -> str:
+    """The cache folder of a bundle converted from an MLX repo: `gemma-4-e2b-it-4bit-mlx-community`; it
+    differs from Google's (`gemma-4-E2B-it-4bit`) in more than case, as APFS ignores case by default."""
+    owner, _, name = repo.partition("/")
+    return f"{name}-{owner}"
 
 
 # --- sizes -----------------------------------------------------------------------------------

@@ -42,6 +42,11 @@ def table(bits: int = 4, context: int = provision.DEFAULT_CONTEXT) -> str:
         f"QAT releases (`google/gemma-4-*-it-qat-q4_0-unquantized` and their `-assistant`): {qat}; same shapes "
         "and sizes, bf16 weights trained to survive 4-bit quantisation. Memory = the bundle + the KV cache at "
         f"{context} tokens + {provision.OVERHEAD_BYTES >> 20} MiB working memory.",
+        "",
+        "Pre-quantised MLX targets (their weights copied through, never quantised again) and the drafter each is "
+        "paired with: "
+        + ", ".join(f"`{r}` + `{p.mlx_drafter or p.drafter}`" for p in registry.PAIRS for r in p.mlx_repos)
+        + ".",
         END,
     ]
     return "\n".join(rows)

@@ -155,6 +155,18 @@ def test_already_quantised_source_is_copied_through_never_quantised_twice(tmp_pa
     assert mx.array_equal(logits(mlx_lm.load(str(tmp_path / "b" / "target"))[0]), logits(model))
 
 
+def test_convert_says_in_one_line_that_bits_do_not_apply_to_an_already_quantised_target(tmp_path, mlx_community_target):
+    folder, model = mlx_community_target
+    lines = []
+    manifest = convert(
+        tmp_path / "b", target=folder, drafter=FAMILY_DIR / "26b-a4b" / "assistant", bits=8, log=lines.append
+    )
+    assert [x for x in lines if x.startswith("--bits")] == [
+        f"--bits 8 does not apply to {folder}: it is already 4-bit, and its quantised weights are copied as they are"
+    ]
+    assert manifest["quantization"]["target"]["model.embed_tokens"] == {"group_size": 32, "bits": 4}
+
+
 PEAK_MEMORY = """
 import json, sys
 from pathlib import Path

@@ -73,7 +73,7 @@ def test_model_folder_returns_an_existing_folder_unchanged(cache):
         "gemma-4-26b-a4b",
         "google/gemma-4-26B-A4B-it",
         "GOOGLE/gemma-4-26b-a4b-it-assistant",
-        "mlx-community/gemma-4-26b-a4b-it-4bit",
+        "mlx-community/gemma-4-26B-A4B-it-assistant-bf16",  # a drafter id names the pair
     ],
 )
 def test_model_folder_converts_a_known_name_into_the_cache_once(cache, name):
@@ -85,6 +85,67 @@ def test_model_folder_converts_a_known_name_into_the_cache_once(cache, name):
         dict(target="google/gemma-4-26B-A4B-it", drafter="google/gemma-4-26B-A4B-it-assistant", output=folder, bits=4)
     ]
     assert provision.model_folder(name, **kw) == folder and len(convert.calls) == 1
+
+
+MLX_26B = "mlx-community/gemma-4-26b-a4b-it-4bit"
+
+
+@pytest.mark.parametrize(
+    "name", [MLX_26B, "MLX-Community/Gemma-4-26B-A4B-it-4bit", f"https://huggingface.co/{MLX_26B}/"]
+)
+def test_mlx_community_id_converts_from_that_repo_with_the_mlx_drafter_into_its_own_bundle_once(cache, name):
+    convert = FakeConvert()
+    kw = dict(convert_fn=convert, reachable=lambda: True, available=1 << 50)
+    folder = provision.model_folder(name, **kw)
+    assert folder == cache / "gemma-4-26b-a4b-it-4bit-mlx-community"
+    drafter = "mlx-community/gemma-4-26B-A4B-it-assistant-bf16"
+    assert convert.calls == [dict(target=MLX_26B, drafter=drafter, output=folder, bits=4)]
+    assert provision.model_folder(name, **kw) == folder and len(convert.calls) == 1
+
+
+def test_mlx_and_google_bundles_of_one_pair_live_side_by_side(cache):
+    convert = FakeConvert()
+    kw = dict(convert_fn=convert, reachable=lambda: True, available=1 << 50)
+    google = provision.model_folder("e2b", **kw)
+    mlx = provision.model_folder("mlx-community/gemma-4-e2b-it-4bit", **kw)
+    assert [c["target"] for c in convert.calls] == ["google/gemma-4-E2B-it", "mlx-community/gemma-4-e2b-it-4bit"]
+    assert [c["drafter"] for c in convert.calls] == [
+        "google/gemma-4-E2B-it-assistant",
+        "mlx-community/gemma-4-E2B-it-assistant-bf16",
+    ]
+    assert google.name.lower() != mlx.name.lower()  # distinct on a case-insensitive file system too
+    assert provision.model_folder("e2b", **kw) == google
+    assert provision.model_folder("mlx-community/gemma-4-e2b-it-4bit", **kw) == mlx
+    assert len(convert.calls) == 2
+
+
+def test_bits_that_conflict_with_a_pre_quantised_repo_are_said_in_one_line_and_not_applied(cache):
+    convert, lines = FakeConvert(), []
+    kw = dict(convert_fn=convert, reachable=lambda: True, available=1 << 50, log=lines.append)
+    provision.model_folder(MLX_26B, bits=8, **kw)
+    note = [x for x in lines if "--bits" in x]
+    assert note == [f"--bits 8 does not apply to {MLX_26B}: it is already 4-bit; its weights are used as they are"]
+    assert convert.calls[0]["bits"] == 4
+    lines.clear()
+    provision.model_folder(MLX_26B, bits=4, **kw)  # agrees: nothing to say (and the cache is used)
+    assert not [x for x in lines if "--bits" in x] and len(convert.calls) == 1
+
+
+def test_memory_fit_of_a_pre_quantised_repo_uses_its_4_bits(cache):
+    pair = registry.resolve("26b-a4b")
+    four, eight = provision.estimate(pair, 4).total, provision.estimate(pair, 8).total
+    convert = FakeConvert()
+    kw = dict(convert_fn=convert, reachable=lambda: True)
+    provision.ensure_bundle(MLX_26B, 8, available=(four + eight) // 2, **kw)  # fits at 4 bits, not at 8
+    assert len(convert.calls) == 1
+    with pytest.raises(SpecdecError) as e:
+        provision.ensure_bundle("google/gemma-4-26B-A4B-it", 8, available=(four + eight) // 2, **kw)
+    assert "--bits 4" in str(e.value)
+    (cache / "gemma-4-26b-a4b-it-4bit-mlx-community" / "target" / "config.json").unlink()
+    with pytest.raises(SpecdecError) as e:
+        provision.ensure_bundle(MLX_26B, available=four - 1, **kw)
+    assert str(e.value).startswith(f"{MLX_26B} at 4 bits with a 32768-token context needs {four / 1e9:.1f} GB")
+    assert len(convert.calls) == 1
 
 
 def test_model_folder_at_8_bits_is_its_own_bundle(cache):
@@ -249,6 +310,32 @@ def test_models_json_lists_every_pair_and_what_is_converted_locally(cache):
     assert e2b["drafter"] == "google/gemma-4-E2B-it-assistant" and e2b["head"] == "centroid (2048)"
     assert e2b["bundle_bytes"] == sum(registry.bundle_bytes(registry.resolve("e2b"), 4))
     assert e2b["memory_bytes"] == provision.estimate("e2b", 4).total
+
+
+def test_models_json_lists_google_and_mlx_converted_bundles_of_a_pair(cache):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    for name in ("gemma-4-26B-A4B-it-4bit", "gemma-4-26b-a4b-it-4bit-mlx-community"):
+        (cache / name / "target").mkdir(parents=True)
+        (cache / name / "target" / "config.json").write_text("{}")
+    (cache / "gemma-4-e2b-it-4bit-mlx-community" / "target").mkdir(parents=True)  # unfinished: not listed
+    result = CliRunner().invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)["models"]}
+    assert rows["26b-a4b"]["local"] == {"4": str(cache / "gemma-4-26B-A4B-it-4bit")}
+    assert rows["26b-a4b"]["local_mlx"] == {MLX_26B: str(cache / "gemma-4-26b-a4b-it-4bit-mlx-community")}
+    assert rows["26b-a4b"]["mlx_repos"] == [MLX_26B]
+    assert rows["26b-a4b"]["mlx_drafter"] == "mlx-community/gemma-4-26B-A4B-it-assistant-bf16"
+    assert all(not r["local_mlx"] for name, r in rows.items() if name != "26b-a4b")
+    table = CliRunner().invoke(app, ["models"])
+    lines = table.stdout.splitlines()
+    row = next(i for i, x in enumerate(lines) if "google/gemma-4-26B-A4B-it " in x)
+    cell = " ".join(x.split("│")[-2].strip() for x in lines[row : row + 2])  # the column wraps
+    assert cell == "gemma-4-26B-A4B-it-4bit, gemma-4-26b-a4b-it-4bit-mlx-community"
 
 
 def test_models_table_shows_the_local_bundle(cache):

@@ -34,10 +34,34 @@ from .conftest import DRAFTERS, TARGET
         ("google/gemma-4-E2B-it-qat-q4_0-unquantized", "e2b-qat"),
         ("google/gemma-4-E2B-it-qat-q4_0-unquantized-assistant", "e2b-qat"),
         ("gemma-4-31b-qat", "31b-qat"),
+        ("mlx-community/gemma-4-E2B-it-assistant-bf16", "e2b"),
+        ("mlx-community/gemma-4-31b-it-assistant-bf16", "31b"),
     ],
 )
 def test_resolve_accepts_short_names_aliases_hub_ids_and_mlx_repos(name, short):
     assert registry.resolve(name).name == short
+
+
+def test_mlx_source_is_the_mlx_community_target_a_name_is_and_none_for_others():
+    assert registry.mlx_source("MLX-community/Gemma-4-E4B-it-4bit") == "mlx-community/gemma-4-e4b-it-4bit"
+    assert registry.mlx_source("https://huggingface.co/mlx-community/gemma-4-26b-a4b-it-4bit/") == (
+        "mlx-community/gemma-4-26b-a4b-it-4bit"
+    )
+    for name in ("e2b", "google/gemma-4-E2B-it", "mlx-community/gemma-4-E2B-it-assistant-bf16"):
+        assert registry.mlx_source(name) is None, name
+
+
+def test_repo_bits_reads_the_name_and_refuses_a_name_that_states_none():
+    assert [registry.repo_bits(r) for r in ("x/a-4bit", "x/a-8BIT", "x/a-bf16")] == [4, 8, 16]
+    with pytest.raises(SpecdecError, match=r"^x/a-it: the name does not say how it is quantised"):
+        registry.repo_bits("x/a-it")
+
+
+def test_mlx_bundle_name_differs_from_the_google_one_ignoring_case():
+    for pair in registry.PAIRS:
+        for repo in pair.mlx_repos:
+            assert registry.mlx_bundle_name(repo).lower() != pair.bundle_name(registry.repo_bits(repo)).lower()
+    assert registry.mlx_bundle_name("mlx-community/gemma-4-e2b-it-4bit") == "gemma-4-e2b-it-4bit-mlx-community"
 
 
 def test_resolve_unknown_name_is_one_line_with_the_known_names():

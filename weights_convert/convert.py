@@ -101,6 +101,11 @@ def convert(
 
     # 2. check configs, pair, tokenizer, disk for the download
     text_cfg, target_source_q = _target_config(tsrc)
+    if target_source_q and target_source_q.get("bits") not in (None, bits):
+        log(
+            f"--bits {bits} does not apply to {tsrc.spec}: it is already {target_source_q['bits']}-bit, and its "
+            "quantised weights are copied as they are"
+        )
     draft_raw, draft_args = _drafter_config(dsrc)
     draft_source_q = drafter_quantization(draft_raw)  # an already-quantised drafter
     draft_raw = {k: v for k, v in draft_raw.items() if k not in QUANT_KEYS}
