@@ -165,7 +165,7 @@ class ChatSession:
             prompt = self.prompt_ids(messages)
         if len(prompt) >= limit:
             raise SpecdecError(
-                f"this message needs {len(prompt)} tokens but the context holds {limit}; "
+                f"this message needs {len(prompt)} tokens and its answer at least one more, but the context holds {limit}; "
                 "it was not added: shorten it or raise --max-context"
             )
         return messages, prompt
@@ -250,7 +250,7 @@ class ChatSession:
                 return Action(f"draft length: {draft_label(self.settings.draft)} (use /draft K|auto|off)")
             draft = parse_draft(arg)
             if draft != 0 and self.bundle.drafter is None:
-                return Action("no drafter loaded: plain decoding only")
+                return Action("no drafter loaded: plain decoding only", error=True)
             self._change(draft=draft)
             return Action(f"draft length: {draft_label(draft)}")
         if name == "/temp":
@@ -261,7 +261,7 @@ class ChatSession:
             try:
                 self._change(sampling=replace(self.settings.sampling, temp=temp))
             except SpecdecError:  # SamplingParams checks the range
-                return Action(f"/temp needs a finite number >= 0, not {arg!r}")
+                return Action(f"/temp needs a finite number >= 0, not {arg!r}", error=True)
             return Action(f"temperature: {temp:g}")
         if name in ("/colour", "/color"):
             self.options = replace(self.options, colour_drafts=not self.options.colour_drafts)
@@ -276,10 +276,10 @@ class ChatSession:
             return Action(reasoning or "the last answer did no thinking")
         if name == "/save":
             if not arg:
-                return Action("/save needs a file name")
+                return Action("/save needs a file name", error=True)
             path, n = self.save(arg)
             return Action(f"saved {n} messages to {path}")
-        return Action(f"unknown command {name}; /help lists them")
+        return Action(f"unknown command {name}; /help lists them", error=True)
 
     def _change(self, **fields) -> None:
         """The one place settings change: a new validated value (SpecdecError if invalid)."""

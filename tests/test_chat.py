@@ -132,7 +132,7 @@ def test_live_chat_refuses_bad_lines_in_one_line_each_and_answers_the_next():
     errors = [line for line in text.splitlines() if line.startswith("error: ")]
     assert errors == [
         "error: that line is not UTF-8 text; skipped it",
-        f"error: this message needs {len(s.prompt_ids([{'role': 'user', 'content': 'x' * 200}]))} tokens but the "
+        f"error: this message needs {len(s.prompt_ids([{'role': 'user', 'content': 'x' * 200}]))} tokens and its answer at least one more, but the "
         "context holds 60; it was not added: shorten it or raise --max-context",
         "error: the loop refuses this prompt",
         "error: draft tokens must be 0-8, 'auto' or 'off', not '9'",
@@ -174,7 +174,7 @@ def test_piped_specdec_chat_survives_bad_bytes_and_an_overlong_message_and_drops
     problems = err.splitlines()
     assert problems[0] == "error: input line 2 is not UTF-8 text; skipped it (save the input as UTF-8)"
     assert re.fullmatch(
-        r"error: this message needs \d+ tokens but the context holds 40; "
+        r"error: this message needs \d+ tokens and its answer at least one more, but the context holds 40; "
         r"it was not added: shorten it or raise --max-context",
         problems[1],
     ), problems

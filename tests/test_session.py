@@ -63,7 +63,7 @@ def test_commands_return_actions_and_settings_changes_make_new_values():
 def test_temp_that_is_not_a_finite_number_is_refused_and_the_setting_kept():
     s, _ = session(temp=0.3)
     for bad in ("inf", "nan", "-1", "hot"):
-        assert s.command(f"/temp {bad}") == Action(f"/temp needs a finite number >= 0, not {bad!r}")
+        assert s.command(f"/temp {bad}") == Action(f"/temp needs a finite number >= 0, not {bad!r}", error=True)
     assert s.settings.sampling.temp == 0.3
 
 
@@ -159,9 +159,10 @@ def test_stopping_an_answer_closes_the_loop_and_keeps_the_partial_answer():
     assert s.messages[-1]["content"] == "echo: more"
 
 
-def test_without_a_drafter_decoding_is_plain_and_draft_cannot_be_turned_on():
+def test_without_a_drafter_decoding_is_plain_and_draft_cannot_be_turned_on(capsys):
     s, loop = session(drafter=False)
-    assert "no drafter loaded" in piped(s, "/draft 4\na\n")
+    piped(s, "/draft 4\na\n")
+    assert "error: no drafter loaded: plain decoding only" in capsys.readouterr().err
     assert loop.calls[0].draft == 0
 
 
@@ -173,12 +174,15 @@ def test_plain_turns_give_the_speed_up_baseline():
     assert "speed-up 1.00x" in out  # the fake runs at one speed
 
 
-def test_unknown_command_and_bad_arguments_explain_themselves():
+def test_unknown_command_and_bad_arguments_are_error_lines_on_stderr(capsys):
     s, _ = session()
     out = piped(s, "/frobnicate\n/temp hot\n/save\n")
-    assert "unknown command /frobnicate; /help lists them" in out
-    assert "/temp needs a finite number >= 0, not 'hot'" in out
-    assert "/save needs a file name" in out
+    assert out == ""  # nothing on the answer stream
+    assert capsys.readouterr().err.splitlines() == [
+        "error: unknown command /frobnicate; /help lists them",
+        "error: /temp needs a finite number >= 0, not 'hot'",
+        "error: /save needs a file name",
+    ]
 
 
 def test_parse_draft():
@@ -199,7 +203,7 @@ def test_a_message_too_long_for_the_context_is_refused_and_not_kept():
     history = list(s.messages)
     with pytest.raises(
         SpecdecError,
-        match=r"^this message needs 2\d\d tokens but the context holds 60; "
+        match=r"^this message needs 2\d\d tokens and its answer at least one more, but the context holds 60; "
         r"it was not added: shorten it or raise --max-context$",
     ):
         s.reply("x" * 200)
