@@ -165,7 +165,8 @@ class ChatSession:
             prompt = self.prompt_ids(messages)
         if len(prompt) >= limit:
             raise SpecdecError(
-                f"this message needs {len(prompt)} tokens and its answer at least one more, but the context holds {limit}; "
+                f"this message needs {len(prompt)} tokens and its answer at least one more, "
+                f"but the context holds {limit}; "
                 "it was not added: shorten it or raise --max-context"
             )
         return messages, prompt
