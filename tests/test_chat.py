@@ -133,7 +133,8 @@ def test_live_chat_refuses_bad_lines_in_one_line_each_and_answers_the_next():
     assert errors == [
         "error: that line is not UTF-8 text; skipped it",
         f"error: this message needs {len(s.prompt_ids([{'role': 'user', 'content': 'x' * 200}]))} tokens "
-        "and its answer at least one more, but the context holds 60; it was not added: shorten it or raise --max-context",
+        "and its answer at least one more, but the context holds 60; "
+        "it was not added: shorten it or raise --max-context",
         "error: the loop refuses this prompt",
         "error: draft tokens must be 0-8, 'auto' or 'off', not '9'",
     ]
