@@ -41,7 +41,6 @@ run, so joules cover decoding only, like tokens/s; null where no counter is read
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from collections import Counter
@@ -49,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench_result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult
+from .bench_result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult, run_info
 from .errors import SpecdecError
 from .settings import GenerationSettings
 from .stats import position_counts, rounds_from_records
@@ -297,8 +296,6 @@ def measure_modes(
     log: Callable[[str], None] = lambda line: None,
 ) -> BenchResult:
     """Benchmark every mode on `prompts`, [(name, prompt ids)], with a loaded (or in-memory) Bundle."""
-    import mlx.core as mx
-    from mlx_lm import __version__ as mlx_lm_version
 
     from .energy import detect_energy_source
 
@@ -348,12 +345,7 @@ def measure_modes(
         ideal = ideal_rate(own, others)
     results = [summarise_mode(m, dt, runs[m], runs["plain"], ideal if m == "auto" else None) for m, dt in modes]
     return BenchResult(
-        model=bundle.name,
-        blas=blas,
-        energy_source=energy.name,
-        platform=f"{platform.system()} {platform.machine()}",
-        mlx_version=mx.__version__,
-        mlx_lm_version=mlx_lm_version,
+        **run_info(bundle.name, blas, energy.name),
         max_tokens=max_tokens,
         trials=trials,
         ignore_eos=ignore_eos,

@@ -139,3 +139,21 @@ class BenchResult:
     def to_dict(self) -> dict:
         """The JSON document (`--json FILE`), keys in field order."""
         return asdict(self)
+
+
+def run_info(model: str, blas: str, energy_source: str) -> dict:
+    """The BenchResult fields that say what ran where: model, BLAS, energy source, platform and
+    the mlx / mlx-lm versions (every bench result starts with them)."""
+    import platform
+
+    import mlx.core as mx
+    from mlx_lm import __version__ as mlx_lm_version
+
+    return {
+        "model": model,
+        "blas": blas,
+        "energy_source": energy_source,
+        "platform": f"{platform.system()} {platform.machine()}",
+        "mlx_version": mx.__version__,
+        "mlx_lm_version": mlx_lm_version,
+    }

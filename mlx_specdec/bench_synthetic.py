@@ -30,7 +30,6 @@ below: `SyntheticMode` adds fields to each mode, `SyntheticSummary` to the summa
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -38,7 +37,7 @@ from dataclasses import dataclass, fields
 import mlx.core as mx
 
 from . import bench, synthetic
-from .bench_result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult
+from .bench_result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult, run_info
 from .draft_len import expected_tokens, measure_passes
 from .errors import SpecdecError
 
@@ -215,7 +214,6 @@ def run_synthetic(
 def _bench(
     bundle, report, *, acceptance, ks, auto, max_tokens, prompt_tokens, trials, seed, energy, blas, log
 ) -> SyntheticResult:
-    from mlx_lm import __version__ as mlx_lm_version
 
     ids = synthetic.random_prompt(bundle.target.vocab_size, prompt_tokens, seed)
     real_drafter = bundle.drafter
@@ -273,12 +271,7 @@ def _bench(
     if auto_m and auto_m.speedup and auto_m.ideal_speedup:
         summary.auto_vs_ideal = auto_m.speedup / auto_m.ideal_speedup
     return SyntheticResult(
-        model=bundle.name,
-        blas=blas,
-        energy_source=energy.name,
-        platform=f"{platform.system()} {platform.machine()}",
-        mlx_version=mx.__version__,
-        mlx_lm_version=mlx_lm_version,
+        **run_info(bundle.name, blas, energy.name),
         max_tokens=max_tokens,
         trials=trials,
         ignore_eos=True,
