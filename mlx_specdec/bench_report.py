@@ -174,6 +174,23 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
 
 
 # --- the command ---------------------------------------------------------------------------
+def prepare_run(json_path: Path | None, plot: Path | None):
+    """Before a bench run (plain or synthetic): fail now, in one line, if --json or --plot cannot be
+    written, not after the whole run; then say which BLAS runs -> (stderr console, BLAS description)."""
+    from rich.console import Console
+
+    from .blas import describe_blas
+
+    if json_path is not None:
+        check_output(json_path, "--json")
+    if plot is not None:
+        check_plot(plot)
+    err = Console(stderr=True)
+    blas = describe_blas()
+    err.print(f"BLAS: {blas}")
+    return err, blas
+
+
 def run_cli(
     load_bundle: Callable[[], object],
     *,
@@ -195,17 +212,10 @@ def run_cli(
     from rich.console import Console
 
     from .bench import SUITE, load_prompts, parse_k_list, run_bench
-    from .blas import describe_blas
 
     suite = load_prompts(prompts) if prompts is not None else SUITE
     k_list = parse_k_list(ks)
-    if json_path is not None:  # fail now, not after the whole run
-        check_output(json_path, "--json")
-    if plot is not None:
-        check_plot(plot)
-    err = Console(stderr=True)
-    blas = describe_blas()
-    err.print(f"BLAS: {blas}")
+    err, blas = prepare_run(json_path, plot)
     result = run_bench(
         load_bundle(),
         prompts=suite,

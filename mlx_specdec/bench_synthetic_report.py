@@ -127,20 +127,12 @@ def run_cli(
 
     from . import synthetic
     from .bench import parse_k_list
-    from .blas import describe_blas
-    from .files import check_output
 
     if model is not None or target is not None or drafter is not None or demo:
         raise SpecdecError("give either --synthetic NAME or a model (MODEL, --target/--drafter, --demo), not both")
     rates = synthetic.parse_acceptance(acceptance) if acceptance is not None else None
     k_list = parse_k_list(ks)
-    if json_path is not None:  # fail now, not after the whole run
-        check_output(json_path, "--json")
-    if plot is not None:
-        bench_report.check_plot(plot)
-    err = Console(stderr=True)
-    blas = describe_blas()
-    err.print(f"BLAS: {blas}")
+    err, blas = bench_report.prepare_run(json_path, plot)
     result = run_synthetic(
         name,
         bits=bits,
