@@ -14,11 +14,13 @@ Measured besides bench's figures:
   costs      on a scratch cache at the run's mid context: seconds of a target pass over n
              tokens (n = 1..max_k+1, evaluated, fastest of repeats) and of one drafter step
              (logits' argmax and next hidden evaluated); a plain step is the n = 1 pass.
-  host wait  seconds per round from a sync of the loop returning to the next work it issues (a
-             sync or a queued `async_eval`): graph building, host reads, bookkeeping, yielding.
-             In a drafting round the device idles all that time; a plain round queued earlier
-             may still be computing (so for plain rounds it is an upper bound). The loop times it
-             itself (`stats.Round.host_s`).
+  host wait  seconds per round from a sync of the loop returning to the round's first work
+             reaching the device (a drafting round's drafts, a plain round's first layers):
+             host reads, bookkeeping, yielding, graph building up to then. The device idles at
+             least that long; a plain round queued and handed over before the previous sync
+             counts 0. The loop times it itself (`stats.Round.host_s`). The host then goes on
+             building while the device computes (models/target.py, issue early); a wait after
+             that shows in the loop's efficiency (measured against ideal), not here.
   ideal      speed-up a fixed k would reach with no host overhead: E(k) / ((V(k+1) + k D) / V(1)),
              E(k) = draft_len.expected_tokens(a, k), a = the acceptance measured per position
              (the requested rate where a position was never tried); auto's ideal is the best k.

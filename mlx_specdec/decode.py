@@ -4,7 +4,7 @@ Round r (DESIGN.md). The target's cache holds positions 0..p-1; the bonus token 
 by the target from its logits at p-1, and h is the target's final-normed hidden state at p-1.
 
   1. draft   the drafter proposes d_1..d_k from (x_p, h) at the fixed position p, reading the
-             target's K/V (no drafter cache). Drafts stay lazy.
+             target's K/V (no drafter cache). The drafts go to the device at once (no sync).
   2. verify  one target pass over [x_p, d_1..d_k] (positions p..p+k) -> k+1 logits rows.
   3. accept  greedy: the longest prefix with d_i == argmax; sampling: rejection sampling with
              the drafter's own distribution. The next bonus token comes from row n.
@@ -78,19 +78,24 @@ def _draft(bundle: Bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int
     return mx.concatenate(drafts), (mx.stack(qs) if qs else None)
 
 
-def _issue(bundle: Bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams):
-    """Phases 1-3 of one round, lazily -> (drafts [k] or None, n or None, next bonus, verify hidden).
-    A plain round (k = 0) has no drafts and n = 0 without asking the device."""
+def issue_round(bundle: Bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams):
+    """Phases 1-3 of one round, lazily -> (drafts [k] or None, n or None, next bonus, verify hidden,
+    when the drafts were handed to the device or None). A plain round (k = 0) has no drafts and
+    n = 0 without asking the device. The target hands the first layers of a pass to the device
+    while it builds the rest (models/target.py, issue_early)."""
     if k == 0:  # plain decoding: verify is a one-token step and the next token is sampled from it
         logits, hidden = bundle.target(bonus.reshape(1, 1), pc.cache)
-        return None, None, sample(logits[0, -1], params), hidden
-    # 1. draft: k lazy drafter steps from (bonus, h) at position p.
+        return None, None, sample(logits[0, -1], params), hidden, bundle.target.handed_at
+    # 1. draft: k lazy drafter steps from (bonus, h) at position p, handed to the device at once
+    #    (not a sync): it drafts while the host builds the verify pass.
     drafts, q = _draft(bundle, pc, bonus, h, k, params)
+    handed = time.perf_counter()  # timed before the call: async_eval can block on a busy device
+    mx.async_eval(drafts)
     # 2. verify: one target pass over [x_p, d_1..d_k] (positions p..p+k).
     logits, hidden = bundle.target(mx.concatenate([bonus.reshape(1), drafts])[None], pc.cache)
     # 3. accept: n drafts and the next bonus token from row n, still lazy.
     n, nxt = accept(logits[0], drafts, q, params)
-    return drafts, n, nxt, hidden
+    return drafts, n, nxt, hidden, handed
 
 
 def rounds(
@@ -116,25 +121,26 @@ def rounds(
         position = len(pc.tokens)  # the index of x_p: every token before it is in the cache
         bonus_id = int(bonus.item())  # already computed: the previous round's sync read it
         # 1-3. draft, verify, accept: one lazy graph (a plain round may have been issued already).
+        # `handed`: when this round's first work went to the device (its drafts, its first layers).
         if queued is not None:
-            (drafts, n, nxt, hidden), k, queued = queued, 0, None
+            (drafts, n, nxt, hidden, handed), k, queued = queued, 0, None
         else:
             k = policy.choose(room(0))
-            drafts, n, nxt, hidden = _issue(bundle, pc, bonus, h, k, params)
-        t_issue = None
+            drafts, n, nxt, hidden, handed = issue_round(bundle, pc, bonus, h, k, params)
         if k == 0 and room(1) >= 0 and policy.choose(room(1)) == 0:
             # The next round is plain too: issue it now, it computes while this one is read.
-            queued = _issue(bundle, pc, nxt, hidden, 0, params)
-            t_issue = time.perf_counter()
+            queued = issue_round(bundle, pc, nxt, hidden, 0, params)
+            t_queue = time.perf_counter()
+            handed, queued = handed or t_queue, (*queued[:4], queued[4] or t_queue)
             mx.async_eval(queued[2])
-        t_issue = t_issue or time.perf_counter()
+        handed = handed or time.perf_counter()
         if k:
             mx.eval(n, nxt, drafts)  # sync: the one host read of the round
             accepted, drafted = int(n.item()), tuple(drafts.tolist())
         else:
             mx.eval(nxt)  # sync: the one host read of a plain round
             accepted, drafted = 0, ()
-        host_s, t_synced = t_issue - t_synced, time.perf_counter()
+        host_s, t_synced = max(0.0, handed - t_synced), time.perf_counter()  # 0: handed before the last sync
 
         # 4. rewind the rejected positions; h is the verify hidden state at p + n.
         rewind(pc.cache, k - accepted)

@@ -26,8 +26,11 @@ class Round:
               ahead, while the previous one was read, started earlier).
     host_s:   host time from the previous round's sync returning to this round's first work
               being handed to the device (graph building, host reads, the caller's own time
-              between rounds): the device idles that long, unless a plain round queued ahead
-              is still computing.
+              between rounds): the device idles at least that long. A drafting round's first
+              work is its drafts, a plain round's its first layers (target.issue_early); 0 for a
+              plain round queued and handed over before the previous sync. The host goes on
+              building while the device computes: a wait after the first hand-off (a host
+              slower than the device) is not in it, but shows in the loop's efficiency.
     The round adds accepted + 1 tokens: drafted[:accepted], then bonus.
     """
 

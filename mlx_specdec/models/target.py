@@ -19,10 +19,15 @@ adds what speculative decoding needs on top of it:
   the shape of every cached layer (for memory estimates).
 * `Target`: forward returning logits *and* the final-normed hidden states (the lm_head input,
   which the drafter consumes), plus the scaled input embedding the drafter uses.
+* Issuing early: in a short pass (a decode step or a verify) every `ISSUE_EVERY`-th layer hands
+  its output to the device (`mx.async_eval`), so the device runs the first layers while the host
+  still builds the rest of the graph. Only the order of evaluation changes, never a value.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from typing import Optional
 
 import mlx.core as mx
@@ -209,22 +214,85 @@ def kv_layout(text_cfg: dict) -> list[tuple[str, int, int]]:
     return [(t, kv_heads(text_cfg, t), head_dim(text_cfg, t)) for t in text_cfg["layer_types"][:first_shared]]
 
 
+ISSUE_EVERY = 4  # layers between early hand-offs in a short pass (0: none)
+ISSUE_MAX_TOKENS = 16  # longer passes (prefill chunks) are never issued early: see _IssueEarly
+
+
+class _HandOff:
+    """When a pass first handed work to the device (perf_counter), or None. Not an array, list
+    or dict, so as a layer's attribute it never joins the module tree."""
+
+    __slots__ = ("first",)
+
+    def __init__(self):
+        self.first: Optional[float] = None
+
+
+class _IssueEarly:
+    """Mixed into a decoder layer's class: in a pass of at most ISSUE_MAX_TOKENS tokens the
+    layer's output goes to the device as soon as it is built. A prefill chunk is left alone: its
+    lazy graph skips the KV-shared layers, and evaluating their outputs would waste that."""
+
+    def __call__(self, x, *args, **kwargs):
+        out = super().__call__(x, *args, **kwargs)
+        if x.shape[1] <= ISSUE_MAX_TOKENS:
+            hand_off = self._hand_off
+            if hand_off.first is None:
+                hand_off.first = time.perf_counter()  # before: async_eval may wait for a busy device
+            mx.async_eval(out[0])  # not a sync: the host goes on building while the device computes
+        return out
+
+
+@functools.cache
+def _early_class(cls: type) -> type:
+    return type(f"IssueEarly{cls.__name__}", (_IssueEarly, cls), {})
+
+
+def issue_early(model: gemma4_text.Model, every: int = ISSUE_EVERY) -> _HandOff:
+    """Make every `every`-th decoder layer (never the last) of `model` issue its output early;
+    returns the record of a pass's first hand-off, which those layers share.
+
+    mlx-lm's layer loop has no hook, so those layers' classes are swapped for subclasses: the
+    module tree, the parameters and their names stay exactly as they were."""
+    layers = model.model.layers
+    hand_off = _HandOff()
+    for i, layer in enumerate(layers):
+        cls = type(layer)
+        base = cls.__mro__[2] if issubclass(cls, _IssueEarly) else cls  # (IssueEarlyX, _IssueEarly, X)
+        wanted = every > 0 and i % every == every - 1 and i < len(layers) - 1
+        layer.__class__ = _early_class(base) if wanted else base
+        layer._hand_off = hand_off
+    return hand_off
+
+
 class Target:
     """A Gemma 4 target: forward gives logits and final-normed hidden states.
 
-    `model` is mlx-lm's `gemma4_text.Model`; `config` its normalised text config.
+    `model` is mlx-lm's `gemma4_text.Model`; `config` its normalised text config. `issue_every`:
+    see `issue_early` (0 turns it off).
     """
 
-    def __init__(self, model: gemma4_text.Model, config: dict):
+    def __init__(self, model: gemma4_text.Model, config: dict, issue_every: int = ISSUE_EVERY):
         self.model = model
+        self.issue_every(issue_every)
         self.config = config
         self.vocab_size = config["vocab_size"]
         self.sliding_window = config["sliding_window"]
         self.kv_layers = kv_source_layers(config)
         self._softcap = config.get("final_logit_softcapping")
 
+    def issue_every(self, every: int) -> None:
+        """Hand every `every`-th layer's output of a short pass to the device early (0: never)."""
+        self._hand_off = issue_early(self.model, every)
+
+    @property
+    def handed_at(self) -> Optional[float]:
+        """When the last pass first handed work to the device (perf_counter), or None."""
+        return self._hand_off.first
+
     def __call__(self, tokens: mx.array, cache: list) -> tuple[mx.array, mx.array]:
         """tokens [B, L] -> (logits [B, L, V], hidden [B, L, H]); appends L positions to `cache`."""
+        self._hand_off.first = None
         hidden = self.model.model(tokens, cache=cache)
         return self.logits(hidden), hidden
 
