@@ -6,8 +6,11 @@ one drafter step per draft plus a verify pass over k+1 tokens, plus fixed overhe
 with `battery`, measured with the machine's energy counter). "auto" picks argmax_k E(k) / C(k),
 k = 0 (plain decoding) included, so a drafter that does not pay is switched off.
 
-Costs come from a one-off calibration per bundle (timed verify passes of 1..K+1 tokens and
-drafter steps on a scratch cache). Only their ratios matter for the choice; per-k online
+Costs come from a one-off calibration per bundle on a scratch cache: plain steps as the loop
+queues them, and drafting rounds of 1..K drafts issued by the loop's own `decode.issue_round`,
+so the chained drafter steps and the drafting that overlaps building the verify pass cost what
+they cost in the loop (a drafter step timed alone pays a sync of its own, and made k = 1 look
+no better than plain on the demo pair, where it runs at 1.08x). Only their ratios matter; per-k online
 corrections were tried and rejected: overheads outside the round made the chosen k look
 dearer than untried ones and the policy wandered. Acceptance rates are running per-position
 estimates with a weak prior (an untried position borrows the previous one's estimate) that fade
@@ -67,6 +70,25 @@ class PassCosts:
     plain: float
 
 
+def _cost(fn, repeats: int, energy=None) -> float:
+    """Seconds of fn(): the fastest of `repeats` after a warm-up; with `energy`, joules over
+    `8 * repeats` runs divided by the count."""
+    fn()  # warm-up (compilation, allocation)
+    if energy is not None:
+        runs = 8 * repeats
+        e0 = energy.read()
+        for _ in range(runs):
+            fn()
+        e1 = energy.read()
+        return (e1 - e0) / runs
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 def measure_passes(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None, drafter=None) -> PassCosts:
     """Time (or meter) the passes of a round on a scratch cache holding `context` positions.
 
@@ -84,20 +106,7 @@ def measure_passes(bundle, max_k: int, repeats: int = 5, context: int = 32, ener
     tok = mx.array([[1]])
 
     def cost(fn) -> float:
-        fn()  # warm-up (compilation, allocation)
-        if energy is not None:
-            runs = 8 * repeats
-            e0 = energy.read()
-            for _ in range(runs):
-                fn()
-            e1 = energy.read()
-            return (e1 - e0) / runs
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return _cost(fn, repeats, energy)
 
     def verify(n):
         logits, hid = target(mx.zeros((1, n), dtype=mx.int32), cache)
@@ -128,21 +137,41 @@ def measure_passes(bundle, max_k: int, repeats: int = 5, context: int = 32, ener
     return PassCosts(verify_cost, step, plain)
 
 
-def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None) -> list[float]:
-    """Cost of a round with k = 0..max_k drafts (seconds, or joules with `energy`; see
-    `measure_passes`): a verify of k + 1 tokens plus k drafter steps.
+def measure_rounds(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None) -> list[float]:
+    """Cost of a greedy drafting round with k = 1..max_k drafts, issued as the loop issues it
+    (`decode.issue_round`) and evaluated once, on a scratch cache holding `context` positions;
+    seconds or joules as `measure_passes`."""
+    from .cache import PromptCache
+    from .decode import issue_round  # the loop's own round (decode imports this module)
+    from .sampling import SamplingParams
 
-    A verify of more tokens never counts as cheaper than one of fewer: on a busy machine noise
-    can say otherwise, and a policy that believes it drafts forever at no acceptance. A plain
-    round (k = 0) is timed as the loop runs it, queued while the previous one is read, so
-    overlap is not counted twice.
+    target = bundle.target
+    pc = PromptCache(bundle, max_rewind=max(max_k + 1, 8))
+    _, hidden = target(mx.arange(context)[None] % target.vocab_size, pc.cache)
+    mx.eval(hidden, [c.state for c in pc.cache])
+    h, bonus, greedy = hidden[:, -1:], mx.array(1), SamplingParams()
+
+    def one(k: int) -> None:
+        drafts, n, nxt, verify_hidden, _ = issue_round(bundle, pc, bonus, h, k, greedy)
+        mx.eval(n, nxt, drafts, verify_hidden)
+        rewind(pc.cache, k + 1)
+
+    return [_cost(lambda k=k: one(k), repeats, energy) for k in range(1, max_k + 1)]
+
+
+def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None) -> list[float]:
+    """Cost of a round with k = 0..max_k drafts (seconds, or joules with `energy`): k = 0 a
+    plain step as the loop runs it, queued while the previous one is read (`measure_passes`),
+    k >= 1 a drafting round as the loop issues it (`measure_rounds`).
+
+    A round of more drafts never counts as cheaper than one of fewer: on a busy machine noise
+    can say otherwise, and a policy that believes it drafts forever at no acceptance.
     """
-    passes = measure_passes(bundle, max_k, repeats, context, energy)
-    verify_cost = list(itertools.accumulate(passes.verify, max))
-    plain = min(verify_cost[0], passes.plain)
-    if passes.draft_step is None:
+    passes = measure_passes(bundle, 0, repeats, context, energy)
+    plain = min(passes.verify[0], passes.plain)
+    if bundle.drafter is None:
         return [plain]
-    return [plain] + [verify_cost[k] + k * passes.draft_step for k in range(1, max_k + 1)]
+    return list(itertools.accumulate([plain] + measure_rounds(bundle, max_k, repeats, context, energy), max))
 
 
 class FixedPolicy:
