@@ -118,13 +118,17 @@ def draft_option(draft_tokens: str, no_draft: bool):
 
 
 def parse_prompt_ids(text: str) -> list[int]:
+    """'2, 100,200' -> [2, 100, 200]. An empty entry (1,,2) or ids split by spaces (2 100) are
+    refused, never read as fewer or merged ids."""
+    parts = [t.strip() for t in text.split(",")]
+    if not any(parts):
+        raise SpecdecError("--prompt-ids is empty; give comma-separated token ids such as 2,100,200")
+    if "" in parts:
+        raise SpecdecError(f"--prompt-ids has an empty entry in {text!r}; separate the ids with single commas")
     try:
-        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+        return [int(t) for t in parts]
     except ValueError:
         raise SpecdecError(f"--prompt-ids must be comma-separated whole numbers, not {text!r}") from None
-    if not ids:
-        raise SpecdecError("--prompt-ids is empty; give comma-separated token ids such as 2,100,200")
-    return ids
 
 
 def model_folder(model, max_context: Optional[int] = None) -> Optional[str]:

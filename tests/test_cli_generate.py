@@ -74,6 +74,9 @@ def one_line_error(r, exit_code=1):
         ),
         ("2,x", "error: --prompt-ids must be comma-separated whole numbers, not '2,x'"),
         (",", "error: --prompt-ids is empty; give comma-separated token ids such as 2,100,200"),
+        ("2,,40", "error: --prompt-ids has an empty entry in '2,,40'; separate the ids with single commas"),
+        ("2,40,", "error: --prompt-ids has an empty entry in '2,40,'; separate the ids with single commas"),
+        ("2 40", "error: --prompt-ids must be comma-separated whole numbers, not '2 40'"),
     ],
 )
 def test_prompt_ids_outside_the_vocabulary_are_refused_in_one_line(ids, message):
