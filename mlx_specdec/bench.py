@@ -175,7 +175,18 @@ def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=
 
 
 def run_mlx_lm(bundle, ids, max_tokens: int, energy, ignore_eos: bool = False) -> Run:
-    """mlx-lm's own greedy `stream_generate` on the same model object and prompt ids."""
+    """mlx-lm's own greedy `stream_generate` on the same model object and prompt ids, with the
+    model as mlx-lm ships it: our early hand-offs (models/target.py) are off for the run."""
+    target = bundle.target
+    period = target.issue_period
+    target.issue_every(0)
+    try:
+        return _run_mlx_lm(bundle, ids, max_tokens, energy, ignore_eos)
+    finally:
+        target.issue_every(period)
+
+
+def _run_mlx_lm(bundle, ids, max_tokens: int, energy, ignore_eos: bool) -> Run:
     import copy
 
     import mlx.core as mx

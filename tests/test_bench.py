@@ -383,3 +383,27 @@ def test_bench_unwritable_output_is_one_line_error_before_the_run(tmp_path, monk
     r = runner.invoke(app, BASE + ["--k", "1", "--no-mlx-lm", "-m", "3", option, str(target)])
     assert r.exit_code == 1
     assert r.output.strip() == f"error: {message}"  # nothing else: the run (BLAS line, warm-up) never started
+
+
+def test_mlx_lm_baseline_runs_the_model_as_mlx_lm_ships_it_and_restores_issuing_early(bundles, monkeypatch):
+    """bench's mlx-lm mode must not time our early hand-offs (models/target.py) as mlx-lm's."""
+    import importlib
+
+    from mlx_specdec.energy import NullSource
+
+    lm_generate = importlib.import_module("mlx_lm.generate")  # the module: the package's name is a function
+
+    target = bundles["dense"].target
+    hooked_before = [type(layer).__name__ for layer in target.model.model.layers]
+    assert any(name != "DecoderLayer" for name in hooked_before)  # the default issues early
+    seen = []
+    real = lm_generate.stream_generate
+
+    def spy(model, *args, **kwargs):
+        seen.append({type(layer).__name__ for layer in model.model.layers})
+        yield from real(model, *args, **kwargs)
+
+    monkeypatch.setattr(lm_generate, "stream_generate", spy)
+    run = bench.run_mlx_lm(bundles["dense"], [2, 40, 41], 4, NullSource())
+    assert run.generated == 4 and seen == [{"DecoderLayer"}]
+    assert [type(layer).__name__ for layer in target.model.model.layers] == hooked_before

@@ -284,6 +284,7 @@ class Target:
     def issue_every(self, every: int) -> None:
         """Hand every `every`-th layer's output of a short pass to the device early (0: never)."""
         self._hand_off = issue_early(self.model, every)
+        self.issue_period = every
 
     @property
     def handed_at(self) -> Optional[float]:
