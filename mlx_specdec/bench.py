@@ -15,7 +15,8 @@ median over trials. Speed figures are ratios within one run: compare modes, not 
 
 Modes:
   plain    our loop with draft_tokens=0 (one target pass per token)
-  mlx-lm   mlx-lm's own `stream_generate` on the same model object and prompt ids, greedy
+  mlx-lm   mlx-lm's own `stream_generate` on the same model object and prompt ids, greedy, with
+           the model as mlx-lm ships it (our early hand-offs off for the run)
   k=1..8   our loop with a fixed draft length
   auto     our loop with draft_tokens="auto" (the policy in draft_len.py)
 
