@@ -10,7 +10,7 @@ Costs come from a one-off calibration per bundle on a scratch cache: plain steps
 queues them, and drafting rounds of 1..K drafts issued by the loop's own `decode.issue_round`,
 so the chained drafter steps and the drafting that overlaps building the verify pass cost what
 they cost in the loop (a drafter step timed alone pays a sync of its own, and made k = 1 look
-no better than plain on the demo pair, where it runs at 1.08x). Only their ratios matter; per-k online
+no better than plain on the demo pair, where it runs at 1.07x). Only their ratios matter; per-k online
 corrections were tried and rejected: overheads outside the round made the chosen k look
 dearer than untried ones and the policy wandered. Acceptance rates are running per-position
 estimates with a weak prior (an untried position borrows the previous one's estimate) that fade
