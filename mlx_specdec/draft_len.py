@@ -28,7 +28,7 @@ from typing import Optional
 
 import mlx.core as mx
 
-from .cache import drafter_kv, make_target_cache, rewind
+from .cache import PromptCache, drafter_kv, rewind
 from .settings import MAX_DRAFT, DraftSetting
 from .stats import tried_positions
 
@@ -89,6 +89,16 @@ def _cost(fn, repeats: int, energy=None) -> float:
     return min(times)
 
 
+def _scratch(bundle, max_k: int, context: int) -> tuple[PromptCache, mx.array]:
+    """A scratch cache holding `context` positions, rewindable by a round of max_k drafts ->
+    (cache, the target's hidden state [1, 1, H] at its last position)."""
+    target = bundle.target
+    pc = PromptCache(bundle, max_rewind=max(max_k + 1, 8))
+    _, hidden = target(mx.arange(context)[None] % target.vocab_size, pc.cache)
+    mx.eval(hidden, [c.state for c in pc.cache])
+    return pc, hidden[:, -1:]
+
+
 def measure_passes(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None, drafter=None) -> PassCosts:
     """Time (or meter) the passes of a round on a scratch cache holding `context` positions.
 
@@ -98,11 +108,8 @@ def measure_passes(bundle, max_k: int, repeats: int = 5, context: int = 32, ener
     bundle's (a wrapper such as the synthetic oracle passes the real one).
     """
     target, drafter = bundle.target, drafter if drafter is not None else bundle.drafter
-    cache = make_target_cache(target.config, max_rewind=max(max_k + 1, 8))
-    ids = mx.arange(context)[None] % target.vocab_size
-    _, hidden = target(ids, cache)
-    mx.eval(hidden, [c.state for c in cache])
-    h = hidden[:, -1:]
+    pc, h = _scratch(bundle, max_k, context)
+    cache = pc.cache
     tok = mx.array([[1]])
 
     def cost(fn) -> float:
@@ -141,15 +148,11 @@ def measure_rounds(bundle, max_k: int, repeats: int = 5, context: int = 32, ener
     """Cost of a greedy drafting round with k = 1..max_k drafts, issued as the loop issues it
     (`decode.issue_round`) and evaluated once, on a scratch cache holding `context` positions;
     seconds or joules as `measure_passes`."""
-    from .cache import PromptCache
     from .decode import issue_round  # the loop's own round (decode imports this module)
     from .sampling import SamplingParams
 
-    target = bundle.target
-    pc = PromptCache(bundle, max_rewind=max(max_k + 1, 8))
-    _, hidden = target(mx.arange(context)[None] % target.vocab_size, pc.cache)
-    mx.eval(hidden, [c.state for c in pc.cache])
-    h, bonus, greedy = hidden[:, -1:], mx.array(1), SamplingParams()
+    pc, h = _scratch(bundle, max_k, context)
+    bonus, greedy = mx.array(1), SamplingParams()
 
     def one(k: int) -> None:
         drafts, n, nxt, verify_hidden, _ = issue_round(bundle, pc, bonus, h, k, greedy)
