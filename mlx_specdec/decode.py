@@ -122,16 +122,15 @@ def rounds(
         bonus_id = int(bonus.item())  # already computed: the previous round's sync read it
         # 1-3. draft, verify, accept: one lazy graph (a plain round may have been issued already).
         # `handed`: when this round's first work went to the device (its drafts, its first layers).
-        if queued is not None:
-            (drafts, n, nxt, hidden, handed), k, queued = queued, 0, None
+        if queued is not None:  # handed over before the last sync: the device did not wait for it
+            (drafts, n, nxt, hidden, _), k, queued, handed = queued, 0, None, t_synced
         else:
             k = policy.choose(room(0))
             drafts, n, nxt, hidden, handed = issue_round(bundle, pc, bonus, h, k, params)
         if k == 0 and room(1) >= 0 and policy.choose(room(1)) == 0:
             # The next round is plain too: issue it now, it computes while this one is read.
             queued = issue_round(bundle, pc, nxt, hidden, 0, params)
-            t_queue = time.perf_counter()
-            handed, queued = handed or t_queue, (*queued[:4], queued[4] or t_queue)
+            handed = handed or time.perf_counter()
             mx.async_eval(queued[2])
         handed = handed or time.perf_counter()
         if k:
@@ -140,7 +139,7 @@ def rounds(
         else:
             mx.eval(nxt)  # sync: the one host read of a plain round
             accepted, drafted = 0, ()
-        host_s, t_synced = max(0.0, handed - t_synced), time.perf_counter()  # 0: handed before the last sync
+        host_s, t_synced = handed - t_synced, time.perf_counter()
 
         # 4. rewind the rejected positions; h is the verify hidden state at p + n.
         rewind(pc.cache, k - accepted)
