@@ -178,16 +178,6 @@ def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=
 def run_mlx_lm(bundle, ids, max_tokens: int, energy, ignore_eos: bool = False) -> Run:
     """mlx-lm's own greedy `stream_generate` on the same model object and prompt ids, with the
     model as mlx-lm ships it: our early hand-offs (models/target.py) are off for the run."""
-    target = bundle.target
-    period = target.issue_period
-    target.issue_every(0)
-    try:
-        return _run_mlx_lm(bundle, ids, max_tokens, energy, ignore_eos)
-    finally:
-        target.issue_every(period)
-
-
-def _run_mlx_lm(bundle, ids, max_tokens: int, energy, ignore_eos: bool) -> Run:
     import copy
 
     import mlx.core as mx
@@ -201,12 +191,13 @@ def _run_mlx_lm(bundle, ids, max_tokens: int, energy, ignore_eos: bool) -> Run:
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     n, t_first, t_last, e0, tokens = 0, 0.0, 0.0, None, []
-    for response in lm_stream_generate(bundle.target.model, tokenizer, mx.array(ids), max_tokens=max_tokens):
-        t_last = time.perf_counter()
-        tokens.append(int(response.token))
-        if n == 0:
-            t_first, e0 = t_last, energy.read()
-        n += 1
+    with bundle.target.issuing(0):
+        for response in lm_stream_generate(bundle.target.model, tokenizer, mx.array(ids), max_tokens=max_tokens):
+            t_last = time.perf_counter()
+            tokens.append(int(response.token))
+            if n == 0:
+                t_first, e0 = t_last, energy.read()
+            n += 1
     e1 = energy.read()
     return Run(
         generated=n,

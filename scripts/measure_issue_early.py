@@ -23,7 +23,6 @@ import mlx.core as mx
 def main() -> None:
     from mlx_specdec import decode, synthetic
     from mlx_specdec.load import load
-    from mlx_specdec.models.target import ISSUE_EVERY
     from mlx_specdec.settings import GenerationSettings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,9 +46,9 @@ def main() -> None:
         ids = synthetic.random_prompt(bundle.target.vocab_size, args.prompt_tokens)
 
     def run(every: int, k: int) -> tuple[list[int], float, float]:
-        bundle.target.issue_every(every)
         settings = GenerationSettings(max_tokens=args.max_tokens, draft=k)
-        records = list(decode.stream_generate(bundle, ids, settings, stop_tokens=[]))
+        with bundle.target.issuing(every):
+            records = list(decode.stream_generate(bundle, ids, settings, stop_tokens=[]))
         rounds = [r.round_info for r in records if r.round_info is not None]
         return (
             [r.token for r in records],
@@ -77,7 +76,6 @@ def main() -> None:
                 f"{base / sec:.3f}x of every={everies[0]}",
                 flush=True,
             )
-    bundle.target.issue_every(ISSUE_EVERY)  # back to the default
 
 
 if __name__ == "__main__":

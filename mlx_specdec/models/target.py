@@ -26,6 +26,7 @@ adds what speculative decoding needs on top of it:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from typing import Optional
@@ -285,6 +286,16 @@ class Target:
         """Hand every `every`-th layer's output of a short pass to the device early (0: never)."""
         self._hand_off = issue_early(self.model, every)
         self.issue_period = every
+
+    @contextlib.contextmanager
+    def issuing(self, every: int):
+        """`issue_every(every)` for the block, then the period it had before."""
+        before = self.issue_period
+        self.issue_every(every)
+        try:
+            yield self
+        finally:
+            self.issue_every(before)
 
     @property
     def handed_at(self) -> Optional[float]:
