@@ -1,16 +1,8 @@
-"""mlx-specdec: exact speculative decoding for Gemma 4 on MLX with its MTP assistant drafter."""
+"""mlx-specdec: exact speculative decoding for Gemma 4 on MLX with its MTP assistant drafter.
+
+The package root only names the version: importing it loads nothing else. The console entry
+point is `mlx_specdec.__main__.main` (`specdec`, or `python -m mlx_specdec`); ARCHITECTURE.md
+draws the layers.
+"""
 
 __version__ = "0.1.0"
-
-
-def main() -> None:
-    """The `specdec` console entry point. Importing the CLI loads mlx (a second or two): Ctrl-C
-    then ends the process with one line and exit status 130, not a traceback."""
-    import sys
-
-    try:
-        from .cli import app
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        raise SystemExit(130) from None
-    app()

@@ -213,7 +213,7 @@ def chat(
 
     With no MODEL: the Gemma 4 E2B bundle in ~/.cache/mlx-specdec, converted on first use.
     """
-    from .chat import run_chat
+    from .chat.terminal import run_chat
 
     settings = make_settings(
         max_tokens=max_tokens,
@@ -285,7 +285,7 @@ def bench(
     """Benchmark plain, mlx-lm, fixed k and auto decoding on a prompt suite (median of trials)."""
 
     if synthetic is not None:  # --- synthetic bench hook ---
-        from .bench_synthetic_report import run_cli
+        from .bench.synthetic_report import run_cli
 
         return run_cli(
             synthetic,
@@ -307,7 +307,7 @@ def bench(
         raise SpecdecError("--acceptance, --no-auto, --bits and --prompt-tokens need --synthetic NAME")
     # --- end synthetic bench hook ---
 
-    from .bench_report import run_cli
+    from .bench.report import run_cli
     from .load import load
 
     run_cli(
@@ -382,7 +382,7 @@ def serve(
     no_draft: NoDraft = False,
 ):
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
-    from .server import serve as run_server
+    from .serve.app import serve as run_server
 
     run_server(
         model_folder(model, max_context),

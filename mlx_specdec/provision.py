@@ -89,7 +89,7 @@ def local_bundle(pair: Pair, bits: int = 4) -> Optional[Path]:
 
 def local_bundles(pair: Pair) -> dict[int, Path]:
     """{bits: folder} of every converted bundle of `pair` in the cache."""
-    from weights_convert.quantise import BITS
+    from .models.quantise import BITS
 
     return {b: f for b in BITS if (f := local_bundle(pair, b)) is not None}
 

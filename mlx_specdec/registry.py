@@ -344,7 +344,7 @@ def mlx_bundle_name(repo: str) -> str:
 # --- sizes -----------------------------------------------------------------------------------
 def model_bytes(model: nn.Module, plan: dict, itemsize: int = 2) -> int:
     """Bytes `model`'s weights take once written with `plan` (quantise.plan); floats at `itemsize`."""
-    from weights_convert.quantise import quantised_bytes
+    from .models.quantise import quantised_bytes
 
     total = 0
     for path, array in tree_flatten(model.parameters()):
@@ -361,8 +361,7 @@ def config_bytes(
     target_cfg: dict, drafter_cfg: dict | None, bits: int, group_size: int = 64, itemsize: int = 2
 ) -> tuple[int, int]:
     """(target, drafter) bytes of the bundle `convert` writes from these configs at `bits`."""
-    from weights_convert import quantise
-
+    from .models import quantise
     from .models.drafter import Drafter, DrafterArgs
     from .models.target import make_model, text_config
 

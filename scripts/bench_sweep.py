@@ -36,8 +36,8 @@ def main() -> int:
 
     from rich.console import Console
 
-    from mlx_specdec.bench import SUITE, load_prompts, parse_k_list, run_bench
-    from mlx_specdec.bench_report import check_output, check_plot, render_table, summary_line, write_json, write_plot
+    from mlx_specdec.bench.protocol import SUITE, load_prompts, parse_k_list, run_bench
+    from mlx_specdec.bench.report import check_output, check_plot, render_table, summary_line, write_json, write_plot
     from mlx_specdec.load import load
 
     out, err = Console(width=None if sys.stdout.isatty() else 120), Console(stderr=True)

@@ -21,7 +21,8 @@ import mlx.core as mx
 
 
 def main() -> None:
-    from mlx_specdec import decode, synthetic
+    from mlx_specdec import decode
+    from mlx_specdec.bench import synthetic
     from mlx_specdec.load import load
     from mlx_specdec.settings import GenerationSettings
 

@@ -35,10 +35,10 @@ def timed(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    from mlx_specdec import synthetic
+    from mlx_specdec.bench import synthetic
+    from mlx_specdec.models import quantise
     from mlx_specdec.models.drafter import Drafter, DrafterArgs
     from mlx_specdec.sampling import accept_greedy
-    from weights_convert import quantise
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default="e2b")
@@ -120,10 +120,10 @@ def main() -> None:
 def target_graph(args) -> None:
     from mlx import nn
 
-    from mlx_specdec import synthetic
+    from mlx_specdec.bench import synthetic
     from mlx_specdec.cache import make_target_cache
+    from mlx_specdec.models import quantise
     from mlx_specdec.models.target import Target, make_model, text_config
-    from weights_convert import quantise
 
     cfg = text_config(synthetic.family_config(args.family)["target"])
     model = make_model(cfg)  # its random init stays lazy: building graphs needs no weights
@@ -145,7 +145,8 @@ def target_graph(args) -> None:
 
 
 def prefill_chunks(args) -> None:
-    from mlx_specdec import decode, synthetic
+    from mlx_specdec import decode
+    from mlx_specdec.bench import synthetic
     from mlx_specdec.cache import PromptCache
 
     bundle = synthetic.synthetic_bundle(args.family)

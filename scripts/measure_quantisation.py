@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlx_specdec.cache import drafter_kv, make_target_cache  # noqa: E402
 from mlx_specdec.load import load  # noqa: E402
+from mlx_specdec.models.quantise import FLOAT, FOLLOW  # noqa: E402
 from weights_convert import convert  # noqa: E402
-from weights_convert.quantise import FLOAT, FOLLOW  # noqa: E402
 
 PROMPTS = [
     "Return a new list containing all items from the iterable in ascending order.",

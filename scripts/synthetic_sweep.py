@@ -18,10 +18,10 @@ from pathlib import Path
 
 
 def sweep(args) -> int:
-    from mlx_specdec import synthetic
-    from mlx_specdec.bench import parse_k_list
-    from mlx_specdec.bench_report import write_json
-    from mlx_specdec.bench_synthetic import run_synthetic
+    from mlx_specdec.bench import synthetic
+    from mlx_specdec.bench.protocol import parse_k_list
+    from mlx_specdec.bench.report import write_json
+    from mlx_specdec.bench.synthetic_run import run_synthetic
     from mlx_specdec.errors import SpecdecError
 
     out = Path(args.out)
@@ -73,7 +73,7 @@ def sweep(args) -> int:
 
 def summarise(folder: Path) -> None:
     """summary.md (one row per run) and <family>.png (speed-up against acceptance) from the JSONs."""
-    from mlx_specdec.bench_synthetic_report import write_plot
+    from mlx_specdec.bench.synthetic_report import write_plot
 
     results = [json.loads(p.read_text()) for p in sorted(folder.glob("*-a*.json"))]
     lines = [

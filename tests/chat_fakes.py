@@ -4,11 +4,11 @@ one record per token, answering "echo: <last user text>" one character per token
 import io
 from types import SimpleNamespace
 
-from mlx_specdec.chat import run_piped
+from mlx_specdec.chat.session import ChatOptions, ChatSession
+from mlx_specdec.chat.terminal import run_piped
 from mlx_specdec.energy import NullSource
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.sampling import SamplingParams
-from mlx_specdec.session import ChatOptions, ChatSession
 from mlx_specdec.settings import GenerationSettings
 from mlx_specdec.stats import TokenRecord
 

@@ -158,7 +158,7 @@ def test_convert_with_an_empty_output_name_is_refused_not_the_current_folder(tmp
 @pytest.mark.parametrize("json_out", [[], ["--json"]])
 def test_generate_onto_a_full_stdout_is_one_line_not_a_traceback(json_out):
     # Was `OSError: [Errno 28] No space left on device` with a traceback, and another at exit.
-    code = "import mlx_specdec; mlx_specdec.main()"
+    code = "from mlx_specdec.__main__ import main; main()"
     args = ["generate", "--demo", "--prompt-ids", "2,40,41", "-m", "3", *json_out]
     with open("/dev/full", "w") as full:
         done = subprocess.run(
@@ -200,8 +200,8 @@ def test_a_client_gone_before_its_request_body_arrived_is_a_499_not_an_unexpecte
     # Was "unexpected error" with a ClientDisconnect traceback in the server log (and a 500).
     from starlette.requests import ClientDisconnect
 
-    from mlx_specdec.server import _read_json
-    from mlx_specdec.server_api import ApiError
+    from mlx_specdec.serve.api import ApiError
+    from mlx_specdec.serve.app import _read_json
 
     class GoneRequest:
         headers = {"content-length": "100"}

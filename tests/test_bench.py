@@ -15,7 +15,10 @@ import tempfile
 import pytest
 from typer.testing import CliRunner
 
-from mlx_specdec import bench, bench_report, bench_result, blas, files
+from mlx_specdec import blas, files
+from mlx_specdec.bench import protocol as bench
+from mlx_specdec.bench import report as bench_report
+from mlx_specdec.bench import result as bench_result
 from mlx_specdec.cli import app
 from mlx_specdec.errors import SpecdecError
 

@@ -16,7 +16,7 @@ import pexpect  # test extra: drives the pseudo-terminal
 import pyte  # test extra: renders what the terminal shows
 import pytest
 
-from mlx_specdec import chat
+from mlx_specdec.chat import terminal as chat
 from mlx_specdec.energy import NullSource
 
 from .chat_fakes import FakeCache, FakeLoop, bundle, piped, session
@@ -241,7 +241,7 @@ class Terminal:
 
 def specdec(*args):
     """`specdec ARGS` without relying on the console script being installed."""
-    return [sys.executable, "-c", "from mlx_specdec import main; main()", *args]
+    return [sys.executable, "-c", "from mlx_specdec.__main__ import main; main()", *args]
 
 
 @pytest.mark.slow

@@ -162,7 +162,7 @@ def test_ctrl_c_while_the_cli_starts_is_one_line_and_exit_130():
         "        if name == 'mlx_specdec.cli':\n"
         "            raise KeyboardInterrupt\n"
         "sys.meta_path.insert(0, Interrupt())\n"
-        "from mlx_specdec import main\n"
+        "from mlx_specdec.__main__ import main\n"
         "main()\n"
     )
     done = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60)

@@ -53,7 +53,7 @@ def test_default_bundle_converts_once_then_uses_the_cache(cache):
 
 
 def test_chat_still_exports_the_moved_names():
-    from mlx_specdec import chat
+    from mlx_specdec.chat import terminal as chat
 
     assert chat.default_bundle is provision.default_bundle and chat.cache_dir is provision.cache_dir
 

@@ -35,7 +35,7 @@ class Server:
 
     def __init__(self, args, tmp):
         self.log = tmp / "server.log"
-        cmd = [sys.executable, "-c", "from mlx_specdec import main; main()", "serve", "--port", "0", *args]
+        cmd = [sys.executable, "-c", "from mlx_specdec.__main__ import main; main()", "serve", "--port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True)  # noqa: SIM115
 
     def wait_ready(self) -> "Server":

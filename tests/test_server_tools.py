@@ -41,8 +41,8 @@ def scripted():
     """The real app over a worker that replays SCRIPT token by token (no model): prompts are recorded."""
     import uvicorn
 
-    from mlx_specdec.server import create_app
-    from mlx_specdec.server_worker import CachePool, Done, Worker
+    from mlx_specdec.serve.app import create_app
+    from mlx_specdec.serve.worker import CachePool, Done, Worker
 
     tok = load_tokenizer(TARGET)
     pieces = []

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mlx_specdec import chat
+from mlx_specdec.chat import terminal as chat
+from mlx_specdec.chat.session import Action, ChatSession
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.session import Action, ChatSession
 from mlx_specdec.settings import GenerationSettings, parse_draft
 
 from .chat_fakes import piped, session

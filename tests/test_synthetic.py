@@ -6,13 +6,14 @@ import json
 import mlx.core as mx
 import pytest
 
-from mlx_specdec import bench_synthetic, synthetic
+from mlx_specdec.bench import synthetic
+from mlx_specdec.bench import synthetic_run as bench_synthetic
 from mlx_specdec.cache import drafter_kv, make_target_cache
 from mlx_specdec.decode import generate, stream_generate
 from mlx_specdec.errors import SpecdecError
+from mlx_specdec.models import quantise
 from mlx_specdec.models.target import make_model, text_config
 from mlx_specdec.settings import GenerationSettings
-from weights_convert import quantise
 
 from .conftest import DRAFTERS, TARGET
 
@@ -144,8 +145,9 @@ def test_parse_acceptance_rejects_rates_outside_0_1():
 
 
 def test_synthetic_bench_json_has_the_documented_fields(tmp_path):
-    from mlx_specdec import bench_report, bench_synthetic_report
-    from mlx_specdec.bench_result import ModeResult
+    from mlx_specdec.bench import report as bench_report
+    from mlx_specdec.bench import synthetic_report as bench_synthetic_report
+    from mlx_specdec.bench.result import ModeResult
 
     result = bench_synthetic.run_synthetic(
         tiny_config(),

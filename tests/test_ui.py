@@ -6,9 +6,9 @@ import time
 from rich.console import Console
 from rich.text import Text
 
+from mlx_specdec.chat.view import DRAFT_STYLE, ChatView, Status, histogram, status_panel, summary_line
 from mlx_specdec.energy import Battery
 from mlx_specdec.stats import RunStats, TokenRecord
-from mlx_specdec.ui import DRAFT_STYLE, ChatView, Status, histogram, status_panel, summary_line
 
 
 def records(pieces, k=4, accepted=(3, 0, 2), prompt_tokens=12):

@@ -6,6 +6,6 @@ command only parses arguments). Modules: `fetch` (hub or folder, safetensors onl
 `convert` (the phases and the bundle layout).
 """
 
-from .convert import FORMAT_VERSION, convert
+from weights_convert.convert import FORMAT_VERSION, convert
 
 __all__ = ["FORMAT_VERSION", "convert"]

@@ -44,10 +44,10 @@ from mlx_specdec import __version__
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.files import check_path, read_config, read_eos_ids, shown
 from mlx_specdec.load import check_pair, load_drafter
+from mlx_specdec.models import quantise
 from mlx_specdec.models.drafter import Drafter, DrafterArgs, drafter_quantization
 from mlx_specdec.models.target import make_model, text_config, text_quantization, text_weights
-
-from . import fetch, quantise, write
+from weights_convert import fetch, write
 
 FORMAT_VERSION = 1
 QUANT_KEYS = ("quantization", "quantization_config")

@@ -29,9 +29,8 @@ import mlx.core as mx
 
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.files import load_safetensors, weight_files
-
-from .quantise import quantise, quantised_bytes
-from .tensor_io import ShardWriter, open_source, read_header, read_rows
+from mlx_specdec.models.quantise import quantise, quantised_bytes
+from weights_convert.tensor_io import ShardWriter, open_source, read_header, read_rows
 
 SHARD_BYTES = 2 << 30
 BLOCK_BYTES = 64 << 20  # source bytes read (and quantised) at once

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import SpecdecError
-from .settings import GenerationSettings
+from ..errors import SpecdecError
+from ..settings import GenerationSettings
 
 log = logging.getLogger("mlx_specdec.server")
 
@@ -135,7 +135,7 @@ class Worker(threading.Thread):
             pass
 
     def run(self) -> None:
-        from .cache import PromptCache
+        from ..cache import PromptCache
 
         try:
             self.bundle = self._load()
@@ -161,7 +161,7 @@ class Worker(threading.Thread):
                 self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - t0)
 
     def _run(self, job: Job) -> None:
-        from .decode import stream_generate
+        from ..decode import stream_generate
 
         pc, keep = self.pool.take(job.ids), True
         gen = stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc)

@@ -38,10 +38,11 @@ from dataclasses import dataclass, fields
 
 import mlx.core as mx
 
-from . import bench, synthetic
-from .bench_result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult, run_info
-from .draft_len import expected_tokens, measure_passes
-from .errors import SpecdecError
+from ..draft_len import expected_tokens, measure_passes
+from ..errors import SpecdecError
+from . import protocol as bench
+from . import synthetic
+from .result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult, run_info
 
 
 @dataclass
@@ -178,7 +179,7 @@ def run_synthetic(
     `built`: a (Bundle, BuildReport) from `synthetic.build` to reuse (a sweep over acceptance
     rates builds once); its drafter is restored and auto's calibration dropped afterwards.
     """
-    from .energy import detect_energy_source
+    from ..energy import detect_energy_source
 
     if trials < 1:
         raise SpecdecError("--trials must be at least 1")

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .errors import SpecdecError
-from .gemma_format import TOOL_START, ToolCall
-from .sampling import SamplingParams
-from .settings import parse_draft
+from ..errors import SpecdecError
+from ..gemma_format import TOOL_START, ToolCall
+from ..sampling import SamplingParams
+from ..settings import parse_draft
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 

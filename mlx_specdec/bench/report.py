@@ -13,9 +13,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .bench_result import BenchResult
-from .errors import SpecdecError
-from .files import check_output, write_atomically
+from ..errors import SpecdecError
+from ..files import check_output, write_atomically
+from .result import BenchResult
 
 PLOT_INSTALL = "pip install 'mlx-specdec[plot]'"
 
@@ -179,7 +179,7 @@ def prepare_run(json_path: Path | None, plot: Path | None):
     written, not after the whole run; then say which BLAS runs -> (stderr console, BLAS description)."""
     from rich.console import Console
 
-    from .blas import describe_blas
+    from ..blas import describe_blas
 
     if json_path is not None:
         check_output(json_path, "--json")
@@ -211,7 +211,7 @@ def run_cli(
 
     from rich.console import Console
 
-    from .bench import SUITE, load_prompts, parse_k_list, run_bench
+    from .protocol import SUITE, load_prompts, parse_k_list, run_bench
 
     suite = load_prompts(prompts) if prompts is not None else SUITE
     k_list = parse_k_list(ks)

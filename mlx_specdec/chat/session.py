@@ -28,13 +28,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
-from .errors import SpecdecError
-from .files import write_atomically
-from .gemma_format import parse
-from .prompt import chat_ids, clean_text
-from .settings import GenerationSettings, draft_label, parse_draft
-from .stats import RunStats, TokenRecord
-from .ui import Status
+from ..errors import SpecdecError
+from ..files import write_atomically
+from ..gemma_format import parse
+from ..prompt import chat_ids, clean_text
+from ..settings import GenerationSettings, draft_label, parse_draft
+from ..stats import RunStats, TokenRecord
+from .view import Status
 
 HELP = """\
 /help            this help
@@ -107,8 +107,8 @@ class ChatSession:
         cache_factory=None,
     ):
         if stream_fn is None or cache_factory is None:
-            from .cache import PromptCache
-            from .decode import stream_generate
+            from ..cache import PromptCache
+            from ..decode import stream_generate
 
             stream_fn = stream_fn or stream_generate
             cache_factory = cache_factory or PromptCache

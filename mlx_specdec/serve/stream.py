@@ -18,12 +18,12 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from .gemma_format import Content, GemmaParser, Reasoning, opens_reasoning
-from .server_api import ApiError, GenRequest, chat_message, envelope, tool_call_json
-from .server_api import usage as usage_json
-from .server_worker import Done, Failed, Job
-from .settings import GenerationSettings
-from .stats import RunStats
+from ..gemma_format import Content, GemmaParser, Reasoning, opens_reasoning
+from ..settings import GenerationSettings
+from ..stats import RunStats
+from .api import ApiError, GenRequest, chat_message, envelope, tool_call_json
+from .api import usage as usage_json
+from .worker import Done, Failed, Job
 
 log = logging.getLogger("mlx_specdec.server")
 

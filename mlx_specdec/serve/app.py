@@ -29,14 +29,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .decode import check_prompt
-from .errors import SpecdecError
-from .prompt import chat_ids, text_ids
-from .sampling import SamplingParams
-from .server_api import ApiError, GenRequest, parse_chat, parse_completion
-from .server_stream import Run, collect, stream_response
-from .server_worker import Worker
-from .settings import GenerationSettings
+from ..decode import check_prompt
+from ..errors import SpecdecError
+from ..prompt import chat_ids, text_ids
+from ..sampling import SamplingParams
+from ..settings import GenerationSettings
+from .api import ApiError, GenRequest, parse_chat, parse_completion
+from .stream import Run, collect, stream_response
+from .worker import Worker
 
 log = logging.getLogger("mlx_specdec.server")
 MAX_BODY = 16 * 2**20
@@ -223,7 +223,7 @@ def serve(
     """Load the model on the worker thread, then serve until interrupted (raises SpecdecError on bad input)."""
     import uvicorn
 
-    from .load import DEMO_DIR, load
+    from ..load import DEMO_DIR, load
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     GenerationSettings(max_context=max_context, draft=draft)  # validates both before anything loads

@@ -29,9 +29,9 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from .energy import Battery
-from .gemma_format import Content, Event, GemmaParser, Reasoning
-from .stats import RunStats, TokenRecord
+from ..energy import Battery
+from ..gemma_format import Content, Event, GemmaParser, Reasoning
+from ..stats import RunStats, TokenRecord
 
 DRAFT_STYLE = "bold cyan"
 THINK_STYLE = "dim italic"

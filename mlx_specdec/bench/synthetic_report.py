@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import bench_report
-from .bench_synthetic import SyntheticResult, ideal_speedup, run_synthetic
-from .errors import SpecdecError
+from ..errors import SpecdecError
+from . import report as bench_report
+from .synthetic_run import SyntheticResult, ideal_speedup, run_synthetic
 
 
 def _f(x, spec: str) -> str:
@@ -64,7 +64,7 @@ def make_figure(results: Sequence[SyntheticResult | dict]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .bench_synthetic import Costs
+    from .synthetic_run import Costs
 
     docs = [r.to_dict() if isinstance(r, SyntheticResult) else r for r in results]
     costs = Costs(**docs[0]["synthetic"]["costs"])
@@ -95,7 +95,7 @@ def make_figure(results: Sequence[SyntheticResult | dict]):
 
 def write_plot(results: Sequence[SyntheticResult | dict], path: str | Path) -> None:
     """The figure as an image (format from the suffix), written atomically."""
-    from .files import write_atomically
+    from ..files import write_atomically
 
     bench_report.require_matplotlib()
     fmt = bench_report.plot_format(path)
@@ -126,7 +126,7 @@ def run_cli(
     from rich.console import Console
 
     from . import synthetic
-    from .bench import parse_k_list
+    from .protocol import parse_k_list
 
     if model is not None or target is not None or drafter is not None or demo:
         raise SpecdecError("give either --synthetic NAME or a model (MODEL, --target/--drafter, --demo), not both")

@@ -49,12 +49,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench_result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult, run_info
-from .errors import SpecdecError
-from .settings import GenerationSettings
-from .stats import position_counts, rounds_from_records
+from ..errors import SpecdecError
+from ..settings import GenerationSettings
+from ..stats import position_counts, rounds_from_records
+from .result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult, run_info
 
-SUITE_FILE = Path(__file__).with_name("bench_suite.jsonl")  # the built-in suite, a prompts file like any other
+SUITE_FILE = Path(__file__).with_name("suite.jsonl")  # the built-in suite, a prompts file like any other
 
 
 # --- inputs ------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ SUITE = load_prompts(SUITE_FILE)  # one prompt per kind of work people ask a sma
 
 
 def encode_prompt(bundle, prompt: str, raw: bool = False) -> list[int]:
-    from .prompt import chat_ids, text_ids
+    from ..prompt import chat_ids, text_ids
 
     if raw:
         return text_ids(bundle.tokenizer, prompt)
@@ -149,8 +149,8 @@ class Run:
 def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=None) -> Run:
     import mlx.core as mx
 
-    from .decode import stream_generate
-    from .draft_len import make_policy
+    from ..decode import stream_generate
+    from ..draft_len import make_policy
 
     policy = make_policy(draft_tokens, bundle)  # auto: calibrated once per bundle, outside the run
     mx.reset_peak_memory()
@@ -216,7 +216,7 @@ def ideal_rate(own_rounds, other_rounds) -> float | None:
 
     Rounds are (k, accepted, seconds). See the module docstring (loop efficiency).
     """
-    from .draft_len import expected_tokens
+    from ..draft_len import expected_tokens
 
     tried, hits = position_counts(own_rounds)
     o_tried, o_hits = position_counts([r for r in other_rounds if r[0] > 0])
@@ -300,7 +300,7 @@ def measure_modes(
 ) -> BenchResult:
     """Benchmark every mode on `prompts`, [(name, prompt ids)], with a loaded (or in-memory) Bundle."""
 
-    from .energy import detect_energy_source
+    from ..energy import detect_energy_source
 
     if trials < 1:
         raise SpecdecError("--trials must be at least 1")

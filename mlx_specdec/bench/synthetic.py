@@ -35,14 +35,13 @@ import mlx.core as mx
 from mlx import nn
 from mlx.utils import tree_flatten
 
-from weights_convert import quantise
-
-from . import registry
-from .errors import SpecdecError
-from .files import read_config_file
-from .load import Bundle, check_pair
-from .models.drafter import Drafter, DrafterArgs
-from .models.target import Target, make_model, text_config
+from .. import registry
+from ..errors import SpecdecError
+from ..files import read_config_file
+from ..load import Bundle, check_pair
+from ..models import quantise
+from ..models.drafter import Drafter, DrafterArgs
+from ..models.target import Target, make_model, text_config
 
 BLOCK_BYTES = 64 << 20  # float32 bytes drawn per block while building a tensor
 

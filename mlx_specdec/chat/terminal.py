@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Optional, TextIO, Union
 
-from .energy import EnergyMeter, battery, detect_energy_source, memory, reset_peak_memory
-from .errors import SpecdecError
-from .provision import (  # noqa: F401  (moved to provision; imported here for existing callers)
+from ..energy import EnergyMeter, battery, detect_energy_source, memory, reset_peak_memory
+from ..errors import SpecdecError
+from ..provision import (  # noqa: F401  (moved to provision; imported here for existing callers)
     DEFAULT_BUNDLE,
     DEFAULT_DRAFTER,
     DEFAULT_TARGET,
@@ -29,9 +29,9 @@ from .provision import (  # noqa: F401  (moved to provision; imported here for e
     default_bundle,
     hub_reachable,
 )
+from ..settings import GenerationSettings, draft_label
 from .session import CHAT_SETTINGS, Action, ChatOptions, ChatSession
-from .settings import GenerationSettings, draft_label
-from .ui import ChatView, ParsedAnswer, Status, status_panel, summary_line
+from .view import ChatView, ParsedAnswer, Status, status_panel, summary_line
 
 STATUS_INTERVAL_S = 0.25  # how often energy and memory are re-read while an answer streams
 
@@ -265,7 +265,7 @@ def run_chat(
     interactive = stdin.isatty() and stdout.isatty()
     console = Console(file=stdout, highlight=False) if interactive else Console(file=sys.stderr, highlight=False)
     if load_fn is None:
-        from .load import load as load_fn
+        from ..load import load as load_fn
     if model is None and target is None and not demo:
         model = str(default_bundle(console=console))
     if interactive:
