@@ -26,76 +26,44 @@ failed generator restores it in `finally`.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Optional
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import NamedTuple, Optional
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream, wired_limit
 
-from .cache import PromptCache, cache_offset, drafter_kv, rewind
-from .draft_len import make_policy
+from . import probe
+from .cache import PromptCache, cache_offset, rewind
+from .calibrate import make_policy
 from .errors import SpecdecError
 from .load import Bundle
-from .sampling import SamplingParams, accept, probs, sample
-from .settings import MAX_DRAFT, GenerationSettings
-from .stats import Round, RunStats, TokenRecord
+from .numerics import Widths
+from .round import issue_round, target_pass
+from .sampling import SamplingParams, sample
+from .settings import GenerationSettings
+from .stats import HostWait, Round, RunStats, TokenRecord
 from .text import TextStream
 
 PREFILL_CHUNK = 512
 
 
-def _prefill(bundle: Bundle, pc: PromptCache, ids: list[int]) -> tuple[mx.array, mx.array]:
+def _prefill(bundle: Bundle, pc: PromptCache, ids: list[int], plain_width: int) -> tuple[mx.array, mx.array]:
     """Run the target over `ids`; returns (logits [1, V], hidden [1, 1, H]) of the last position.
 
     All but the last token go in chunks and only their cache entries are evaluated: the lazy
     graph then skips the KV-shared layers and the head for them (20 of E2B's 35 layers). The
-    last token runs on its own, through every layer.
+    last token runs on its own, through every layer, as a plain step does (at the plain width):
+    its row gives the first token.
     """
     head, last = ids[:-1], ids[-1:]
     for start in range(0, len(head), PREFILL_CHUNK):
         bundle.target(mx.array(head[start : start + PREFILL_CHUNK])[None], pc.cache)
         mx.eval([c.state for c in pc.cache])  # bound memory: one chunk at a time
-    logits, hidden = bundle.target(mx.array(last)[None], pc.cache)
+    logits, hidden = target_pass(bundle.target, pc, mx.array(last)[None], plain_width)
     return logits[:, -1], hidden
-
-
-def _draft(bundle: Bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams):
-    """k lazy drafter steps at position p -> (drafts [k], draft distributions [k, V] or None)."""
-    target, drafter = bundle.target, bundle.drafter
-    kv = drafter_kv(pc.cache, target.kv_layers)
-    position = cache_offset(pc.cache)
-    x, drafts, qs = bonus.reshape(1, 1), [], []
-    for _ in range(k):
-        logits, h = drafter(target.embed(x), h, kv, position)
-        if params.greedy:
-            x = mx.argmax(logits[:, -1], axis=-1).reshape(1, 1)
-        else:
-            q = probs(logits[0, -1], params)
-            x = mx.random.categorical(mx.log(q)).reshape(1, 1)
-            qs.append(q)
-        drafts.append(x.reshape(1))
-    return mx.concatenate(drafts), (mx.stack(qs) if qs else None)
-
-
-def issue_round(bundle: Bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams):
-    """Phases 1-3 of one round, lazily -> (drafts [k] or None, n or None, next bonus, verify hidden,
-    when the drafts were handed to the device or None). A plain round (k = 0) has no drafts and
-    n = 0 without asking the device. The target hands the first layers of a pass to the device
-    while it builds the rest (models/target.py, issue_early)."""
-    if k == 0:  # plain decoding: verify is a one-token step and the next token is sampled from it
-        logits, hidden = bundle.target(bonus.reshape(1, 1), pc.cache)
-        return None, None, sample(logits[0, -1], params), hidden, bundle.target.handed_at
-    # 1. draft: k lazy drafter steps from (bonus, h) at position p, handed to the device at once
-    #    (not a sync): it drafts while the host builds the verify pass.
-    drafts, q = _draft(bundle, pc, bonus, h, k, params)
-    handed = time.perf_counter()  # timed before the call: async_eval can block on a busy device
-    mx.async_eval(drafts)
-    # 2. verify: one target pass over [x_p, d_1..d_k] (positions p..p+k).
-    logits, hidden = bundle.target(mx.concatenate([bonus.reshape(1), drafts])[None], pc.cache)
-    # 3. accept: n drafts and the next bonus token from row n, still lazy.
-    n, nxt = accept(logits[0], drafts, q, params)
-    return drafts, n, nxt, hidden, handed
 
 
 def rounds(
@@ -105,49 +73,50 @@ def rounds(
     h: mx.array,
     policy,
     params: SamplingParams,
-    room: Callable[[int], int],
+    budget: int,
+    widths: Widths = Widths(),
+    host_wait: Optional[HostWait] = None,
 ) -> Iterator[Round]:
-    """Rounds after the prefill, until the caller stops. `bonus` (scalar) and `h` [1, 1, H] are
-    the prefill's token and hidden state, already in `pc` except for the bonus token's K/V.
-
-    room(t): the most drafts a round may propose once t more tokens than now have been used
-    (from the caller's token budget and context limit; < 0: no further round is wanted). The
-    caller takes every token of a round before asking for the next one.
-    """
+    """Rounds after the prefill, until `budget` tokens have been yielded or the caller stops.
+    `bonus` (scalar) and `h` [1, 1, H] are the prefill's token and hidden state, already in `pc`
+    except for the bonus token's K/V. A round never yields more tokens than the budget has left
+    and never drafts more than `widths.max_draft`; the caller takes every token of a round before
+    asking for the next one."""
+    left = budget
     queued = None  # the next plain round, already issued
-    t_synced = time.perf_counter()  # when the host last got control back from the device
-    while True:
+    while left > 0:
         t_start = time.perf_counter()
         position = len(pc.tokens)  # the index of x_p: every token before it is in the cache
         bonus_id = int(bonus.item())  # already computed: the previous round's sync read it
         # 1-3. draft, verify, accept: one lazy graph (a plain round may have been issued already).
-        # `handed`: when this round's first work went to the device (its drafts, its first layers).
-        if queued is not None:  # handed over before the last sync: the device did not wait for it
-            (drafts, n, nxt, hidden, _), k, queued, handed = queued, 0, None, t_synced
+        if queued is not None:
+            issued, queued = queued, None
         else:
-            k = policy.choose(room(0))
-            drafts, n, nxt, hidden, handed = issue_round(bundle, pc, bonus, h, k, params)
-        if k == 0 and room(1) >= 0 and policy.choose(room(1)) == 0:
+            issued = issue_round(
+                bundle, pc, bonus, h, policy.choose(min(left - 1, widths.max_draft)), params, widths.plain
+            )
+        if issued.k == 0 and left > 1 and policy.choose(min(left - 2, widths.max_draft)) == 0:
             # The next round is plain too: issue it now, it computes while this one is read.
-            queued = issue_round(bundle, pc, nxt, hidden, 0, params)
-            handed = handed or time.perf_counter()
-            mx.async_eval(queued[2])
-        handed = handed or time.perf_counter()
-        if k:
-            mx.eval(n, nxt, drafts)  # sync: the one host read of the round
-            accepted, drafted = int(n.item()), tuple(drafts.tolist())
-        else:
-            mx.eval(nxt)  # sync: the one host read of a plain round
-            accepted, drafted = 0, ()
-        host_s, t_synced = handed - t_synced, time.perf_counter()
+            queued = issue_round(bundle, pc, issued.bonus, issued.hidden, 0, params, widths.plain)
+            mx.async_eval(queued.bonus)
+            queued = replace(queued, handed_at=queued.handed_at or time.perf_counter())
+        if host_wait is not None:
+            host_wait.before_sync(issued.handed_at)
+        mx.eval(issued.outputs)  # sync: the one host read of the round
+        if host_wait is not None:
+            host_wait.after_sync()
+        accepted = int(issued.accepted.item()) if issued.k else 0
+        drafted = tuple(issued.drafts.tolist()) if issued.k else ()
 
         # 4. rewind the rejected positions; h is the verify hidden state at p + n.
-        rewind(pc.cache, k - accepted)
+        rewind(pc.cache, issued.k - accepted)
         pc.tokens.extend([bonus_id, *drafted[:accepted]])
-        h = hidden[:, accepted : accepted + 1]
-        bonus = nxt
-        policy.observe(k, accepted)
-        yield Round(position, drafted, accepted, int(nxt.item()), time.perf_counter() - t_start, host_s)
+        h = issued.hidden[:, accepted : accepted + 1]
+        bonus = issued.bonus
+        policy.observe(issued.k, accepted)
+        left -= accepted + 1
+        # 5. yield: the round's accepted drafts and its bonus token.
+        yield Round(position, drafted, accepted, int(bonus.item()), time.perf_counter() - t_start)
 
 
 def check_prompt(bundle: Bundle, ids: Sequence[int], limit: int) -> list[int]:
@@ -172,6 +141,14 @@ def check_prompt(bundle: Bundle, ids: Sequence[int], limit: int) -> list[int]:
     return out
 
 
+class Generation(NamedTuple):
+    """What `generate` returns: the text, the token ids and the run's statistics."""
+
+    text: str
+    tokens: list[int]
+    stats: RunStats
+
+
 def stream_generate(
     bundle: Bundle,
     prompt_ids: Sequence[int],
@@ -180,13 +157,16 @@ def stream_generate(
     policy=None,
     prompt_cache: Optional[PromptCache] = None,
     stop_tokens: Optional[Sequence[int]] = None,
+    host_wait: Optional[HostWait] = None,
 ) -> Iterator[TokenRecord]:
     """Generate up to `settings.max_tokens` tokens after `prompt_ids`, one TokenRecord per token.
 
-    policy: the draft-length policy (draft_len.make_policy); None makes one from `settings`
-    before the clock starts, so auto's one-off calibration never counts in time to first token.
+    policy: the draft-length policy (calibrate.make_policy), owned by the caller so that what it
+    learns carries over to its next request; None makes one from `settings` before the clock
+    starts, so auto's one-off calibration never counts in time to first token.
     prompt_cache: reused across requests; only the ids after its common prefix are prefilled.
     stop_tokens: ids that end the output (kept as its last token); None: the tokenizer's EOS ids.
+    host_wait: an optional probe of the time the device waits for the host (stats.HostWait).
     """
     if not isinstance(bundle, Bundle):
         raise SpecdecError(f"stream_generate needs a Bundle from load(), not {type(bundle).__name__}")
@@ -199,8 +179,7 @@ def stream_generate(
     if policy is None:
         policy = make_policy(settings.draft, bundle, settings.battery)
     stops = set(getattr(bundle.tokenizer, "eos_token_ids", ()) or ()) if stop_tokens is None else set(stop_tokens)
-    params = settings.sampling
-    max_tokens = settings.max_tokens
+    params, widths = settings.sampling, probe.verdict(bundle).widths(settings.exactness)
 
     t0 = time.perf_counter()
     if params.seed is not None:
@@ -208,54 +187,40 @@ def stream_generate(
     pc = prompt_cache if prompt_cache is not None else PromptCache(bundle)
     new_ids = ids[pc.reuse(ids) :]
     text = TextStream(bundle.tokenizer, settings.stop)
-    generated = 0
-
-    def room(ahead: int) -> int:
-        """Most drafts a round may propose `ahead` tokens from now: within the budget and context."""
-        return min(max_tokens - generated - ahead - 1, limit - len(pc.tokens) - ahead - 1, MAX_DRAFT)
-
-    def record(token: int, from_draft: bool, rnd: Optional[Round], index: int, first: bool) -> TokenRecord:
-        nonlocal generated
-        generated += 1
-        if token in stops or text.add(token):
-            finish = "stop"
-        elif generated >= max_tokens or len(pc.tokens) + 1 >= limit:
-            finish = "length"
-        else:
-            finish = None
-        return TokenRecord(
-            token=token,
-            text=text.piece(final=finish is not None),
-            from_draft=from_draft,
-            round=index,
-            draft_tokens=rnd.k if rnd else 0,
-            accepted=rnd.accepted if rnd else 0,
-            prompt_tokens=len(new_ids),
-            ttft_s=ttft,
-            elapsed_s=time.perf_counter() - t_first,
-            peak_memory_bytes=mx.get_peak_memory(),
-            finish_reason=finish,
-            round_info=rnd if first else None,
-        )
-
+    # Tokens this request may still produce: the token budget, and the context the output must fit.
+    budget = min(settings.max_tokens, limit - len(ids))
     try:
         with wired_limit(bundle.target.model, [generation_stream]), mx.stream(generation_stream):
             # 0. prefill: logits and hidden state of the last prompt token, then the first token.
-            logits, h = _prefill(bundle, pc, new_ids)
+            logits, h = _prefill(bundle, pc, new_ids, widths.plain)
             pc.tokens.extend(new_ids)
             bonus = sample(logits, params)
             mx.eval(bonus, h)  # sync: the first token
             ttft = time.perf_counter() - t0
-            t_first = time.perf_counter()
-            first = record(int(bonus.item()), False, None, 0, False)
-            yield first
-            if first.finish_reason is not None:
-                return
-            for index, rnd in enumerate(rounds(bundle, pc, bonus, h, policy, params, room), start=1):
+            first = Round(len(ids), (), 0, int(bonus.item()), ttft)
+            later = rounds(bundle, pc, bonus, h, policy, params, budget - 1, widths, host_wait)
+            for index, rnd in enumerate(itertools.chain([first], later)):
                 for i, token in enumerate(rnd.tokens):
-                    r = record(token, i < rnd.accepted, rnd, index, i == 0)
-                    yield r
-                    if r.finish_reason is not None:
+                    budget -= 1
+                    if token in stops or text.add(token):
+                        finish = "stop"
+                    else:
+                        finish = "length" if budget == 0 else None
+                    yield TokenRecord(
+                        token=token,
+                        text=text.piece(final=finish is not None),
+                        from_draft=i < rnd.accepted,
+                        round=index,
+                        draft_tokens=rnd.k,
+                        accepted=rnd.accepted,
+                        prompt_tokens=len(new_ids),
+                        ttft_s=ttft,
+                        elapsed_s=time.perf_counter() - t0 - ttft,
+                        peak_memory_bytes=mx.get_peak_memory(),
+                        finish_reason=finish,
+                        round_info=rnd if i == 0 and index else None,
+                    )
+                    if finish is not None:
                         return
     finally:
         # A closed or failed generator: drop K/V the token list does not account for.
@@ -263,7 +228,9 @@ def stream_generate(
             pc.truncate(len(pc.tokens))
 
 
-def generate(bundle: Bundle, prompt_ids: Sequence[int], settings: GenerationSettings = GenerationSettings(), **kwargs):
-    """Run `stream_generate` to the end -> (text, token ids, RunStats)."""
+def generate(
+    bundle: Bundle, prompt_ids: Sequence[int], settings: GenerationSettings = GenerationSettings(), **kwargs
+) -> Generation:
+    """Run `stream_generate` to the end -> Generation(text, token ids, RunStats)."""
     records = list(stream_generate(bundle, prompt_ids, settings, **kwargs))
-    return "".join(r.text for r in records), [r.token for r in records], RunStats.from_records(records)
+    return Generation("".join(r.text for r in records), [r.token for r in records], RunStats.from_records(records))

@@ -81,6 +81,16 @@ DTYPE_BYTES = {
 }
 
 
+def cache_dir() -> Path:
+    """The folder for converted bundles and measured verdicts: MLX_SPECDEC_CACHE, else
+    $XDG_CACHE_HOME/mlx-specdec, else ~/.cache/mlx-specdec."""
+    root = os.environ.get("MLX_SPECDEC_CACHE")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mlx-specdec"
+
+
 def shown(path: PathLike) -> str:
     """`path` as it can be printed: bytes that are not UTF-8 appear as \\xNN escapes."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")

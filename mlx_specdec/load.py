@@ -12,7 +12,7 @@ Every failure is a `SpecdecError` whose one line names the file and the problem.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -23,6 +23,7 @@ from .errors import SpecdecError
 from .files import as_path, read_config, read_eos_ids, read_weights
 from .models.drafter import Drafter, DrafterArgs, drafter_quantization
 from .models.target import Target, head_dim, kv_heads, make_model, text_config, text_quantization, text_weights
+from .numerics import Verdict
 
 DEMO_DIR = Path(__file__).parent / "demo"
 
@@ -146,8 +147,8 @@ class Bundle:
     tokenizer: object
     name: str
     path: Optional[Path] = None
-    # draft_len's "auto" policies, one per objective ("seconds" | "joules"), kept across requests
-    auto_policies: dict = field(default_factory=dict)
+    # This device's verdict on which pass widths round alike (probe.py), measured on first use.
+    numerics: Optional[Verdict] = None
 
 
 def is_bundle(folder: Path) -> bool:

@@ -34,7 +34,7 @@ from mlx_lm.models.cache import KVCache
 from . import decode, registry
 from .cache import PromptCache, SlidingKVCache
 from .errors import SpecdecError
-from .files import shown
+from .files import cache_dir, shown
 from .registry import Pair
 
 DEFAULT_NAME = "e2b"
@@ -55,14 +55,6 @@ MAX_REWIND = inspect.signature(PromptCache).parameters["max_rewind"].default  # 
 
 
 # --- where bundles live ----------------------------------------------------------------------
-def cache_dir() -> Path:
-    root = os.environ.get("MLX_SPECDEC_CACHE")
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "mlx-specdec"
-
-
 def hub_reachable(timeout: float = 3.0) -> bool:
     """A cheap check before a multi-GB download; False when HF_HUB_OFFLINE is set."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):

@@ -53,6 +53,9 @@ class GenerationSettings:
     max_context: the context limit in tokens (>= 2); None means the model's own limit.
     battery:     auto draft length per joule (True), per second (False), or per joule when
                  the machine runs on battery (None).
+    exactness:   "strict": on a device where no pass widths agree bit for bit (probe.py), decode
+                 plainly; "relaxed": draft anyway (same distribution, greedy ties may break
+                 differently).
     """
 
     max_tokens: int = 256
@@ -61,6 +64,7 @@ class GenerationSettings:
     stop: tuple[str, ...] = ()
     max_context: Optional[int] = None
     battery: Optional[bool] = None
+    exactness: str = "strict"
 
     def __post_init__(self):
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -84,6 +88,8 @@ class GenerationSettings:
         object.__setattr__(self, "stop", tuple(s for s in stop if s))
         if self.battery not in (None, True, False):
             raise SpecdecError(f"battery must be True, False or None (decide by power source), not {self.battery!r}")
+        if self.exactness not in ("strict", "relaxed"):
+            raise SpecdecError(f"--exactness must be 'strict' or 'relaxed', not {self.exactness!r}")
 
     def context_limit(self, config: dict) -> int:
         """The context in tokens for a target with this config; above the model's limit is an error."""

@@ -6,6 +6,7 @@ Everything downstream of the loop (CLI text and JSON, the chat UI, the benchmark
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,13 +25,6 @@ class Round:
     bonus:    the target's own next token, from the first unaccepted verify row.
     seconds:  host time from the round's start to its tokens being known (a plain round issued
               ahead, while the previous one was read, started earlier).
-    host_s:   host time from the previous round's sync returning to this round's first work
-              being handed to the device (graph building, host reads, the caller's own time
-              between rounds): the device idles at least that long. A drafting round's first
-              work is its drafts, a plain round's its first layers (target.issue_early); 0 for a
-              plain round queued and handed over before the previous sync. The host goes on
-              building while the device computes: a wait after the first hand-off (a host
-              slower than the device) is not in it, but shows in the loop's efficiency.
     The round adds accepted + 1 tokens: drafted[:accepted], then bonus.
     """
 
@@ -39,7 +33,6 @@ class Round:
     accepted: int
     bonus: int
     seconds: float
-    host_s: float = 0.0
 
     @property
     def k(self) -> int:
@@ -87,6 +80,29 @@ class TokenRecord:
     peak_memory_bytes: int = 0
     finish_reason: Optional[str] = None
     round_info: Optional[Round] = None
+
+
+class HostWait:
+    """An optional probe of the loop (`decode.rounds(..., host_wait=HostWait())`): per round, the
+    host time from the previous round's sync returning to this round's first work being handed to
+    the device (graph building, host reads, the caller's own time between rounds): the device idles
+    at least that long. A drafting round's first work is its drafts, a plain round's its first
+    layers (models/target.py issue_early); a plain round queued and handed over before the previous
+    sync counts 0. The host goes on building while the device computes: a wait after the first
+    hand-off (a host slower than the device) is not in it, but shows in the loop's efficiency.
+    """
+
+    def __init__(self):
+        self.waits: list[float] = []  # seconds, one per round
+        self._synced = time.perf_counter()
+
+    def before_sync(self, handed_at: Optional[float]) -> None:
+        """The round's first hand-off (None: none before the sync) -> one wait."""
+        handed = time.perf_counter() if handed_at is None else handed_at
+        self.waits.append(max(0.0, handed - self._synced))
+
+    def after_sync(self) -> None:
+        self._synced = time.perf_counter()
 
 
 class RoundStat(NamedTuple):

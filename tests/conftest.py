@@ -15,6 +15,14 @@ TARGET_MM = FIXTURES / "target_mm"
 DRAFTERS = {"dense": FIXTURES / "drafter_dense", "centroid": FIXTURES / "drafter_centroid"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_folder(tmp_path_factory):
+    """The cache folder (converted bundles, measured verdicts) is the session's own, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLX_SPECDEC_CACHE", str(tmp_path_factory.mktemp("specdec-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def reference():
     return mx.load(str(FIXTURES / "reference.safetensors"))

@@ -143,20 +143,23 @@ class Run:
     peak_memory_bytes: int = 0
     joules: float | None = None
     tokens: list = field(default_factory=list)
-    host_s: float = 0.0  # the rounds' host time the device waited for (stats.Round.host_s)
+    host_s: float = 0.0  # the rounds' host time the device waited for (stats.HostWait)
 
 
-def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=None) -> Run:
+def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=None, policies=None) -> Run:
+    """One generation of our loop. `policies` (calibrate.Policies) keeps auto's calibration and
+    what it learnt across the runs of one benchmark; None: a fresh one."""
     import mlx.core as mx
 
+    from ..calibrate import Policies
     from ..decode import stream_generate
-    from ..draft_len import make_policy
+    from ..stats import HostWait
 
-    policy = make_policy(draft_tokens, bundle)  # auto: calibrated once per bundle, outside the run
+    policy = (policies or Policies(bundle)).get(draft_tokens)  # auto: calibrated outside the run
     mx.reset_peak_memory()
-    records, e0 = [], None
+    records, e0, host_wait = [], None, HostWait()
     settings = GenerationSettings(max_tokens=max_tokens, draft=draft_tokens)
-    for r in stream_generate(bundle, ids, settings, policy=policy, stop_tokens=stop_tokens):
+    for r in stream_generate(bundle, ids, settings, policy=policy, stop_tokens=stop_tokens, host_wait=host_wait):
         if not records:
             e0 = energy.read()
         records.append(r)
@@ -171,7 +174,7 @@ def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=
         peak_memory_bytes=int(mx.get_peak_memory()),
         joules=e1 - e0 if e0 is not None and e1 is not None else None,
         tokens=[r.token for r in records],
-        host_s=sum(r.round_info.host_s for r in records if r.round_info is not None),
+        host_s=sum(host_wait.waits),
     )
 
 
@@ -300,6 +303,7 @@ def measure_modes(
 ) -> BenchResult:
     """Benchmark every mode on `prompts`, [(name, prompt ids)], with a loaded (or in-memory) Bundle."""
 
+    from ..calibrate import Policies
     from ..energy import detect_energy_source
 
     if trials < 1:
@@ -322,11 +326,12 @@ def measure_modes(
         make_useless(bundle.drafter)
 
     stop_tokens = () if ignore_eos else None
+    policies = Policies(bundle)  # this benchmark's: auto calibrates once, in the warm-up
 
     def one(draft_tokens, ids, n) -> Run:
         if draft_tokens is None:
             return run_mlx_lm(bundle, ids, n, energy, ignore_eos)
-        return run_specdec(bundle, ids, n, draft_tokens, energy, stop_tokens)
+        return run_specdec(bundle, ids, n, draft_tokens, energy, stop_tokens, policies)
 
     runs: dict[str, list[list[Run]]] = {m: [] for m, _ in modes}
     for mode, dt in modes:  # warm-up: compile, allocate, and calibrate auto once

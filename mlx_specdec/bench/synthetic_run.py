@@ -18,7 +18,7 @@ Measured besides bench's figures:
              reaching the device (a drafting round's drafts, a plain round's first layers):
              host reads, bookkeeping, yielding, graph building up to then. The device idles at
              least that long; a plain round queued and handed over before the previous sync
-             counts 0. The loop times it itself (`stats.Round.host_s`). The host then goes on
+             counts 0. The loop's optional probe times it (`stats.HostWait`). The host then goes on
              building while the device computes (models/target.py, issue early); a wait after
              that shows in the loop's efficiency (measured against ideal), not here.
   ideal      speed-up a fixed k would reach with no host overhead: E(k) / ((V(k+1) + k D) / V(1)),
@@ -38,7 +38,8 @@ from dataclasses import dataclass, fields
 
 import mlx.core as mx
 
-from ..draft_len import expected_tokens, measure_passes
+from ..calibrate import Policies, measure_passes
+from ..draft_len import expected_tokens
 from ..errors import SpecdecError
 from . import protocol as bench
 from . import synthetic
@@ -135,15 +136,15 @@ class SyntheticResult(BenchResult):
     synthetic: SyntheticInfo
 
 
-def _run(bundle, ids, max_tokens: int, draft, energy) -> tuple[bench.Run, float]:
+def _run(bundle, ids, max_tokens: int, draft, energy, policies) -> tuple[bench.Run, float]:
     """One generation -> (bench.Run, host seconds the device waited for in its rounds)."""
-    run = bench.run_specdec(bundle, ids, max_tokens, draft, energy, stop_tokens=())
+    run = bench.run_specdec(bundle, ids, max_tokens, draft, energy, stop_tokens=(), policies=policies)
     return run, run.host_s
 
 
 def measure_costs(bundle, drafter, context: int, max_k: int, repeats: int = 5) -> Costs:
     """Costs of a verify of 1..max_k+1 tokens and of a drafter step on a scratch cache
-    (`draft_len.measure_passes`, as auto's calibration measures them)."""
+    (`calibrate.measure_passes`, as auto's calibration measures them)."""
     passes = measure_passes(bundle, max_k, repeats, context, drafter=drafter)
     return Costs(context, passes.verify, passes.draft_step if drafter is not None else None)
 
@@ -211,7 +212,6 @@ def run_synthetic(
         )
     finally:
         bundle.drafter = real_drafter
-        bundle.auto_policies.clear()  # calibrated with this run's drafter: not the next run's
 
 
 def _bench(
@@ -223,8 +223,9 @@ def _bench(
     modes: list[tuple[str, object]] = [("plain", 0)]
     if real_drafter is not None:
         modes += [(f"k={k}", k) for k in ks] + ([("auto", "auto")] if auto else [])
+    policies = Policies(bundle)  # this run's: auto calibrates in the warm-up, with this run's drafter
     log("plain run (the target's own continuation)")
-    first, _ = _run(bundle, ids, max_tokens, 0, energy)
+    first, _ = _run(bundle, ids, max_tokens, 0, energy, policies)
     if acceptance is not None and real_drafter is not None:
         bundle.drafter = synthetic.OracleDrafter(real_drafter, ids + first.tokens, acceptance, seed)
 
@@ -232,11 +233,11 @@ def _bench(
     host: dict[str, float] = {m: 0.0 for m, _ in modes}
     for mode, dt in modes[1:]:  # warm-up (auto: its calibration too)
         log(f"warm-up {mode}")
-        _run(bundle, ids, min(max_tokens, 16), dt, energy)
+        _run(bundle, ids, min(max_tokens, 16), dt, energy, policies)
     for t in range(trials):
         t0 = time.perf_counter()
         for mode, dt in modes:
-            run, wait = _run(bundle, ids, max_tokens, dt, energy)
+            run, wait = _run(bundle, ids, max_tokens, dt, energy, policies)
             runs[mode].append([run])
             host[mode] += wait
         log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")

@@ -89,6 +89,21 @@ class Turn:
         return len(self.prompt) if self.prompt else None
 
 
+def _owned_policies(bundle):
+    """`decode.stream_generate` with the session's own draft-length policies: auto calibrates once
+    and what it learns carries over from one turn to the next."""
+    from ..calibrate import Policies
+    from ..decode import stream_generate
+
+    policies = Policies(bundle)
+
+    def stream(bundle, ids, settings, *, prompt_cache):
+        policy = policies.get(settings.draft, settings.battery)
+        return stream_generate(bundle, ids, settings, prompt_cache=prompt_cache, policy=policy)
+
+    return stream
+
+
 class ChatSession:
     """The conversation, its settings and the prompt cache kept between turns.
 
@@ -106,12 +121,12 @@ class ChatSession:
         stream_fn=None,
         cache_factory=None,
     ):
-        if stream_fn is None or cache_factory is None:
+        if stream_fn is None:
+            stream_fn = _owned_policies(bundle)
+        if cache_factory is None:
             from ..cache import PromptCache
-            from ..decode import stream_generate
 
-            stream_fn = stream_fn or stream_generate
-            cache_factory = cache_factory or PromptCache
+            cache_factory = PromptCache
         if bundle.drafter is None and settings.draft not in (0, "auto"):
             raise SpecdecError(f"draft tokens {settings.draft} need a drafter; load one, or use --no-draft")
         self.bundle = bundle

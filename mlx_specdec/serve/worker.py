@@ -136,6 +136,7 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         from ..cache import PromptCache
+        from ..calibrate import Policies
 
         try:
             self.bundle = self._load()
@@ -145,6 +146,7 @@ class Worker(threading.Thread):
             self.error = f"cannot load the model ({' '.join(str(e).split())[:200]})"
         if self.bundle is not None:
             self.pool = CachePool(lambda: PromptCache(self.bundle), self.cache_bytes)
+            self.policies = Policies(self.bundle)  # auto calibrates once and learns across requests
         self.ready.set()
         if self.error is not None:
             return
@@ -163,10 +165,11 @@ class Worker(threading.Thread):
     def _run(self, job: Job) -> None:
         from ..decode import stream_generate
 
-        pc, keep = self.pool.take(job.ids), True
-        gen = stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc)
+        pc, keep, gen = self.pool.take(job.ids), True, None
         prefilled = None
         try:
+            policy = self.policies.get(job.settings.draft, job.settings.battery)
+            gen = stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc, policy=policy)
             for record in gen:
                 if job.cancelled.is_set():
                     break  # the client went away: stop within this round
@@ -183,6 +186,7 @@ class Worker(threading.Thread):
             keep = False  # do not reuse a cache that saw an unexpected failure
             job.emit(Failed(500, "internal error during generation; see the server log"))
         finally:
-            gen.close()  # its finally rewinds the cache to the tokens it holds
+            if gen is not None:
+                gen.close()  # its finally rewinds the cache to the tokens it holds
             if keep:
                 self.pool.give_back(pc)
