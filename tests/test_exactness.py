@@ -1,0 +1,242 @@
+"""Exact on every machine: the numerics probe and the loop's matched widths, under simulated backends.
+
+MLX's CPU backend gives a row the same bits whatever the height of its block; Metal does not
+(DESIGN.md). These tests make the CPU behave like such a device: a wrapper around one operation
+(quantised matmul, attention, float matmul) scales its output by a small per-column factor (about
+bf16's rounding step) when the pass has the chosen number of rows: one row alone (as Metal's `qmv`
+against `qmv_wide`), or blocks of 4 rows and more (as `qmm` past the batch limit). The probe must
+name the operation and find widths that agree, and with them greedy speculative output must equal
+plain output token for token; without them, the same simulation must make the outputs differ.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlx_specdec import probe
+from mlx_specdec.decode import generate
+from mlx_specdec.load import load
+from mlx_specdec.numerics import Verdict
+from mlx_specdec.sampling import SamplingParams
+from mlx_specdec.settings import MAX_DRAFT, GenerationSettings
+
+from .conftest import DRAFTERS, FIXTURES, TARGET
+from .test_sampling import chi2_critical, chi_square
+
+FAMILY_DIR = FIXTURES / "families"
+FAMILIES = ["26b-a4b", "31b", "12b", "e2b"]
+
+
+def rows_of(x: mx.array) -> int:
+    return int(np.prod(x.shape[:-1]))
+
+
+def perturbed(out: mx.array) -> mx.array:
+    """out with every column scaled by 1, 1 + 2^-7 or 1 - 2^-7: a rounding the other widths lack."""
+    factor = 1 + 2.0**-7 * ((mx.arange(out.shape[-1]) % 3) - 1)
+    return out * factor.astype(out.dtype)
+
+
+def simulate(monkeypatch, op: str, rows) -> None:
+    """Make `op` round differently for passes whose row count satisfies rows(n)."""
+    if op == "quantized_matmul":
+        real = mx.quantized_matmul
+
+        def fake(x, *args, **kwargs):
+            out = real(x, *args, **kwargs)
+            return perturbed(out) if rows(rows_of(x)) else out
+
+        monkeypatch.setattr(mx, "quantized_matmul", fake)
+    elif op == "attention":
+        real = mx.fast.scaled_dot_product_attention
+
+        def fake(q, k, v, *args, **kwargs):
+            out = real(q, k, v, *args, **kwargs)
+            return perturbed(out) if rows(q.shape[2]) else out
+
+        monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", fake)
+    elif op == "matmul":
+        real = nn.Linear.__call__
+
+        def fake(self, x):
+            out = real(self, x)
+            return perturbed(out) if rows(rows_of(x)) else out
+
+        monkeypatch.setattr(nn.Linear, "__call__", fake)
+    else:
+        raise ValueError(op)
+
+
+ONE_ROW = lambda n: n == 1  # noqa: E731 - Metal's qmv against qmv_wide
+WIDE = lambda n: n >= 4  # noqa: E731 - qmm past the batch limit
+SIMULATIONS = {
+    # name: (op, rows, quantised, expected plain_width, expected max_draft_tokens)
+    "1-row quantized_matmul": ("quantized_matmul", ONE_ROW, True, 2, MAX_DRAFT),
+    "4+-row quantized_matmul": ("quantized_matmul", WIDE, True, 1, 2),
+    "1-row attention": ("attention", ONE_ROW, True, 2, MAX_DRAFT),
+    "1-row matmul": ("matmul", ONE_ROW, False, 2, MAX_DRAFT),
+}
+
+
+def quantise(bundle) -> None:
+    """4 bits, group 32, in memory: every linear and embedding whose width allows it (as convert)."""
+
+    def fits(path, module):
+        return hasattr(module, "to_quantized") and module.weight.shape[-1] % 32 == 0
+
+    nn.quantize(bundle.target.model, group_size=32, bits=4, class_predicate=fits)
+    bundle.target.config["quantization"] = {"group_size": 32, "bits": 4}
+
+
+def fresh(target=TARGET, drafter=DRAFTERS["dense"], quantised=True):
+    b = load(target=target, drafter=drafter)
+    b.tokenizer.eos_token_ids = []
+    if quantised:
+        quantise(b)
+    return b
+
+
+def prompts(vocab: int, n: int = 3, length: int = 12) -> list[list[int]]:
+    rng = np.random.default_rng(5)
+    return [[int(t) for t in rng.integers(3, vocab, size=length)] for _ in range(n)]
+
+
+def greedy(bundle, ids, k, max_tokens=40):
+    return generate(bundle, ids, GenerationSettings(max_tokens=max_tokens, draft=k)).tokens
+
+
+# --- on this CPU, unpatched ------------------------------------------------------------------
+def test_probe_on_the_cpu_backend_finds_every_width_exact(bundles):
+    b = fresh()
+    v = probe.measure(b)
+    assert (v.exact, v.plain_width, v.max_draft_tokens) == (True, 1, MAX_DRAFT)
+    assert v.agree == list(range(1, MAX_DRAFT + 2)) and v.differs == []
+    assert len(v.pass_seconds) == MAX_DRAFT + 1 and v.device.startswith("CPU")
+
+
+def test_op_probe_finds_no_operation_whose_rows_depend_on_the_width_on_the_cpu():
+    assert probe.op_differences(fresh().target) == []
+
+
+def test_verdict_is_cached_per_bundle_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
+    b = fresh()
+    first = probe.verdict(b)
+    (saved,) = (tmp_path / "numerics").glob("*.json")
+    b.numerics = None
+    monkeypatch.setattr(probe, "measure", lambda bundle: pytest.fail("measured again"))
+    assert probe.verdict(b) == first and Verdict.from_json(__import__("json").loads(saved.read_text())) == first
+
+
+# --- under simulated backends -----------------------------------------------------------------
+@pytest.mark.parametrize("name", list(SIMULATIONS))
+def test_probe_names_the_operation_and_derives_the_widths(name, monkeypatch):
+    op, rows, quantised, plain_width, max_draft = SIMULATIONS[name]
+    b = fresh(quantised=quantised)
+    simulate(monkeypatch, op, rows)
+    v = probe.measure(b)
+    assert (v.exact, v.plain_width, v.max_draft_tokens) == (True, plain_width, max_draft)
+    assert v.differs and {d.op for d in v.differs} == {op}
+    bad = [1] if rows is ONE_ROW else list(range(4, MAX_DRAFT + 2))
+    assert all(d.widths == [w for w in range(2, MAX_DRAFT + 2) if (w in bad) != (1 in bad)] for d in v.differs)
+    assert v.widths("strict").plain == plain_width and v.widths().max_draft == max_draft
+
+
+def check_matched_widths(name, monkeypatch, n_prompts, ks, max_tokens):
+    op, rows, quantised, _, _ = SIMULATIONS[name]
+    b = fresh(quantised=quantised)
+    simulate(monkeypatch, op, rows)
+    b.numerics = probe.measure(b)
+    for ids in prompts(b.target.vocab_size, n=n_prompts):
+        plain = greedy(b, ids, 0, max_tokens=max_tokens)
+        for k in ks:  # k above the cap runs capped
+            assert greedy(b, ids, k, max_tokens=max_tokens) == plain, (name, k)
+
+
+@pytest.mark.parametrize("name", list(SIMULATIONS))
+def test_greedy_speculative_equals_plain_at_matched_widths(name, monkeypatch):
+    check_matched_widths(name, monkeypatch, 1, (2, MAX_DRAFT), max_tokens=24)  # 36 positions: past the window
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SIMULATIONS))
+def test_greedy_speculative_equals_plain_at_matched_widths_for_every_k(name, monkeypatch):
+    check_matched_widths(name, monkeypatch, 2, range(1, MAX_DRAFT + 1), max_tokens=40)
+
+
+def diverges_at_the_usual_widths(name, monkeypatch) -> bool:
+    op, rows, quantised, _, _ = SIMULATIONS[name]
+    b = fresh(quantised=quantised)
+    simulate(monkeypatch, op, rows)
+    b.numerics = Verdict(exact=True, plain_width=1, max_draft_tokens=MAX_DRAFT, agree=[])  # the old assumption
+    for ids in prompts(b.target.vocab_size, n=4):
+        plain = greedy(b, ids, 0)
+        if any(greedy(b, ids, k) != plain for k in (1, 3, 6)):
+            return True
+    return False
+
+
+def test_without_matched_widths_a_1_row_rounding_makes_speculative_output_differ(monkeypatch):
+    """The simulation can fail the tests above: decoding at the usual widths diverges."""
+    assert diverges_at_the_usual_widths("1-row quantized_matmul", monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["4+-row quantized_matmul", "1-row matmul", "1-row attention"])
+def test_without_matched_widths_every_simulation_makes_speculative_output_differ(name, monkeypatch):
+    assert diverges_at_the_usual_widths(name, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", ["1-row quantized_matmul", "4+-row quantized_matmul"])
+def test_every_family_decodes_exactly_at_matched_widths(family, name, monkeypatch):
+    op, rows, _, plain_width, max_draft = SIMULATIONS[name]
+    b = fresh(FAMILY_DIR / family / "target", FAMILY_DIR / family / "assistant")
+    simulate(monkeypatch, op, rows)
+    b.numerics = probe.measure(b)
+    assert (b.numerics.plain_width, b.numerics.max_draft_tokens) == (plain_width, max_draft)
+    window = b.target.config["sliding_window"]
+    for ids in prompts(b.target.vocab_size, n=2, length=window + 4):  # past the window
+        plain = greedy(b, ids, 0, max_tokens=window + 8)
+        for k in range(1, MAX_DRAFT + 1):
+            assert greedy(b, ids, k, max_tokens=window + 8) == plain, (family, name, k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["1-row quantized_matmul", "4+-row quantized_matmul"])
+def test_speculative_sampling_keeps_the_target_distribution_under_simulation(name, monkeypatch):
+    """Two-sample chi-square at p = 0.001 on tokens 2 and 3 (made by speculative rounds), plain
+    against k = 3, at the matched widths, as test_sampling checks it unpatched."""
+    op, rows, _, _, _ = SIMULATIONS[name]
+    b = fresh()
+    simulate(monkeypatch, op, rows)
+    b.numerics = probe.measure(b)
+    ids, runs = [2, 40, 41, 42, 43, 44, 45], 300
+
+    def outputs(k):
+        def settings(seed):
+            return GenerationSettings(
+                max_tokens=3, draft=k, sampling=SamplingParams(seed=10_000 * k + seed, temp=1.0, top_k=3)
+            )
+
+        return np.array([generate(b, ids, settings(seed)).tokens for seed in range(runs)])
+
+    plain, spec = outputs(0), outputs(3)
+    for col in (1, 2):
+        seen = np.concatenate([plain[:, col], spec[:, col]])
+        cats = [c for c in sorted(set(seen)) if (seen == c).sum() >= 10]
+        a = np.array(
+            [(plain[:, col] == c).sum() for c in cats] + [np.isin(plain[:, col], cats, invert=True).sum()], float
+        )
+        s = np.array(
+            [(spec[:, col] == c).sum() for c in cats] + [np.isin(spec[:, col], cats, invert=True).sum()], float
+        )
+        keep = (a + s) > 0
+        a, s = a[keep], s[keep]
+        pooled = (a + s) / (2 * runs)
+        assert len(a) >= 3
+        assert chi_square(a, pooled) + chi_square(s, pooled) < chi2_critical(len(a) - 1), (name, col)
