@@ -397,3 +397,31 @@ def serve(
         max_queue=max_queue,
         draft=draft_option(draft_tokens, no_draft),
     )
+
+
+@app.command()
+@user_errors
+def check(
+    model: Model = None,
+    target: TargetDir = None,
+    drafter: DrafterDir = None,
+    demo: Demo = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (exact, plain_width, ...).")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Measure again instead of reading the cached verdict.")
+    ] = False,
+    tokens: Annotated[int, typer.Option("--tokens", help="Greedy tokens of the end-to-end comparison.")] = 256,
+):
+    """Is speculative output bit-exact on this machine? Probe the pass widths, then compare plain and speculative."""
+    from .check import run_check
+    from .load import load
+
+    if tokens < 1:
+        raise typer.BadParameter(f"must be at least 1, not {tokens}", param_hint="--tokens")
+    result = run_check(load(model_folder(model), target=target, drafter=drafter, demo=demo), fresh, tokens)
+    if as_json:
+        write_out(json.dumps(result.to_json()) + "\n")
+    else:
+        write_out("\n".join(result.lines()) + "\n")
+    if not result.end_to_end.identical and result.verdict.exact:
+        raise typer.Exit(1)  # the probe said exact and the outputs differ: a bug to report

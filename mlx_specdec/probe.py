@@ -57,7 +57,7 @@ def device_name() -> str:
     return f"CPU ({platform.machine()})"
 
 
-def _probe_ids(bundle, n: int) -> list[int]:
+def probe_ids(bundle, n: int) -> list[int]:
     """n realistic token ids: the tokenizer's encoding of TEXT, repeated; ids mod the vocabulary."""
     ids: list[int] = []
     try:
@@ -100,7 +100,7 @@ def measure(bundle, context: int = CONTEXT, max_width: int = MAX_DRAFT + 1) -> V
     """Probe `bundle`'s target on this device -> Verdict (see the module docstring)."""
     t0 = time.perf_counter()
     target = bundle.target
-    ids = _probe_ids(bundle, context + max_width)
+    ids = probe_ids(bundle, context + max_width)
     pc = PromptCache(bundle, max_rewind=2 * max_width + MAX_PLAIN_WIDTH)
     target(mx.array(ids[:context])[None], pc.cache)
     mx.eval([c.state for c in pc.cache])

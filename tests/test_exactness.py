@@ -240,3 +240,35 @@ def test_speculative_sampling_keeps_the_target_distribution_under_simulation(nam
         pooled = (a + s) / (2 * runs)
         assert len(a) >= 3
         assert chi_square(a, pooled) + chi_square(s, pooled) < chi2_critical(len(a) - 1), (name, col)
+
+
+# --- specdec check ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["1-row quantized_matmul", "4+-row quantized_matmul"])
+def test_check_reports_exact_with_the_fitting_widths_under_simulation(name, monkeypatch, tmp_path):
+    from mlx_specdec.check import run_check
+
+    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))  # measured under this simulation, not read back
+    op, rows, _, plain_width, max_draft = SIMULATIONS[name]
+    b = fresh()
+    simulate(monkeypatch, op, rows)
+    out = run_check(b, fresh=True, tokens=48).to_json()
+    assert (out["exact"], out["plain_width"], out["max_draft_tokens"]) == (True, plain_width, max_draft)
+    assert [d["op"] for d in out["differs"]] and {d["op"] for d in out["differs"]} == {op}
+    assert out["end_to_end"] == {"tokens": 48, "k": max_draft, "identical": True, "first_difference": None}
+
+
+@pytest.mark.slow
+def test_specdec_check_json_on_this_cpu_is_exact_at_plain_width_1(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLX_SPECDEC_CACHE": str(tmp_path)}
+    cmd = [sys.executable, "-m", "mlx_specdec", "check", "--demo", "--json", "--tokens", "64"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["exact"], out["plain_width"], out["max_draft_tokens"], out["differs"]) == (True, 1, MAX_DRAFT, [])
+    assert out["end_to_end"]["identical"] and out["end_to_end"]["tokens"] == 64
+    assert list((tmp_path / "numerics").glob("*.json"))  # the verdict is cached for the next run
