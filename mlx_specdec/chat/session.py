@@ -28,13 +28,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
+from ..energy import Battery
 from ..errors import SpecdecError
 from ..files import write_atomically
 from ..gemma_format import parse
 from ..prompt import chat_ids, clean_text
 from ..settings import GenerationSettings, draft_label, parse_draft
 from ..stats import RunStats, TokenRecord
-from .view import Status
 
 HELP = """\
 /help            this help
@@ -48,6 +48,36 @@ HELP = """\
 /quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
 
 CHAT_SETTINGS = GenerationSettings(max_tokens=512)  # what `specdec chat` starts with
+
+
+NA = "n/a"
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the caller knows that the records do not.
+
+    draft:               the draft setting in use, as the user wrote it: "auto", "4" or "off".
+    plain_tokens_per_s:  plain decoding speed measured on this machine (None: speed-up is n/a).
+    active/peak_memory_bytes: from the backend (None: n/a).
+    energy_joules:       energy over this answer so far (None: no energy source).
+    energy_watts:        mean power over the same interval.
+    energy_source:       the source's name ("IOReport", "RAPL", "n/a").
+    battery:             level and power source (None: no battery or unknown).
+    context_limit:       tokens the context holds (None: unknown).
+    dropped_messages:    old messages dropped so that this turn fits the context.
+    """
+
+    draft: str = "auto"
+    plain_tokens_per_s: Optional[float] = None
+    active_memory_bytes: Optional[int] = None
+    peak_memory_bytes: Optional[int] = None
+    energy_joules: Optional[float] = None
+    energy_watts: Optional[float] = None
+    energy_source: str = NA
+    battery: Optional[Battery] = None
+    context_limit: Optional[int] = None
+    dropped_messages: int = 0
 
 
 @dataclass(frozen=True)

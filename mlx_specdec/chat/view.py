@@ -18,7 +18,6 @@ chat shows it whole), and a tool call shows as one dim line.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Optional
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
@@ -29,13 +28,12 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from ..energy import Battery
 from ..gemma_format import Content, Event, GemmaParser, Reasoning
 from ..stats import RunStats, TokenRecord
+from .session import NA, Status
 
 DRAFT_STYLE = "bold cyan"
 THINK_STYLE = "dim italic"
-NA = "n/a"
 
 
 def visible_text(event: Event) -> str:
@@ -83,33 +81,6 @@ class ParsedAnswer:
             return Text(f"thinking ...\n{tail}", style=THINK_STYLE)
         words = len(self.reasoning.split())
         return Text(f"▸ thought for {words} words (/think shows it)", style=THINK_STYLE)
-
-
-@dataclass(frozen=True)
-class Status:
-    """What the caller knows that the records do not.
-
-    draft:               the draft setting in use, as the user wrote it: "auto", "4" or "off".
-    plain_tokens_per_s:  plain decoding speed measured on this machine (None: speed-up is n/a).
-    active/peak_memory_bytes: from the backend (None: n/a).
-    energy_joules:       energy over this answer so far (None: no energy source).
-    energy_watts:        mean power over the same interval.
-    energy_source:       the source's name ("IOReport", "RAPL", "n/a").
-    battery:             level and power source (None: no battery or unknown).
-    context_limit:       tokens the context holds (None: unknown).
-    dropped_messages:    old messages dropped so that this turn fits the context.
-    """
-
-    draft: str = "auto"
-    plain_tokens_per_s: Optional[float] = None
-    active_memory_bytes: Optional[int] = None
-    peak_memory_bytes: Optional[int] = None
-    energy_joules: Optional[float] = None
-    energy_watts: Optional[float] = None
-    energy_source: str = NA
-    battery: Optional[Battery] = None
-    context_limit: Optional[int] = None
-    dropped_messages: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
