@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
 
 from .settings import MAX_DRAFT
 
@@ -103,11 +102,22 @@ class Verdict:
         return cls(**data)
 
 
-def relaxed_label(verdict: Optional[Verdict], exactness: str) -> Optional[str]:
-    """The label of output drafted although the device has no exact configuration, or None."""
-    if verdict is None or verdict.exact or exactness != "relaxed":
-        return None
-    return "same distribution, greedy ties may break differently"
+def notes(verdict: Verdict, draft, exactness: str = "strict") -> list[str]:
+    """What a front end tells the user before decoding with `draft` ("auto" or k) on a device with
+    this verdict: nothing when every width agrees, else one line each (stderr, a panel, a log)."""
+    out = []
+    if draft == 0:
+        return out  # plain decoding is exact by definition
+    if not verdict.exact and exactness == "strict":
+        out.append(f"{verdict.summary()}: decoding plainly; --exactness relaxed drafts anyway")
+    elif not verdict.exact:
+        out.append(f"{verdict.summary()}: drafting anyway (same distribution, greedy ties may break differently)")
+    elif draft != "auto" and int(draft) > verdict.max_draft_tokens:
+        out.append(
+            f"--draft-tokens {draft} is more than the {verdict.max_draft_tokens} drafts whose verify "
+            f"rounds exactly on {verdict.device}: using {verdict.max_draft_tokens}"
+        )
+    return out
 
 
 def _ranges(ws: list[int]) -> str:

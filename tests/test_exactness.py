@@ -131,6 +131,25 @@ def test_verdict_is_cached_per_bundle_and_read_back(tmp_path, monkeypatch):
     assert probe.verdict(b) == first and Verdict.from_json(__import__("json").loads(saved.read_text())) == first
 
 
+def test_notes_say_why_the_loop_decodes_plainly_caps_or_drafts_anyway():
+    from mlx_specdec.numerics import Difference, notes
+
+    why = [Difference("quantized_matmul", "64->512 4-bit group 32", [2, 3])]
+    bad = Verdict(exact=False, plain_width=1, max_draft_tokens=0, agree=[], differs=why, device="M9")
+    (line,) = notes(bad, "auto")
+    assert line == (
+        "not exact on M9: no pass widths agree (quantized_matmul 64->512 4-bit group 32: rows differ at widths "
+        "2-3): decoding plainly; --exactness relaxed drafts anyway"
+    )
+    assert notes(bad, 3, "relaxed")[0].endswith(
+        "drafting anyway (same distribution, greedy ties may break differently)"
+    )
+    assert bad.widths("strict").max_draft == 0 and bad.widths("relaxed").max_draft == MAX_DRAFT
+    capped = Verdict(exact=True, plain_width=1, max_draft_tokens=2, agree=[1, 2, 3], differs=why, device="M9")
+    assert notes(capped, 5) == ["--draft-tokens 5 is more than the 2 drafts whose verify rounds exactly on M9: using 2"]
+    assert notes(capped, 2) == notes(capped, "auto") == notes(bad, 0) == []
+
+
 # --- under simulated backends -----------------------------------------------------------------
 @pytest.mark.parametrize("name", list(SIMULATIONS))
 def test_probe_names_the_operation_and_derives_the_widths(name, monkeypatch):
