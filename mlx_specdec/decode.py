@@ -182,8 +182,6 @@ def stream_generate(
     params, widths = settings.sampling, probe.verdict(bundle).widths(settings.exactness)
 
     t0 = time.perf_counter()
-    if params.seed is not None:
-        mx.random.seed(params.seed)
     pc = prompt_cache if prompt_cache is not None else PromptCache(bundle)
     new_ids = ids[pc.reuse(ids) :]
     text = TextStream(bundle.tokenizer, settings.stop)
@@ -194,7 +192,7 @@ def stream_generate(
             # 0. prefill: logits and hidden state of the last prompt token, then the first token.
             logits, h = _prefill(bundle, pc, new_ids, widths.plain)
             pc.tokens.extend(new_ids)
-            bonus = sample(logits, params)
+            bonus = sample(logits[0], params, len(ids))  # the token at position len(ids)
             mx.eval(bonus, h)  # sync: the first token
             ttft = time.perf_counter() - t0
             first = Round(len(ids), (), 0, int(bonus.item()), ttft)

@@ -60,10 +60,12 @@ def draft(bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params:
     kv = drafter_kv(pc.cache, target.kv_layers)
     position = cache_offset(pc.cache)
     x, drafts, qs = bonus.reshape(1, 1), [], []
-    for _ in range(k):
+    for i in range(k):
         logits, h = drafter(target.embed(x), h, kv, position)
         if params.greedy:
             x = mx.argmax(logits[:, -1], axis=-1).reshape(1, 1)
+        elif params.seed is not None:  # the target's noise for the token at p + 1 + i
+            x = sample(logits[0, -1], params, position + 1 + i).reshape(1, 1)
         else:
             q = probs(logits[0, -1], params)
             x = mx.random.categorical(mx.log(q)).reshape(1, 1)
@@ -91,9 +93,11 @@ def issue_round(
 ) -> IssuedRound:
     """Phases 1-3 of one round, lazily. The target hands the first layers of a pass to the device
     while it builds the rest (models/target.py, issue_early)."""
+    position = cache_offset(pc.cache)  # of x_p: row j of the pass predicts the token at p + 1 + j
     if k == 0:  # plain decoding: the next token is sampled from the one row kept
         logits, hidden = target_pass(bundle.target, pc, bonus.reshape(1, 1), plain_width)
-        return IssuedRound(0, None, None, sample(logits[0, -1], params), hidden, bundle.target.handed_at)
+        nxt = sample(logits[0, -1], params, position + 1)
+        return IssuedRound(0, None, None, nxt, hidden, bundle.target.handed_at)
     # 1. draft: k lazy drafter steps from (bonus, h) at position p, handed to the device at once
     #    (not a sync): it drafts while the host builds the verify pass.
     drafts, q = draft(bundle, pc, bonus, h, k, params)
@@ -102,5 +106,5 @@ def issue_round(
     # 2. verify: one target pass over [x_p, d_1..d_k] (positions p..p+k).
     logits, hidden = target_pass(bundle.target, pc, mx.concatenate([bonus.reshape(1), drafts])[None], plain_width)
     # 3. accept: n drafts and the next bonus token from row n, still lazy.
-    n, nxt = accept(logits[0], drafts, q, params)
+    n, nxt = accept(logits[0], drafts, q, params, position + 1)
     return IssuedRound(k, drafts, n, nxt, hidden, handed)

@@ -9,10 +9,18 @@ Acceptance (DESIGN.md, Leviathan et al. / Chen et al.): with target distribution
   accepted draw it from p_k. The output then has exactly the target's distribution.
 * greedy is the special case of one-hot p and q: accept while d_i == argmax p_{i-1}, and
   the next token is argmax of the first unaccepted row.
+* seeded (coupled): the token at position t is argmax(log p_t + g_t), with Gumbel noise g_t drawn
+  from (seed, t) alone: an exact sample of p_t (the Gumbel-max trick). The drafter picks its
+  draft for t with the same g_t from its own q_t, and a draft is accepted when it equals the
+  target's pick, so the output is the target's pick at every position whatever the draft
+  schedule: seeded speculative output equals seeded plain output. It accepts less than
+  rejection sampling (the same noise makes p and q agree less often than the maximal coupling
+  min(p, q) does), so unseeded requests keep rejection sampling.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -93,10 +101,28 @@ def probs(logits: mx.array, params: SamplingParams) -> mx.array:
     return p
 
 
-def sample(logits: mx.array, params: SamplingParams) -> mx.array:
-    """logits [..., V] -> token ids [...]; argmax when greedy."""
+def noise(seed: int, first: int, rows: int, vocab: int) -> mx.array:
+    """Gumbel noise [rows, V] for the tokens at positions first .. first + rows - 1, each row from
+    (seed, position) alone, so a position gets the same noise whichever pass computes it."""
+    keys = [
+        int.from_bytes(hashlib.blake2b(f"{seed}:{t}".encode(), digest_size=8).digest(), "little")
+        for t in range(first, first + rows)
+    ]
+    return mx.stack([mx.random.gumbel((vocab,), key=mx.random.key(k)) for k in keys])
+
+
+def coupled(logits: mx.array, params: SamplingParams, first: int) -> mx.array:
+    """logits [rows, V] predicting positions first.. -> the seeded picks [rows]: argmax(log p + g)."""
+    return mx.argmax(mx.log(probs(logits, params)) + noise(params.seed, first, logits.shape[0], logits.shape[-1]), -1)
+
+
+def sample(logits: mx.array, params: SamplingParams, position: Optional[int] = None) -> mx.array:
+    """logits [V] -> a token id (scalar) for the token at `position`: argmax when greedy, the
+    coupled pick when seeded (then `position` is needed), else a draw from the filtered p."""
     if params.greedy:
         return mx.argmax(logits, axis=-1)
+    if params.seed is not None:
+        return coupled(logits[None], params, position)[0]
     return mx.random.categorical(mx.log(probs(logits, params)), axis=-1)
 
 
@@ -126,9 +152,19 @@ def accept_rejection(p: mx.array, q: mx.array, drafts: mx.array) -> tuple[mx.arr
 
 
 def accept(
-    target_logits: mx.array, drafts: mx.array, draft_probs: Optional[mx.array], params: SamplingParams
+    target_logits: mx.array,
+    drafts: mx.array,
+    draft_probs: Optional[mx.array],
+    params: SamplingParams,
+    position: Optional[int] = None,
 ) -> tuple[mx.array, mx.array]:
-    """Dispatch: greedy exact-match, or rejection sampling with the drafter's own distribution."""
+    """Dispatch: greedy exact-match; seeded: exact match against the target's coupled picks
+    (row 0 predicts `position`); else rejection sampling with the drafter's own distribution."""
     if params.greedy:
         return accept_greedy(target_logits, drafts)
+    if params.seed is not None:
+        picks = coupled(target_logits, params, position)
+        k = drafts.shape[0]
+        n = mx.cumprod((drafts == picks[:k]).astype(mx.int32)).sum()
+        return n, picks[n]
     return accept_rejection(probs(target_logits, params), draft_probs, drafts)
