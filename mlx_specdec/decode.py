@@ -39,6 +39,7 @@ from . import probe
 from .cache import PromptCache, cache_offset, rewind
 from .calibrate import make_policy
 from .errors import SpecdecError
+from .grammar import Constraint
 from .load import Bundle
 from .numerics import Widths
 from .round import issue_round, target_pass
@@ -76,12 +77,13 @@ def rounds(
     budget: int,
     widths: Widths = Widths(),
     host_wait: Optional[HostWait] = None,
+    constraint: Optional[Constraint] = None,
 ) -> Iterator[Round]:
     """Rounds after the prefill, until `budget` tokens have been yielded or the caller stops.
     `bonus` (scalar) and `h` [1, 1, H] are the prefill's token and hidden state, already in `pc`
     except for the bonus token's K/V. A round never yields more tokens than the budget has left
     and never drafts more than `widths.max_draft`; the caller takes every token of a round before
-    asking for the next one."""
+    asking for the next one. `constraint`: the request's grammar, advanced along each round's tokens."""
     left = budget
     queued = None  # the next plain round, already issued
     while left > 0:
@@ -92,10 +94,9 @@ def rounds(
         if queued is not None:
             issued, queued = queued, None
         else:
-            issued = issue_round(
-                bundle, pc, bonus, h, policy.choose(min(left - 1, widths.max_draft)), params, widths.plain
-            )
-        if issued.k == 0 and left > 1 and policy.choose(min(left - 2, widths.max_draft)) == 0:
+            k = policy.choose(min(left - 1, widths.max_draft))
+            issued = issue_round(bundle, pc, bonus, h, k, params, widths.plain, constraint)
+        if issued.k == 0 and left > 1 and constraint is None and policy.choose(min(left - 2, widths.max_draft)) == 0:
             # The next round is plain too: issue it now, it computes while this one is read.
             queued = issue_round(bundle, pc, issued.bonus, issued.hidden, 0, params, widths.plain)
             mx.async_eval(queued.bonus)
@@ -114,6 +115,8 @@ def rounds(
         h = issued.hidden[:, accepted : accepted + 1]
         bonus = issued.bonus
         policy.observe(issued.k, accepted)
+        if constraint is not None:
+            constraint.consume([*drafted[:accepted], int(bonus.item())])
         left -= accepted + 1
         # 5. yield: the round's accepted drafts and its bonus token.
         yield Round(position, drafted, accepted, int(bonus.item()), time.perf_counter() - t_start)
@@ -180,6 +183,13 @@ def stream_generate(
         policy = make_policy(settings.draft, bundle, settings.battery)
     stops = set(getattr(bundle.tokenizer, "eos_token_ids", ()) or ()) if stop_tokens is None else set(stop_tokens)
     params, widths = settings.sampling, probe.verdict(bundle).widths(settings.exactness)
+    constraint = None
+    if settings.grammar is not None:
+        eos = getattr(bundle.tokenizer, "eos_token_id", None)
+        eos = eos if eos in stops or not stops else min(stops)
+        constraint = Constraint(
+            bundle.tokenizer, bundle.target.vocab_size, *settings.grammar, eos if eos is not None else 0
+        )
 
     t0 = time.perf_counter()
     pc = prompt_cache if prompt_cache is not None else PromptCache(bundle)
@@ -192,15 +202,18 @@ def stream_generate(
             # 0. prefill: logits and hidden state of the last prompt token, then the first token.
             logits, h = _prefill(bundle, pc, new_ids, widths.plain)
             pc.tokens.extend(new_ids)
-            bonus = sample(logits[0], params, len(ids))  # the token at position len(ids)
+            row = logits if constraint is None else constraint.apply(logits)
+            bonus = sample(row[0], params, len(ids))  # the token at position len(ids)
             mx.eval(bonus, h)  # sync: the first token
             ttft = time.perf_counter() - t0
             first = Round(len(ids), (), 0, int(bonus.item()), ttft)
-            later = rounds(bundle, pc, bonus, h, policy, params, budget - 1, widths, host_wait)
+            if constraint is not None:
+                constraint.consume([int(bonus.item())])
+            later = rounds(bundle, pc, bonus, h, policy, params, budget - 1, widths, host_wait, constraint)
             for index, rnd in enumerate(itertools.chain([first], later)):
                 for i, token in enumerate(rnd.tokens):
                     budget -= 1
-                    if token in stops or text.add(token):
+                    if token in stops or text.add(token) or (constraint is not None and constraint.done):
                         finish = "stop"
                     else:
                         finish = "length" if budget == 0 else None

@@ -25,6 +25,7 @@ from typing import Optional
 import mlx.core as mx
 
 from .cache import PromptCache, cache_offset, drafter_kv, rewind
+from .grammar import Constraint
 from .sampling import SamplingParams, accept, probs, sample
 
 
@@ -89,22 +90,38 @@ def target_pass(target, pc: PromptCache, tokens: mx.array, min_rows: int = 1) ->
 
 
 def issue_round(
-    bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams, plain_width: int = 1
+    bundle,
+    pc: PromptCache,
+    bonus: mx.array,
+    h: mx.array,
+    k: int,
+    params: SamplingParams,
+    plain_width: int = 1,
+    constraint: Optional[Constraint] = None,
 ) -> IssuedRound:
     """Phases 1-3 of one round, lazily. The target hands the first layers of a pass to the device
-    while it builds the rest (models/target.py, issue_early)."""
+    while it builds the rest (models/target.py, issue_early). With a grammar `constraint` (its
+    state after x_p), the host reads the drafts (a sync of their own), keeps the prefix the grammar
+    allows, and masks every verify row with the grammar's state after the drafts before it."""
     position = cache_offset(pc.cache)  # of x_p: row j of the pass predicts the token at p + 1 + j
+    masks = None
+    if k:
+        # 1. draft: k lazy drafter steps from (bonus, h) at position p, handed to the device at once
+        #    (not a sync): it drafts while the host builds the verify pass.
+        drafts, q = draft(bundle, pc, bonus, h, k, params)
+        handed = time.perf_counter()  # timed before the call: async_eval can block on a busy device
+        mx.async_eval(drafts)
+        if constraint is not None:  # sync: the grammar reads the drafts
+            k, masks = constraint.masks(drafts.tolist())
+            drafts, q = drafts[:k], (q[:k] if q is not None else None)
     if k == 0:  # plain decoding: the next token is sampled from the one row kept
         logits, hidden = target_pass(bundle.target, pc, bonus.reshape(1, 1), plain_width)
-        nxt = sample(logits[0, -1], params, position + 1)
+        row = logits[0] if constraint is None else constraint.apply(logits[0], masks)
+        nxt = sample(row[-1], params, position + 1)
         return IssuedRound(0, None, None, nxt, hidden, bundle.target.handed_at)
-    # 1. draft: k lazy drafter steps from (bonus, h) at position p, handed to the device at once
-    #    (not a sync): it drafts while the host builds the verify pass.
-    drafts, q = draft(bundle, pc, bonus, h, k, params)
-    handed = time.perf_counter()  # timed before the call: async_eval can block on a busy device
-    mx.async_eval(drafts)
     # 2. verify: one target pass over [x_p, d_1..d_k] (positions p..p+k).
     logits, hidden = target_pass(bundle.target, pc, mx.concatenate([bonus.reshape(1), drafts])[None], plain_width)
+    rows = logits[0] if constraint is None else constraint.apply(logits[0], masks)
     # 3. accept: n drafts and the next bonus token from row n, still lazy.
-    n, nxt = accept(logits[0], drafts, q, params, position + 1)
+    n, nxt = accept(rows, drafts, q, params, position + 1)
     return IssuedRound(k, drafts, n, nxt, hidden, handed)

@@ -12,6 +12,7 @@ value the settings hold; the CLI options and the chat's `/draft` share it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -41,6 +42,25 @@ def draft_label(draft: DraftSetting) -> str:
     return "off" if draft == 0 else str(draft)
 
 
+GRAMMAR_KINDS = ("json", "json_schema", "regex", "lark")
+
+
+def check_grammar(grammar) -> None:
+    """(kind, text) with a known kind, and a schema that is a JSON object; else one line."""
+    if not (isinstance(grammar, tuple) and len(grammar) == 2 and all(isinstance(x, str) for x in grammar)):
+        raise SpecdecError(f"grammar must be (kind, text), not {grammar!r}"[:200])
+    kind, text = grammar
+    if kind not in GRAMMAR_KINDS:
+        raise SpecdecError(f"grammar kind must be one of {', '.join(GRAMMAR_KINDS)}, not {kind!r}")
+    if kind == "json_schema":
+        try:
+            schema = json.loads(text)
+        except ValueError as e:
+            raise SpecdecError(f"the JSON schema is not JSON ({e})") from None
+        if not isinstance(schema, dict):
+            raise SpecdecError(f"a JSON schema is an object, not {type(schema).__name__}")
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How one request is generated.
@@ -53,6 +73,8 @@ class GenerationSettings:
     max_context: the context limit in tokens (>= 2); None means the model's own limit.
     battery:     auto draft length per joule (True), per second (False), or per joule when
                  the machine runs on battery (None).
+    grammar:     None, or (kind, text): the output must match a grammar (grammar.py: "json" for
+                 any JSON object, "json_schema" with the schema's JSON text, "regex", "lark").
     exactness:   "strict": on a device where no pass widths agree bit for bit (probe.py), decode
                  plainly; "relaxed": draft anyway (same distribution, greedy ties may break
                  differently).
@@ -65,6 +87,7 @@ class GenerationSettings:
     max_context: Optional[int] = None
     battery: Optional[bool] = None
     exactness: str = "strict"
+    grammar: Optional[tuple[str, str]] = None
 
     def __post_init__(self):
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -88,6 +111,8 @@ class GenerationSettings:
         object.__setattr__(self, "stop", tuple(s for s in stop if s))
         if self.battery not in (None, True, False):
             raise SpecdecError(f"battery must be True, False or None (decide by power source), not {self.battery!r}")
+        if self.grammar is not None:
+            check_grammar(self.grammar)
         if self.exactness not in ("strict", "relaxed"):
             raise SpecdecError(f"--exactness must be 'strict' or 'relaxed', not {self.exactness!r}")
 
