@@ -29,6 +29,7 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchGLU
 
 from .cache import PromptCache, rewind
 from .errors import SpecdecError
@@ -193,6 +194,25 @@ def _attention_run(heads: int, kv_heads: int, dim: int, keys: int, max_width: in
     return run
 
 
+def _experts_run(glu, dims: int, max_width: int, dtype) -> Callable[[int], list[mx.array]]:
+    """A SwitchGLU (MoE experts: gather_qmm / gather_mm) with fixed top-k indices per row."""
+    x = mx.random.normal((1, max_width, dims), key=mx.random.key(2)).astype(dtype)
+    experts = glu.gate_proj.num_experts
+    top = min(8, experts)
+    idx = (mx.arange(max_width * top).reshape(1, max_width, top) * 7) % experts
+
+    def run(w: int) -> list[mx.array]:
+        if w < 0:
+            outs = [glu(x[:, j : j + 1], idx[:, j : j + 1])[0, 0] for j in range(max_width)]
+        else:
+            out = glu(x[:, :w], idx[:, :w])
+            outs = [out[0, j] for j in range(w)]
+        mx.eval(outs)
+        return outs
+
+    return run
+
+
 def _linear_shape(module) -> Optional[tuple[str, str, int]]:
     """(op, shape, input width) of a linear-like module, or None."""
     if isinstance(module, nn.QuantizedLinear):
@@ -217,6 +237,17 @@ def op_differences(target, max_width: int = MAX_DRAFT + 1, keys: int = CONTEXT) 
         differ = _differing_widths(_linear_run(module, shape[2], max_width, dtype), max_width)
         if differ:
             out.append(Difference(shape[0], shape[1], differ))
+    for _, module in model.named_modules():
+        if isinstance(module, SwitchGLU):
+            proj = module.gate_proj
+            op = "gather_qmm" if isinstance(proj, QuantizedSwitchLinear) else "gather_mm"
+            shape = f"{proj.num_experts} experts {proj.input_dims}->{proj.output_dims}"
+            if (op, shape) in seen:
+                continue
+            seen.add((op, shape))
+            differ = _differing_widths(_experts_run(module, proj.input_dims, max_width, dtype), max_width)
+            if differ:
+                out.append(Difference(op, shape, differ))
     head = model.model.embed_tokens
     if isinstance(head, nn.QuantizedEmbedding):  # the tied head is a quantised matmul too
         dims = head.scales.shape[1] * head.group_size

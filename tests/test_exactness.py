@@ -121,6 +121,21 @@ def test_op_probe_finds_no_operation_whose_rows_depend_on_the_width_on_the_cpu()
     assert probe.op_differences(fresh().target) == []
 
 
+def test_op_probe_names_moe_experts_whose_rows_depend_on_the_width(monkeypatch):
+    """The 26B-A4B's experts run mx.gather_mm in float32 here: make it round 1-row passes apart."""
+    b = fresh(FAMILY_DIR / "26b-a4b" / "target", FAMILY_DIR / "26b-a4b" / "assistant", quantised=False)
+    assert probe.op_differences(b.target) == []
+    real = mx.gather_mm
+
+    def fake(x, *args, **kwargs):
+        out = real(x, *args, **kwargs)
+        return perturbed(out) if x.shape[1] == 1 else out  # x [1, rows, 1, 1, D] after SwitchGLU's expand
+
+    monkeypatch.setattr(mx, "gather_mm", fake)
+    found = probe.op_differences(b.target)
+    assert [d.op for d in found] == ["gather_mm"] and found[0].widths == list(range(2, MAX_DRAFT + 2))
+
+
 def test_verdict_is_cached_per_bundle_and_read_back(tmp_path, monkeypatch):
     monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
     b = fresh()
