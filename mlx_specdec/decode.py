@@ -43,7 +43,7 @@ from .grammar import Constraint
 from .load import Bundle
 from .numerics import Widths
 from .round import issue_round, target_pass
-from .sampling import SamplingParams, sample
+from .sampling import Penalties, SamplingParams, sample
 from .settings import GenerationSettings
 from .stats import HostWait, Round, RunStats, TokenRecord
 from .text import TextStream
@@ -78,12 +78,14 @@ def rounds(
     widths: Widths = Widths(),
     host_wait: Optional[HostWait] = None,
     constraint: Optional[Constraint] = None,
+    penalties: Optional[Penalties] = None,
 ) -> Iterator[Round]:
     """Rounds after the prefill, until `budget` tokens have been yielded or the caller stops.
     `bonus` (scalar) and `h` [1, 1, H] are the prefill's token and hidden state, already in `pc`
     except for the bonus token's K/V. A round never yields more tokens than the budget has left
     and never drafts more than `widths.max_draft`; the caller takes every token of a round before
-    asking for the next one. `constraint`: the request's grammar, advanced along each round's tokens."""
+    asking for the next one. `constraint` (the request's grammar) and `penalties` (logit bias,
+    presence and frequency) follow each round's tokens; with either, no round is issued ahead."""
     left = budget
     queued = None  # the next plain round, already issued
     while left > 0:
@@ -95,8 +97,9 @@ def rounds(
             issued, queued = queued, None
         else:
             k = policy.choose(min(left - 1, widths.max_draft))
-            issued = issue_round(bundle, pc, bonus, h, k, params, widths.plain, constraint)
-        if issued.k == 0 and left > 1 and constraint is None and policy.choose(min(left - 2, widths.max_draft)) == 0:
+            issued = issue_round(bundle, pc, bonus, h, k, params, widths.plain, constraint, penalties)
+        ahead = constraint is None and penalties is None  # the next round needs nothing from this one
+        if issued.k == 0 and left > 1 and ahead and policy.choose(min(left - 2, widths.max_draft)) == 0:
             # The next round is plain too: issue it now, it computes while this one is read.
             queued = issue_round(bundle, pc, issued.bonus, issued.hidden, 0, params, widths.plain)
             mx.async_eval(queued.bonus)
@@ -115,8 +118,9 @@ def rounds(
         h = issued.hidden[:, accepted : accepted + 1]
         bonus = issued.bonus
         policy.observe(issued.k, accepted)
-        if constraint is not None:
-            constraint.consume([*drafted[:accepted], int(bonus.item())])
+        for follower in (constraint, penalties):
+            if follower is not None:
+                follower.consume([*drafted[:accepted], int(bonus.item())])
         left -= accepted + 1
         # 5. yield: the round's accepted drafts and its bonus token.
         yield Round(position, drafted, accepted, int(bonus.item()), time.perf_counter() - t_start)
@@ -183,13 +187,11 @@ def stream_generate(
         policy = make_policy(settings.draft, bundle, settings.battery)
     stops = set(getattr(bundle.tokenizer, "eos_token_ids", ()) or ()) if stop_tokens is None else set(stop_tokens)
     params, widths = settings.sampling, probe.verdict(bundle).widths(settings.exactness)
-    constraint = None
-    if settings.grammar is not None:
-        eos = getattr(bundle.tokenizer, "eos_token_id", None)
-        eos = eos if eos in stops or not stops else min(stops)
-        constraint = Constraint(
-            bundle.tokenizer, bundle.target.vocab_size, *settings.grammar, eos if eos is not None else 0
-        )
+    constraint = Constraint.for_request(bundle, settings.grammar, stops) if settings.grammar else None
+    penalties = None
+    if settings.logit_bias or settings.presence_penalty or settings.frequency_penalty:
+        vocab = bundle.target.vocab_size
+        penalties = Penalties(vocab, settings.logit_bias, settings.presence_penalty, settings.frequency_penalty)
 
     t0 = time.perf_counter()
     pc = prompt_cache if prompt_cache is not None else PromptCache(bundle)
@@ -202,14 +204,16 @@ def stream_generate(
             # 0. prefill: logits and hidden state of the last prompt token, then the first token.
             logits, h = _prefill(bundle, pc, new_ids, widths.plain)
             pc.tokens.extend(new_ids)
-            row = logits if constraint is None else constraint.apply(logits)
+            row = logits if penalties is None else penalties.apply(logits)
+            row = row if constraint is None else constraint.apply(row)
             bonus = sample(row[0], params, len(ids))  # the token at position len(ids)
             mx.eval(bonus, h)  # sync: the first token
             ttft = time.perf_counter() - t0
             first = Round(len(ids), (), 0, int(bonus.item()), ttft)
-            if constraint is not None:
-                constraint.consume([int(bonus.item())])
-            later = rounds(bundle, pc, bonus, h, policy, params, budget - 1, widths, host_wait, constraint)
+            for follower in (constraint, penalties):
+                if follower is not None:
+                    follower.consume([int(bonus.item())])
+            later = rounds(bundle, pc, bonus, h, policy, params, budget - 1, widths, host_wait, constraint, penalties)
             for index, rnd in enumerate(itertools.chain([first], later)):
                 for i, token in enumerate(rnd.tokens):
                     budget -= 1

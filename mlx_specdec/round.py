@@ -26,7 +26,7 @@ import mlx.core as mx
 
 from .cache import PromptCache, cache_offset, drafter_kv, rewind
 from .grammar import Constraint
-from .sampling import SamplingParams, accept, probs, sample
+from .sampling import Penalties, SamplingParams, accept, probs, sample
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,17 @@ class IssuedRound:
         return [self.bonus] if self.k == 0 else [self.accepted, self.bonus, self.drafts]
 
 
-def draft(bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams):
-    """k lazy drafter steps at position p -> (drafts [k], draft distributions [k, V] or None)."""
+def draft(bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams, penalties=None):
+    """k lazy drafter steps at position p -> (drafts [k], draft distributions [k, V] or None).
+    `penalties` change the drafter's logits as they change the target's."""
     target, drafter = bundle.target, bundle.drafter
     kv = drafter_kv(pc.cache, target.kv_layers)
     position = cache_offset(pc.cache)
     x, drafts, qs = bonus.reshape(1, 1), [], []
     for i in range(k):
         logits, h = drafter(target.embed(x), h, kv, position)
+        if penalties is not None:
+            logits = penalties.apply(logits[0], mx.concatenate(drafts) if drafts else None)[None]
         if params.greedy:
             x = mx.argmax(logits[:, -1], axis=-1).reshape(1, 1)
         elif params.seed is not None:  # the target's noise for the token at p + 1 + i
@@ -98,17 +101,19 @@ def issue_round(
     params: SamplingParams,
     plain_width: int = 1,
     constraint: Optional[Constraint] = None,
+    penalties: Optional[Penalties] = None,
 ) -> IssuedRound:
     """Phases 1-3 of one round, lazily. The target hands the first layers of a pass to the device
     while it builds the rest (models/target.py, issue_early). With a grammar `constraint` (its
     state after x_p), the host reads the drafts (a sync of their own), keeps the prefix the grammar
-    allows, and masks every verify row with the grammar's state after the drafts before it."""
+    allows, and masks every verify row with the grammar's state after the drafts before it.
+    `penalties` (logit bias, presence and frequency) change the drafter's and the target's rows alike."""
     position = cache_offset(pc.cache)  # of x_p: row j of the pass predicts the token at p + 1 + j
     masks = None
     if k:
         # 1. draft: k lazy drafter steps from (bonus, h) at position p, handed to the device at once
         #    (not a sync): it drafts while the host builds the verify pass.
-        drafts, q = draft(bundle, pc, bonus, h, k, params)
+        drafts, q = draft(bundle, pc, bonus, h, k, params, penalties)
         handed = time.perf_counter()  # timed before the call: async_eval can block on a busy device
         mx.async_eval(drafts)
         if constraint is not None:  # sync: the grammar reads the drafts
@@ -116,12 +121,14 @@ def issue_round(
             drafts, q = drafts[:k], (q[:k] if q is not None else None)
     if k == 0:  # plain decoding: the next token is sampled from the one row kept
         logits, hidden = target_pass(bundle.target, pc, bonus.reshape(1, 1), plain_width)
-        row = logits[0] if constraint is None else constraint.apply(logits[0], masks)
+        row = logits[0] if penalties is None else penalties.apply(logits[0])
+        row = row if constraint is None else constraint.apply(row, masks)
         nxt = sample(row[-1], params, position + 1)
         return IssuedRound(0, None, None, nxt, hidden, bundle.target.handed_at)
     # 2. verify: one target pass over [x_p, d_1..d_k] (positions p..p+k).
     logits, hidden = target_pass(bundle.target, pc, mx.concatenate([bonus.reshape(1), drafts])[None], plain_width)
-    rows = logits[0] if constraint is None else constraint.apply(logits[0], masks)
+    rows = logits[0] if penalties is None else penalties.apply(logits[0], drafts)
+    rows = rows if constraint is None else constraint.apply(rows, masks)
     # 3. accept: n drafts and the next bonus token from row n, still lazy.
     n, nxt = accept(rows, drafts, q, params, position + 1)
     return IssuedRound(k, drafts, n, nxt, hidden, handed)

@@ -168,3 +168,40 @@ def accept(
         n = mx.cumprod((drafts == picks[:k]).astype(mx.int32)).sum()
         return n, picks[n]
     return accept_rejection(probs(target_logits, params), draft_probs, drafts)
+
+
+class Penalties:
+    """OpenAI's `logit_bias`, `presence_penalty` and `frequency_penalty` as one lazy change of the
+    logits, the same for the target's rows and the drafter's steps, so greedy speculative output
+    still equals plain output and sampling keeps the changed target's distribution.
+
+    logits[t] += bias[t] - frequency * c[t] - presence * (c[t] > 0), where c counts the tokens
+    generated so far (not the prompt's) plus, for a row after drafts, the drafts before it.
+    """
+
+    def __init__(self, vocab_size: int, bias=(), presence: float = 0.0, frequency: float = 0.0):
+        self.presence, self.frequency = presence, frequency
+        self.bias = None
+        if bias:
+            ids, values = zip(*bias)
+            self.bias = mx.zeros((vocab_size,)).at[mx.array(ids)].add(mx.array(values, dtype=mx.float32))
+        self.counts = mx.zeros((vocab_size,), dtype=mx.float32)
+        self.vocab_size = vocab_size
+
+    def apply(self, logits: mx.array, tokens: Optional[mx.array] = None) -> mx.array:
+        """logits [R, V] -> changed logits [R, V] (float32). `tokens` [m]: generated since the last
+        `consume`, not yet counted; row r counts tokens[: m - R + 1 + r] (the last row all of them)."""
+        out = logits.astype(mx.float32)
+        if self.bias is not None:
+            out = out + self.bias
+        if not (self.presence or self.frequency):
+            return out
+        counts = mx.broadcast_to(self.counts, out.shape)
+        if tokens is not None and tokens.size:
+            onehot = (tokens[:, None] == mx.arange(self.vocab_size)[None]).astype(mx.float32)
+            before = mx.concatenate([mx.zeros((1, self.vocab_size)), mx.cumsum(onehot, axis=0)])  # [m + 1, V]
+            counts = counts + before[before.shape[0] - out.shape[0] :]
+        return out - self.frequency * counts - self.presence * (counts > 0)
+
+    def consume(self, tokens: list[int]) -> None:
+        self.counts = self.counts.at[mx.array(tokens)].add(1.0)

@@ -73,6 +73,10 @@ class GenerationSettings:
     max_context: the context limit in tokens (>= 2); None means the model's own limit.
     battery:     auto draft length per joule (True), per second (False), or per joule when
                  the machine runs on battery (None).
+    logit_bias:  ((token id, bias), ...) added to the logits (OpenAI's logit_bias, -100..100).
+    presence_penalty, frequency_penalty: OpenAI's (-2..2): subtracted once per generated token
+                 seen (presence) or per occurrence (frequency). All three change the target's
+                 distribution and the drafter's alike (sampling.Penalties).
     grammar:     None, or (kind, text): the output must match a grammar (grammar.py: "json" for
                  any JSON object, "json_schema" with the schema's JSON text, "regex", "lark").
     exactness:   "strict": on a device where no pass widths agree bit for bit (probe.py), decode
@@ -88,6 +92,9 @@ class GenerationSettings:
     battery: Optional[bool] = None
     exactness: str = "strict"
     grammar: Optional[tuple[str, str]] = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -113,6 +120,17 @@ class GenerationSettings:
             raise SpecdecError(f"battery must be True, False or None (decide by power source), not {self.battery!r}")
         if self.grammar is not None:
             check_grammar(self.grammar)
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -2 <= value <= 2:
+                raise SpecdecError(f"{name} must be a number from -2 to 2, not {value!r}"[:200])
+        try:
+            bias = tuple((int(t), float(b)) for t, b in dict(self.logit_bias).items())
+        except (TypeError, ValueError):
+            raise SpecdecError("logit_bias maps token ids to numbers from -100 to 100") from None
+        if any(t < 0 or not -100 <= b <= 100 for t, b in bias):
+            raise SpecdecError("logit_bias maps token ids (>= 0) to numbers from -100 to 100")
+        object.__setattr__(self, "logit_bias", bias)
         if self.exactness not in ("strict", "relaxed"):
             raise SpecdecError(f"--exactness must be 'strict' or 'relaxed', not {self.exactness!r}")
 
