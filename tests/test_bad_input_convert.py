@@ -29,8 +29,8 @@ import weights_convert
 from mlx_specdec.cli import app
 from weights_convert import FORMAT_VERSION, fetch, write
 
-from .conftest import DRAFTERS, TARGET
-from .test_convert import FakeHub, http_error
+from .helpers.convert import FakeHub, http_error
+from .helpers.paths import DRAFTERS, TARGET
 
 convert_module = importlib.import_module("weights_convert.convert")  # the package re-exports a function of that name
 DRAFTER = DRAFTERS["dense"]

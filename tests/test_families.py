@@ -21,8 +21,8 @@ from mlx_specdec.models.target import kv_layout, kv_source_layers
 from mlx_specdec.sampling import SamplingParams
 from mlx_specdec.settings import GenerationSettings
 
-from .conftest import FIXTURES
-from .test_sampling import chi2_critical, chi_square
+from .helpers.paths import FIXTURES
+from .helpers.stats import chi2_critical, chi_square
 
 FAMILY_DIR = FIXTURES / "families"
 FAMILIES = ["26b-a4b", "31b", "12b", "e2b"]

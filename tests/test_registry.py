@@ -9,7 +9,7 @@ from mlx_specdec import registry
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import read_config
 
-from .conftest import DRAFTERS, TARGET
+from .helpers.paths import DRAFTERS, TARGET
 
 
 @pytest.mark.parametrize(

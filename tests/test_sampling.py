@@ -9,17 +9,7 @@ from mlx_specdec.decode import generate
 from mlx_specdec.sampling import SamplingParams, accept_rejection, probs
 from mlx_specdec.settings import GenerationSettings
 
-
-def chi2_critical(df, z=3.09):
-    """Wilson-Hilferty chi-square quantile; z = 3.09 is p = 0.001 (a correct sampler fails 1 run in 1000)."""
-    return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
-
-
-def chi_square(counts, expected_probs):
-    n = counts.sum()
-    e = expected_probs * n
-    keep = e > 0
-    return float((((counts - e) ** 2)[keep] / e[keep]).sum())
+from .helpers.stats import chi2_critical, chi_square
 
 
 def fixed_pq(V=6, k=2, seed=0):
