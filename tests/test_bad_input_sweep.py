@@ -1,6 +1,6 @@
-"""Bad-input sweep (issue 11, second pass): odd values given to the Python API and the commands
-give one line, a `SpecdecError` from the library (never a raw TypeError/AttributeError from deep
-inside) or `error: ...` with exit status 1 from the CLI, and never a traceback.
+"""Bad-input sweep: odd values given to the Python API and the commands give one line, a
+`SpecdecError` from the library (never a raw TypeError/AttributeError from deep inside) or
+`error: ...` with exit status 1 from the CLI, and never a traceback.
 """
 
 import asyncio

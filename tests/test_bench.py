@@ -361,8 +361,8 @@ def test_blas_reexec_plan_for_scripts_that_ask(tmp_path):
     lib = tmp_path / "libopenblas.so.0"
     lib.write_bytes(b"")
     script = {
-        "argv": ["scripts/bench_sweep.py"],
-        "orig_argv": ["python", "scripts/bench_sweep.py"],
+        "argv": ["scripts/measure/bench_sweep.py"],
+        "orig_argv": ["python", "scripts/measure/bench_sweep.py"],
         "candidates": [lib],
     }
     assert blas.reexec_plan({}, system="Linux", **script) is None

@@ -8,7 +8,7 @@ from mlx_specdec.prompt import chat_ids
 from mlx_specdec.settings import GenerationSettings as S
 
 # A question about an entry held out of the demo pair's training corpus.
-HELD_OUT = "Explain `argparse.ArgumentTypeError`."  # a held-out name (scripts/demo_corpus.py)
+HELD_OUT = "Explain `argparse.ArgumentTypeError`."  # a held-out name (scripts/demo/demo_corpus.py)
 
 
 @pytest.fixture(scope="module")

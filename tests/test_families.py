@@ -1,6 +1,6 @@
 """Every published Gemma 4 family loads, computes what transformers computes, and decodes exactly.
 
-Fixtures: tests/fixtures/families/<family>/{target,assistant} (scripts/make_family_fixtures.py),
+Fixtures: tests/fixtures/families/<family>/{target,assistant} (scripts/fixtures/make_family_fixtures.py),
 one tiny pair per family in the hub repos' layout: 26b-a4b (MoE, k_eq_v, no KV sharing),
 31b (k_eq_v, no KV sharing), 12b (gemma4_unified + gemma4_unified_assistant), e2b (as published:
 extra K/V tensors, `global_head_dim` in the config, tokenizer.json + chat_template.jinja only).

@@ -286,7 +286,7 @@ def test_device_bench_refuses_without_a_gpu_in_one_line_and_dry_runs(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).parents[1] / "scripts" / "device_bench.sh"
+    script = Path(__file__).parents[1] / "scripts" / "setup" / "device_bench.sh"
     env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}  # no nvidia-smi on this PATH
     (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # present but failing counts as absent
     (tmp_path / "nvidia-smi").chmod(0o755)
