@@ -1,18 +1,21 @@
-"""Shared fixtures: the tiny real Gemma 4 checkpoints under tests/fixtures/ (see its README)."""
+"""Shared fixtures: the tiny real Gemma 4 checkpoints under tests/fixtures/ (see its README), and
+an offline hub for every test. Plain helpers (paths, fakes, checks) live in tests/helpers/."""
 
-import os
-from pathlib import Path
-
+import huggingface_hub.constants
 import mlx.core as mx
 import pytest
 
-# Tests never reach a hub: anything that tried would fail at once instead of touching the network.
-os.environ["HF_HUB_OFFLINE"] = "1"
+from .helpers.paths import DRAFTERS, FIXTURES, TARGET
 
-FIXTURES = Path(__file__).parent / "fixtures"
-TARGET = FIXTURES / "target_text"
-TARGET_MM = FIXTURES / "target_mm"
-DRAFTERS = {"dense": FIXTURES / "drafter_dense", "centroid": FIXTURES / "drafter_centroid"}
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_hub():
+    """Tests never reach a hub: anything that tried would fail at once instead of touching the network.
+    Session-wide (so module fixtures that start servers inherit it) and undone at the end."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")  # for subprocesses, and code that reads the environment
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, at import
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

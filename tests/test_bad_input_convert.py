@@ -1,5 +1,5 @@
-"""Issue 11, converter and file-loading items: bad input and faults give one line, never a traceback,
-and never change a file of the user's.
+"""The converter and file loading on bad input and faults: one line, never a traceback, and never
+a change to a file of the user's.
 
 Each test runs the command line (typer's CliRunner) and asserts the exact line on stderr, the exit
 status, that no exception escaped (CliRunner would hold it: a traceback for a user), and that every
@@ -29,8 +29,8 @@ import weights_convert
 from mlx_specdec.cli import app
 from weights_convert import FORMAT_VERSION, fetch, write
 
-from .conftest import DRAFTERS, TARGET
-from .test_convert import FakeHub, http_error
+from .helpers.convert import FakeHub, http_error
+from .helpers.paths import DRAFTERS, TARGET
 
 convert_module = importlib.import_module("weights_convert.convert")  # the package re-exports a function of that name
 DRAFTER = DRAFTERS["dense"]
@@ -133,7 +133,7 @@ def non_utf8_folder(parent: Path) -> Path:
     return folder
 
 
-# --- item 1: --force never deletes what is not ours -------------------------------------------
+# --- --force never deletes what is not ours --------------------------------------------------
 def test_force_refuses_a_folder_whose_manifest_json_is_not_a_bundles(tmp_path):
     app_dir = tmp_path / "extension"
     (app_dir / "src").mkdir(parents=True)
@@ -210,7 +210,7 @@ def test_a_failed_replacement_puts_the_old_bundle_back(tmp_path, monkeypatch, ol
     )
 
 
-# --- item 6: corrupt or unusual files ----------------------------------------------------------
+# --- corrupt or unusual files ----------------------------------------------------------------
 @pytest.mark.parametrize("command", ["generate", "convert"])
 def test_invalid_generation_config_json_names_the_file(tmp_path, command):
     t = copy(TARGET, tmp_path / "t")
@@ -331,7 +331,7 @@ def test_output_folder_name_that_is_not_utf8_is_refused_before_writing(tmp_path)
 
 @pytest.mark.parametrize("role", ["target", "drafter"])
 def test_already_quantised_checkpoint_converts_by_copying_its_quantised_modules(tmp_path, role):
-    """Issue 12: a quantised source (here a bundle's own target or drafter) is copied through, never
+    """A quantised source (here a bundle's own target or drafter) is copied through, never
     quantised twice (tests/test_convert_families.py covers the mlx-community layout)."""
     b = bundle(tmp_path / "b")
     target, drafter = (b / "target", DRAFTER) if role == "target" else (TARGET, b / "drafter")
@@ -355,7 +355,7 @@ def test_integer_weights_without_a_quantisation_config_are_one_line_not_a_traceb
     )
 
 
-# --- item 7: output errors ---------------------------------------------------------------------
+# --- output errors ---------------------------------------------------------------------------
 def test_output_on_a_read_only_file_system(tmp_path, tmpfs):
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     fails(
@@ -424,7 +424,7 @@ def test_disk_full_on_a_real_small_file_system(tmp_path, tmpfs, monkeypatch):
     assert list(tmpfs.iterdir()) == []
 
 
-# --- item 10: wrong or missing words -----------------------------------------------------------
+# --- wrong or missing words ------------------------------------------------------------------
 def test_hub_server_error_is_not_reported_as_unreachable(tmp_path, hub):
     # What snapshot_download raises when the Hub answers 500: the HTTP error inside a cache miss.
     wrapped = LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub")
@@ -496,7 +496,7 @@ def test_a_file_given_as_model_is_not_no_such_folder(tmp_path, given_as):
     fails(tmp_path, args, message)
 
 
-# --- item 11: the umask ------------------------------------------------------------------------
+# --- the umask -------------------------------------------------------------------------------
 def test_bundle_folders_and_files_follow_the_umask(tmp_path):
     old = os.umask(0o027)
     try:

@@ -1,6 +1,6 @@
-"""Bad-input sweep (issue 11, second pass): odd values given to the Python API and the commands
-give one line, a `SpecdecError` from the library (never a raw TypeError/AttributeError from deep
-inside) or `error: ...` with exit status 1 from the CLI, and never a traceback.
+"""Bad-input sweep: odd values given to the Python API and the commands give one line, a
+`SpecdecError` from the library (never a raw TypeError/AttributeError from deep inside) or
+`error: ...` with exit status 1 from the CLI, and never a traceback.
 """
 
 import asyncio
@@ -25,7 +25,7 @@ from mlx_specdec.load import load
 from mlx_specdec.sampling import SamplingParams
 from mlx_specdec.settings import GenerationSettings
 
-from .conftest import DRAFTERS, TARGET
+from .helpers.paths import DRAFTERS, TARGET
 
 runner = CliRunner()
 
@@ -154,6 +154,7 @@ def test_convert_with_an_empty_output_name_is_refused_not_the_current_folder(tmp
     assert checksums(tmp_path) == before
 
 
+@pytest.mark.slow  # a subprocess loading the demo pair
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) for a stdout that is full")
 @pytest.mark.parametrize("json_out", [[], ["--json"]])
 def test_generate_onto_a_full_stdout_is_one_line_not_a_traceback(json_out):

@@ -22,7 +22,7 @@ from mlx_specdec.bench import result as bench_result
 from mlx_specdec.cli import app
 from mlx_specdec.errors import SpecdecError
 
-from .conftest import DRAFTERS, TARGET
+from .helpers.paths import DRAFTERS, TARGET
 
 runner = CliRunner()
 BASE = ["bench", "--target", str(TARGET), "--drafter", str(DRAFTERS["dense"]), "-m", "6", "--trials", "1"]
@@ -39,6 +39,7 @@ def _prompts(tmp_path, lines):
     return path
 
 
+@pytest.mark.slow
 def test_bench_json_holds_every_mode_and_figures_that_agree_with_each_other(tmp_path, bundles):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     prompts = _prompts(tmp_path, ['{"prompt": "Hello there", "name": "hi"}'])
@@ -85,6 +86,15 @@ def test_every_result_field_is_described_in_its_docstring(cls):
     assert [f.name for f in dataclasses.fields(cls) if f.name not in described] == []
 
 
+def test_bench_on_one_short_prompt_runs_every_mode_and_each_matches_plain(bundles):
+    """The quick loop's bench run through the library; the whole suite and the CLI: the slow tests."""
+    prompts = [{"name": "hi", "prompt": "Hello there"}]
+    result = bench.run_bench(bundles["centroid"], prompts=prompts, ks=[2], max_tokens=4, trials=1, mlx_lm=False)
+    assert [m.mode for m in result.modes] == ["plain", "k=2", "auto"]
+    assert all(m.matches_plain and m.generated_tokens == 4 for m in result.modes)
+
+
+@pytest.mark.slow
 def test_bench_runs_the_builtin_suite_through_the_library():
     from mlx_specdec.load import load
 
@@ -273,6 +283,7 @@ def test_write_failing_midway_leaves_the_old_file_and_no_temporary_file(tmp_path
     assert os.listdir(tmp_path) == ["bench.json"]
 
 
+@pytest.mark.slow
 def test_bench_disk_full_at_the_end_is_one_line_and_keeps_the_old_json(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     out.write_text('{"schema": "specdec-bench/1", "previous": "run"}\n')
@@ -358,8 +369,8 @@ def test_blas_reexec_plan_for_scripts_that_ask(tmp_path):
     lib = tmp_path / "libopenblas.so.0"
     lib.write_bytes(b"")
     script = {
-        "argv": ["scripts/bench_sweep.py"],
-        "orig_argv": ["python", "scripts/bench_sweep.py"],
+        "argv": ["scripts/measure/bench_sweep.py"],
+        "orig_argv": ["python", "scripts/measure/bench_sweep.py"],
         "candidates": [lib],
     }
     assert blas.reexec_plan({}, system="Linux", **script) is None

@@ -7,7 +7,7 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache, trim_prompt_cache
 from mlx_specdec.cache import RewindError, SlidingKVCache, make_target_cache, rewind
 from mlx_specdec.load import load_target
 
-from .conftest import TARGET
+from .helpers.paths import TARGET
 
 
 def kv(positions):

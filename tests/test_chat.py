@@ -19,7 +19,7 @@ import pytest
 from mlx_specdec.chat import terminal as chat
 from mlx_specdec.energy import NullSource
 
-from .chat_fakes import FakeCache, FakeLoop, bundle, piped, session
+from .helpers.chat import FakeCache, FakeLoop, bundle, piped, session
 
 
 @pytest.fixture(autouse=True)

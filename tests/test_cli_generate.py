@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from mlx_specdec.cli import app
 from mlx_specdec.errors import SpecdecError
 
-from .conftest import DRAFTERS, TARGET
+from .helpers.paths import DRAFTERS, TARGET
 
 runner = CliRunner()
 BASE = ["generate", "--target", str(TARGET), "--drafter", str(DRAFTERS["dense"])]
@@ -135,6 +135,7 @@ def test_model_and_demo_together_are_refused():
     assert one_line_error(r) == "error: --demo is the bundled pair; give either --demo or a model, not both"
 
 
+@pytest.mark.slow
 def test_non_utf8_prompt_text_is_decoded_with_replacement_not_a_traceback():
     # Python hands undecodable argv bytes over as lone surrogates (surrogateescape).
     r = runner.invoke(app, BASE + ["--prompt", "caf\udce9 \udcff", "-m", "4", "--json"])

@@ -16,7 +16,8 @@ import pytest
 
 from mlx_specdec.load import load, load_target
 
-from .test_convert import TARGET, convert, copy, logits
+from .helpers.convert import convert, copy, logits
+from .helpers.paths import TARGET
 
 pytestmark = pytest.mark.slow  # the converter end to end: quick loops skip it (-m 'not slow')
 

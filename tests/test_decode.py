@@ -25,6 +25,16 @@ def plain_runs(bundles):
 
 
 @pytest.mark.parametrize("head", ["dense", "centroid"])
+def test_speculative_greedy_at_one_k_equals_plain_greedy_past_the_window(bundles, plain_runs, head):
+    """The quick loop's check of exactness; every k and both prompts: the slow test below."""
+    want = plain_runs[40][:30]  # greedy without EOS: a shorter run is a prefix of the longer one
+    _, got, stats = generate(bundles[head], prompt(40), S(max_tokens=30, draft=3))
+    assert got == want
+    assert stats.drafted > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["dense", "centroid"])
 @pytest.mark.parametrize("k", range(1, 9))
 def test_speculative_greedy_equals_plain_greedy(bundles, plain_runs, head, k):
     for n, want in plain_runs.items():
@@ -33,6 +43,7 @@ def test_speculative_greedy_equals_plain_greedy(bundles, plain_runs, head, k):
         assert stats.drafted > 0
 
 
+@pytest.mark.slow  # the quick loop checks transformers parity per family in test_families.py
 def test_plain_and_speculative_greedy_equal_transformers_reference(bundles, reference):
     for g in range(3):
         ids = reference[f"target/greedy{g}/prompt_ids"].tolist()
@@ -146,6 +157,7 @@ def test_generation_stops_when_context_is_full(bundles):
     assert stats.finish_reason == "length" and 20 + len(ids) <= 40
 
 
+@pytest.mark.slow
 def test_long_prompt_in_prefill_chunks_matches_one_pass_and_speculation_stays_exact(bundles):
     """A 600-token prompt crosses the prefill chunk (512) and the sliding cache's compaction."""
     from mlx_specdec.cache import make_target_cache

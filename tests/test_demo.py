@@ -8,7 +8,7 @@ from mlx_specdec.prompt import chat_ids
 from mlx_specdec.settings import GenerationSettings as S
 
 # A question about an entry held out of the demo pair's training corpus.
-HELD_OUT = "Explain `argparse.ArgumentTypeError`."  # a held-out name (scripts/demo_corpus.py)
+HELD_OUT = "Explain `argparse.ArgumentTypeError`."  # a held-out name (scripts/demo/demo_corpus.py)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def test_demo_drafter_accepts_more_than_one_and_a_half_per_round(demo):
     assert stats.mean_accepted_per_round > 1.5, stats
 
 
+@pytest.mark.slow
 def test_demo_speculation_is_exact_far_past_its_sliding_window(demo):
     """The demo's window is 128: a 150-token prompt plus 200 generated tokens cross it twice."""
     window = demo.target.sliding_window

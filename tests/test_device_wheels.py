@@ -1,4 +1,4 @@
-"""scripts/device_wheels.sh splits wheels into per-call carries under the device tool's limit,
+"""scripts/setup/device_wheels.sh splits wheels into per-call carries under the device tool's limit,
 and device_bench.sh (WHEELS=DIR) joins them back byte for byte."""
 
 import os
@@ -10,7 +10,7 @@ ROOT = Path(__file__).parents[1]
 
 def run(script, *args, env=None):
     return subprocess.run(
-        ["bash", str(ROOT / "scripts" / script), *args],
+        ["bash", str(ROOT / "scripts" / "setup" / script), *args],
         capture_output=True,
         text=True,
         check=False,
@@ -57,5 +57,5 @@ def test_device_scripts_refuse_bad_settings_in_one_line(tmp_path):
     assert res.returncode == 1 and res.stderr.strip().startswith("device_wheels.sh: no wheels in ")
     res = run("device_bench.sh", "--dry-run", env={"WHEELS": str(tmp_path / "missing")})
     assert res.returncode == 1 and res.stderr.strip() == (
-        f"device_bench.sh: WHEELS={tmp_path / 'missing'} is not a folder; make it with scripts/device_wheels.sh"
+        f"device_bench.sh: WHEELS={tmp_path / 'missing'} is not a folder; make it with scripts/setup/device_wheels.sh"
     )

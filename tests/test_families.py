@@ -1,6 +1,6 @@
 """Every published Gemma 4 family loads, computes what transformers computes, and decodes exactly.
 
-Fixtures: tests/fixtures/families/<family>/{target,assistant} (scripts/make_family_fixtures.py),
+Fixtures: tests/fixtures/families/<family>/{target,assistant} (scripts/fixtures/make_family_fixtures.py),
 one tiny pair per family in the hub repos' layout: 26b-a4b (MoE, k_eq_v, no KV sharing),
 31b (k_eq_v, no KV sharing), 12b (gemma4_unified + gemma4_unified_assistant), e2b (as published:
 extra K/V tensors, `global_head_dim` in the config, tokenizer.json + chat_template.jinja only).
@@ -21,8 +21,8 @@ from mlx_specdec.models.target import kv_layout, kv_source_layers
 from mlx_specdec.sampling import SamplingParams
 from mlx_specdec.settings import GenerationSettings
 
-from .conftest import FIXTURES
-from .test_sampling import chi2_critical, chi_square
+from .helpers.paths import FIXTURES
+from .helpers.stats import chi2_critical, two_sample_chi_square
 
 FAMILY_DIR = FIXTURES / "families"
 FAMILIES = ["26b-a4b", "31b", "12b", "e2b"]
@@ -148,21 +148,9 @@ def test_moe_speculative_sampling_matches_plain_sampling_of_the_target():
 
     plain, spec = outputs(0), outputs(3)
     for col in (1, 2):
-        # categories seen at least 10 times in both runs together; the rest pooled into one
-        seen = np.concatenate([plain[:, col], spec[:, col]])
-        cats = [c for c in sorted(set(seen)) if (seen == c).sum() >= 10]
-        a, s = counts(plain[:, col], cats), counts(spec[:, col], cats)
-        keep = (a + s) > 0
-        a, s = a[keep], s[keep]
-        pooled = (a + s) / (2 * runs)
-        assert len(a) >= 3
-        stat = chi_square(a, pooled) + chi_square(s, pooled)
-        assert stat < chi2_critical(len(a) - 1), f"token {col}: chi2 {stat:.1f} over {len(a)} categories"
-
-
-def counts(x, cats):
-    """Occurrences of each category in `x`, then of everything else."""
-    return np.array([(x == c).sum() for c in cats] + [np.isin(x, cats, invert=True).sum()], float)
+        stat, n = two_sample_chi_square(plain[:, col], spec[:, col])
+        assert n >= 3
+        assert stat < chi2_critical(n - 1), f"token {col}: chi2 {stat:.1f} over {n} categories"
 
 
 def test_published_e2b_layout_loads_with_its_chat_template_and_no_sentencepiece_model():

@@ -8,7 +8,7 @@ import pytest
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load, load_drafter, load_target
 
-from .conftest import DRAFTERS, TARGET
+from .helpers.paths import DRAFTERS, TARGET
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from mlx_specdec.cache import drafter_kv, make_target_cache
 from mlx_specdec.load import load_drafter, load_target
 
-from .conftest import DRAFTERS, TARGET, TARGET_MM
+from .helpers.paths import DRAFTERS, TARGET, TARGET_MM
 
 LOGIT_ATOL = 2e-3  # fixtures README: torch's own one-pass vs incremental spread is 1.5e-4
 HIDDEN_ATOL = 5e-4

@@ -9,7 +9,7 @@ from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load_target, read_config
 from mlx_specdec.models.target import Target, make_model, text_config
 
-from .conftest import TARGET
+from .helpers.paths import TARGET
 
 
 class FakeConvert:

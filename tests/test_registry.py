@@ -9,7 +9,7 @@ from mlx_specdec import registry
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import read_config
 
-from .conftest import DRAFTERS, TARGET
+from .helpers.paths import DRAFTERS, TARGET
 
 
 @pytest.mark.parametrize(
@@ -126,9 +126,9 @@ def test_readme_pairs_table_is_what_the_registry_generates():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("pairs_table", root / "scripts" / "pairs_table.py")
+    spec = importlib.util.spec_from_file_location("pairs_table", root / "scripts" / "measure" / "pairs_table.py")
     pairs_table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pairs_table)
     readme = (root / "README.md").read_text()
-    stale = "README pairs table is stale: run python scripts/pairs_table.py --write README.md"
+    stale = "README pairs table is stale: run python scripts/measure/pairs_table.py --write README.md"
     assert pairs_table.table() in readme, stale

@@ -9,17 +9,7 @@ from mlx_specdec.decode import generate
 from mlx_specdec.sampling import SamplingParams, accept_rejection, probs
 from mlx_specdec.settings import GenerationSettings
 
-
-def chi2_critical(df, z=3.09):
-    """Wilson-Hilferty chi-square quantile; z = 3.09 is p = 0.001 (a correct sampler fails 1 run in 1000)."""
-    return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
-
-
-def chi_square(counts, expected_probs):
-    n = counts.sum()
-    e = expected_probs * n
-    keep = e > 0
-    return float((((counts - e) ** 2)[keep] / e[keep]).sum())
+from .helpers.stats import chi2_critical, chi_square, two_sample_chi_square
 
 
 def fixed_pq(V=6, k=2, seed=0):
@@ -115,13 +105,6 @@ def test_speculative_sampling_matches_plain_sampling_of_the_target(bundles):
 
     plain, spec = outputs(0), outputs(3)
     for col in (1, 2):
-        a_all, s_all = plain[:, col], spec[:, col]
-        cats = [c for c in sorted(set(a_all) | set(s_all)) if (a_all == c).sum() + (s_all == c).sum() >= 10]
-        a = np.array([(a_all == c).sum() for c in cats] + [np.isin(a_all, cats, invert=True).sum()], float)
-        s = np.array([(s_all == c).sum() for c in cats] + [np.isin(s_all, cats, invert=True).sum()], float)
-        keep = (a + s) > 0
-        a, s = a[keep], s[keep]
-        pooled = (a + s) / (2 * runs)
-        stat = chi_square(a, pooled) + chi_square(s, pooled)
-        assert len(a) >= 3
-        assert stat < chi2_critical(len(a) - 1), f"token {col}: chi2 {stat:.1f} over {len(a)} categories"
+        stat, n = two_sample_chi_square(plain[:, col], spec[:, col])
+        assert n >= 3
+        assert stat < chi2_critical(n - 1), f"token {col}: chi2 {stat:.1f} over {n} categories"

@@ -24,10 +24,12 @@ from mlx_specdec.load import load
 from mlx_specdec.prompt import chat_ids, text_ids
 from mlx_specdec.settings import GenerationSettings
 
-from .conftest import DRAFTERS, TARGET
+from .helpers.paths import DRAFTERS, TARGET
 
 QUESTION = [{"role": "user", "content": "What does the len function do?"}]
 GREEDY = {"temperature": 0, "extra_body": {"draft_tokens": 4}}
+
+pytestmark = pytest.mark.slow  # servers in subprocesses; the app in-process: test_server_tools.py
 
 
 class Server:

@@ -18,7 +18,7 @@ import pytest
 from mlx_specdec.load import load_tokenizer
 from mlx_specdec.stats import TokenRecord
 
-from .conftest import TARGET
+from .helpers.paths import TARGET
 
 QUESTION = [{"role": "user", "content": "What does the len function do?"}]
 

@@ -15,7 +15,7 @@ from mlx_specdec.chat.session import Action, ChatSession
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.settings import GenerationSettings, parse_draft
 
-from .chat_fakes import piped, session
+from .helpers.chat import piped, session
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from mlx_specdec.models import quantise
 from mlx_specdec.models.target import make_model, text_config
 from mlx_specdec.settings import GenerationSettings
 
-from .conftest import DRAFTERS, TARGET
+from .helpers.paths import DRAFTERS, TARGET
 
 
 def tiny_config(**target_overrides) -> dict:
@@ -60,6 +60,7 @@ def test_oracle_gives_exactly_full_and_no_acceptance(tiny, rate, expected):
     assert stats.acceptance_rate == expected
 
 
+@pytest.mark.slow
 def test_oracle_hits_per_position_acceptance_within_tolerance_and_output_equals_plain(tiny):
     """~350 rounds, >= 200 tries per position: a binomial rate's std is below 0.036; tolerance 0.1 (~3 sigma).
     (Seeded, so the run is deterministic; the tolerance says how close a correct oracle must come.)"""
@@ -144,6 +145,7 @@ def test_parse_acceptance_rejects_rates_outside_0_1():
         synthetic.parse_acceptance("1.2")
 
 
+@pytest.mark.slow
 def test_synthetic_bench_json_has_the_documented_fields(tmp_path):
     from mlx_specdec.bench import report as bench_report
     from mlx_specdec.bench import synthetic_report as bench_synthetic_report
@@ -225,7 +227,9 @@ def shrunk(name: str) -> dict:
     return fam
 
 
-@pytest.mark.parametrize("name", ["e2b", "e4b", "12b", "26b-a4b", "31b"])
+@pytest.mark.parametrize(
+    "name", ["e2b", *(pytest.param(n, marks=pytest.mark.slow) for n in ("e4b", "12b", "26b-a4b", "31b"))]
+)
 def test_every_family_structure_builds_and_decodes_exactly_with_the_oracle(name):
     bundle = synthetic.synthetic_bundle(shrunk(name), bits=4, group_size=32, dtype=mx.float32)
     ids = synthetic.random_prompt(1024, 10)
@@ -235,6 +239,7 @@ def test_every_family_structure_builds_and_decodes_exactly_with_the_oracle(name)
     assert out == plain and 0 < stats.acceptance_rate < 1
 
 
+@pytest.mark.slow
 def test_cli_bench_synthetic_writes_the_json_and_refuses_synthetic_options_without_it(tmp_path):
     from typer.testing import CliRunner
 
@@ -281,7 +286,7 @@ def test_device_bench_refuses_without_a_gpu_in_one_line_and_dry_runs(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).parents[1] / "scripts" / "device_bench.sh"
+    script = Path(__file__).parents[1] / "scripts" / "setup" / "device_bench.sh"
     env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}  # no nvidia-smi on this PATH
     (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # present but failing counts as absent
     (tmp_path / "nvidia-smi").chmod(0o755)

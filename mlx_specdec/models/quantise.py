@@ -2,7 +2,7 @@
 
 The per-module choice is a rule per module path: follow the requested `--bits`, keep at least
 some number of bits, or keep the checkpoint's floats. The defaults below were chosen by
-measurement (`scripts/measure_quantisation.py`); every other quantisable module (attention and
+measurement (`scripts/measure/measure_quantisation.py`); every other quantisable module (attention and
 MLP projections, the per-layer projections) follows `--bits`. Modules that are not
 `nn.Linear`/`nn.Embedding` (norms, `layer_scalar`, `masked_embedding.token_ordering`) have no
 `to_quantized` and are never quantised.
@@ -23,7 +23,7 @@ import mlx.nn as nn
 FOLLOW = "bits"  # the requested --bits
 FLOAT = None  # keep the checkpoint's floats
 
-# Measured with scripts/measure_quantisation.py on the fixtures (tiny random-weight Gemma 4 pair,
+# Measured with scripts/measure/measure_quantisation.py on the fixtures (tiny random-weight Gemma 4 pair,
 # --bits 4 --group-size 32, 4 prompts x 40 greedy tokens; KL is mean KL(float || quantised)):
 #
 # Target. Quantised alone at 4 bits (rest float), the tied embedding/head does the most damage

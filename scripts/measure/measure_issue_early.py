@@ -1,7 +1,7 @@
 """A/B of issuing early (models/target.py): the same bundle decoded with every N-th layer of a
 short pass handed to the device as soon as it is built, and with no early hand-off (N = 0).
 
-    python scripts/measure_issue_early.py [--model e2b | --model config.json | --demo] \
+    python scripts/measure/measure_issue_early.py [--model e2b | --model config.json | --demo] \
         [--every 0,4,2] [--k 0,3] [--max-tokens 64] [--trials 4]
 
 Variants run interleaved, trial by trial, on one bundle (ratios from one run, never absolute

@@ -1,8 +1,8 @@
-"""Measure the loop's host-side costs that `mx.compile` or dtype choices could cut (issue 14's
-performance list), on a synthetic drafter at a family's real shapes (only the drafter is built:
-its K/V inputs are random tensors of the target's shapes).
+"""Measure the loop's host-side costs that `mx.compile` or dtype choices could cut, on a synthetic
+drafter at a family's real shapes (only the drafter is built: its K/V inputs are random tensors of
+the target's shapes).
 
-    python scripts/measure_loop_overheads.py [--family e2b] [--context 256] [--repeats 50]
+    python scripts/measure/measure_loop_overheads.py [--family e2b] [--context 256] [--repeats 50]
 
 Prints, per item, the eager and the candidate figure; keep a change only where it wins:
   drafter step   graph-building (host) time and evaluated time of one step, eager vs with its

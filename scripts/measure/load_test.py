@@ -1,7 +1,7 @@
 """Load test for a running `specdec serve`: requests/s, latency and time to first token.
 
     specdec serve --demo --port 8080 &
-    python scripts/load_test.py --url http://127.0.0.1:8080/v1 --clients 16 --requests 4 --max-tokens 32
+    python scripts/measure/load_test.py --url http://127.0.0.1:8080/v1 --clients 16 --requests 4 --max-tokens 32
 
 Each client sends its requests one after another as streaming chat completions (greedy unless
 --temperature), so with one generation at a time the server's queue holds up to `clients`

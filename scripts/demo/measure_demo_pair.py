@@ -5,7 +5,7 @@ The prompts come from entries the demo pair never trained on (`demo_corpus.split
 by name): chat questions about held-out names, and the first 40 tokens of held-out documents.
 
 Usage:
-    python scripts/measure_demo_pair.py BUNDLE [BUNDLE ...] [--prompts 12] [--max-tokens 64] [--json FILE]
+    python scripts/demo/measure_demo_pair.py BUNDLE [BUNDLE ...] [--prompts 12] [--max-tokens 64] [--json FILE]
 Needs only MLX (no torch). The figures in mlx_specdec/demo/README.md come from this script.
 """
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from demo_corpus import CHAT_QUESTIONS, split_corpus, stdlib_entries  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The README's table of supported pairs, generated from mlx_specdec/registry.py so it cannot drift.
 
-    python scripts/pairs_table.py                 # print the table (Markdown)
-    python scripts/pairs_table.py --write README.md   # replace the block between the markers
+    python scripts/measure/pairs_table.py                 # print the table (Markdown)
+    python scripts/measure/pairs_table.py --write README.md   # replace the block between the markers
 
 tests/test_registry.py checks that README.md holds exactly what this prints.
 """
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mlx_specdec import provision, registry  # noqa: E402
 

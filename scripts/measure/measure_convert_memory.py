@@ -5,7 +5,7 @@ The checkpoint is E2B-shaped where memory matters: vocabulary 262144, a per-laye
 converters run in a fresh subprocess at 4 bits, group size 64; peak memory is the child's peak
 RSS (`ru_maxrss`). Ours converts the target and a tiny drafter; mlx-lm converts the target only.
 
-Usage: /work/main/.venv/bin/python scripts/measure_convert_memory.py [--ple-gib 1.0] [--work DIR]
+Usage: python scripts/measure/measure_convert_memory.py [--ple-gib 1.0] [--work DIR]
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> None:
         write_checkpoint(work / "target", tcfg, make_model(text_config(tcfg)))
         dcfg = drafter_config(tcfg)
         write_checkpoint(work / "drafter", dcfg, Drafter(DrafterArgs.from_config(dcfg)))
-        shutil.copy(Path(__file__).parents[1] / "tests/fixtures/families/e2b/target/tokenizer.json", work / "target")
+        shutil.copy(Path(__file__).parents[2] / "tests/fixtures/families/e2b/target/tokenizer.json", work / "target")
     for out in ("mlx-lm", "ours"):
         shutil.rmtree(work / out, ignore_errors=True)
     largest = VOCAB * tcfg["num_hidden_layers"] * tcfg["hidden_size_per_layer_input"] * 2

@@ -9,7 +9,7 @@ How it works (numbered phases, as in `main`):
                 answers with the docstring's opening paragraphs) in Gemma 4's turn format. A seeded
                 5% of entries (chosen by a hash of the name) is held out for evaluation and held-out loss.
   2. tokenizer  sentencepiece BPE, vocab 4096, byte fallback, Gemma's special ids and chat
-                template (scripts/gemma_tokenizer.py, shared with the test fixtures).
+                template (scripts/fixtures/gemma_tokenizer.py, shared with the test fixtures).
   3. target     transformers' own `Gemma4ForCausalLM` (so the architecture is exactly Gemma 4)
                 with every E2B feature at small scale: per-layer input embeddings, KV sharing
                 (the last 3 of 8 layers reuse K/V), sliding (window 128) and full attention
@@ -43,7 +43,7 @@ Runtime: about 18 minutes on two idle CPU cores (target 8 min, continuations 20 
 OUT/metrics.json (the run behind mlx_specdec/demo, Python 3.11: target held-out loss 3.64 nats;
 greedy mean accepted drafts per round 0.88 / 1.52 / 2.03 / 2.42 at k = 1..4; 2.28 at k = 4 and
 temperature 0.7, measured here in torch; the MLX figures of the shipped 8-bit bundle are in
-mlx_specdec/demo/README.md, from scripts/measure_demo_pair.py).
+mlx_specdec/demo/README.md, from scripts/demo/measure_demo_pair.py).
 Deterministic: every draw comes from seeded generators and sentencepiece trains on one thread;
 a rerun with the same library versions, Python version (its docstrings are the corpus) and
 thread count gives the same weights.
@@ -55,7 +55,7 @@ the definition our MLX port is tested against; and MLX's Linux CPU wheel links r
 which makes training ~25x slower than torch on the same cores.
 
 Usage:
-    python scripts/train_demo_pair.py [--out build/demo_hf] [--quick]
+    python scripts/demo/train_demo_pair.py [--out build/demo_hf] [--quick]
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # also importable from tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))  # the shared tokenizer builder
 from demo_corpus import CHAT_QUESTIONS, chat_answer, split_corpus, stdlib_entries  # noqa: E402
 from gemma_tokenizer import build_tokenizer, end_of_turn_ids  # noqa: E402
 

@@ -1,8 +1,8 @@
 """Check the speed targets on one pair: `specdec bench` twice, the second time with the
 drafter's weights shuffled (a useless drafter), then one verdict line per target.
 
-    python scripts/bench_sweep.py --demo [--max-tokens 128 --trials 3 --k 1,2,3,4,6,8 --json out.json]
-    python scripts/bench_sweep.py --target T --drafter D
+    python scripts/measure/bench_sweep.py --demo [--max-tokens 128 --trials 3 --k 1,2,3,4,6,8 --json out.json]
+    python scripts/measure/bench_sweep.py --target T --drafter D
 
 Targets (ratios from one run, not timed tests):
   plain >= 0.95x mlx-lm; auto loop efficiency >= 0.9; useless drafter: auto >= 0.95x plain;

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# The wheels scripts/device_bench.sh needs on a GPU machine that has no network (WHEELS=DIR there):
+# The wheels scripts/setup/device_bench.sh needs on a GPU machine that has no network (WHEELS=DIR there):
 # mlx, mlx-cuda-NN and mlx-lm at this checkout's versions, for CPython PYVER (default 3.12) on
 # manylinux x86_64, fetched here with pip. The device tool carries at most 64 MiB a call, the
 # working tree included, and the CUDA wheel alone is larger: it is split into NAME.whl.part1,
 # part2, ... and DIR/carry1, DIR/carry2, ... each hold what one call carries (the small wheels go
 # in the last). device_bench.sh joins the parts again.
 #
-#   scripts/device_wheels.sh [DIR]       DIR default .whl (ignored by git: add /.whl/ to .git/info/exclude)
+#   scripts/setup/device_wheels.sh [DIR]       DIR default .whl (ignored by git: add /.whl/ to .git/info/exclude)
 #
 # CUDA=13 (default: the H200 image's libraries are CUDA 13) or 12. PART_BYTES overrides what one
 # call may carry (default: what fits beside the working tree). SKIP_DOWNLOAD=1 only splits what DIR holds.
 # Then, with the device tool, two calls in a row (the machine stays warm for 30 s after a call):
 #   1. carry DIR/carry1:  mkdir -p /tmp/wheels && cp DIR/carry1/* /tmp/wheels/
-#   2. carry DIR/carry2:  cp DIR/carry2/* /tmp/wheels/ && WHEELS=/tmp/wheels scripts/device_bench.sh \
+#   2. carry DIR/carry2:  cp DIR/carry2/* /tmp/wheels/ && WHEELS=/tmp/wheels scripts/setup/device_bench.sh \
 #                         device_bench_out; tar czf $OUT/device_bench.tgz device_bench_out
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DIR="${1:-$ROOT/.whl}"
 CUDA="${CUDA:-13}"
 PYVER="${PYVER:-3.12}"

@@ -1,11 +1,11 @@
 """Synthetic sweep: one family built once, benchmarked at several oracle acceptance rates.
 
-    python scripts/synthetic_sweep.py --family e2b --acceptance 0 0.5 0.8 0.92,0.79,0.68,0.59 --out DIR
-    python scripts/synthetic_sweep.py --summarise DIR      # DIR/summary.md and one plot per family
+    python scripts/measure/synthetic_sweep.py --family e2b --acceptance 0 0.5 0.8 0.92,0.79,0.68,0.59 --out DIR
+    python scripts/measure/synthetic_sweep.py --summarise DIR      # DIR/summary.md and one plot per family
 
 Writes DIR/<family>-a<rate>.json per run (`specdec bench --synthetic`'s JSON), or
 DIR/<family>-error.json with the one-line reason when the family cannot be built or run.
-`scripts/device_bench.sh` runs this for every family on a GPU machine.
+`scripts/setup/device_bench.sh` runs this for every family on a GPU machine.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ drafter rows (target left in floats, so only the drafter changes):
 size: bytes of the module's folder in the bundle.
 
 Usage (the fixtures' widths are 32..160, so group size 32 is the one that quantises them):
-    python scripts/measure_quantisation.py \
+    python scripts/measure/measure_quantisation.py \
         --target tests/fixtures/target_text --drafter tests/fixtures/drafter_centroid --group-size 32
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mlx_specdec.cache import drafter_kv, make_target_cache  # noqa: E402
 from mlx_specdec.load import load  # noqa: E402

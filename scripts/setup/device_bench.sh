@@ -2,7 +2,7 @@
 # Synthetic sweep on an NVIDIA GPU: every family at 4 bits, oracle acceptance 0, 0.5, 0.8 and
 # 0.92,0.79,0.68,0.59 (per position), one JSON per run, then OUT/summary.md and a plot per family.
 #
-#   scripts/device_bench.sh [--dry-run] [OUT]        (OUT default: device_bench_out)
+#   scripts/setup/device_bench.sh [--dry-run] [OUT]        (OUT default: device_bench_out)
 #
 # Makes a fresh venv (VENV, default .venv-cuda), installs MLX's CUDA backend `mlx[cuda]` (CUDA 12
 # wheels, mlx-cuda-12) of the MLX version pyproject.toml pins, then the project itself with its
@@ -10,19 +10,19 @@
 # PIP_ARGS is passed to every pip install (e.g. "--no-index --find-links WHEELS" offline); when the
 # system python already runs mlx on the GPU, the venv reuses its site-packages instead.
 # WHEELS=DIR (a machine with no network, whose python has the other packages): installs the wheels
-# in DIR (mlx, mlx-cuda-NN, mlx-lm, as scripts/device_wheels.sh makes them; a wheel split into
+# in DIR (mlx, mlx-cuda-NN, mlx-lm, as scripts/setup/device_wheels.sh makes them; a wheel split into
 # NAME.whl.part* is joined first) with --no-index --no-deps into SITE (default /tmp/specdec-site)
 # and runs the system python with it on PYTHONPATH: no venv.
 # Budget: each family gets at most FAMILY_TIMEOUT s (default 150), the sweep stops starting new
 # families after BUDGET s (default 390); then the loop overheads (60 s) and the A/B of issuing
-# early (scripts/measure_issue_early.py, 90 s) at E2B: the whole run fits in 10 minutes.
+# early (scripts/measure/measure_issue_early.py, 90 s) at E2B: the whole run fits in 10 minutes.
 # Refuses in one line (exit 1) without a working nvidia-smi. --dry-run prints what it would run.
 set -euo pipefail
 
 DRY=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 OUT="${1:-device_bench_out}"
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$ROOT/.venv-cuda}"
 FAMILIES="${FAMILIES:-e2b 31b 26b-a4b e4b 12b}"  # the issue's headline figures first
 ACCEPTANCE="${ACCEPTANCE:-0.92,0.79,0.68,0.59 0 0.8 0.5}"
@@ -61,7 +61,7 @@ run() {  # print, then run unless --dry-run
     if [[ $DRY == 0 ]]; then eval "$@"; fi
 }
 if [[ -n $WHEELS && ! -d $WHEELS ]]; then
-    echo "device_bench.sh: WHEELS=$WHEELS is not a folder; make it with scripts/device_wheels.sh" >&2
+    echo "device_bench.sh: WHEELS=$WHEELS is not a folder; make it with scripts/setup/device_wheels.sh" >&2
     exit 1
 fi
 
@@ -108,15 +108,15 @@ for fam in $FAMILIES; do
     left=$(( BUDGET - (SECONDS - start) ))
     limit=$(( left < FAMILY_TIMEOUT ? left : FAMILY_TIMEOUT ))
     (( limit < 30 )) && limit=30
-    run "timeout -k 10 $limit '$PY' '$ROOT/scripts/synthetic_sweep.py' --family $fam --bits 4 \
+    run "timeout -k 10 $limit '$PY' '$ROOT/scripts/measure/synthetic_sweep.py' --family $fam --bits 4 \
 --acceptance $ACCEPTANCE --out '$OUT' --budget-s $(( limit - 40 > 10 ? limit - 40 : 10 )) \
 || echo '$fam: failed or timed out (limit $limit s)' >&2"
 done
-run "'$PY' '$ROOT/scripts/synthetic_sweep.py' --summarise '$OUT'"
+run "'$PY' '$ROOT/scripts/measure/synthetic_sweep.py' --summarise '$OUT'"
 # Loop overheads (compile candidates, argmax dtype) and prefill chunk sizes at E2B, if time is left.
 if (( SECONDS - start < BUDGET + 60 )); then
-    run "timeout -k 5 60 '$PY' '$ROOT/scripts/measure_loop_overheads.py' --family e2b --prefill 2048 \
+    run "timeout -k 5 60 '$PY' '$ROOT/scripts/measure/measure_loop_overheads.py' --family e2b --prefill 2048 \
 > '$OUT/overheads-e2b.txt' 2>&1 || echo 'overheads: failed or timed out' >&2"
-    run "timeout -k 5 90 '$PY' '$ROOT/scripts/measure_issue_early.py' --model e2b --dtype bfloat16 --every 0,4,2 \
+    run "timeout -k 5 90 '$PY' '$ROOT/scripts/measure/measure_issue_early.py' --model e2b --dtype bfloat16 --every 0,4,2 \
 --k 0,3 --trials 3 > '$OUT/issue-early-e2b.txt' 2>&1 || echo 'issue early: failed or timed out' >&2"
 fi
