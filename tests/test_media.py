@@ -152,13 +152,24 @@ def test_bad_image_file_is_one_line(tmp_path, content, message):
     assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
-def test_missing_and_zero_pixel_images_are_one_line(tmp_path):
+def test_missing_and_empty_images_are_one_line(tmp_path):
+    import struct
+    import zlib
+
     with pytest.raises(SpecdecError, match="no such image file"):
         read_image(tmp_path / "nope.png", 2, 3, 70)
-    path = tmp_path / "zero.ppm"
-    path.write_bytes(b"P6\n0 5\n255\n")
-    with pytest.raises(SpecdecError, match=r"0 pixels|not an image|cannot decode"):
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = tmp_path / "zero.png"  # a well-formed PNG header that says 0 x 5 pixels
+    ihdr = struct.pack(">IIBBBBB", 0, 5, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    # Pillow refuses 0-pixel files when it opens them, before our own 0-pixel check can run.
+    with pytest.raises(SpecdecError, match=r"zero\.png: (the image has 0 pixels|not an image)") as e:
         read_image(path, 2, 3, 70)
+    assert "\n" not in str(e.value)
 
 
 def test_image_to_a_target_without_a_vision_tower_says_how_to_fix_it():
@@ -205,3 +216,12 @@ def test_cli_generate_bad_image_is_one_line_error(tmp_path):
     r = runner.invoke(app, CLI + ["--image", str(bad), "-p", PROMPT, "-m", "4"])
     assert r.exit_code == 1
     assert r.output.strip().splitlines()[-1].startswith(f"error: {bad}: not an image")
+
+
+def test_cli_prompt_ids_with_a_placeholder_take_an_image(ref):
+    ids = ref["prompt_ids"].tolist()
+    user = ids[:6] + [510] + ids[68:]  # the prompt before expansion: one placeholder
+    r = runner.invoke(app, CLI + ["--image", str(IMAGE), "--prompt-ids", ",".join(map(str, user)), "-m", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["prompt_ids"] == ids and out["token_ids"] == ref["greedy_ids"][:3].tolist()
