@@ -80,10 +80,14 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: token_ids, text, stats.")] = False,
     trace: Annotated[bool, typer.Option("--trace", help="With --json: add one entry per round.")] = False,
     battery: Battery = None,
+    images: Annotated[
+        Optional[list[str]], typer.Option("--image", help="An image the prompt is about (repeatable; E2B/E4B).")
+    ] = None,
 ):
     """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
     from .decode import stream_generate
     from .load import load
+    from .media import attach_images, image_placeholders
     from .prompt import chat_ids, text_ids
     from .stats import RunStats
 
@@ -112,15 +116,18 @@ def generate(
     bundle = load(model_folder(model, settings.max_context), target=target, drafter=drafter, demo=demo)
     if ids is None:
         tok = bundle.tokenizer
+        prompt = image_placeholders(bundle, len(images)) + prompt if images else prompt
         ids = text_ids(tok, prompt) if raw else chat_ids(tok, [{"role": "user", "content": prompt}])
+    ids, media = attach_images(bundle, ids, images or [])
     records = []
-    for r in stream_generate(bundle, ids, settings):
+    for r in stream_generate(bundle, ids, settings, media=media):
         records.append(r)
         if not as_json:
             write_out(r.text)
     stats = RunStats.from_records(records)
     if as_json:
         out = {
+            "prompt_ids": ids,
             "token_ids": [r.token for r in records],
             "text": "".join(r.text for r in records),
             "stats": stats.to_dict(),

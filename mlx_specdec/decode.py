@@ -41,6 +41,7 @@ from .calibrate import make_policy
 from .errors import SpecdecError
 from .grammar import Constraint
 from .load import Bundle
+from .media import Media
 from .numerics import Widths
 from .round import issue_round, target_pass
 from .sampling import Penalties, SamplingParams, sample
@@ -51,17 +52,24 @@ from .text import TextStream
 PREFILL_CHUNK = 512
 
 
-def _prefill(bundle: Bundle, pc: PromptCache, ids: list[int], plain_width: int) -> tuple[mx.array, mx.array]:
+def _prefill(
+    bundle: Bundle, pc: PromptCache, ids: list[int], plain_width: int, media: Optional[Media] = None, start: int = 0
+) -> tuple[mx.array, mx.array]:
     """Run the target over `ids`; returns (logits [1, V], hidden [1, 1, H]) of the last position.
 
     All but the last token go in chunks and only their cache entries are evaluated: the lazy
     graph then skips the KV-shared layers and the head for them (20 of E2B's 35 layers). The
     last token runs on its own, through every layer, as a plain step does (at the plain width):
-    its row gives the first token.
+    its row gives the first token. `media`: images whose soft tokens replace their placeholders'
+    embeddings (media.py); `start`: the prompt position of ids[0].
     """
     head, last = ids[:-1], ids[-1:]
-    for start in range(0, len(head), PREFILL_CHUNK):
-        bundle.target(mx.array(head[start : start + PREFILL_CHUNK])[None], pc.cache)
+    for i in range(0, len(head), PREFILL_CHUNK):
+        chunk = head[i : i + PREFILL_CHUNK]
+        if media is None:
+            bundle.target(mx.array(chunk)[None], pc.cache)
+        else:  # media hook: placeholders never come last (Media.check), so only the chunks differ
+            media.prefill(bundle.target, chunk, start + i, pc.cache)
         mx.eval([c.state for c in pc.cache])  # bound memory: one chunk at a time
     logits, hidden = target_pass(bundle.target, pc, mx.array(last)[None], plain_width)
     return logits[:, -1], hidden
@@ -165,6 +173,7 @@ def stream_generate(
     prompt_cache: Optional[PromptCache] = None,
     stop_tokens: Optional[Sequence[int]] = None,
     host_wait: Optional[HostWait] = None,
+    media: Optional[Media] = None,
 ) -> Iterator[TokenRecord]:
     """Generate up to `settings.max_tokens` tokens after `prompt_ids`, one TokenRecord per token.
 
@@ -174,6 +183,7 @@ def stream_generate(
     prompt_cache: reused across requests; only the ids after its common prefix are prefilled.
     stop_tokens: ids that end the output (kept as its last token); None: the tokenizer's EOS ids.
     host_wait: an optional probe of the time the device waits for the host (stats.HostWait).
+    media: the images of `prompt_ids` (media.attach_images), merged into the prompt at prefill.
     """
     if not isinstance(bundle, Bundle):
         raise SpecdecError(f"stream_generate needs a Bundle from load(), not {type(bundle).__name__}")
@@ -195,6 +205,9 @@ def stream_generate(
 
     t0 = time.perf_counter()
     pc = prompt_cache if prompt_cache is not None else PromptCache(bundle)
+    if media is not None:  # placeholders look alike whatever the image: no K/V reuse past the first
+        media.check(ids)
+        pc.truncate(min(pc.reuse(ids), media.first_position))
     new_ids = ids[pc.reuse(ids) :]
     text = TextStream(bundle.tokenizer, settings.stop)
     # Tokens this request may still produce: the token budget, and the context the output must fit.
@@ -202,7 +215,7 @@ def stream_generate(
     try:
         with wired_limit(bundle.target.model, [generation_stream]), mx.stream(generation_stream):
             # 0. prefill: logits and hidden state of the last prompt token, then the first token.
-            logits, h = _prefill(bundle, pc, new_ids, widths.plain)
+            logits, h = _prefill(bundle, pc, new_ids, widths.plain, media, len(ids) - len(new_ids))
             pc.tokens.extend(new_ids)
             row = logits if penalties is None else penalties.apply(logits)
             row = row if constraint is None else constraint.apply(row)

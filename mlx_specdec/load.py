@@ -149,6 +149,9 @@ class Bundle:
     path: Optional[Path] = None
     # This device's verdict on which pass widths round alike (probe.py), measured on first use.
     numerics: Optional[Verdict] = None
+    # The target's folder, where media.py finds the vision tower; the tower once an image needed it.
+    target_path: Optional[Path] = None
+    vision: Optional[object] = None
 
 
 def is_bundle(folder: Path) -> bool:
@@ -189,4 +192,4 @@ def load(
         drf = load_drafter(drafter, tgt.config)
     tokenizer = load_tokenizer(target_dir)
     name = Path(model).name if model is not None else target_dir.name
-    return Bundle(tgt, drf, tokenizer, name, model)
+    return Bundle(tgt, drf, tokenizer, name, model, target_path=target_dir)

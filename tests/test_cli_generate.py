@@ -18,7 +18,7 @@ def test_generate_json_has_documented_schema_and_trace():
     r = runner.invoke(app, BASE + ["--prompt-ids", "2,40,41,42", "-m", "12", "-k", "3", "--json", "--trace"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert set(out) == {"token_ids", "text", "stats", "rounds"}
+    assert set(out) == {"prompt_ids", "token_ids", "text", "stats", "rounds"}
     assert {
         "prompt_tokens",
         "generated_tokens",

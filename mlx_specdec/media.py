@@ -1,0 +1,274 @@
+"""Images into a Gemma 4 prompt: files -> patches -> soft tokens -> the prompt's embeddings.
+
+1. read     `read_image`: Pillow + numpy with the rules of transformers 5.24 `Gemma4ImageProcessor`
+            (RGB over white, aspect-preserving bicubic resize to sides that are multiples of
+            patch x pooling within `max_soft_tokens` x pooling^2 patches, pixels / 255, patches in
+            row-major order). Huge images shrink to that budget; tiny ones grow to it.
+2. expand   `attach_images`: each image placeholder id in the prompt becomes `<|image>` + N x
+            `<|image|>` + `<image|>` (N = the image's soft tokens), as the processor expands it.
+3. encode   the vision tower (models/vision.py), loaded from the target folder on the first image
+            and kept on the bundle: a text-only run never reads it.
+4. prefill  `Media.prefill`: the placeholders are embedded as `<pad>` and overwritten by the soft
+            tokens; the per-layer input (PLE) uses id 0 (pad) there. Only the prefill differs: the
+            decode loop and the drafter (which reads the target's K/V) are unchanged.
+
+Invariant: placeholders look alike whatever the image, so K/V past the first one is never reused
+from an earlier request (decode.stream_generate truncates the prompt cache there).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import mlx.core as mx
+import numpy as np
+
+from .errors import SpecdecError
+from .files import read_config, read_weights
+from .models.vision import Vision, VisionArgs
+
+SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # transformers accepts only these
+DEFAULT_SOFT_TOKENS = 280  # E2B/E4B's processor default
+
+
+@dataclass
+class ImagePatches:
+    """One image, ready for the tower: pixels [P, 3*p*p] float32 in [0, 1], positions [P, 2] (x, y)."""
+
+    pixels: np.ndarray
+    positions: np.ndarray
+    grid: tuple[int, int]  # patch rows, patch columns
+    soft_tokens: int
+    source: str
+
+
+def resized_size(height: int, width: int, patch: int, pooling: int, max_soft_tokens: int) -> tuple[int, int]:
+    """The processor's target (height, width): the largest aspect-preserving size whose sides are
+    multiples of patch * pooling and that has at most max_soft_tokens * pooling^2 patches."""
+    max_patches = max_soft_tokens * pooling**2
+    factor = math.sqrt(max_patches * patch**2 / (height * width))
+    side = pooling * patch
+    h, w = int(math.floor(factor * height / side)) * side, int(math.floor(factor * width / side)) * side
+    longest = (max_patches // pooling**2) * side
+    if h == 0 and w == 0:
+        raise ValueError("0 x 0 after resizing")
+    if h == 0:  # a very wide strip: one row of blocks, as wide as the budget allows
+        h, w = side, min(int(math.floor(width / height)) * side, longest)
+    elif w == 0:
+        w, h = side, min(int(math.floor(height / width)) * side, longest)
+    return h, w
+
+
+def read_image(path, patch: int, pooling: int, max_soft_tokens: int = DEFAULT_SOFT_TOKENS) -> ImagePatches:
+    """An image file -> ImagePatches; every unreadable file is a one-line SpecdecError."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecdecError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, not later
+            if img.width == 0 or img.height == 0:
+                raise SpecdecError(f"{path}: the image has 0 pixels ({img.width} x {img.height})")
+            if "A" in img.getbands() or img.info.get("transparency") is not None:
+                rgba = img.convert("RGBA")
+                rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+            else:
+                rgb = img.convert("RGB")
+    except UnidentifiedImageError:
+        raise SpecdecError(f"{path}: not an image Pillow can read (PNG, JPEG, WebP, GIF, BMP...)") from None
+    except Image.DecompressionBombError as e:
+        raise SpecdecError(f"{path}: too many pixels to decode safely ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        why = " ".join(str(e).split())
+        raise SpecdecError(f"{path}: cannot decode the image, truncated or corrupt ({why})") from None
+    try:
+        h, w = resized_size(rgb.height, rgb.width, patch, pooling, max_soft_tokens)
+    except ValueError:
+        raise SpecdecError(f"{path}: {rgb.width} x {rgb.height} pixels is too small to encode") from None
+    if (h, w) != (rgb.height, rgb.width):
+        rgb = rgb.resize((w, h), resample=Image.BICUBIC)
+    chw = np.moveaxis(np.asarray(rgb), -1, 0)
+    pixels = (chw.astype(np.float64) * (1 / 255)).astype(np.float32)  # the processor's rescale
+    rows, cols = h // patch, w // patch
+    patches = pixels.reshape(3, rows, patch, cols, patch).transpose(1, 3, 2, 4, 0).reshape(rows * cols, -1)
+    gx, gy = np.meshgrid(np.arange(cols), np.arange(rows), indexing="xy")
+    positions = np.stack([gx, gy], axis=-1).reshape(-1, 2).astype(np.int32)
+    return ImagePatches(patches, positions, (rows, cols), rows * cols // pooling**2, str(path))
+
+
+# --- the tower, loaded on first use ------------------------------------------------------------
+def _reconvert_hint(folder: Path) -> str:
+    return (
+        f"{folder} has no vision tower (specdec convert drops it); pass the Hugging Face checkpoint's "
+        "folder with --target (and --drafter), or re-convert with a converter that keeps the tower"
+    )
+
+
+def max_soft_tokens(folder: Path) -> int:
+    """The processor's per-image budget from processor_config.json / preprocessor_config.json, else 280."""
+    for name, keys in (("processor_config.json", ("image_processor",)), ("preprocessor_config.json", ())):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            cfg = json.loads(path.read_text())
+            for k in keys:
+                cfg = cfg.get(k) or {}
+            value = cfg.get("max_soft_tokens")
+        except (ValueError, AttributeError, OSError):
+            raise SpecdecError(f"{path}: not a readable processor config") from None
+        if value is not None:
+            if value not in SOFT_TOKEN_BUDGETS:
+                raise SpecdecError(f"{path}: max_soft_tokens {value} is not one of {SOFT_TOKEN_BUDGETS}")
+            return int(value)
+    return DEFAULT_SOFT_TOKENS
+
+
+@dataclass
+class VisionModel:
+    """The tower, the placeholder ids and the per-image budget of one target folder."""
+
+    vision: Vision
+    image_token_id: int
+    boi_token_id: int
+    eoi_token_id: int
+    max_soft_tokens: int
+
+
+def load_vision(folder: Path) -> VisionModel:
+    """The target folder's vision tower; a one-line SpecdecError when it has none or cannot use it."""
+    raw = read_config(folder)
+    if not raw.get("vision_config"):
+        raise SpecdecError(_reconvert_hint(folder))
+    text = raw.get("text_config") or {}
+    if text.get("use_bidirectional_attention") == "vision":
+        raise SpecdecError(
+            f"{folder}: images on this target (bidirectional attention over image tokens, 26B/31B) "
+            "are not supported yet; use E2B or E4B for images"
+        )
+    missing = [k for k in ("image_token_id", "boi_token_id", "eoi_token_id") if raw.get(k) is None]
+    if missing:
+        raise SpecdecError(f"{folder / 'config.json'}: no {', '.join(missing)} for images")
+    try:
+        vision = Vision(VisionArgs.from_config(raw))
+    except (KeyError, ValueError) as e:
+        raise SpecdecError(f"{folder / 'config.json'}: vision_config: {e}") from None
+    weights = Vision.sanitize(read_weights(folder))
+    if not weights:
+        raise SpecdecError(_reconvert_hint(folder))
+    if any(k.endswith(".scales") for k in weights):
+        raise SpecdecError(f"{folder}: a quantised vision tower is not supported; use one in 16 or 32-bit floats")
+    try:
+        vision.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        why = " ".join(str(e).split())[:300]
+        raise SpecdecError(f"{folder}: vision weights do not match config.json ({why})") from None
+    mx.eval(vision.parameters())
+    return VisionModel(vision, raw["image_token_id"], raw["boi_token_id"], raw["eoi_token_id"], max_soft_tokens(folder))
+
+
+def vision_of(bundle) -> VisionModel:
+    """The bundle's vision tower, loaded on first use and kept on the bundle."""
+    if getattr(bundle, "vision", None) is None:
+        folder = getattr(bundle, "target_path", None)
+        if folder is None:
+            raise SpecdecError("this model was not loaded from a folder; images need the target's folder")
+        bundle.vision = load_vision(Path(folder))
+    return bundle.vision
+
+
+# --- the prompt ------------------------------------------------------------------------------
+def image_placeholders(bundle, count: int) -> str:
+    """The text of `count` image placeholders (`<|image|>` on Gemma 4), to put in a user message."""
+    vm = vision_of(bundle)
+    tok = getattr(bundle.tokenizer, "_tokenizer", bundle.tokenizer)
+    piece = tok.convert_ids_to_tokens(vm.image_token_id)
+    if not isinstance(piece, str) or tok.convert_tokens_to_ids(piece) != vm.image_token_id:
+        raise SpecdecError(f"the tokenizer has no token for image_token_id {vm.image_token_id}")
+    return piece * count
+
+
+class Media:
+    """A prompt's soft tokens by absolute position: soft [n, H] fills the n placeholder positions."""
+
+    def __init__(self, positions: np.ndarray, soft: mx.array, pad_id: int):
+        self.positions = positions
+        self.soft = soft
+        self.pad_id = pad_id
+
+    @property
+    def first_position(self) -> int:
+        return int(self.positions[0]) if len(self.positions) else 0
+
+    def prefill(self, target, ids: list[int], start: int, cache: list) -> mx.array:
+        """Run the target over ids (prompt positions start..start+len-1), appending to `cache`, with
+        the soft tokens in place of the placeholders' embeddings (their PLE id is pad) -> the
+        final-normed hidden states [1, L, H] (lazy)."""
+        lo, hi = np.searchsorted(self.positions, [start, start + len(ids)])
+        tokens = mx.array(ids)[None]
+        if lo == hi:
+            return target(tokens, cache)[1]
+        mask = np.zeros(len(ids), dtype=bool)
+        mask[self.positions[lo:hi] - start] = True
+        inner = target.model.model
+        is_soft = mx.array(mask)[None]
+        safe = mx.where(is_soft, self.pad_id, tokens)
+        embeds = inner.embed_tokens(safe)
+        # mlx-lm multiplies input embeddings by sqrt(hidden); transformers adds soft tokens after
+        # that scaling, so they go in divided by it (exact up to one rounding).
+        soft = (self.soft[lo:hi].astype(mx.float32) / inner.embed_scale).astype(embeds.dtype)
+        rows = mx.array(np.clip(np.cumsum(mask) - 1, 0, None).astype(np.int32))
+        embeds = mx.where(is_soft[..., None], soft[rows][None], embeds)
+        per_layer = inner._get_per_layer_inputs(safe) if inner.hidden_size_per_layer_input else None
+        return inner(safe, cache=cache, input_embeddings=embeds, per_layer_inputs=per_layer)
+
+    def check(self, ids) -> None:
+        """The prompt must end with text: the last token runs as a plain step (decode._prefill)."""
+        if len(self.positions) and int(self.positions[-1]) >= len(ids) - 1:
+            raise SpecdecError("the prompt ends inside an image; add text after it")
+
+
+def encode_image(bundle, patches: ImagePatches) -> mx.array:
+    """ImagePatches -> soft tokens [N, text hidden] in the target's embedding dtype."""
+    vm = vision_of(bundle)
+    soft = vm.vision(mx.array(patches.pixels), mx.array(patches.positions), patches.grid)
+    return soft.astype(bundle.target.model.model.embed_tokens.weight.dtype)
+
+
+def attach_images(bundle, ids: list[int], images: list) -> tuple[list[int], Optional[Media]]:
+    """Prompt ids with one image placeholder per image (in order) -> (expanded ids, Media).
+
+    Each placeholder becomes `<|image>` + N x `<|image|>` + `<image|>`. No images: (ids, None).
+    """
+    if not images:
+        return list(ids), None
+    vm = vision_of(bundle)
+    args = vm.vision.args
+    found = sum(1 for t in ids if t == vm.image_token_id)
+    if found != len(images):
+        raise SpecdecError(
+            f"the prompt has {found} image placeholder(s) (id {vm.image_token_id}) for {len(images)} image(s)"
+        )
+    patches = [read_image(p, args.patch_size, args.pooling_kernel_size, vm.max_soft_tokens) for p in images]
+    out, positions, soft = [], [], []
+    it = iter(patches)
+    for t in ids:
+        if t != vm.image_token_id:
+            out.append(int(t))
+            continue
+        p = next(it)
+        out.append(vm.boi_token_id)
+        positions.extend(range(len(out), len(out) + p.soft_tokens))
+        out.extend([vm.image_token_id] * p.soft_tokens)
+        out.append(vm.eoi_token_id)
+        soft.append(encode_image(bundle, p))
+    pad = bundle.target.config.get("pad_token_id", 0)
+    media = Media(np.array(positions, dtype=np.int64), mx.concatenate(soft, axis=0), 0 if pad is None else int(pad))
+    media.check(out)
+    return out, media
