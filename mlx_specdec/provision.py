@@ -35,6 +35,7 @@ from . import decode, registry
 from .cache import PromptCache, SlidingKVCache
 from .errors import SpecdecError
 from .files import shown
+from .load import is_bundle
 from .registry import Pair
 
 DEFAULT_NAME = "e2b"
@@ -75,10 +76,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
-
-
-def is_bundle(folder: Path) -> bool:
-    return (folder / "target" / "config.json").is_file()
 
 
 def local_bundle(pair: Pair, bits: int = 4) -> Optional[Path]:
