@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpecdecError
+from ..prompt import PromptInput
 from ..settings import MAX_DRAFT, GenerationSettings
 from ..stats import position_counts, rounds_from_records
 from .result import BenchResult, BenchSummary, ModeResult, PromptResult, run_info
@@ -104,11 +105,7 @@ SUITE = load_prompts(SUITE_FILE)  # one prompt per kind of work people ask a sma
 
 
 def encode_prompt(bundle, prompt: str, raw: bool = False) -> list[int]:
-    from ..prompt import chat_ids, text_ids
-
-    if raw:
-        return text_ids(bundle.tokenizer, prompt)
-    return chat_ids(bundle.tokenizer, [{"role": "user", "content": prompt}])
+    return PromptInput(text=prompt, raw=raw).encode(bundle.tokenizer)
 
 
 def make_useless(drafter, seed: int = 0) -> None:
