@@ -155,6 +155,16 @@ def rewind(cache: list, n: int) -> None:
             raise RewindError(f"cache rewound {done} of {n} positions")
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class PromptCache:
     """The target's caches plus the token ids whose K/V they hold; reusable across requests.
 
@@ -177,12 +187,7 @@ class PromptCache:
     def reuse(self, ids: Sequence[int]) -> int:
         """Keep the longest cached prefix of ids[:-1] (the last id always runs again: its logits
         and hidden state are needed); returns how many ids the cache now holds."""
-        common = 0
-        for a, b in zip(self.tokens, ids[:-1]):
-            if a != b:
-                break
-            common += 1
-        self.truncate(common)
+        self.truncate(common_prefix(self.tokens, ids[:-1]))
         return len(self.tokens)
 
     def truncate(self, n: int) -> None:

@@ -24,8 +24,7 @@ import mlx.core as mx
 from .cache import PromptCache, drafter_kv, rewind
 from .draft_len import AutoPolicy, FixedPolicy
 from .round import issue_round
-from .sampling import SamplingParams
-from .settings import MAX_DRAFT, DraftSetting
+from .settings import MAX_DRAFT, DraftSetting, SamplingParams
 
 
 @dataclass(frozen=True)

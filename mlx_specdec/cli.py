@@ -31,9 +31,8 @@ from .cli_options import (
     TopK,
     TopP,
     draft_option,
+    log_err,
     make_settings,
-    model_folder,
-    parse_prompt_ids,
     user_errors,
     write_out,
 )
@@ -85,20 +84,12 @@ def generate(
     ] = None,
 ):
     """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
-    from .decode import stream_generate
-    from .load import load
-    from .media import attach_images, image_placeholders
-    from .prompt import chat_ids, text_ids
-    from .stats import RunStats
+    from .oneshot import generate_records, json_document, summary_line
+    from .prompt import PromptInput
 
-    if stop is None:
-        stop = []
-    if (prompt is None) == (prompt_ids is None):
-        raise SpecdecError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
+    source = PromptInput(text=prompt, ids=prompt_ids, raw=raw)
     if trace and not as_json:
         raise SpecdecError("--trace adds the rounds to the JSON output; add --json")
-    if raw and prompt is None:
-        raise SpecdecError("--raw applies to --prompt text; token ids never get the chat template")
     settings = make_settings(
         max_tokens=max_tokens,
         draft_tokens=draft_tokens,
@@ -108,40 +99,31 @@ def generate(
         top_k=top_k,
         min_p=min_p,
         seed=seed,
-        stop=stop,
+        stop=stop or [],
         max_context=max_context,
         battery=battery,
     )
-    ids = parse_prompt_ids(prompt_ids) if prompt_ids is not None else None
-    bundle = load(model_folder(model, settings.max_context), target=target, drafter=drafter, demo=demo)
-    if ids is None:
-        tok = bundle.tokenizer
-        prompt = image_placeholders(bundle, len(images)) + prompt if images else prompt
-        ids = text_ids(tok, prompt) if raw else chat_ids(tok, [{"role": "user", "content": prompt}])
-    ids, media = attach_images(bundle, ids, images or [])
-    records = []
-    for r in stream_generate(bundle, ids, settings, media=media):
+    records, expanded = [], []
+    run = generate_records(
+        source,
+        settings,
+        model=model,
+        target=target,
+        drafter=drafter,
+        demo=demo,
+        images=images or [],
+        log=log_err,
+        prompt_ids=expanded,
+    )
+    for r in run:
         records.append(r)
         if not as_json:
             write_out(r.text)
-    stats = RunStats.from_records(records)
     if as_json:
-        out = {
-            "prompt_ids": ids,
-            "token_ids": [r.token for r in records],
-            "text": "".join(r.text for r in records),
-            "stats": stats.to_dict(),
-        }
-        if trace:
-            out["rounds"] = [r.round_info.trace() for r in records if r.round_info is not None]
-        write_out(json.dumps(out) + "\n")
+        write_out(json.dumps(json_document(records, trace, expanded)) + "\n")
     else:
         write_out("\n")
-        typer.echo(
-            f"[{stats.generated_tokens} tokens, {stats.decode_tokens_per_s:.1f} tok/s, "
-            f"{stats.mean_accepted_per_round:.2f} accepted/round, ttft {stats.ttft_s * 1000:.0f} ms]",
-            err=True,
-        )
+        typer.echo(summary_line(records), err=True)
 
 
 @app.command()
@@ -221,6 +203,7 @@ def chat(
     With no MODEL: the Gemma 4 E2B bundle in ~/.cache/mlx-specdec, converted on first use.
     """
     from .chat.terminal import run_chat
+    from .provision import model_folder
 
     settings = make_settings(
         max_tokens=max_tokens,
@@ -235,7 +218,7 @@ def chat(
         battery=battery,
     )
     run_chat(
-        model_folder(model, settings.max_context),
+        model_folder(model, max_context=settings.max_context, log=log_err),
         target=str(target) if target else None,
         drafter=str(drafter) if drafter else None,
         demo=demo,
@@ -269,7 +252,7 @@ def bench(
     plot: Annotated[
         Optional[Path], typer.Option("--plot", help="Plot tokens/s and tokens/J against k (.png/.svg/.pdf).")
     ] = None,
-    # --- synthetic bench (bench_synthetic.py) ---
+    # --- a synthetic bench instead of a model (bench/synthetic.py); BenchOptions checks these ---
     synthetic: Annotated[
         Optional[str],
         typer.Option(
@@ -287,38 +270,15 @@ def bench(
     ] = False,
     bits: Annotated[int, typer.Option("--bits", help="With --synthetic: quantisation bits as convert (4, 8, 16).")] = 4,
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="With --synthetic: random prompt length.")] = 64,
-    # --- end synthetic ---
 ):
     """Benchmark plain, mlx-lm, fixed k and auto decoding on a prompt suite (median of trials)."""
+    from .bench.command import BenchOptions, run_bench
 
-    if synthetic is not None:  # --- synthetic bench hook ---
-        from .bench.synthetic_report import run_cli
-
-        return run_cli(
-            synthetic,
-            model=model,
-            target=target,
-            drafter=drafter,
-            demo=demo,
-            acceptance=acceptance,
-            auto=not no_auto,
-            bits=bits,
-            ks=ks,
-            max_tokens=max_tokens,
-            prompt_tokens=prompt_tokens,
-            trials=trials,
-            json_path=json_path,
-            plot=plot,
-        )
-    if acceptance is not None or no_auto or bits != 4 or prompt_tokens != 64:
-        raise SpecdecError("--acceptance, --no-auto, --bits and --prompt-tokens need --synthetic NAME")
-    # --- end synthetic bench hook ---
-
-    from .bench.report import run_cli
-    from .load import load
-
-    run_cli(
-        lambda: load(model_folder(model), target=target, drafter=drafter, demo=demo),
+    options = BenchOptions(
+        model=model,
+        target=target,
+        drafter=drafter,
+        demo=demo,
         prompts=prompts,
         ks=ks,
         max_tokens=max_tokens,
@@ -329,7 +289,13 @@ def bench(
         useless_drafter=useless_drafter,
         json_path=json_path,
         plot=plot,
+        synthetic=synthetic,
+        acceptance=acceptance,
+        auto=not no_auto,
+        bits=bits,
+        prompt_tokens=prompt_tokens,
     )
+    run_bench(options, log=log_err)
 
 
 @app.command()
@@ -389,10 +355,11 @@ def serve(
     no_draft: NoDraft = False,
 ):
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
+    from .provision import model_folder
     from .serve.app import serve as run_server
 
     run_server(
-        model_folder(model, max_context),
+        model_folder(model, max_context=max_context, log=log_err),
         target=target,
         drafter=drafter,
         demo=demo,
@@ -421,11 +388,12 @@ def check(
 ):
     """Is speculative output bit-exact on this machine? Probe the pass widths, then compare plain and speculative."""
     from .check import run_check
-    from .load import load
+    from .provision import load_model
 
     if tokens < 1:
         raise typer.BadParameter(f"must be at least 1, not {tokens}", param_hint="--tokens")
-    result = run_check(load(model_folder(model), target=target, drafter=drafter, demo=demo), fresh, tokens)
+    bundle = load_model(model, target=target, drafter=drafter, demo=demo, max_context=None, log=log_err)
+    result = run_check(bundle, fresh, tokens)
     if as_json:
         write_out(json.dumps(result.to_json()) + "\n")
     else:

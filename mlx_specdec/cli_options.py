@@ -1,6 +1,7 @@
 """What the `specdec` commands share: the one-line error wrapper, the option aliases, and the
-builders that turn option values into library inputs (one `GenerationSettings`, prompt ids, a
-model folder). Options are defined once here as typer `Annotated` aliases.
+builders that turn option values into library inputs (one `GenerationSettings`, the draft
+setting). Prompt text and ids become ids in `prompt.py`, MODEL a folder in `provision.py`.
+Options are defined once here as typer `Annotated` aliases.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import SpecdecError
-from .settings import GenerationSettings, parse_draft
+from .settings import GenerationSettings, SamplingParams, parse_draft
 
 
 def user_errors(fn):
@@ -45,6 +46,11 @@ def write_out(text: str) -> None:
         if e.errno == errno.EPIPE:  # the reader left (`| head`): nobody to tell, like other tools
             raise typer.Exit(1) from None
         raise SpecdecError(f"cannot write the output ({e.strerror or e}); free space or send it elsewhere") from None
+
+
+def log_err(line: str) -> None:
+    """Progress lines (a first-use conversion) go to stderr, so stdout stays the command's output."""
+    typer.echo(line, err=True)
 
 
 # --- options shared by the commands --------------------------------------------------------
@@ -95,8 +101,6 @@ def make_settings(
     battery: Optional[bool] = None,
 ) -> GenerationSettings:
     """The command line's values -> one validated GenerationSettings (the only place they meet)."""
-    from .sampling import SamplingParams
-
     sampling = SamplingParams(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
     draft = draft_option(draft_tokens, no_draft)
     return GenerationSettings(
@@ -115,31 +119,3 @@ def draft_option(draft_tokens: str, no_draft: bool):
     if no_draft and draft != 0 and str(draft_tokens).strip().lower() != "auto":  # "auto" is -k's default
         raise SpecdecError(f"--no-draft and -k {draft_tokens} contradict each other; give one of them")
     return 0 if no_draft else draft
-
-
-def parse_prompt_ids(text: str) -> list[int]:
-    """'2, 100,200' -> [2, 100, 200]. An empty entry (1,,2) or ids split by spaces (2 100) are
-    refused, never read as fewer or merged ids."""
-    parts = [t.strip() for t in text.split(",")]
-    if not any(parts):
-        raise SpecdecError("--prompt-ids is empty; give comma-separated token ids such as 2,100,200")
-    if "" in parts:
-        raise SpecdecError(f"--prompt-ids has an empty entry in {text!r}; separate the ids with single commas")
-    try:
-        return [int(t) for t in parts]
-    except ValueError:
-        raise SpecdecError(f"--prompt-ids must be comma-separated whole numbers, not {text!r}") from None
-
-
-def model_folder(model, max_context: Optional[int] = None) -> Optional[str]:
-    """MODEL as typed -> a folder: an existing folder, or a known name / hub id (see `specdec models`)
-    whose bundle is converted into ~/.cache/mlx-specdec on first use. None stays None. A folder
-    whose weights and KV cache at `max_context` will not fit this machine's memory is refused."""
-    if model is None:
-        return None
-    from .provision import check_memory_fit
-    from .provision import model_folder as provision_folder
-
-    folder = provision_folder(str(model), max_context=max_context, log=lambda line: typer.echo(line, err=True))
-    check_memory_fit(Path(folder), max_context=max_context)
-    return str(folder)

@@ -44,8 +44,8 @@ from .load import Bundle
 from .media import Media
 from .numerics import Widths
 from .round import issue_round, target_pass
-from .sampling import Penalties, SamplingParams, sample
-from .settings import GenerationSettings
+from .sampling import Penalties, sample
+from .settings import GenerationSettings, SamplingParams
 from .stats import HostWait, Round, RunStats, TokenRecord
 from .text import TextStream
 

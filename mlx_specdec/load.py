@@ -155,7 +155,9 @@ class Bundle:
 
 
 def is_bundle(folder: Path) -> bool:
-    return (folder / "manifest.json").is_file() or (folder / "target" / "config.json").is_file()
+    """A complete bundle: `convert` writes one into a temporary folder and renames it at the end,
+    so `target/config.json` exists only once everything does."""
+    return (folder / "target" / "config.json").is_file()
 
 
 def load(

@@ -1,12 +1,13 @@
 """Model provisioning: MODEL as typed -> a bundle folder, converted on first use; memory fit.
 
-`model_folder(model)` is what the CLI calls: an existing folder is used as it is; a known name or
-hub id (`e2b`, `gemma-4-26b-a4b`, `google/gemma-4-31B-it`, an mlx-community repo; see
-`registry.resolve`) becomes the bundle `cache_dir()/<bundle-name>`, converted by
-`weights_convert.convert` on first use (its huggingface-hub progress bars show the download)
-and reused afterwards. `check_memory_fit` runs before any conversion. An mlx-community target
-name converts from that pre-quantised repo (a quarter of the bf16 download; its weights copied
-through, never quantised again) into a bundle of its own, beside the Google-converted one.
+`model_folder(model)` is what the front ends call (`load_model` loads what it returns): an
+existing folder is used as it is; a known name or hub id (`e2b`, `gemma-4-26b-a4b`,
+`google/gemma-4-31B-it`, an mlx-community repo; see `registry.resolve`) becomes the bundle
+`cache_dir()/<bundle-name>`, converted by `weights_convert.convert` on first use (its
+huggingface-hub progress bars show the download) and reused afterwards. `check_memory_fit` runs
+before any conversion and on the folder returned. An mlx-community target name converts from
+that pre-quantised repo (a quarter of the bf16 download; its weights copied through, never
+quantised again) into a bundle of its own, beside the Google-converted one.
 
 Invariants:
 - A bundle in the cache counts as present only once complete (`target/config.json` exists):
@@ -35,6 +36,7 @@ from . import decode, registry
 from .cache import PromptCache, SlidingKVCache
 from .errors import SpecdecError
 from .files import cache_dir, shown
+from .load import is_bundle
 from .registry import Pair
 
 DEFAULT_NAME = "e2b"
@@ -67,10 +69,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
-
-
-def is_bundle(folder: Path) -> bool:
-    return (folder / "target" / "config.json").is_file()
 
 
 def local_bundle(pair: Pair, bits: int = 4) -> Optional[Path]:
@@ -154,23 +152,43 @@ def model_folder(
     bits: Optional[int] = None,
     max_context: Optional[int] = None,
     log: Callable[[str], None] = lambda line: None,
+    available: Optional[int] = None,
     **kwargs,
-) -> Path:
-    """MODEL as typed -> a folder: an existing folder as it is; a known name or hub id -> its cached
-    bundle (converted on first use; `bits` as `ensure_bundle`); None -> the default E2B bundle. Raises
-    SpecdecError."""
+) -> Optional[Path]:
+    """MODEL as typed -> a folder that fits this machine: an existing folder as it is; a known name
+    or hub id -> its cached bundle (converted on first use; `bits` and `kwargs` as `ensure_bundle`).
+    None stays None (the caller's default: --demo, --target, the chat's default bundle). A folder
+    whose weights and KV cache at `max_context` do not fit `available` bytes (None: ask the machine)
+    is refused (`check_memory_fit`). Raises SpecdecError."""
     if model is None:
-        return ensure_bundle(DEFAULT_NAME, bits, max_context=max_context, log=log, **kwargs)
+        return None
     text = str(model)
     path = Path(text).expanduser()
     if path.is_dir():
-        return path
-    if path.exists():
+        folder = path
+    elif path.exists():
         raise SpecdecError(f"{text} is a file; pass a bundle folder or a model name (see `specdec models`)")
-    pair = registry.find(text)
-    if pair is None and (text.startswith((".", "~", os.sep)) or text.count("/") > 1):
+    elif registry.find(text) is None and (text.startswith((".", "~", os.sep)) or text.count("/") > 1):
         raise SpecdecError(f"{text}: no such folder")
-    return ensure_bundle(text, bits, max_context=max_context, log=log, **kwargs)
+    else:
+        folder = ensure_bundle(text, bits, max_context=max_context, log=log, available=available, **kwargs)
+    check_memory_fit(folder, max_context=max_context, available=available)
+    return folder
+
+
+def load_model(
+    model: Union[str, Path, None] = None,
+    *,
+    target: Optional[Path] = None,
+    drafter: Optional[Path] = None,
+    demo: bool = False,
+    max_context: Optional[int] = None,
+    log: Callable[[str], None] = lambda line: None,
+):
+    """MODEL (through `model_folder`), --target/--drafter or --demo -> a loaded `load.Bundle`."""
+    from .load import load
+
+    return load(model_folder(model, max_context=max_context, log=log), target=target, drafter=drafter, demo=demo)
 
 
 # --- memory fit ------------------------------------------------------------------------------

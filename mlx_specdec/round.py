@@ -26,7 +26,7 @@ import mlx.core as mx
 
 from .cache import PromptCache, cache_offset, drafter_kv, rewind
 from .grammar import Constraint
-from .sampling import Penalties, SamplingParams, accept, probs, sample
+from .sampling import Penalties, accept, probs, sample
 
 
 @dataclass(frozen=True)

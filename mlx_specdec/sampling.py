@@ -21,55 +21,11 @@ Acceptance (DESIGN.md, Leviathan et al. / Chen et al.): with target distribution
 from __future__ import annotations
 
 import hashlib
-import math
-from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
 
-from .errors import SpecdecError
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """temp 0 means greedy; top_k 0, top_p 1 and min_p 0 disable those filters.
-
-    Construction validates the ranges (one line naming the option), so the filter below never
-    gets values that would leave an empty or NaN distribution.
-    """
-
-    temp: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    seed: Optional[int] = None
-
-    def __post_init__(self):
-        def number(name, value, ok, want):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or not ok(value):
-                text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-                raise SpecdecError(f"{name} must be {want}, not {text}")
-
-        number("--temp", self.temp, lambda v: v >= 0, "a number >= 0 (0 is greedy)")
-        number("--top-p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1] (1 turns it off)")
-        number("--min-p", self.min_p, lambda v: 0 <= v <= 1, "in [0, 1] (0 turns it off)")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise SpecdecError(f"--top-k must be a whole number >= 0 (0 turns it off), not {self.top_k!r}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64
-        ):
-            raise SpecdecError(f"--seed must be a whole number from 0 to 2^64 - 1, not {self.seed!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temp == 0.0
-
-
-def _finite(value) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float (10**400)
-        return False
+from .settings import SamplingParams  # the validated sampling settings; re-exported here
 
 
 def probs(logits: mx.array, params: SamplingParams) -> mx.array:

@@ -22,8 +22,7 @@ from mlx_specdec.decode import stream_generate
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.files import check_output, write_atomically
 from mlx_specdec.load import load
-from mlx_specdec.sampling import SamplingParams
-from mlx_specdec.settings import GenerationSettings
+from mlx_specdec.settings import GenerationSettings, SamplingParams
 
 from .helpers.paths import DRAFTERS, TARGET
 

@@ -21,6 +21,7 @@ from mlx_specdec.bench import report as bench_report
 from mlx_specdec.bench import result as bench_result
 from mlx_specdec.cli import app
 from mlx_specdec.errors import SpecdecError
+from mlx_specdec.settings import MAX_DRAFT
 
 from .helpers.paths import DRAFTERS, TARGET
 
@@ -60,7 +61,7 @@ def test_bench_json_holds_every_mode_and_figures_that_agree_with_each_other(tmp_
     assert sum(modes["k=1"]["accepted_histogram"].values()) == modes["k=1"]["rounds"] > 0
     # k=1 never tries draft 2; plain and mlx-lm try none.
     assert modes["k=1"]["acceptance_by_position"][0] is not None
-    assert modes["k=1"]["acceptance_by_position"][1:] == [None] * (bench.MAX_K - 1)
+    assert modes["k=1"]["acceptance_by_position"][1:] == [None] * (MAX_DRAFT - 1)
     assert modes["plain"]["acceptance_by_position"] == modes["mlx-lm"]["acceptance_by_position"] == [None] * 8
     auto = modes["auto"]
     assert auto["loop_efficiency"] == pytest.approx(auto["decode_tokens_per_s"] / auto["ideal_tokens_per_s"])

@@ -101,7 +101,8 @@ def test_calibrated_costs_never_fall_as_k_grows(bundles):
     from mlx_specdec.calibrate import calibrate
 
     costs = calibrate(bundles["dense"], 4, repeats=2)
-    assert all(b > a for a, b in zip(costs, costs[1:]))
+    assert all(b >= a for a, b in zip(costs, costs[1:]))  # a running maximum: equal under noise
+    assert costs[-1] > costs[0]  # four drafts and a 5-token verify cost more than a plain step
 
 
 def test_auto_policy_forgets_old_acceptance_when_the_drafter_stops_agreeing():

@@ -18,8 +18,7 @@ from mlx_specdec.cache import PromptCache, drafter_kv, make_target_cache
 from mlx_specdec.decode import generate
 from mlx_specdec.load import load
 from mlx_specdec.models.target import kv_layout, kv_source_layers
-from mlx_specdec.sampling import SamplingParams
-from mlx_specdec.settings import GenerationSettings
+from mlx_specdec.settings import GenerationSettings, SamplingParams
 
 from .helpers.paths import FIXTURES
 from .helpers.stats import chi2_critical, two_sample_chi_square

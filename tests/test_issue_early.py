@@ -8,8 +8,8 @@ from mlx.utils import tree_flatten
 from mlx_specdec.cache import make_target_cache
 from mlx_specdec.decode import generate
 from mlx_specdec.models.target import ISSUE_MAX_TOKENS
-from mlx_specdec.sampling import SamplingParams
 from mlx_specdec.settings import GenerationSettings as S
+from mlx_specdec.settings import SamplingParams
 
 
 def passes(target):

@@ -21,7 +21,7 @@ class FakeConvert:
     def __call__(self, **kw):
         self.calls.append({k: v for k, v in kw.items() if k != "log"})
         (kw["output"] / "target").mkdir(parents=True)
-        (kw["output"] / "target" / "config.json").write_text("{}")
+        (kw["output"] / "target" / "config.json").write_text((TARGET / "config.json").read_text())
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 
 from mlx_specdec.cache import PromptCache
 from mlx_specdec.decode import generate
-from mlx_specdec.sampling import SamplingParams, accept_rejection, probs
-from mlx_specdec.settings import GenerationSettings
+from mlx_specdec.sampling import accept_rejection, probs
+from mlx_specdec.settings import GenerationSettings, SamplingParams
 
 from .helpers.stats import chi2_critical, chi_square, two_sample_chi_square
 

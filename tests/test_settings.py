@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.sampling import SamplingParams, probs
-from mlx_specdec.settings import GenerationSettings, parse_draft
+from mlx_specdec.sampling import probs
+from mlx_specdec.settings import GenerationSettings, SamplingParams, parse_draft
 
 
 @pytest.mark.parametrize(

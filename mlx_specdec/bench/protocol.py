@@ -50,9 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpecdecError
-from ..settings import GenerationSettings
+from ..prompt import PromptInput
+from ..settings import MAX_DRAFT, GenerationSettings
 from ..stats import position_counts, rounds_from_records
-from .result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult, run_info
+from .result import BenchResult, BenchSummary, ModeResult, PromptResult, run_info
 
 SUITE_FILE = Path(__file__).with_name("suite.jsonl")  # the built-in suite, a prompts file like any other
 
@@ -92,11 +93,11 @@ def parse_k_list(text: str) -> list[int]:
     try:
         ks = sorted({int(t) for t in text.split(",") if t})
     except ValueError:
-        raise SpecdecError(f"--k must be comma-separated numbers 1-{MAX_K}, not {text!r}") from None
+        raise SpecdecError(f"--k must be comma-separated numbers 1-{MAX_DRAFT}, not {text!r}") from None
     if not ks:
-        raise SpecdecError(f"--k needs draft lengths 1-{MAX_K}, e.g. --k 1,2,4 (or --k none for no fixed k)")
-    if any(not 1 <= k <= MAX_K for k in ks):
-        raise SpecdecError(f"--k values must be between 1 and {MAX_K}, not {text!r}")
+        raise SpecdecError(f"--k needs draft lengths 1-{MAX_DRAFT}, e.g. --k 1,2,4 (or --k none for no fixed k)")
+    if any(not 1 <= k <= MAX_DRAFT for k in ks):
+        raise SpecdecError(f"--k values must be between 1 and {MAX_DRAFT}, not {text!r}")
     return ks
 
 
@@ -104,11 +105,7 @@ SUITE = load_prompts(SUITE_FILE)  # one prompt per kind of work people ask a sma
 
 
 def encode_prompt(bundle, prompt: str, raw: bool = False) -> list[int]:
-    from ..prompt import chat_ids, text_ids
-
-    if raw:
-        return text_ids(bundle.tokenizer, prompt)
-    return chat_ids(bundle.tokenizer, [{"role": "user", "content": prompt}])
+    return PromptInput(text=prompt, raw=raw).encode(bundle.tokenizer)
 
 
 def make_useless(drafter, seed: int = 0) -> None:
@@ -291,7 +288,7 @@ def measure_modes(
     bundle,
     prompts: Sequence[tuple[str, list[int]]],
     *,
-    ks: Sequence[int] = tuple(range(1, MAX_K + 1)),
+    ks: Sequence[int] = tuple(range(1, MAX_DRAFT + 1)),
     max_tokens: int = 128,
     trials: int = 3,
     mlx_lm: bool = True,

@@ -10,7 +10,6 @@ The plot needs matplotlib (the optional extra `mlx-specdec[plot]`), drawn with t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SpecdecError
@@ -173,7 +172,7 @@ def write_plot(result: BenchResult, path: str | Path) -> None:
     write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=120))
 
 
-# --- the command ---------------------------------------------------------------------------
+# --- before a run (`command.run_bench`) ----------------------------------------------------
 def prepare_run(json_path: Path | None, plot: Path | None):
     """Before a bench run (plain or synthetic): fail now, in one line, if --json or --plot cannot be
     written, not after the whole run; then say which BLAS runs -> (stderr console, BLAS description)."""
@@ -189,51 +188,3 @@ def prepare_run(json_path: Path | None, plot: Path | None):
     blas = describe_blas()
     err.print(f"BLAS: {blas}")
     return err, blas
-
-
-def run_cli(
-    load_bundle: Callable[[], object],
-    *,
-    prompts: Path | None,
-    ks: str,
-    max_tokens: int,
-    trials: int,
-    mlx_lm: bool,
-    ignore_eos: bool,
-    raw: bool,
-    useless_drafter: bool,
-    json_path: Path | None,
-    plot: Path | None,
-) -> None:
-    """`specdec bench MODEL ...`: check the outputs, load (`load_bundle()`), run, print, write files.
-    Every option is checked before the model loads, so a bad one never costs a run."""
-    import sys
-
-    from rich.console import Console
-
-    from .protocol import SUITE, load_prompts, parse_k_list, run_bench
-
-    suite = load_prompts(prompts) if prompts is not None else SUITE
-    k_list = parse_k_list(ks)
-    err, blas = prepare_run(json_path, plot)
-    result = run_bench(
-        load_bundle(),
-        prompts=suite,
-        ks=k_list,
-        max_tokens=max_tokens,
-        trials=trials,
-        mlx_lm=mlx_lm,
-        ignore_eos=ignore_eos,
-        raw=raw,
-        useless_drafter=useless_drafter,
-        blas=blas,
-        log=lambda line: err.print(f"[dim]{line}[/dim]"),
-    )
-    out = Console(width=None if sys.stdout.isatty() else 120)  # a pipe or file gets the whole table
-    out.print(render_table(result))
-    out.print(summary_line(result))
-    out.print(terminal_chart(result))
-    if json_path is not None:
-        write_json(result, json_path)
-    if plot is not None:
-        write_plot(result, plot)

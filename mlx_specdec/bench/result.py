@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 SCHEMA = "specdec-bench/1"
-MAX_K = 8  # draft positions reported (acceptance_by_position has MAX_K entries)
 
 
 @dataclass
@@ -28,7 +27,7 @@ class ModeResult:
     mean_accepted_per_round: accepted drafts per round with k >= 1; None if there is none.
     accepted_histogram:      {"n": rounds (k >= 1) that accepted n drafts}, all trials.
     draft_tokens_histogram:  {"k": rounds that drafted k} (auto: what it chose), all trials.
-    acceptance_by_position:  MAX_K entries: P(draft i accepted | draft i tried); None if never tried.
+    acceptance_by_position:  MAX_DRAFT entries: P(draft i accepted | draft i tried); None if never tried.
     peak_memory_bytes:       the largest peak memory of any run.
     joules_per_token:        decode joules / decode tokens, median over trials; None without a counter.
     tokens_per_joule:        1 / joules_per_token.

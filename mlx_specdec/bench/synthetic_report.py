@@ -1,7 +1,7 @@
-"""`specdec bench --synthetic` reporting: the costs table, the speed-up-against-acceptance plot, the CLI run.
+"""`specdec bench --synthetic` reporting: the costs table and the speed-up-against-acceptance plot.
 
 Reads `bench_synthetic.SyntheticResult`s (or their JSON documents, for plots of a sweep), never
-builds a model itself except through `run_synthetic`. Files are written with bench_report's
+builds a model (`command.run_bench` runs it). Files are written with bench_report's
 helpers (atomically; the plot format from the suffix).
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import SpecdecError
 from . import report as bench_report
-from .synthetic_run import SyntheticResult, ideal_speedup, run_synthetic
+from .synthetic_run import SyntheticResult, ideal_speedup
 
 
 def _f(x, spec: str) -> str:
@@ -101,55 +100,3 @@ def write_plot(results: Sequence[SyntheticResult | dict], path: str | Path) -> N
     fmt = bench_report.plot_format(path)
     fig = make_figure(results)
     write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=110))
-
-
-def run_cli(
-    name: str,
-    *,
-    model,
-    target,
-    drafter,
-    demo: bool,
-    acceptance: str | None,
-    auto: bool,
-    bits: int,
-    ks: str,
-    max_tokens: int,
-    prompt_tokens: int,
-    trials: int,
-    json_path,
-    plot,
-) -> None:
-    """`specdec bench --synthetic NAME ...`: run, print the tables, write --json / --plot."""
-    import sys
-
-    from rich.console import Console
-
-    from . import synthetic
-    from .protocol import parse_k_list
-
-    if model is not None or target is not None or drafter is not None or demo:
-        raise SpecdecError("give either --synthetic NAME or a model (MODEL, --target/--drafter, --demo), not both")
-    rates = synthetic.parse_acceptance(acceptance) if acceptance is not None else None
-    k_list = parse_k_list(ks)
-    err, blas = bench_report.prepare_run(json_path, plot)
-    result = run_synthetic(
-        name,
-        bits=bits,
-        acceptance=rates,
-        ks=k_list,
-        auto=auto,
-        max_tokens=max_tokens,
-        prompt_tokens=prompt_tokens,
-        trials=trials,
-        blas=blas,
-        log=lambda line: err.print(f"[dim]{line}[/dim]"),
-    )
-    out = Console(width=None if sys.stdout.isatty() else 120)
-    out.print(bench_report.render_table(result))
-    out.print(render_costs(result))
-    out.print(bench_report.summary_line(result))
-    if json_path is not None:
-        bench_report.write_json(result, json_path)
-    if plot is not None:
-        write_plot([result], plot)

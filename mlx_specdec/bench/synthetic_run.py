@@ -41,9 +41,10 @@ import mlx.core as mx
 from ..calibrate import Policies, measure_passes
 from ..draft_len import expected_tokens
 from ..errors import SpecdecError
+from ..settings import MAX_DRAFT
 from . import protocol as bench
 from . import synthetic
-from .result import MAX_K, BenchResult, BenchSummary, ModeResult, PromptResult, run_info
+from .result import BenchResult, BenchSummary, ModeResult, PromptResult, run_info
 
 
 @dataclass
@@ -163,7 +164,7 @@ def run_synthetic(
     bits: int = 4,
     group_size: int = 64,
     acceptance: Sequence[float] | None = None,
-    ks: Sequence[int] = tuple(range(1, MAX_K + 1)),
+    ks: Sequence[int] = tuple(range(1, MAX_DRAFT + 1)),
     auto: bool = True,
     max_tokens: int = 128,
     prompt_tokens: int = 64,

@@ -22,8 +22,7 @@ from typing import ClassVar
 
 from ..errors import SpecdecError
 from ..gemma_format import TOOL_START, ToolCall
-from ..sampling import SamplingParams
-from ..settings import parse_draft
+from ..settings import SamplingParams, parse_draft
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 

@@ -32,8 +32,7 @@ from starlette.routing import Route
 from ..decode import check_prompt
 from ..errors import SpecdecError
 from ..prompt import chat_ids, text_ids
-from ..sampling import SamplingParams
-from ..settings import GenerationSettings
+from ..settings import GenerationSettings, SamplingParams
 from .api import ApiError, GenRequest, parse_chat, parse_completion
 from .stream import Run, collect, stream_response
 from .worker import Worker

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..cache import common_prefix as _common_prefix
 from ..errors import SpecdecError
 from ..settings import GenerationSettings
 
@@ -54,15 +55,6 @@ class Job:
 
     def cancel(self) -> None:
         self.cancelled.set()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class CachePool:

@@ -24,8 +24,7 @@ from demo_corpus import CHAT_QUESTIONS, split_corpus, stdlib_entries  # noqa: E4
 from mlx_specdec.decode import stream_generate  # noqa: E402
 from mlx_specdec.load import load  # noqa: E402
 from mlx_specdec.prompt import chat_ids  # noqa: E402
-from mlx_specdec.sampling import SamplingParams  # noqa: E402
-from mlx_specdec.settings import GenerationSettings  # noqa: E402
+from mlx_specdec.settings import GenerationSettings, SamplingParams  # noqa: E402
 from mlx_specdec.stats import position_counts, rounds_from_records  # noqa: E402
 
 

@@ -8,8 +8,7 @@ from mlx_specdec.chat.session import ChatOptions, ChatSession
 from mlx_specdec.chat.terminal import run_piped
 from mlx_specdec.energy import NullSource
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.sampling import SamplingParams
-from mlx_specdec.settings import GenerationSettings
+from mlx_specdec.settings import GenerationSettings, SamplingParams
 from mlx_specdec.stats import TokenRecord
 
 
