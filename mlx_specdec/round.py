@@ -27,6 +27,7 @@ import mlx.core as mx
 from .cache import PromptCache, cache_offset, drafter_kv, rewind
 from .grammar import Constraint
 from .sampling import Penalties, accept, probs, sample
+from .settings import SamplingParams
 
 
 @dataclass(frozen=True)
