@@ -20,6 +20,7 @@ from .cli_options import (
     Demo,
     DrafterDir,
     DraftTokens,
+    Exactness,
     MaxContext,
     MinP,
     Model,
@@ -79,6 +80,7 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: token_ids, text, stats.")] = False,
     trace: Annotated[bool, typer.Option("--trace", help="With --json: add one entry per round.")] = False,
     battery: Battery = None,
+    exactness: Exactness = "strict",
     images: Annotated[
         Optional[list[str]], typer.Option("--image", help="An image the prompt is about (repeatable; E2B/E4B).")
     ] = None,
@@ -102,6 +104,7 @@ def generate(
         stop=stop or [],
         max_context=max_context,
         battery=battery,
+        exactness=exactness,
     )
     records, expanded = [], []
     run = generate_records(
@@ -197,6 +200,7 @@ def chat(
         bool, typer.Option("--thinking", help="Ask the model to think before it answers (/think on|off).")
     ] = False,
     battery: Battery = None,
+    exactness: Exactness = "strict",
 ):
     """Chat in the terminal with live speed, acceptance, memory and energy; one prompt per line when piped.
 
@@ -216,6 +220,7 @@ def chat(
         seed=seed,
         max_context=max_context,
         battery=battery,
+        exactness=exactness,
     )
     run_chat(
         model_folder(model, max_context=settings.max_context, log=log_err),

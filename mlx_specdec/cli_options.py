@@ -76,6 +76,14 @@ Stop = Annotated[list[str], typer.Option("--stop", help="Stop string (repeatable
 MaxContext = Annotated[
     Optional[int], typer.Option("--max-context", help="Context limit in tokens (default: the model's).")
 ]
+Exactness = Annotated[
+    str,
+    typer.Option(
+        "--exactness",
+        help="strict: where this device's pass widths do not agree bit for bit (specdec check), decode "
+        "plainly; relaxed: draft anyway (same distribution, greedy ties may break differently).",
+    ),
+]
 Battery = Annotated[
     Optional[bool],
     typer.Option(
@@ -99,6 +107,7 @@ def make_settings(
     stop=(),
     max_context: Optional[int] = None,
     battery: Optional[bool] = None,
+    exactness: str = "strict",
 ) -> GenerationSettings:
     """The command line's values -> one validated GenerationSettings (the only place they meet)."""
     sampling = SamplingParams(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
@@ -110,6 +119,7 @@ def make_settings(
         stop=tuple(stop),
         max_context=max_context,
         battery=battery,
+        exactness=exactness,
     )
 
 
