@@ -11,6 +11,7 @@ calls whatever the token boundaries.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from ..gemma_format import Content, GemmaParser, Reasoning, opens_reasoning
-from ..settings import GenerationSettings
+from ..prompt import chat_ids
 from ..stats import RunStats
 from .api import ApiError, GenRequest, chat_message, envelope, tool_call_json
 from .api import usage as usage_json
@@ -36,26 +37,57 @@ class Run:
         self.id = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.items: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        limit = app_state.context_limit
-        settings = GenerationSettings(
-            max_tokens=min(req.max_tokens or limit, limit),
-            draft=req.draft,
-            sampling=req.sampling,
-            stop=req.stop,
-            max_context=app_state.max_context,
-        )
-        self.job = Job(
-            ids=ids, emit=lambda item: loop.call_soon_threadsafe(self.items.put_nowait, item), settings=settings
+        server = app_state.settings
+        cap = min(server.max_tokens, app_state.context_limit)  # --max-tokens: the default and the most
+        settings = dataclasses.replace(
+            server, max_tokens=min(req.max_tokens or cap, cap), draft=req.draft, sampling=req.sampling, stop=req.stop
         )
         self.records: list = []
         self.cached = 0
         self.status = 200
         self.parser = None
-        if req.kind == "chat":
+        self.opened = False
+        chat = req.kind == "chat"
+        if chat:
             tok = app_state.worker.bundle.tokenizer
-            opened = not req.forced_prefix and opens_reasoning(tok.decode(ids[-8:]))  # the template opened it
-            self.parser = GemmaParser.for_tokenizer(tok, tools=req.parse_tools, in_reasoning=opened)
-            self.parser.feed(req.forced_prefix)  # the prefilled start of a forced tool call
+            self.opened = not req.forced_prefix and opens_reasoning(tok.decode(ids[-8:]))  # the template opened it
+            self.parser = self._parser()
+        self.job = Job(
+            ids=ids,
+            emit=lambda item: loop.call_soon_threadsafe(self.items.put_nowait, item),
+            settings=settings,
+            next_turn=self.next_turn_ids if chat else None,
+            snapshot=chat and bool(req.template_kwargs.get("enable_thinking")),
+        )
+
+    def _parser(self) -> GemmaParser:
+        tok = self.state.worker.bundle.tokenizer
+        parser = GemmaParser.for_tokenizer(tok, tools=self.req.parse_tools, in_reasoning=self.opened)
+        parser.feed(self.req.forced_prefix)  # the prefilled start of a forced tool call
+        return parser
+
+    def next_turn_ids(self, text: str) -> list[int]:
+        """The ids the next turn's prompt starts with: this conversation plus the answer as a
+        client sends it back (content and tool calls; the template drops the thinking).
+        Runs on the worker thread, after the answer; raises SpecdecError if it cannot render."""
+        parser = self._parser()
+        parser.feed(text)
+        parser.finish()
+        out = parser.result
+        message = {"role": "assistant", "content": out.content}
+        if out.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.index, "type": "function", "function": {"name": c.name, "arguments": json.loads(c.arguments)}}
+                for c in out.tool_calls
+            ]
+        req = self.req
+        return chat_ids(
+            self.state.worker.bundle.tokenizer,
+            [*req.messages, message],
+            tools=req.tools if req.tool_choice != "none" else None,
+            add_generation_prompt=False,
+            **req.template_kwargs,
+        )
 
     async def watch(self, receive) -> None:
         """Cancel the job when the client disconnects."""
