@@ -111,9 +111,10 @@ class Run:
             yield item
 
     def finish_reason(self) -> str:
-        if self.parser is not None and self.parser.result.tool_calls:
+        last = self.records[-1].finish_reason if self.records else "stop"
+        if last != "length" and self.parser is not None and self.parser.result.tool_calls:
             return "tool_calls"
-        return self.records[-1].finish_reason if self.records else "stop"
+        return last  # "length" even with a call: it was closed as far as it was written
 
     def stats(self) -> dict:
         s = RunStats.from_records(self.records).to_dict()
