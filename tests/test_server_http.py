@@ -266,3 +266,72 @@ def test_a_forced_tool_call_cut_off_by_its_limit_is_a_tool_call_with_finish_reas
         assert "<|" not in text
     finally:
         app.worker.script, app.worker.finish = ["Hello", "."], "stop"
+
+
+# --- Anthropic's Messages API, with its official client --------------------------------------
+TOOL_SCRIPT = [
+    "<|channel>thought\nNeed",
+    " the weather.<channel|>",
+    "<|tool_call>call:get_weather{city:",
+    '<|"|>Paris<|"|>}<tool_call|>',
+]
+ANTHROPIC_TOOLS = [
+    {"name": "get_weather", "description": "Weather now", "input_schema": TOOLS[0]["function"]["parameters"]}
+]
+
+
+def anthropic_client(app):
+    import anthropic
+
+    return anthropic.Anthropic(base_url=app.url, api_key="x", max_retries=0)
+
+
+def test_anthropic_messages_answer_streamed_and_not(app):
+    client = anthropic_client(app)
+    r = client.messages.create(
+        model="scripted", max_tokens=50, system="Be brief.", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert [b.type for b in r.content] == ["text"] and r.content[0].text == "Hello."
+    assert r.stop_reason == "end_turn" and r.usage.output_tokens == 2 and r.role == "assistant"
+    with client.messages.stream(model="scripted", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+        kinds = [e.type for e in s]
+        final = s.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "content_block_delta" in kinds
+    assert final.content[0].text == "Hello." and final.stop_reason == "end_turn"
+    assert "Be brief." in app.tok.decode(app.worker.jobs_seen[-2].ids)
+
+
+def test_anthropic_tool_use_and_thinking_blocks_and_a_tool_result_round_trip(app):
+    client = anthropic_client(app)
+    app.worker.script = TOOL_SCRIPT
+    try:
+        ask = [{"role": "user", "content": "Weather in Paris?"}]
+        kw = {"model": "scripted", "max_tokens": 50, "tools": ANTHROPIC_TOOLS}
+        r = client.messages.create(messages=ask, thinking={"type": "enabled", "budget_tokens": 20}, **kw)
+        assert [b.type for b in r.content] == ["thinking", "tool_use"] and r.stop_reason == "tool_use"
+        assert r.content[0].thinking == "Need the weather."
+        assert r.content[1].name == "get_weather" and r.content[1].input == {"city": "Paris"}
+        with client.messages.stream(messages=ask, **kw) as s:
+            final = s.get_final_message()
+        assert [b.type for b in final.content] == ["thinking", "tool_use"]
+        assert final.content[1].input == {"city": "Paris"} and final.stop_reason == "tool_use"
+        call = r.content[1]
+        follow = ask + [
+            {"role": "assistant", "content": [b.model_dump() for b in r.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21 C"}]},
+        ]
+        client.messages.create(messages=follow, **kw)
+        prompt = app.tok.decode(app.worker.jobs_seen[-1].ids)
+        assert '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>' in prompt
+        assert '<|tool_response>response:get_weather{value:<|"|>sunny, 21 C<|"|>}' in prompt
+    finally:
+        app.worker.script = ["Hello", "."]
+
+
+def test_anthropic_errors_come_in_anthropic_shape(app):
+    import anthropic
+
+    with pytest.raises(anthropic.NotFoundError):
+        anthropic_client(app).messages.create(model="claude", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.BadRequestError):
+        anthropic_client(app).messages.create(model="scripted", max_tokens=5, messages=[])

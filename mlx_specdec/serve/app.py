@@ -1,6 +1,7 @@
 """`specdec serve`: an OpenAI-compatible HTTP server (starlette + uvicorn) over the speculative loop.
 
-Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/{id}], GET /health.
+Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/messages (Anthropic's API,
+messages.py), GET /v1/models[/{id}], GET /health.
 The HTTP side (the asyncio event loop) validates and queues a `Job`; the prompt is rendered
 (`prompt.chat_ids`, the one place the chat template is applied) and tokenised in a thread, off
 the loop, so a huge prompt never stalls other streams; the worker thread (worker.py) runs every
@@ -43,6 +44,7 @@ from ..errors import SpecdecError
 from ..prompt import chat_ids, text_ids
 from ..sampling import SamplingParams
 from ..settings import GenerationSettings
+from . import messages
 from .api import ApiError, GenRequest, parse_chat, parse_completion
 from .security import Guard, allowed_hosts
 from .stream import Run, collect, stream_response
@@ -88,7 +90,9 @@ async def _read_json(request: Request, limit: int, timeout: float = BODY_TIMEOUT
 
 
 def _check_key(request: Request, key: str | None) -> None:
-    if key is not None and request.headers.get("authorization", "") != f"Bearer {key}":
+    if key is None or request.headers.get("x-api-key") == key:  # x-api-key: Anthropic's clients
+        return
+    if request.headers.get("authorization", "") != f"Bearer {key}":
         raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
 
 
@@ -177,6 +181,19 @@ def create_app(
         except ApiError as e:  # the generation failed or was cancelled; the run logged its line
             return error_response(e)
 
+    async def other_api(request: Request, parse, respond, error) -> object:
+        """A route in another wire format (Anthropic's Messages, OpenAI's Responses)."""
+        t0 = time.perf_counter()
+        try:
+            run = await start(request, parse)
+        except ApiError as e:
+            log.info("%s %d %s (%.0f ms)", request.url.path, e.status, e.message, (time.perf_counter() - t0) * 1e3)
+            return error(e)
+        return await respond(run, request)
+
+    async def anthropic_messages(request: Request):
+        return await other_api(request, messages.parse_messages, messages.respond, messages.error_response)
+
     async def chat(request: Request):
         return await generate(request, parse_chat)
 
@@ -234,6 +251,7 @@ def create_app(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/messages", anthropic_messages, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/models/{model:path}", model, methods=["GET"]),
             Route("/health", health, methods=["GET"]),

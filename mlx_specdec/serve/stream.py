@@ -154,7 +154,7 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-class _JobStream(StreamingResponse):
+class JobStream(StreamingResponse):
     """Server-sent events whose job is cancelled as soon as the client goes away."""
 
     def __init__(self, content, run: Run):
@@ -236,4 +236,32 @@ async def collect(run: Run, request: Request) -> JSONResponse:
 
 
 def stream_response(run: Run) -> StreamingResponse:
-    return _JobStream(_events(run), run)
+    return JobStream(_events(run), run)
+
+
+# --- for the other wire formats (responses.py, messages.py) ------------------------------------
+async def parsed_events(run: Run):
+    """The run's output as gemma_format events (Content, Reasoning, ToolCall), then those the
+    end of output completes; raises ApiError on a failed or cancelled run. Chat runs only."""
+    async for record in run.items_until_done():
+        for e in run.parser.feed(record.text):
+            yield e
+    for e in run.parser.finish():
+        yield e
+
+
+async def collect_parsed(run: Run, request: Request):
+    """The whole output, parsed (`Parsed`), cancelling the job if the client goes away."""
+    watcher = asyncio.create_task(run.watch(request.receive))
+    try:
+        async for _ in parsed_events(run):
+            pass
+    finally:
+        watcher.cancel()
+        run.log_line()
+    return run.parser.result
+
+
+def sse_event(name: str, obj: dict) -> str:
+    """One server-sent event with its `event:` name (Anthropic's and the Responses API's framing)."""
+    return f"event: {name}\ndata: {json.dumps(obj, ensure_ascii=False)}\n\n"
