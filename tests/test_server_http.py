@@ -335,3 +335,41 @@ def test_anthropic_errors_come_in_anthropic_shape(app):
         anthropic_client(app).messages.create(model="claude", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     with pytest.raises(anthropic.BadRequestError):
         anthropic_client(app).messages.create(model="scripted", max_tokens=5, messages=[])
+
+
+# --- OpenAI's Responses API, with the openai client ---------------------------------------------
+def test_responses_answer_streamed_and_not_and_continue_from_a_previous_response(app):
+    client_ = client(app)
+    r = client_.responses.create(model="scripted", input="hi", instructions="Be brief.", max_output_tokens=20)
+    assert r.output_text == "Hello." and r.status == "completed" and r.usage.output_tokens == 2
+    assert "Be brief." in app.tok.decode(app.worker.jobs_seen[-1].ids)
+    events = list(client_.responses.create(model="scripted", input="hi", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Hello."
+    assert events[-1].response.output_text == "Hello."
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    client_.responses.create(model="scripted", input="and then?", previous_response_id=r.id)
+    prompt = app.tok.decode(app.worker.jobs_seen[-1].ids)
+    assert prompt.index("hi") < prompt.index("Hello.") < prompt.index("and then?") and "Be brief." not in prompt
+    with pytest.raises(openai.NotFoundError):
+        client_.responses.create(model="scripted", input="x", previous_response_id="resp_unknown")
+
+
+def test_responses_function_call_and_its_output_round_trip(app):
+    client_ = client(app)
+    tools = [{"type": "function", "name": "get_weather", "parameters": TOOLS[0]["function"]["parameters"]}]
+    app.worker.script = TOOL_SCRIPT
+    try:
+        r = client_.responses.create(model="scripted", input="Weather in Paris?", tools=tools)
+        calls = [o for o in r.output if o.type == "function_call"]
+        assert [o.type for o in r.output] == ["reasoning", "function_call"]
+        assert calls[0].name == "get_weather" and json.loads(calls[0].arguments) == {"city": "Paris"}
+        streamed = list(client_.responses.create(model="scripted", input="Weather in Paris?", tools=tools, stream=True))
+        assert [o.type for o in streamed[-1].response.output] == ["reasoning", "function_call"]
+        output = {"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny, 21 C"}
+        client_.responses.create(model="scripted", input=[output], tools=tools, previous_response_id=r.id)
+        prompt = app.tok.decode(app.worker.jobs_seen[-1].ids)
+        assert '<|tool_response>response:get_weather{value:<|"|>sunny, 21 C<|"|>}' in prompt
+    finally:
+        app.worker.script = ["Hello", "."]

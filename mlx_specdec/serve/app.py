@@ -1,7 +1,7 @@
 """`specdec serve`: an OpenAI-compatible HTTP server (starlette + uvicorn) over the speculative loop.
 
 Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/messages (Anthropic's API,
-messages.py), GET /v1/models[/{id}], GET /health.
+messages.py), POST /v1/responses (responses.py), GET /v1/models[/{id}], GET /health.
 The HTTP side (the asyncio event loop) validates and queues a `Job`; the prompt is rendered
 (`prompt.chat_ids`, the one place the chat template is applied) and tokenised in a thread, off
 the loop, so a huge prompt never stalls other streams; the worker thread (worker.py) runs every
@@ -44,7 +44,7 @@ from ..errors import SpecdecError
 from ..prompt import chat_ids, text_ids
 from ..sampling import SamplingParams
 from ..settings import GenerationSettings
-from . import messages
+from . import messages, responses
 from .api import ApiError, GenRequest, parse_chat, parse_completion
 from .security import Guard, allowed_hosts
 from .stream import Run, collect, stream_response
@@ -194,6 +194,16 @@ def create_app(
     async def anthropic_messages(request: Request):
         return await other_api(request, messages.parse_messages, messages.respond, messages.error_response)
 
+    store = responses.ResponseStore()
+
+    async def openai_responses(request: Request):
+        return await other_api(
+            request,
+            lambda body, *a: responses.parse_responses(body, store, *a),
+            lambda run, req: responses.respond(run, req, store),
+            responses.error_response,
+        )
+
     async def chat(request: Request):
         return await generate(request, parse_chat)
 
@@ -252,6 +262,7 @@ def create_app(
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/messages", anthropic_messages, methods=["POST"]),
+            Route("/v1/responses", openai_responses, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/models/{model:path}", model, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
