@@ -398,14 +398,14 @@ def serve(
     from .serve.app import serve as run_server
     from .settings import GenerationSettings
 
+    draft = draft_option(draft_tokens, no_draft)
+    settings = GenerationSettings(max_tokens=max_tokens, draft=draft, max_context=max_context)
     run_server(
         model_folder(model, max_context),
         target=target,
         drafter=drafter,
         demo=demo,
-        settings=GenerationSettings(
-            max_tokens=max_tokens, draft=draft_option(draft_tokens, no_draft), max_context=max_context
-        ),
+        settings=settings,
         host=host,
         port=port,
         api_key=api_key,
