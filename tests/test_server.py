@@ -347,8 +347,9 @@ def test_the_openai_client_sees_400_401_and_404(guarded):
 def test_64_mib_body_gets_413_before_it_is_read(guarded):
     s = socket.create_connection((guarded.host, guarded.port), timeout=30)
     s.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 67108864\r\n\r\n" + b"{" * 65536
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{guarded.port}\r\n".encode()
+        + b"Authorization: Bearer sekret\r\nContent-Type: application/json\r\nContent-Length: 67108864\r\n\r\n"
+        + b"{" * 65536
     )
     answer = b""
     while b'"error"' not in answer and (more := s.recv(65536)):
