@@ -392,3 +392,21 @@ def test_serve_refuses_a_port_in_use_in_one_line():
         busy.close()
     assert r.exit_code == 1
     assert r.output.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use)"
+
+
+def test_messages_and_responses_apis_give_the_chat_answer_and_share_its_cache(demo_server, demo):
+    import anthropic
+
+    ask = [{"role": "user", "content": "What is a tuple?"}]
+    chat = demo_server.client().chat.completions.create(model="demo", messages=ask, max_tokens=8, **GREEDY)
+    root = demo_server.url.removesuffix("/v1")
+    a = anthropic.Anthropic(base_url=root, api_key="x", max_retries=0).messages.create(
+        model="demo", max_tokens=8, messages=ask, extra_body={"temperature": 0, "draft_tokens": 4}
+    )
+    assert a.content[0].text == chat.choices[0].message.content and a.stop_reason == "max_tokens"
+    assert a.usage.cache_read_input_tokens == chat.usage.prompt_tokens - 1  # the same prompt, from the cache
+    r = demo_server.client().responses.create(
+        model="demo", input="What is a tuple?", max_output_tokens=8, temperature=0, extra_body={"draft_tokens": 4}
+    )
+    assert r.output_text == chat.choices[0].message.content and r.status == "incomplete"
+    assert r.usage.input_tokens_details.cached_tokens == chat.usage.prompt_tokens - 1
