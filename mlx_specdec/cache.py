@@ -190,6 +190,30 @@ class PromptCache:
         self.truncate(common_prefix(self.tokens, ids[:-1]))
         return len(self.tokens)
 
+    def copy(self, n: int) -> PromptCache:
+        """A new PromptCache holding this one's first n tokens; this one is left as it is (another
+        request may still extend it). The copy's arrays are views until its first write, which
+        moves them to buffers of its own. Empty when a sliding window no longer holds position n."""
+        out = PromptCache.__new__(PromptCache)
+        out._config, out._max_rewind = self._config, self._max_rewind
+        out.reset()
+        n = min(n, len(self.tokens))
+        if n == 0:
+            return out
+        for src, dst in zip(self.cache, out.cache):
+            drop = src.offset - n
+            if isinstance(src, SlidingKVCache):
+                if not src.can_trim(drop):
+                    out.reset()
+                    return out
+                dst._len = src._len - drop
+                dst.keys, dst.values = src.keys[..., : dst._len, :], src.values[..., : dst._len, :]
+            else:
+                dst.keys, dst.values = src.keys[..., :n, :], src.values[..., :n, :]
+            dst.offset = n
+        out.tokens = self.tokens[:n]
+        return out
+
     def truncate(self, n: int) -> None:
         """Keep the first n tokens (rewinding the caches); start afresh when the window forbids it."""
         try:

@@ -358,23 +358,41 @@ def serve(
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait; more get 429.")] = 32,
     draft_tokens: DraftTokens = "auto",
     no_draft: NoDraft = False,
+    max_tokens: Annotated[
+        int,
+        typer.Option("--max-tokens", help="Tokens per request: the default and the most one may ask (default 4096)."),
+    ] = 4096,
+    allowed_host: Annotated[
+        Optional[list[str]], typer.Option("--allowed-host", help="Also accept this Host header (repeatable; '*': any).")
+    ] = None,
+    cors_origin: Annotated[
+        Optional[str], typer.Option("--cors-origin", help="Let web pages of this origin call the API (CORS).")
+    ] = None,
+    body_timeout: Annotated[
+        float, typer.Option("--body-timeout", help="Seconds a request body may take to arrive; slower gets 408.")
+    ] = 30.0,
 ):
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
     from .provision import model_folder
     from .serve.app import serve as run_server
+    from .settings import GenerationSettings
 
+    draft = draft_option(draft_tokens, no_draft)
+    settings = GenerationSettings(max_tokens=max_tokens, draft=draft, max_context=max_context)
     run_server(
         model_folder(model, max_context=max_context, log=log_err),
         target=target,
         drafter=drafter,
         demo=demo,
+        settings=settings,
         host=host,
         port=port,
         api_key=api_key,
-        max_context=max_context,
         cache_bytes=cache_bytes,
         max_queue=max_queue,
-        draft=draft_option(draft_tokens, no_draft),
+        body_timeout=body_timeout,
+        allowed_host=allowed_host or (),
+        cors_origin=cors_origin,
     )
 
 

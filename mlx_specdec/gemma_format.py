@@ -41,6 +41,7 @@ from mlx_lm.tool_parsers import gemma4
 
 THINK_START = "<|channel>thought"  # what mlx-lm's tokenizer wrapper detects for Gemma 4
 THINK_END = "<channel|>"
+STRING_DELIM = '<|"|>'  # Gemma 4 quotes string arguments with it
 TOOL_START, TOOL_END = gemma4.tool_call_start, gemma4.tool_call_end  # "<|tool_call>", "<tool_call|>"
 
 
@@ -200,12 +201,20 @@ class GemmaParser:
             events.append(Reasoning(text) if self._state == _REASONING else Content(text))
 
     def _tool_events(self, body: str, closed: bool) -> list[Event]:
-        try:
-            calls = parse_tool_call(body, self._calls)
-        except ValueError:
-            return [Content(TOOL_START + body + (TOOL_END if closed else ""))]
-        self._calls += len(calls)
-        return list(calls)
+        # An unclosed call (the output hit its token limit) is closed as written so far: the
+        # string and the braces it left open; if even that does not parse, its text comes back
+        # without the markup, so a client never sees half a marker.
+        endings = [""] if closed else ["", "}", STRING_DELIM + "}", "}}", STRING_DELIM + "}}"]
+        for ending in endings:
+            try:
+                calls = parse_tool_call(body + ending, self._calls)
+            except ValueError:
+                continue
+            self._calls += len(calls)
+            return list(calls)
+        if closed:
+            return [Content(TOOL_START + body + TOOL_END)]
+        return [Content(body.replace(STRING_DELIM, '"'))] if body else []
 
 
 def opens_reasoning(prompt_text: str, think_start: str = THINK_START, think_end: str = THINK_END) -> bool:

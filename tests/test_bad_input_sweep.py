@@ -259,3 +259,15 @@ def test_a_cache_folder_name_that_is_not_utf8_is_shown_escaped(tmp_path, monkeyp
         f"error: no google/gemma-4-E2B-it bundle in {tmp_path}/cache\\xff and the Hugging Face hub is "
         "unreachable (offline?); try `specdec chat --demo`, or pass a converted bundle folder"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-tokens", "0"], "error: --max-tokens must be a whole number >= 1, not 0"),
+        (["--body-timeout", "0"], "error: --body-timeout must be more than 0 seconds, not 0.0"),
+    ],
+)
+def test_serve_bad_limits_are_one_line_before_loading(args, message):
+    r = runner.invoke(app, ["serve", "--demo", "--port", "0", *args])
+    assert one_line_error(r) == message

@@ -75,3 +75,26 @@ def test_rewind_is_all_or_nothing_when_only_a_later_layer_refuses():
     with pytest.raises(RewindError, match=r"^cache layer 1 holds 300 positions; cannot rewind"):
         rewind(cache, n)
     assert full.offset == 300 and sliding.offset == 300  # nothing was trimmed
+
+
+def test_prompt_cache_copy_shares_the_prefix_and_leaves_the_original_to_extend():
+    from types import SimpleNamespace
+
+    from mlx_specdec.cache import PromptCache
+
+    target = load_target(TARGET)
+    ids = [2, 3, 4, 5, 6, 7, 8, 9]
+    original = PromptCache(SimpleNamespace(target=target))
+    logits, _ = target(mx.array([ids]), original.cache)
+    original.tokens = list(ids)
+    copy = original.copy(5)
+    assert copy.tokens == ids[:5] and all(c.offset == 5 for c in copy.cache)
+    diverged, _ = target(mx.array([[11, 12, 13]]), copy.cache)  # the copy goes its own way
+    fresh = make_target_cache(target.config)
+    assert mx.allclose(diverged[0, -1], target(mx.array([ids[:5] + [11, 12, 13]]), fresh)[0][0, -1], atol=1e-4)
+    assert original.tokens == ids and all(c.offset == 8 for c in original.cache)
+    more, _ = target(mx.array([[10]]), original.cache)  # the original still extends as if never copied
+    assert mx.allclose(
+        more[0, -1], target(mx.array([ids + [10]]), make_target_cache(target.config))[0][0, -1], atol=1e-4
+    )
+    assert logits.shape[1] == len(ids)

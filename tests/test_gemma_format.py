@@ -98,9 +98,11 @@ def test_malformed_tool_call_is_returned_as_content_markers_included():
     assert run([bad]) == [Content(bad)]
 
 
-def test_unclosed_tool_call_at_the_end_is_parsed_if_whole_else_content():
+def test_unclosed_tool_call_at_the_end_is_closed_as_written_else_content_without_markup():
     assert run(["<|tool_call>call:f{a:1}"])[0] == ToolCall(0, "f", '{"a": 1}')
-    assert run(["<|tool_call>call:f{a:"]) == [Content("<|tool_call>call:f{a:")]
+    assert run(['<|tool_call>call:f{city:<|"|>Par']) == [ToolCall(0, "f", '{"city": "Par"}')]
+    assert run(["<|tool_call>call:f{a:{b:1"]) == [ToolCall(0, "f", '{"a": {"b": 1}}')]
+    assert run(["<|tool_call>call:f{a:"]) == [Content("call:f{a:")]
 
 
 def test_without_tools_the_markup_stays_content():

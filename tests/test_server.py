@@ -186,6 +186,57 @@ def test_follow_up_request_prefills_only_the_new_part(demo_server, demo):
     assert "cached=" in demo_server.log.read_text()  # one log line per request
 
 
+def test_two_interleaved_sessions_sharing_a_system_prompt_each_reuse_their_prefix_every_turn(demo_server, demo):
+    client = demo_server.client()
+    system = {"role": "system", "content": "You answer questions about one Python codebase, briefly."}
+    talks = {"a": [system], "b": [system]}
+    cached = {"a": [], "b": []}
+    for turn in range(20):
+        for name, talk in talks.items():
+            talk.append({"role": "user", "content": f"{name}{turn}?"})
+            r = client.chat.completions.create(
+                model="demo", messages=talk, max_tokens=2, temperature=0, extra_body={"draft_tokens": 2}
+            )
+            talk.append({"role": "assistant", "content": r.choices[0].message.content})
+            cached[name].append(r.usage.prompt_tokens_details.cached_tokens)
+    system_ids = len(chat_ids(demo.tokenizer, [system], add_generation_prompt=False))
+    assert cached["b"][0] >= system_ids - 2  # b's first turn shares a's system prompt
+    for name, hits in cached.items():  # every later turn reuses all of its own conversation so far
+        assert all(later > earlier + 2 for earlier, later in zip(hits, hits[1:])), (name, hits)
+
+
+def test_a_retry_and_an_edited_last_turn_reuse_the_common_prefix(demo_server, demo):
+    client = demo_server.client()
+    talk = [{"role": "user", "content": "Name a list method."}]
+    first = client.chat.completions.create(model="demo", messages=talk, max_tokens=4, **GREEDY)
+    n = first.usage.prompt_tokens
+    again = client.chat.completions.create(model="demo", messages=talk, max_tokens=4, **GREEDY)
+    assert again.usage.prompt_tokens_details.cached_tokens == n - 1  # all but the last id, which runs again
+    assert again.choices[0].message.content == first.choices[0].message.content
+    edited = [{"role": "user", "content": "Name a dict method."}]
+    r = client.chat.completions.create(model="demo", messages=edited, max_tokens=4, **GREEDY)
+    common = next(
+        i for i, (a, b) in enumerate(zip(chat_ids(demo.tokenizer, talk), chat_ids(demo.tokenizer, edited))) if a != b
+    )
+    assert r.usage.prompt_tokens_details.cached_tokens == common
+    assert r.choices[0].message.content == reference(demo, edited, 4)
+
+
+def test_with_thinking_on_the_next_turn_still_hits_the_cache(demo_server, demo):
+    client = demo_server.client()
+    thinking = {"chat_template_kwargs": {"enable_thinking": True}, "draft_tokens": 2}
+    talk = [{"role": "user", "content": "Why use a generator?"}]
+    first = client.chat.completions.create(
+        model="demo", messages=talk, max_tokens=24, temperature=0, extra_body=thinking
+    )
+    talk += [
+        {"role": "assistant", "content": first.choices[0].message.content or ""},
+        {"role": "user", "content": "And a list?"},
+    ]
+    r = client.chat.completions.create(model="demo", messages=talk, max_tokens=2, temperature=0, extra_body=thinking)
+    assert r.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 2
+
+
 @pytest.mark.slow
 def test_sixteen_streaming_clients_all_get_the_single_client_answer_in_bounded_memory(demo_server, demo):
     prompts = [QUESTION, [{"role": "user", "content": "What is a list?"}]]
@@ -210,8 +261,8 @@ def raw_stream(server, body: dict, read_bytes: int) -> socket.socket:
     data = json.dumps(body).encode()
     s = socket.create_connection((server.host, server.port), timeout=30)
     s.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+        + f"Host: {server.host}:{server.port}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
         + data
     )
     got = b""
@@ -244,8 +295,8 @@ def test_disconnect_while_waiting_for_a_whole_answer_cancels_it_too(demo_server)
     data = json.dumps({"messages": QUESTION, "max_tokens": 400, "temperature": 0, "draft_tokens": 4}).encode()
     s = socket.create_connection((demo_server.host, demo_server.port), timeout=30)
     s.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(data)}\r\n\r\n".encode()
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+        + f"Host: {demo_server.host}:{demo_server.port}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
         + data
     )
     while not demo_server.request("GET", "/health")[2]["busy"]:
@@ -298,8 +349,9 @@ def test_the_openai_client_sees_400_401_and_404(guarded):
 def test_64_mib_body_gets_413_before_it_is_read(guarded):
     s = socket.create_connection((guarded.host, guarded.port), timeout=30)
     s.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 67108864\r\n\r\n" + b"{" * 65536
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{guarded.port}\r\n".encode()
+        + b"Authorization: Bearer sekret\r\nContent-Type: application/json\r\nContent-Length: 67108864\r\n\r\n"
+        + b"{" * 65536
     )
     answer = b""
     while b'"error"' not in answer and (more := s.recv(65536)):
@@ -342,3 +394,21 @@ def test_serve_refuses_a_port_in_use_in_one_line():
         busy.close()
     assert r.exit_code == 1
     assert r.output.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use)"
+
+
+def test_messages_and_responses_apis_give_the_chat_answer_and_share_its_cache(demo_server, demo):
+    import anthropic
+
+    ask = [{"role": "user", "content": "What is a tuple?"}]
+    chat = demo_server.client().chat.completions.create(model="demo", messages=ask, max_tokens=8, **GREEDY)
+    root = demo_server.url.removesuffix("/v1")
+    a = anthropic.Anthropic(base_url=root, api_key="x", max_retries=0).messages.create(
+        model="demo", max_tokens=8, messages=ask, extra_body={"temperature": 0, "draft_tokens": 4}
+    )
+    assert a.content[0].text == chat.choices[0].message.content and a.stop_reason == "max_tokens"
+    assert a.usage.cache_read_input_tokens == chat.usage.prompt_tokens - 1  # the same prompt, from the cache
+    r = demo_server.client().responses.create(
+        model="demo", input="What is a tuple?", max_output_tokens=8, temperature=0, extra_body={"draft_tokens": 4}
+    )
+    assert r.output_text == chat.choices[0].message.content and r.status == "incomplete"
+    assert r.usage.input_tokens_details.cached_tokens == chat.usage.prompt_tokens - 1

@@ -1,21 +1,28 @@
 """`specdec serve`: an OpenAI-compatible HTTP server (starlette + uvicorn) over the speculative loop.
 
-Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health.
-The HTTP side (the asyncio event loop) validates, renders the prompt (`prompt.chat_ids`, the one
-place the chat template is applied) and queues a `Job`; the worker thread (server_worker.py)
-runs every mlx call, one generation at a time. Chat output goes through `gemma_format`
+Routes: POST /v1/chat/completions, POST /v1/completions, POST /v1/messages (Anthropic's API,
+messages.py), POST /v1/responses (responses.py), GET /v1/models[/{id}], GET /health.
+The HTTP side (the asyncio event loop) validates and queues a `Job`; the prompt is rendered
+(`prompt.chat_ids`, the one place the chat template is applied) and tokenised in a thread, off
+the loop, so a huge prompt never stalls other streams; the worker thread (worker.py) runs every
+mlx call, one generation at a time. Chat output goes through `gemma_format`
 (thinking -> `reasoning_content`, tool calls -> `tool_calls`).
 
 Invariants:
 * Every error is OpenAI's JSON shape with its status (server_api.ApiError); never a traceback.
 * A client that disconnects cancels its job (streaming or not); the worker stops before the
   next token and the cache is rewound.
-* Bodies over `max_body` get 413 before they are read whole; a full queue gets 429 + Retry-After.
+* Bodies over `max_body` get 413 before they are read whole, bodies slower than `body_timeout`
+  408; a full queue gets 429 + Retry-After (the measured time the queue needs, under 120 s).
+* Only JSON bodies, only the Host names it listens on, no CORS unless asked (security.py).
+* No request generates more than `settings.max_tokens` (`--max-tokens`), its default too.
 * One log line per request: status, prompt/cached/completion tokens, tok/s, accepted/round.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 import queue
@@ -24,7 +31,10 @@ import time
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -33,28 +43,40 @@ from ..decode import check_prompt
 from ..errors import SpecdecError
 from ..prompt import chat_ids, text_ids
 from ..settings import GenerationSettings, SamplingParams
+from . import messages, responses
 from .api import ApiError, GenRequest, parse_chat, parse_completion
+from .security import Guard, allowed_hosts
 from .stream import Run, collect, stream_response
 from .worker import Worker
 
 log = logging.getLogger("mlx_specdec.server")
 MAX_BODY = 16 * 2**20
+BODY_TIMEOUT = 30.0  # seconds a request body may take to arrive
+MAX_RETRY_AFTER = 110  # the openai SDK does not retry past 120 s
 
 
 def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
-async def _read_json(request: Request, limit: int) -> dict:
+async def _read_json(request: Request, limit: int, timeout: float = BODY_TIMEOUT) -> dict:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise ApiError(413, f"the request body has {int(length)} bytes; the limit is {limit}")
     body = bytearray()
-    try:
+
+    async def read() -> None:
         async for chunk in request.stream():
-            body += chunk
+            body.extend(chunk)
             if len(body) > limit:
                 raise ApiError(413, f"the request body is over the limit of {limit} bytes")
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        raise ApiError(
+            408, f"the request body did not arrive within {timeout:g} s; send it whole", headers={"Connection": "close"}
+        ) from None
     except ClientDisconnect:  # a client gone mid-body is a log line, like one gone mid-answer, not a traceback
         raise ApiError(499, "the client closed the connection before the whole request body arrived") from None
     try:
@@ -67,12 +89,16 @@ async def _read_json(request: Request, limit: int) -> dict:
 
 
 def _check_key(request: Request, key: str | None) -> None:
-    if key is not None and request.headers.get("authorization", "") != f"Bearer {key}":
+    if key is None or request.headers.get("x-api-key") == key:  # x-api-key: Anthropic's clients
+        return
+    if request.headers.get("authorization", "") != f"Bearer {key}":
         raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
 
 
 def _prompt_ids(state, req: GenRequest) -> list[int]:
+    """The request's prompt ids (renders and tokenises: call it off the event loop)."""
     tok = state.worker.bundle.tokenizer
+    param = "messages" if req.kind == "chat" else "prompt"
     try:
         if req.kind == "chat":
             ids = chat_ids(
@@ -82,49 +108,100 @@ def _prompt_ids(state, req: GenRequest) -> list[int]:
                 ids += [int(t) for t in tok.encode(req.forced_prefix, add_special_tokens=False)]
         else:
             ids = list(req.prompt) if isinstance(req.prompt, list) else text_ids(tok, req.prompt)
-        return check_prompt(state.worker.bundle, ids, state.context_limit)  # in the vocabulary, within context
     except SpecdecError as e:
-        code = "context_length_exceeded" if "context holds" in str(e) else None
-        raise ApiError(400, str(e), param="messages" if req.kind == "chat" else "prompt", code=code) from None
+        raise ApiError(400, str(e), param=param) from None
+    if len(ids) >= state.context_limit:
+        raise ApiError(
+            400,
+            f"the prompt has {len(ids)} tokens but the context holds {state.context_limit}; "
+            "shorten it or raise --max-context",
+            param=param,
+            code="context_length_exceeded",
+        )
+    try:
+        return check_prompt(state.worker.bundle, ids, state.context_limit)  # in the vocabulary
+    except SpecdecError as e:
+        raise ApiError(400, str(e), param=param) from None
+
+
+def retry_after(worker: Worker) -> int:
+    """Seconds a refused client should wait: the measured time the queue needs, 1-110 s."""
+    return max(1, min(MAX_RETRY_AFTER, round(worker.seconds_to_drain())))
 
 
 def create_app(
     worker: Worker,
     *,
+    settings: GenerationSettings | None = None,
     api_key: str | None = None,
     max_body: int = MAX_BODY,
-    defaults: SamplingParams | None = None,
-    draft: int | str = "auto",
-    max_context: int | None = None,
+    body_timeout: float = BODY_TIMEOUT,
+    hosts: set[str] | None = None,
+    cors_origin: str | None = None,
 ) -> Starlette:
-    """The ASGI app over a started worker (its bundle loaded). `defaults`, `draft`: for omitted fields."""
+    """The ASGI app over a started worker (its bundle loaded).
+
+    settings: the server's defaults for omitted fields (sampling, draft) and its limits
+    (`max_tokens`: the default and the most a request may ask; `max_context`).
+    hosts: the accepted `Host` headers (None: any); cors_origin: the one origin CORS allows."""
+    settings = settings or GenerationSettings(sampling=SamplingParams(temp=1.0), max_tokens=4096)
+
+    async def start(request: Request, parse) -> Run:
+        """Check, parse, render off the loop and queue a request: its Run, or raises ApiError."""
+        state = request.app.state
+        _check_key(request, api_key)
+        req = parse(await _read_json(request, max_body, body_timeout), state.model, state.defaults, state.draft)
+        try:
+            if worker.jobs.full():  # refuse before rendering a prompt that could not be queued
+                raise queue.Full
+            ids = await run_in_threadpool(_prompt_ids, state, req)
+            run = Run(state, req, ids, request.url.path)
+            worker.submit(run.job)
+        except queue.Full:
+            wait = retry_after(worker)
+            raise ApiError(
+                429,
+                f"the queue is full ({worker.jobs.maxsize} waiting); retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            ) from None
+        return run
 
     async def generate(request: Request, parse) -> object:
-        state = request.app.state
         t0 = time.perf_counter()
         try:
-            _check_key(request, api_key)
-            req = parse(await _read_json(request, max_body), state.model, state.defaults, state.draft)
-            ids = _prompt_ids(state, req)
-            run = Run(state, req, ids, request.url.path)
-            try:
-                worker.submit(run.job)
-            except queue.Full:
-                wait = max(1, round(worker.seconds_per_job * (worker.jobs.qsize() + 1)))
-                raise ApiError(
-                    429,
-                    f"the queue is full ({worker.jobs.maxsize} waiting); retry in {wait} s",
-                    headers={"Retry-After": str(wait)},
-                ) from None
+            run = await start(request, parse)
         except ApiError as e:  # refused before it was queued
             log.info("%s %d %s (%.0f ms)", request.url.path, e.status, e.message, (time.perf_counter() - t0) * 1e3)
             return error_response(e)
-        if req.stream:
+        if run.req.stream:
             return stream_response(run)
         try:
             return await collect(run, request)
         except ApiError as e:  # the generation failed or was cancelled; the run logged its line
             return error_response(e)
+
+    async def other_api(request: Request, parse, respond, error) -> object:
+        """A route in another wire format (Anthropic's Messages, OpenAI's Responses)."""
+        t0 = time.perf_counter()
+        try:
+            run = await start(request, parse)
+        except ApiError as e:
+            log.info("%s %d %s (%.0f ms)", request.url.path, e.status, e.message, (time.perf_counter() - t0) * 1e3)
+            return error(e)
+        return await respond(run, request)
+
+    async def anthropic_messages(request: Request):
+        return await other_api(request, messages.parse_messages, messages.respond, messages.error_response)
+
+    store = responses.ResponseStore()
+
+    async def openai_responses(request: Request):
+        return await other_api(
+            request,
+            lambda body, *a: responses.parse_responses(body, store, *a),
+            lambda run, req: responses.respond(run, req, store),
+            responses.error_response,
+        )
 
     async def chat(request: Request):
         return await generate(request, parse_chat)
@@ -132,24 +209,30 @@ def create_app(
     async def completions(request: Request):
         return await generate(request, parse_completion)
 
+    def model_json(state) -> dict:
+        return {"id": state.model, "object": "model", "created": state.created, "owned_by": "mlx-specdec"}
+
     async def models(request: Request):
         try:
             _check_key(request, api_key)
         except ApiError as e:
             return error_response(e)
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": request.app.state.model,
-                        "object": "model",
-                        "created": request.app.state.created,
-                        "owned_by": "mlx-specdec",
-                    }
-                ],
-            }
-        )
+        return JSONResponse({"object": "list", "data": [model_json(request.app.state)]})
+
+    async def model(request: Request):
+        state = request.app.state
+        try:
+            _check_key(request, api_key)
+            if request.path_params["model"] != state.model:
+                raise ApiError(
+                    404,
+                    f"The model '{request.path_params['model']}' does not exist; this server serves '{state.model}'",
+                    param="model",
+                    code="model_not_found",
+                )
+        except ApiError as e:
+            return error_response(e)
+        return JSONResponse(model_json(state))
 
     async def health(request: Request):
         pool = worker.pool
@@ -177,16 +260,26 @@ def create_app(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/messages", anthropic_messages, methods=["POST"]),
+            Route("/v1/responses", openai_responses, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{model:path}", model, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
+        middleware=[Middleware(Guard, hosts=hosts)]
+        + (
+            [Middleware(CORSMiddleware, allow_origins=[cors_origin], allow_methods=["*"], allow_headers=["*"])]
+            if cors_origin
+            else []
+        ),
     )
     bundle = worker.bundle
     app.state.worker, app.state.model, app.state.created = worker, bundle.name, int(time.time())
-    app.state.max_context = max_context
-    app.state.context_limit = GenerationSettings(max_context=max_context).context_limit(bundle.target.config)
-    app.state.defaults, app.state.draft = defaults or SamplingParams(temp=1.0), draft
+    app.state.settings = settings
+    app.state.max_context = settings.max_context
+    app.state.context_limit = settings.context_limit(bundle.target.config)
+    app.state.defaults, app.state.draft = settings.sampling, settings.draft
     return app
 
 
@@ -210,24 +303,31 @@ def serve(
     target=None,
     drafter=None,
     demo: bool = False,
+    settings: GenerationSettings | None = None,
     host: str = "127.0.0.1",
     port: int = 8080,
     api_key: str | None = None,
-    max_context: int | None = None,
     cache_bytes: int = 2**30,
     max_queue: int = 32,
     max_body: int = MAX_BODY,
-    draft: int | str = "auto",
+    body_timeout: float = BODY_TIMEOUT,
+    allowed_host: list[str] | tuple[str, ...] = (),
+    cors_origin: str | None = None,
 ) -> None:
-    """Load the model on the worker thread, then serve until interrupted (raises SpecdecError on bad input)."""
+    """Load the model on the worker thread, then serve until interrupted (raises SpecdecError on bad input).
+
+    settings: the defaults for what a request leaves out (draft length; sampling comes from the
+    model's generation_config.json) and the limits: `max_tokens` caps every request, `max_context`."""
     import uvicorn
 
     from ..load import DEMO_DIR, load
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    GenerationSettings(max_context=max_context, draft=draft)  # validates both before anything loads
+    settings = settings or GenerationSettings(max_tokens=4096)
     if cache_bytes < 0 or max_queue < 1:
         raise SpecdecError("--cache-bytes must be >= 0 and --max-queue >= 1")
+    if not body_timeout > 0:
+        raise SpecdecError(f"--body-timeout must be more than 0 seconds, not {body_timeout}")
     if not 0 <= port <= 65535:  # bind() would raise OverflowError, not OSError
         raise SpecdecError(f"--port must be 0-65535 (0: any free port), not {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -244,19 +344,20 @@ def serve(
     )
     worker.start_and_wait()
     folders = [f for f in (target, model and Path(model) / "target", model, demo and DEMO_DIR / "target") if f]
+    bound = sock.getsockname()[1]
     app = create_app(
         worker,
+        settings=dataclasses.replace(settings, sampling=sampling_defaults(folders)),
         api_key=api_key,
         max_body=max_body,
-        defaults=sampling_defaults(folders),
-        draft=draft,
-        max_context=max_context,
+        body_timeout=body_timeout,
+        hosts=None if "*" in allowed_host else allowed_hosts(host, bound, allowed_host),
+        cors_origin=cors_origin,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning(
             "warning: listening on %s without --api-key: anyone who can reach this port can use the model", host
         )
-    bound = sock.getsockname()[1]
     print(f"specdec serve: http://{host}:{bound}/v1 (model '{worker.bundle.name}')", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     try:

@@ -11,6 +11,7 @@ calls whatever the token boundaries.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from ..gemma_format import Content, GemmaParser, Reasoning, opens_reasoning
-from ..settings import GenerationSettings
+from ..prompt import chat_ids
 from ..stats import RunStats
 from .api import ApiError, GenRequest, chat_message, envelope, tool_call_json
 from .api import usage as usage_json
@@ -36,26 +37,57 @@ class Run:
         self.id = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.items: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        limit = app_state.context_limit
-        settings = GenerationSettings(
-            max_tokens=min(req.max_tokens or limit, limit),
-            draft=req.draft,
-            sampling=req.sampling,
-            stop=req.stop,
-            max_context=app_state.max_context,
-        )
-        self.job = Job(
-            ids=ids, emit=lambda item: loop.call_soon_threadsafe(self.items.put_nowait, item), settings=settings
+        server = app_state.settings
+        cap = min(server.max_tokens, app_state.context_limit)  # --max-tokens: the default and the most
+        settings = dataclasses.replace(
+            server, max_tokens=min(req.max_tokens or cap, cap), draft=req.draft, sampling=req.sampling, stop=req.stop
         )
         self.records: list = []
         self.cached = 0
         self.status = 200
         self.parser = None
-        if req.kind == "chat":
+        self.opened = False
+        chat = req.kind == "chat"
+        if chat:
             tok = app_state.worker.bundle.tokenizer
-            opened = not req.forced_prefix and opens_reasoning(tok.decode(ids[-8:]))  # the template opened it
-            self.parser = GemmaParser.for_tokenizer(tok, tools=req.parse_tools, in_reasoning=opened)
-            self.parser.feed(req.forced_prefix)  # the prefilled start of a forced tool call
+            self.opened = not req.forced_prefix and opens_reasoning(tok.decode(ids[-8:]))  # the template opened it
+            self.parser = self._parser()
+        self.job = Job(
+            ids=ids,
+            emit=lambda item: loop.call_soon_threadsafe(self.items.put_nowait, item),
+            settings=settings,
+            next_turn=self.next_turn_ids if chat else None,
+            snapshot=chat and bool(req.template_kwargs.get("enable_thinking")),
+        )
+
+    def _parser(self) -> GemmaParser:
+        tok = self.state.worker.bundle.tokenizer
+        parser = GemmaParser.for_tokenizer(tok, tools=self.req.parse_tools, in_reasoning=self.opened)
+        parser.feed(self.req.forced_prefix)  # the prefilled start of a forced tool call
+        return parser
+
+    def next_turn_ids(self, text: str) -> list[int]:
+        """The ids the next turn's prompt starts with: this conversation plus the answer as a
+        client sends it back (content and tool calls; the template drops the thinking).
+        Runs on the worker thread, after the answer; raises SpecdecError if it cannot render."""
+        parser = self._parser()
+        parser.feed(text)
+        parser.finish()
+        out = parser.result
+        message = {"role": "assistant", "content": out.content}
+        if out.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.index, "type": "function", "function": {"name": c.name, "arguments": json.loads(c.arguments)}}
+                for c in out.tool_calls
+            ]
+        req = self.req
+        return chat_ids(
+            self.state.worker.bundle.tokenizer,
+            [*req.messages, message],
+            tools=req.tools if req.tool_choice != "none" else None,
+            add_generation_prompt=False,
+            **req.template_kwargs,
+        )
 
     async def watch(self, receive) -> None:
         """Cancel the job when the client disconnects."""
@@ -79,9 +111,10 @@ class Run:
             yield item
 
     def finish_reason(self) -> str:
-        if self.parser is not None and self.parser.result.tool_calls:
+        last = self.records[-1].finish_reason if self.records else "stop"
+        if last != "length" and self.parser is not None and self.parser.result.tool_calls:
             return "tool_calls"
-        return self.records[-1].finish_reason if self.records else "stop"
+        return last  # "length" even with a call: it was closed as far as it was written
 
     def stats(self) -> dict:
         s = RunStats.from_records(self.records).to_dict()
@@ -121,7 +154,7 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-class _JobStream(StreamingResponse):
+class JobStream(StreamingResponse):
     """Server-sent events whose job is cancelled as soon as the client goes away."""
 
     def __init__(self, content, run: Run):
@@ -203,4 +236,32 @@ async def collect(run: Run, request: Request) -> JSONResponse:
 
 
 def stream_response(run: Run) -> StreamingResponse:
-    return _JobStream(_events(run), run)
+    return JobStream(_events(run), run)
+
+
+# --- for the other wire formats (responses.py, messages.py) ------------------------------------
+async def parsed_events(run: Run):
+    """The run's output as gemma_format events (Content, Reasoning, ToolCall), then those the
+    end of output completes; raises ApiError on a failed or cancelled run. Chat runs only."""
+    async for record in run.items_until_done():
+        for e in run.parser.feed(record.text):
+            yield e
+    for e in run.parser.finish():
+        yield e
+
+
+async def collect_parsed(run: Run, request: Request):
+    """The whole output, parsed (`Parsed`), cancelling the job if the client goes away."""
+    watcher = asyncio.create_task(run.watch(request.receive))
+    try:
+        async for _ in parsed_events(run):
+            pass
+    finally:
+        watcher.cancel()
+        run.log_line()
+    return run.parser.result
+
+
+def sse_event(name: str, obj: dict) -> str:
+    """One server-sent event with its `event:` name (Anthropic's and the Responses API's framing)."""
+    return f"event: {name}\ndata: {json.dumps(obj, ensure_ascii=False)}\n\n"

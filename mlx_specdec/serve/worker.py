@@ -7,9 +7,10 @@ Invariants:
 * A cancelled job (its client went away) stops before its next token: the worker closes the
   generator, whose `finally` rewinds the cache to the tokens it holds, then the cache goes back
   to the pool. A job cancelled while queued never starts.
-* `CachePool` keeps prompt caches between requests, least recently used first out, and never
-  holds more than `max_bytes` of K/V while idle; a request takes the entry sharing the longest
-  prefix with its prompt, so a growing conversation prefills only what is new.
+* `CachePool` (prompt_cache.py) keeps prompt caches between requests, matched by longest
+  common prefix; after an answer the worker keeps the cache for the prefix the next turn's
+  prompt will start with (`Job.next_turn`), so a growing conversation prefills only what is new.
+* `tokens_per_s` and the queued jobs' token budgets give `Retry-After` (`seconds_to_drain`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..cache import common_prefix as _common_prefix
 from ..errors import SpecdecError
 from ..settings import GenerationSettings
+from .prompt_cache import CachePool
+
+__all__ = ["CachePool", "Done", "Failed", "Job", "Worker"]
 
 log = logging.getLogger("mlx_specdec.server")
 
@@ -52,46 +55,12 @@ class Job:
     emit: Callable[[object], None]
     settings: GenerationSettings
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # the answer's text -> the ids the next turn's prompt starts with (chat), run on the worker
+    next_turn: Callable[[str], list[int]] | None = None
+    snapshot: bool = False  # keep a copy of the prompt's cache: the answer will not be in history
 
     def cancel(self) -> None:
         self.cancelled.set()
-
-
-class CachePool:
-    """A bounded LRU of PromptCaches, keyed by the token prefix each one holds."""
-
-    def __init__(self, make: Callable[[], object], max_bytes: int):
-        self._make, self.max_bytes = make, max_bytes
-        self._entries: list = []  # least recently used first
-
-    @property
-    def nbytes(self) -> int:
-        return sum(pc.nbytes for pc in self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def take(self, ids: list[int]):
-        """The entry sharing the longest prefix with `ids` (removed from the pool), or a new one.
-
-        An entry is reused when it holds the whole prompt (a retry) or the shared prefix is more
-        than half of what it holds: a new conversation then does not wipe out another one's
-        cache for a few shared tokens (a system prompt)."""
-        best, best_n = None, 0
-        for pc in self._entries:
-            n = _common_prefix(pc.tokens, ids[:-1])
-            if n > best_n or (n == best_n and best is not None):  # ties: the most recently used
-                best, best_n = pc, n
-        if best is not None and (best_n * 2 > len(best.tokens) or best_n == len(ids) - 1):
-            self._entries.remove(best)
-            return best
-        return self._make()
-
-    def give_back(self, pc) -> None:
-        """Return an entry as the most recently used; evict the oldest while over budget."""
-        self._entries.append(pc)
-        while self._entries and self.nbytes > self.max_bytes:
-            self._entries.pop(0)
 
 
 class Worker(threading.Thread):
@@ -107,7 +76,15 @@ class Worker(threading.Thread):
         self.bundle = None
         self.pool: CachePool | None = None
         self.busy = False
-        self.seconds_per_job = 1.0  # running mean, for Retry-After
+        self.tokens_per_s = 20.0  # running mean of generated tokens per second of a job, for Retry-After
+        self.tokens_per_job = 256.0  # running mean of tokens generated per job
+        self.current: Job | None = None
+
+    def seconds_to_drain(self) -> float:
+        """Seconds until the queue has room: the queued jobs' expected tokens at the measured rate."""
+        jobs = list(self.jobs.queue) + ([self.current] if self.current is not None else [])
+        tokens = sum(min(j.settings.max_tokens, self.tokens_per_job) for j in jobs if j is not None)
+        return tokens / max(self.tokens_per_s, 1e-3)
 
     def start_and_wait(self) -> None:
         """Start the thread and wait for the bundle; raises SpecdecError if it cannot load."""
@@ -147,29 +124,38 @@ class Worker(threading.Thread):
                 job.emit(Failed(499, "cancelled by the client"))
                 continue
             t0 = time.perf_counter()
-            self.busy = True
+            self.busy, self.current = True, job
             try:
-                self._run(job)
+                generated = self._run(job)
             finally:
-                self.busy = False
-                self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.perf_counter() - t0)
+                self.busy, self.current = False, None
+            if generated:
+                rate = generated / max(time.perf_counter() - t0, 1e-3)
+                self.tokens_per_s = 0.7 * self.tokens_per_s + 0.3 * rate
+                self.tokens_per_job = 0.7 * self.tokens_per_job + 0.3 * generated
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job) -> int:
+        """Run one job; returns how many tokens it generated."""
         from ..decode import stream_generate
 
         pc, keep, gen = self.pool.take(job.ids), True, None
-        prefilled = None
+        prefilled, snapshot, next_ids, text = None, None, None, []
         try:
             policy = self.policies.get(job.settings.draft, job.settings.battery)
             gen = stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc, policy=policy)
             for record in gen:
                 if job.cancelled.is_set():
                     break  # the client went away: stop within this round
+                if prefilled is None and job.snapshot:
+                    snapshot = pc.copy(len(job.ids))  # the prompt's cache, before the answer grows it
                 prefilled = record.prompt_tokens
+                text.append(record.text)
                 job.emit(record)
             else:
                 job.emit(Done(len(job.ids) - (prefilled if prefilled is not None else len(job.ids))))
-                return
+                if job.next_turn is not None:  # after Done: the client has its answer meanwhile
+                    next_ids = self._next_turn(job, "".join(text))
+                return len(text)
             job.emit(Failed(499, "cancelled by the client"))
         except SpecdecError as e:
             job.emit(Failed(400, str(e)))
@@ -181,4 +167,14 @@ class Worker(threading.Thread):
             if gen is not None:
                 gen.close()  # its finally rewinds the cache to the tokens it holds
             if keep:
+                if next_ids is not None:
+                    pc = self.pool.keep_for(pc, next_ids, snapshot)
                 self.pool.give_back(pc)
+        return len(text)
+
+    @staticmethod
+    def _next_turn(job: Job, text: str) -> list[int] | None:
+        try:
+            return job.next_turn(text)
+        except SpecdecError:  # the template cannot render it: keep the cache as generated
+            return None
