@@ -358,6 +358,7 @@ def serve(
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait; more get 429.")] = 32,
     draft_tokens: DraftTokens = "auto",
     no_draft: NoDraft = False,
+    exactness: Exactness = "strict",
     max_tokens: Annotated[
         int,
         typer.Option("--max-tokens", help="Tokens per request: the default and the most one may ask (default 4096)."),
@@ -378,7 +379,7 @@ def serve(
     from .settings import GenerationSettings
 
     draft = draft_option(draft_tokens, no_draft)
-    settings = GenerationSettings(max_tokens=max_tokens, draft=draft, max_context=max_context)
+    settings = GenerationSettings(max_tokens=max_tokens, draft=draft, max_context=max_context, exactness=exactness)
     run_server(
         model_folder(model, max_context=max_context, log=log_err),
         target=target,

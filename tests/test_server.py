@@ -412,3 +412,28 @@ def test_messages_and_responses_apis_give_the_chat_answer_and_share_its_cache(de
     )
     assert r.output_text == chat.choices[0].message.content and r.status == "incomplete"
     assert r.usage.input_tokens_details.cached_tokens == chat.usage.prompt_tokens - 1
+
+
+def test_response_format_json_schema_gives_json_that_validates_and_equals_constrained_generate(demo_server, demo):
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 10}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    messages = [{"role": "user", "content": "A person as JSON"}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
+    r = demo_server.client().chat.completions.create(
+        model="demo", messages=messages, max_tokens=60, response_format=fmt, **GREEDY
+    )
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    ids = chat_ids(demo.tokenizer, messages)
+    settings = GenerationSettings(max_tokens=60, draft=0, grammar=("json_schema", json.dumps(schema)))
+    assert r.choices[0].message.content == generate(demo, ids, settings).text
+
+
+def test_health_reports_this_devices_numerics_verdict(demo_server):
+    status, _, health = demo_server.request("GET", "/health")
+    assert status == 200 and (health["numerics"]["exact"], health["numerics"]["plain_width"]) == (True, 1)

@@ -69,6 +69,11 @@ class GenRequest:
     sampling: SamplingParams = SamplingParams()  # noqa: RUF009 - frozen, shared safely
     stop: tuple[str, ...] = ()
     draft: int | str = "auto"
+    grammar: tuple[str, str] | None = None  # response_format: ("json", "") or ("json_schema", schema text)
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    exactness: str | None = None  # None: the server's --exactness
     messages: list[dict] = field(default_factory=list)  # chat: normalised for the chat template
     tools: list[dict] | None = None
     tool_choice: str = "auto"  # "auto" | "none" | "required" | "function" (then tool_name)
@@ -172,6 +177,16 @@ def _common(body: dict, kind: str, model: str, defaults: SamplingParams, draft_d
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise _bad("stream_options", "'stream_options' must be an object")
+    exactness = body.get("exactness")
+    if exactness not in (None, "strict", "relaxed"):
+        raise _bad("exactness", "'exactness' must be 'strict' or 'relaxed'")
+    bias = body.get("logit_bias") or {}
+    try:
+        bias = tuple((int(t), float(b)) for t, b in dict(bias).items())
+    except (TypeError, ValueError):
+        raise _bad("logit_bias", "'logit_bias' maps token ids to numbers from -100 to 100") from None
+    if any(t < 0 or not -100 <= b <= 100 for t, b in bias):
+        raise _bad("logit_bias", "'logit_bias' maps token ids (>= 0) to numbers from -100 to 100")
     return GenRequest(
         kind=kind,
         model=model,
@@ -181,7 +196,30 @@ def _common(body: dict, kind: str, model: str, defaults: SamplingParams, draft_d
         sampling=sampling,
         stop=tuple(s for s in stop if s),
         draft=draft,
+        grammar=_response_format(body.get("response_format")),
+        logit_bias=bias,
+        presence_penalty=float(_number(body, "presence_penalty", 0.0, -2.0, 2.0)),
+        frequency_penalty=float(_number(body, "frequency_penalty", 0.0, -2.0, 2.0)),
+        exactness=exactness,
     )
+
+
+def _response_format(fmt) -> tuple[str, str] | None:
+    """OpenAI's response_format -> a grammar (settings.GenerationSettings.grammar), or None for text."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ("json", "")
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise _bad("response_format", "'response_format.json_schema.schema' must be a JSON Schema object")
+        return ("json_schema", json.dumps(schema))
+    raise _bad("response_format", "'response_format.type' must be 'text', 'json_object' or 'json_schema'")
 
 
 def _message(m, i: int) -> dict:

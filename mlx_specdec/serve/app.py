@@ -41,6 +41,7 @@ from starlette.routing import Route
 
 from ..decode import check_prompt
 from ..errors import SpecdecError
+from ..numerics import notes
 from ..prompt import chat_ids, text_ids
 from ..settings import GenerationSettings, SamplingParams
 from . import messages, responses
@@ -245,6 +246,7 @@ def create_app(
                 "cache_entries": len(pool),
                 "cache_bytes": pool.nbytes,
                 "cache_limit_bytes": pool.max_bytes,
+                "numerics": worker.bundle.numerics.to_json() if worker.bundle.numerics else None,
             }
         )
 
@@ -358,6 +360,8 @@ def serve(
         log.warning(
             "warning: listening on %s without --api-key: anyone who can reach this port can use the model", host
         )
+    for line in notes(worker.bundle.numerics, settings.draft, settings.exactness) if worker.bundle.numerics else ():
+        log.warning("%s", line)  # this device's pass widths do not all agree (probe.py)
     print(f"specdec serve: http://{host}:{bound}/v1 (model '{worker.bundle.name}')", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     try:

@@ -40,7 +40,16 @@ class Run:
         server = app_state.settings
         cap = min(server.max_tokens, app_state.context_limit)  # --max-tokens: the default and the most
         settings = dataclasses.replace(
-            server, max_tokens=min(req.max_tokens or cap, cap), draft=req.draft, sampling=req.sampling, stop=req.stop
+            server,
+            max_tokens=min(req.max_tokens or cap, cap),
+            draft=req.draft,
+            sampling=req.sampling,
+            stop=req.stop,
+            grammar=req.grammar,
+            logit_bias=req.logit_bias,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            exactness=req.exactness or server.exactness,
         )
         self.records: list = []
         self.cached = 0

@@ -104,6 +104,7 @@ class Worker(threading.Thread):
             pass
 
     def run(self) -> None:
+        from .. import probe
         from ..cache import PromptCache
         from ..calibrate import Policies
 
@@ -116,6 +117,7 @@ class Worker(threading.Thread):
         if self.bundle is not None:
             self.pool = CachePool(lambda: PromptCache(self.bundle), self.cache_bytes)
             self.policies = Policies(self.bundle)  # auto calibrates once and learns across requests
+            probe.verdict(self.bundle)  # this device's pass widths, measured (or read) before the first request
         self.ready.set()
         if self.error is not None:
             return
