@@ -21,6 +21,7 @@ from typing import Optional, TextIO, Union
 
 from ..energy import EnergyMeter, battery, detect_energy_source, memory, reset_peak_memory
 from ..errors import SpecdecError
+from ..numerics import notes
 from ..provision import (  # noqa: F401  (moved to provision; imported here for existing callers)
     DEFAULT_BUNDLE,
     DEFAULT_DRAFTER,
@@ -236,6 +237,9 @@ def _header(session: ChatSession, console, source) -> None:
         ("context", f"{session.context_limit} tokens"),
         ("energy", source.name),
     ]
+    verdict = getattr(b, "numerics", None)
+    if verdict is not None:  # this device's pass widths (probe.py); `specdec check` tells more
+        rows.append(("exactness", verdict.summary()))
     body = "\n".join(f"[dim]{k:<13}[/dim]{v}" for k, v in rows)
     console.print(Panel(body, title="specdec chat", title_align="left", border_style="blue", expand=False))
     console.print("/help for commands, Ctrl-C stops an answer, Ctrl-D leaves", style="dim")
@@ -275,6 +279,11 @@ def run_chat(
         bundle = load_fn(model, target=target, drafter=drafter, demo=demo)
     options = ChatOptions(system=system, colour_drafts=colour_drafts, thinking=thinking)
     session = ChatSession(bundle, settings, options, stream_fn=stream_fn, cache_factory=cache_factory)
+    if stream_fn is None:  # the real loop: this device's verdict now, and what it means for drafting
+        from .. import probe
+
+        for line in notes(probe.verdict(bundle), settings.draft, settings.exactness):
+            console.print(line, style="yellow", highlight=False, markup=False)
     if interactive:
         try:
             import readline  # noqa: F401  (line editing and history for input())
