@@ -80,9 +80,12 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: token_ids, text, stats.")] = False,
     trace: Annotated[bool, typer.Option("--trace", help="With --json: add one entry per round.")] = False,
     battery: Battery = None,
+    parallel: Annotated[
+        str, typer.Option("--parallel", help="Under mlx.launch with several processes: how to split the model.")
+    ] = "tensor",
 ):
     """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
-    from .decode import stream_generate
+    from .distributed import start
     from .load import load
     from .prompt import chat_ids, text_ids
     from .stats import RunStats
@@ -109,12 +112,13 @@ def generate(
         battery=battery,
     )
     ids = parse_prompt_ids(prompt_ids) if prompt_ids is not None else None
-    bundle = load(model_folder(model, settings.max_context), target=target, drafter=drafter, demo=demo)
+    run = start(parallel)  # several processes under mlx.launch (distributed.py); else nothing changes
+    bundle = load(model_folder(model, settings.max_context), target=target, drafter=drafter, demo=demo, split=run.split)
     if ids is None:
         tok = bundle.tokenizer
         ids = text_ids(tok, prompt) if raw else chat_ids(tok, [{"role": "user", "content": prompt}])
     records = []
-    for r in stream_generate(bundle, ids, settings):
+    for r in run.stream_generate(bundle, ids, settings):
         records.append(r)
         if not as_json:
             write_out(r.text)
