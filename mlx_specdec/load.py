@@ -56,7 +56,8 @@ def _load_into(model: nn.Module, weights: dict, folder: Path, split=None) -> Non
         msg = " ".join(str(e).split())
         raise SpecdecError(f"{folder}: weights do not match config.json ({msg[:300]})") from None
     if split is not None:
-        split(model)  # still lazy: only this process's slices are ever materialised
+        weights.clear()  # the whole tensors: held here, each would stay in memory once read
+        split(model)  # still lazy: only this process's slices are kept
     mx.eval(model.parameters())
 
 

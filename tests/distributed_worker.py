@@ -2,8 +2,8 @@
 
 For every fixture family: the tensor-parallel split's tokens (greedy k = 3 and seeded sampling
 for every family; greedy k = 0 and auto, which calibrates, on E2B and the 31B only: collectives
-over TCP on a busy machine are slow) next to one process's tokens for the same request, and the bytes of target weights this
-rank holds next to the whole model's. Each rank writes OUT/rank<r>.json.
+over TCP on a busy machine are slow) next to one process's tokens for the same request, and the
+bytes of target weights this rank holds next to the whole model's. Each rank writes OUT/rank<r>.json.
 """
 
 import json

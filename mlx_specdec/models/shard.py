@@ -23,7 +23,7 @@ every rank (SPMD). Only the order of a sum changes (partial products all-reduced
 numbers are summed.
 
 Call `shard_tensor` on a model whose weights are loaded but not yet evaluated (load.py's `split`
-hook): only this rank's slices are then ever materialised.
+hook): only this rank's slices are then kept, read one layer at a time.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ class ShardedAttention(gemma4_text.Attention):
 def _keep_rows(linear: nn.Module, start: int, stop: int) -> None:
     """Keep output rows start..stop-1 of a Linear or QuantizedLinear (weight, scales, biases and
     bias all have the output on axis 0), in place."""
-    linear.update({k: v[start:stop] for k, v in linear.parameters().items()})
+    # A copy, not a view: a view would keep the whole tensor's memory alive.
+    linear.update({k: mx.contiguous(v[start:stop]) for k, v in linear.parameters().items()})
 
 
 def _sharded_to_all(linear: nn.Module, group, what: str) -> nn.Module:
@@ -133,6 +134,9 @@ def shard_tensor(model: gemma4_text.Model, config: dict, group) -> None:
         where = f"layer {i}"
         _shard_attention(layer.self_attn, group, keep_kv=i in sources, where=where)
         _shard_mlp(layer.mlp, group, where)
+        # One layer at a time: reading a slice reads its whole tensor, so peak memory is this
+        # rank's part plus one layer's tensors, not this rank's part plus the whole model.
+        mx.eval(layer.parameters())
 
 
 def split(mode: str, group) -> Optional[callable]:
