@@ -84,6 +84,9 @@ def generate(
     images: Annotated[
         Optional[list[str]], typer.Option("--image", help="An image the prompt is about (repeatable; E2B/E4B).")
     ] = None,
+    parallel: Annotated[
+        str, typer.Option("--parallel", help="Under mlx.launch with several processes: how to split the model.")
+    ] = "tensor",
 ):
     """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
     from .oneshot import generate_records, json_document, summary_line
@@ -117,6 +120,7 @@ def generate(
         images=images or [],
         log=log_err,
         prompt_ids=expanded,
+        parallel=parallel,
     )
     for r in run:
         records.append(r)

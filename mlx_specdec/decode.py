@@ -87,13 +87,16 @@ def rounds(
     host_wait: Optional[HostWait] = None,
     constraint: Optional[Constraint] = None,
     penalties: Optional[Penalties] = None,
+    agreement=None,
 ) -> Iterator[Round]:
     """Rounds after the prefill, until `budget` tokens have been yielded or the caller stops.
     `bonus` (scalar) and `h` [1, 1, H] are the prefill's token and hidden state, already in `pc`
     except for the bonus token's K/V. A round never yields more tokens than the budget has left
     and never drafts more than `widths.max_draft`; the caller takes every token of a round before
     asking for the next one. `constraint` (the request's grammar) and `penalties` (logit bias,
-    presence and frequency) follow each round's tokens; with either, no round is issued ahead."""
+    presence and frequency) follow each round's tokens; with either, no round is issued ahead.
+    `agreement` (several processes, distributed.py): every process checks that all of them read
+    the same round, in the round's one sync."""
     left = budget
     queued = None  # the next plain round, already issued
     while left > 0:
@@ -112,11 +115,15 @@ def rounds(
             queued = issue_round(bundle, pc, issued.bonus, issued.hidden, 0, params, widths.plain)
             mx.async_eval(queued.bonus)
             queued = replace(queued, handed_at=queued.handed_at or time.perf_counter())
+        if agreement is not None:  # several processes: gather each one's account of the round
+            issued = agreement.attach(issued, bonus, position)
         if host_wait is not None:
             host_wait.before_sync(issued.handed_at)
         mx.eval(issued.outputs)  # sync: the one host read of the round
         if host_wait is not None:
             host_wait.after_sync()
+        if agreement is not None:
+            agreement.verify(issued, position)  # a diverged process: one SpecdecError on each
         accepted = int(issued.accepted.item()) if issued.k else 0
         drafted = tuple(issued.drafts.tolist()) if issued.k else ()
 
@@ -174,6 +181,7 @@ def stream_generate(
     stop_tokens: Optional[Sequence[int]] = None,
     host_wait: Optional[HostWait] = None,
     media: Optional[Media] = None,
+    agreement=None,
 ) -> Iterator[TokenRecord]:
     """Generate up to `settings.max_tokens` tokens after `prompt_ids`, one TokenRecord per token.
 
@@ -184,6 +192,7 @@ def stream_generate(
     stop_tokens: ids that end the output (kept as its last token); None: the tokenizer's EOS ids.
     host_wait: an optional probe of the time the device waits for the host (stats.HostWait).
     media: the images of `prompt_ids` (media.attach_images), merged into the prompt at prefill.
+    agreement: with several processes (distributed.py), the per-round check that they agree.
     """
     if not isinstance(bundle, Bundle):
         raise SpecdecError(f"stream_generate needs a Bundle from load(), not {type(bundle).__name__}")
@@ -226,7 +235,9 @@ def stream_generate(
             for follower in (constraint, penalties):
                 if follower is not None:
                     follower.consume([int(bonus.item())])
-            later = rounds(bundle, pc, bonus, h, policy, params, budget - 1, widths, host_wait, constraint, penalties)
+            later = rounds(
+                bundle, pc, bonus, h, policy, params, budget - 1, widths, host_wait, constraint, penalties, agreement
+            )
             for index, rnd in enumerate(itertools.chain([first], later)):
                 for i, token in enumerate(rnd.tokens):
                     budget -= 1

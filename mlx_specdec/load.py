@@ -49,18 +49,23 @@ def apply_quantization(model: nn.Module, config: dict, weights: dict) -> None:
     )
 
 
-def _load_into(model: nn.Module, weights: dict, folder: Path) -> None:
+def _load_into(model: nn.Module, weights: dict, folder: Path, split=None) -> None:
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         msg = " ".join(str(e).split())
         raise SpecdecError(f"{folder}: weights do not match config.json ({msg[:300]})") from None
+    if split is not None:
+        weights.clear()  # the whole tensors: held here, each would stay in memory once read
+        split(model)  # still lazy: only this process's slices are kept
     mx.eval(model.parameters())
 
 
 # --- models ------------------------------------------------------------------------------
-def load_target(folder: PathLike) -> Target:
-    """Hugging Face or converted Gemma 4 target folder -> Target."""
+def load_target(folder: PathLike, split=None) -> Target:
+    """Hugging Face or converted Gemma 4 target folder -> Target. `split(model, config)`: this
+    process's part of the model when several share it (models/shard.py), applied before the
+    weights are read."""
     folder = Path(folder)
     raw = read_config(folder)
     try:
@@ -75,7 +80,7 @@ def load_target(folder: PathLike) -> Target:
     for k, v in read_weights(folder).items():
         weights.update(text_weights(k, v, cfg, model))
     apply_quantization(model, cfg, weights)
-    _load_into(model, weights, folder)
+    _load_into(model, weights, folder, split and (lambda m: split(m, cfg)))
     return Target(model, cfg)
 
 
@@ -166,8 +171,10 @@ def load(
     target: Optional[PathLike] = None,
     drafter: Optional[PathLike] = None,
     demo: bool = False,
+    split=None,
 ) -> Bundle:
-    """Load a bundle folder, the demo pair, or a target folder (+ optional drafter folder)."""
+    """Load a bundle folder, the demo pair, or a target folder (+ optional drafter folder).
+    `split`: see `load_target` (None: the whole model, one process)."""
     model, target, drafter = as_path(model, "MODEL"), as_path(target, "--target"), as_path(drafter, "--drafter")
     if demo:
         if model is not None or target is not None or drafter is not None:
@@ -188,7 +195,7 @@ def load(
     if target is None:
         raise SpecdecError("no model given; pass MODEL, --target DIR or --demo")
     target_dir = target
-    tgt = load_target(target_dir)
+    tgt = load_target(target_dir, split)
     drf = None
     if drafter is not None:
         drf = load_drafter(drafter, tgt.config)

@@ -29,17 +29,23 @@ def generate_records(
     images: Sequence[str] = (),
     log: Callable[[str], None] = lambda line: None,
     prompt_ids: Optional[list] = None,
+    parallel: str = "tensor",
 ) -> Iterator[TokenRecord]:
     """Load the model, encode `prompt` (with `images` before its text), say in `log` what this
     device's numerics mean for the draft length (numerics.notes), and yield one record per
-    generated token. `prompt_ids`, a list, receives the prompt's ids as expanded. Raises SpecdecError."""
+    generated token. `prompt_ids`, a list, receives the prompt's ids as expanded. Under `mlx.launch`
+    with several processes the model is split (`parallel`, distributed.py) and they decode in step.
+    Raises SpecdecError."""
     from . import probe
-    from .decode import stream_generate
+    from .distributed import start
     from .media import attach_images, image_placeholders
     from .numerics import notes
     from .provision import load_model
 
-    bundle = load_model(model, target=target, drafter=drafter, demo=demo, max_context=settings.max_context, log=log)
+    run = start(parallel)  # several processes under mlx.launch; else nothing changes
+    bundle = load_model(
+        model, target=target, drafter=drafter, demo=demo, max_context=settings.max_context, log=log, split=run.split
+    )
     if images and prompt.text is not None:
         prompt = replace(prompt, text=image_placeholders(bundle, len(images)) + prompt.text)
     ids, media = attach_images(bundle, prompt.encode(bundle.tokenizer), list(images))
@@ -47,7 +53,7 @@ def generate_records(
         prompt_ids.extend(ids)
     for line in notes(probe.verdict(bundle), settings.draft, settings.exactness):
         log(line)
-    yield from stream_generate(bundle, ids, settings, media=media)
+    yield from run.stream_generate(bundle, ids, settings, media=media)
 
 
 def json_document(records: Sequence[TokenRecord], trace: bool = False, prompt_ids: Sequence[int] = ()) -> dict:

@@ -184,11 +184,14 @@ def load_model(
     demo: bool = False,
     max_context: Optional[int] = None,
     log: Callable[[str], None] = lambda line: None,
+    split=None,
 ):
-    """MODEL (through `model_folder`), --target/--drafter or --demo -> a loaded `load.Bundle`."""
+    """MODEL (through `model_folder`), --target/--drafter or --demo -> a loaded `load.Bundle`
+    (`split`: this process's part of the target, distributed.py)."""
     from .load import load
 
-    return load(model_folder(model, max_context=max_context, log=log), target=target, drafter=drafter, demo=demo)
+    folder = model_folder(model, max_context=max_context, log=log)
+    return load(folder, target=target, drafter=drafter, demo=demo, split=split)
 
 
 # --- memory fit ------------------------------------------------------------------------------

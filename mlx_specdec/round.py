@@ -41,6 +41,8 @@ class IssuedRound:
     hidden:    [1, rows, H] the pass's final-normed hidden states; row n is the next round's h.
     handed_at: perf_counter when the round's first work went to the device (its drafts, or a
                plain step's first layers: models/target.py issue_early), or None.
+    check:     with several processes, every process's account of the round, gathered
+               (distributed.py `Agreement`); read by the same sync. None in one process.
     """
 
     k: int
@@ -49,11 +51,13 @@ class IssuedRound:
     bonus: mx.array
     hidden: mx.array
     handed_at: Optional[float]
+    check: Optional[mx.array] = None
 
     @property
     def outputs(self) -> list[mx.array]:
         """What the round's one host sync evaluates."""
-        return [self.bonus] if self.k == 0 else [self.accepted, self.bonus, self.drafts]
+        out = [self.bonus] if self.k == 0 else [self.accepted, self.bonus, self.drafts]
+        return out if self.check is None else [*out, self.check]
 
 
 def draft(bundle, pc: PromptCache, bonus: mx.array, h: mx.array, k: int, params: SamplingParams, penalties=None):

@@ -1,0 +1,149 @@
+"""The split of one Gemma 4 target across the processes of an `mx.distributed` group.
+
+mlx-lm 0.32.2 has `model.shard(group)` for many families but not for `gemma4_text`, so the
+split is ours. Tensor parallel (Megatron): in every decoder layer
+
+* attention: `q_proj` keeps this rank's query heads (rows), `o_proj` becomes sharded-to-all
+  (`mlx.nn.layers.distributed.shard_linear`: this rank's input columns, then one all-reduce);
+  `k_proj`/`v_proj` keep the K/V heads this rank's query heads read (GQA). With fewer K/V heads
+  than ranks (E2B has 1; the 31B's full layers 4) several ranks keep the same head.
+* the drafter's source layers (`kv_source_layers`: the last non-shared layer of each attention
+  type) keep ALL K/V heads on every rank: the drafter reads their cache, and every rank's drafter
+  must read the same K/V as one process's would. Their attention (and that of the KV-shared
+  layers that reuse their K/V) then reads only the heads its own queries need.
+* MLP: `gate_proj`/`up_proj` keep this rank's rows of the intermediate width, `down_proj`
+  becomes sharded-to-all. Two all-reduces per layer.
+* MoE (26B-A4B): the router and the experts stay whole on every rank (each computes every
+  expert it routes to: simple and exact, no memory saved there; the 4-bit expert widths 704 and
+  2112 are not whole groups of 64 when halved, so splitting them needs expert parallelism).
+* embeddings, per-layer inputs (PLE), norms and the head stay whole; so does the drafter.
+
+Every rank then computes the same hidden states (all-reduced), so the loop runs unchanged on
+every rank (SPMD). Only the order of a sum changes (partial products all-reduced), never which
+numbers are summed.
+
+Call `shard_tensor` on a model whose weights are loaded but not yet evaluated (load.py's `split`
+hook): only this rank's slices are then kept, read one layer at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.nn.layers.distributed import shard_linear
+from mlx_lm.models import gemma4_text
+from mlx_lm.models.base import scaled_dot_product_attention
+
+from ..errors import SpecdecError
+from .target import kv_source_layers
+
+PARALLEL_MODES = ("tensor",)
+
+
+class ShardedAttention(gemma4_text.Attention):
+    """mlx-lm's Gemma 4 attention over this rank's query heads. `kv_heads_read` = (lo, hi): the
+    K/V heads (global indices) those queries read; K/V with more heads than this rank computes
+    (a whole source layer's, or one shared from it) are sliced to them before attention."""
+
+    kv_heads_read: tuple[int, int]
+
+    def __call__(self, x, mask=None, cache=None, shared_kv=None, offset=None):
+        B, L, _ = x.shape
+        queries = self.q_norm(self.q_proj(x).reshape(B, L, self.n_heads, self.head_dim))
+        if shared_kv is not None:
+            keys, values = shared_kv
+        else:
+            keys = self.k_proj(x).reshape(B, L, -1, self.head_dim)
+            values = keys if self.use_k_eq_v else self.v_proj(x).reshape(B, L, -1, self.head_dim)
+            offset = mx.array(cache.offset) if cache is not None else 0
+            keys = self.rope(self.k_norm(keys).transpose(0, 2, 1, 3), offset=offset)
+            values = self.v_norm(values).transpose(0, 2, 1, 3)
+        queries = self.rope(queries.transpose(0, 2, 1, 3), offset=offset)
+        if cache is not None:
+            keys, values = cache.update_and_fetch(keys, values)
+        lo, hi = self.kv_heads_read
+        read_k, read_v = (keys, values) if keys.shape[1] == hi - lo else (keys[:, lo:hi], values[:, lo:hi])
+        out = scaled_dot_product_attention(queries, read_k, read_v, cache=cache, scale=self.scale, mask=mask)
+        out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
+        # The full K/V go on: a KV-shared layer slices them to its own heads the same way.
+        return self.o_proj(out), (keys, values), offset
+
+
+def _keep_rows(linear: nn.Module, start: int, stop: int) -> None:
+    """Keep output rows start..stop-1 of a Linear or QuantizedLinear (weight, scales, biases and
+    bias all have the output on axis 0), in place."""
+    # A copy, not a view: a view would keep the whole tensor's memory alive.
+    linear.update({k: mx.contiguous(v[start:stop]) for k, v in linear.parameters().items()})
+
+
+def _sharded_to_all(linear: nn.Module, group, what: str) -> nn.Module:
+    try:
+        return shard_linear(linear, "sharded-to-all", group=group)
+    except ValueError as e:  # e.g. a quantised width that is not whole groups per rank
+        raise SpecdecError(f"cannot split {what} over {group.size()} processes ({e}); use fewer processes") from None
+
+
+def _query_heads(attn, N: int, r: int, where: str) -> tuple[int, int, int, int]:
+    """-> (first query head, query heads per rank, lo, hi): the K/V heads they read."""
+    n, n_kv = attn.n_heads, attn.n_kv_heads
+    if n % N:
+        raise SpecdecError(f"{where}: {n} attention heads cannot be split over {N} processes; use a divisor of {n}")
+    per, ratio = n // N, n // n_kv
+    q0 = r * per
+    lo, hi = q0 // ratio, (q0 + per - 1) // ratio + 1
+    # The attention kernel pairs local query head j with local K/V head j // (per // (hi - lo)).
+    if per % (hi - lo) or any((q0 + j) // ratio != lo + j // (per // (hi - lo)) for j in range(per)):
+        raise SpecdecError(f"{where}: {n} query heads over {n_kv} K/V heads cannot be split over {N} processes")
+    return q0, per, lo, hi
+
+
+def _shard_attention(attn, group, keep_kv: bool, where: str) -> None:
+    N, r = group.size(), group.rank()
+    q0, per, lo, hi = _query_heads(attn, N, r, where)
+    hd = attn.head_dim
+    _keep_rows(attn.q_proj, q0 * hd, (q0 + per) * hd)
+    attn.o_proj = _sharded_to_all(attn.o_proj, group, f"{where}.o_proj")
+    if attn.has_kv and not keep_kv:
+        _keep_rows(attn.k_proj, lo * hd, hi * hd)
+        if not attn.use_k_eq_v:
+            _keep_rows(attn.v_proj, lo * hd, hi * hd)
+    attn.n_heads = per
+    attn.n_kv_heads = hi - lo
+    attn.kv_heads_read = (lo, hi)
+    attn.__class__ = ShardedAttention
+
+
+def _shard_mlp(mlp, group, where: str) -> None:
+    N, r = group.size(), group.rank()
+    width = mlp.gate_proj.weight.shape[0]
+    if width % N:
+        raise SpecdecError(f"{where}: MLP width {width} cannot be split over {N} processes; use a divisor of it")
+    per = width // N
+    _keep_rows(mlp.gate_proj, r * per, (r + 1) * per)
+    _keep_rows(mlp.up_proj, r * per, (r + 1) * per)
+    mlp.down_proj = _sharded_to_all(mlp.down_proj, group, f"{where}.down_proj")
+
+
+def shard_tensor(model: gemma4_text.Model, config: dict, group) -> None:
+    """Split `model` (mlx-lm's gemma4_text, normalised text `config`) in place, tensor parallel
+    over `group`; the drafter's source layers keep all their K/V heads (module docstring)."""
+    sources = set(kv_source_layers(config).values())
+    for i, layer in enumerate(model.model.layers):
+        where = f"layer {i}"
+        _shard_attention(layer.self_attn, group, keep_kv=i in sources, where=where)
+        _shard_mlp(layer.mlp, group, where)
+        # One layer at a time: reading a slice reads its whole tensor, so peak memory is this
+        # rank's part plus one layer's tensors, not this rank's part plus the whole model.
+        mx.eval(layer.parameters())
+
+
+def split(mode: str, group) -> Optional[callable]:
+    """The split for `mode` ("tensor") over `group`, as load.py's hook (model, config) -> None;
+    None for a group of one."""
+    if mode not in PARALLEL_MODES:
+        raise SpecdecError(f"--parallel must be one of {', '.join(PARALLEL_MODES)}, not {mode!r}")
+    if group is None or group.size() == 1:
+        return None
+    return lambda model, config: shard_tensor(model, config, group)

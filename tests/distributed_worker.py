@@ -1,0 +1,64 @@
+"""Run under `mlx.launch -n 2` by tests/test_distributed.py (not a test module itself).
+
+For every fixture family: the tensor-parallel split's tokens (greedy k = 3 and seeded sampling
+for every family; greedy k = 0 and auto, which calibrates, on E2B and the 31B only: collectives
+over TCP on a busy machine are slow) next to one process's tokens for the same request, and the
+bytes of target weights this rank holds next to the whole model's. Each rank writes OUT/rank<r>.json.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from mlx_specdec.decode import generate
+from mlx_specdec.distributed import start
+from mlx_specdec.load import load
+from mlx_specdec.sampling import SamplingParams
+from mlx_specdec.settings import GenerationSettings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PAIRS = {
+    fam: (FIXTURES / "families" / fam / "target", FIXTURES / "families" / fam / "assistant")
+    for fam in ("e2b", "31b", "26b-a4b", "12b")
+}
+PAIRS["text"] = (FIXTURES / "target_text", FIXTURES / "drafter_dense")
+TOKENS = 10
+REQUESTS = {
+    "greedy k=3": GenerationSettings(max_tokens=TOKENS, draft=3),
+    "sampled k=3": GenerationSettings(max_tokens=TOKENS, draft=3, sampling=SamplingParams(temp=1.0, seed=7)),
+    "greedy k=0": GenerationSettings(max_tokens=TOKENS, draft=0),  # plain rounds issued early
+    "greedy auto": GenerationSettings(max_tokens=TOKENS, draft="auto"),
+}
+EVERY_REQUEST = ("e2b", "31b")
+PROMPT = [3, 5, 7, 9, 11, 2]
+
+
+def weight_bytes(bundle) -> int:
+    return sum(v.nbytes for _, v in tree_flatten(bundle.target.model.parameters()))
+
+
+def main(out: Path) -> None:
+    run = start("tensor")
+    report = {"rank": run.rank, "size": run.size, "families": {}}
+    for fam, (target, drafter) in PAIRS.items():
+        split = load(target=target, drafter=drafter, split=run.split)
+        whole = load(target=target, drafter=drafter)
+        for b in (split, whole):
+            b.tokenizer.eos_token_ids = []  # full-length runs
+        got = {}
+        for name, settings in list(REQUESTS.items())[: None if fam in EVERY_REQUEST else 2]:
+            one = generate(whole, PROMPT, settings).tokens
+            several = [r.token for r in run.stream_generate(split, PROMPT, settings)]
+            got[name] = {"one": one, "several": several}
+            print(f"rank {run.rank}: {fam} {name} done", file=sys.stderr, flush=True)
+        got["bytes"] = {"split": weight_bytes(split), "whole": weight_bytes(whole)}
+        report["families"][fam] = got
+        mx.clear_cache()
+        (out / f"rank{run.rank}.json").write_text(json.dumps(report))  # after each family
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

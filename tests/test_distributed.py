@@ -1,0 +1,163 @@
+"""One model across several processes (distributed.py, models/shard.py), run on localhost with
+`mlx.launch -n 2` over the ring backend. JACCL over Thunderbolt needs two Macs and is not tested.
+
+Each launch costs 10-60 s here, so the slow tests are few and each checks much: one launch runs
+every fixture family and request (tests/distributed_worker.py), one the CLI, one a diverged rank.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+from mlx_specdec.distributed import DIVERGE_ENV, Solo, start
+from mlx_specdec.errors import SpecdecError
+from mlx_specdec.load import load
+from mlx_specdec.models.shard import _query_heads, shard_tensor
+
+from .conftest import FIXTURES
+
+ROOT = Path(__file__).parent.parent
+E2B = FIXTURES / "families" / "e2b"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`mlx.launch -n 2 --backend ring -- python ARGS` on localhost (ports of its own)."""
+    launcher = Path(sys.executable).with_name("mlx.launch")
+    launcher = str(launcher) if launcher.exists() else shutil.which("mlx.launch")
+    cmd = [launcher, "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--", sys.executable, *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class _Group:
+    """A stand-in for an mx.distributed group of `size`, as rank `rank` (only sizes are read)."""
+
+    def __init__(self, rank, size):
+        self._rank, self._size = rank, size
+
+    def rank(self):
+        return self._rank
+
+    def size(self):
+        return self._size
+
+
+class _Heads:
+    def __init__(self, n_heads, n_kv_heads):
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+
+
+@pytest.mark.parametrize(
+    "heads, kv, size, rank, want",
+    [
+        (4, 1, 2, 1, (2, 2, 0, 1)),  # E2B: one K/V head, kept by both ranks
+        (32, 16, 2, 1, (16, 16, 8, 16)),  # 31B sliding layers: half the K/V heads each
+        (32, 4, 8, 5, (20, 4, 2, 3)),  # 31B full layers over 8: each K/V head on two ranks
+    ],
+)
+def test_each_rank_keeps_the_kv_heads_its_query_heads_read(heads, kv, size, rank, want):
+    assert _query_heads(_Heads(heads, kv), size, rank, "layer 0") == want
+
+
+def test_heads_that_do_not_split_evenly_are_one_clear_error():
+    with pytest.raises(SpecdecError, match="layer 3: 4 attention heads cannot be split over 3 processes"):
+        _query_heads(_Heads(4, 1), 3, 0, "layer 3")
+
+
+def test_one_process_runs_unchanged():
+    run = start("tensor")
+    assert isinstance(run, Solo) and run.split is None
+
+
+def test_an_unknown_parallel_mode_is_one_clear_error():
+    with pytest.raises(SpecdecError, match="--parallel must be one of tensor, not 'diagonal'"):
+        start("diagonal")
+
+
+def test_split_over_a_group_of_one_computes_what_mlx_lm_computes():
+    """The sharded attention (our copy of mlx-lm's, slicing K/V heads) and the sharded-to-all
+    layers give mlx-lm's numbers when the group is this one process."""
+    whole = load(target=E2B / "target")
+    split = load(target=E2B / "target", split=lambda m, c: shard_tensor(m, c, mx.distributed.init()))
+    ids = mx.array([[3, 5, 7, 9, 11, 2]])
+    (a, _), (b, _) = whole.target(ids, None), split.target(ids, None)
+    assert mx.allclose(a, b, atol=1e-5).item()
+
+
+@pytest.mark.slow
+def test_tensor_parallel_gives_one_process_tokens_for_every_family(tmp_path):
+    done = launch([str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path)], timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["size"] == 2
+        assert sorted(report["families"]) == ["12b", "26b-a4b", "31b", "e2b", "text"]
+        for fam, got in report["families"].items():
+            sizes = got.pop("bytes")
+            assert sizes["split"] < sizes["whole"], (fam, sizes)  # each rank holds a part of it
+            for request, tokens in got.items():
+                assert len(tokens["several"]) == 10, (fam, request)
+                assert tokens["several"] == tokens["one"], (rank, fam, request)
+
+
+def _generate_args(*extra):
+    target, drafter = E2B / "target", E2B / "assistant"
+    ids = "3,5,7,9,11,2"
+    return [
+        "-m",
+        "mlx_specdec",
+        "generate",
+        "--target",
+        str(target),
+        "--drafter",
+        str(drafter),
+        "--prompt-ids",
+        ids,
+        "--max-tokens",
+        "12",
+        "--json",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_generate_under_mlx_launch_prints_one_process_output_once():
+    alone = subprocess.run(
+        [sys.executable, *_generate_args("-k", "3", "--temp", "1", "--seed", "5")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    done = launch(_generate_args("-k", "3"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert json.loads(lines[0])["token_ids"] == json.loads(alone.stdout)["token_ids"]
+
+
+@pytest.mark.slow
+def test_a_diverged_rank_is_one_clear_error_on_every_rank():
+    done = launch(_generate_args("-k", "3", "--temp", "1", "--seed", "5"), env={DIVERGE_ENV: "1"})
+    # mlx.launch exits 0 here: it reports each rank's exit status on stderr, and stops the other
+    # ranks (-15) once one has exited, so the error may be printed once or by both ranks.
+    assert "exited with code 1" in done.stderr
+    assert done.stdout.strip() == ""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and all("processes diverged at position" in line for line in errors), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
