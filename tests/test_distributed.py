@@ -135,8 +135,9 @@ def _generate_args(*extra):
 
 @pytest.mark.slow
 def test_generate_under_mlx_launch_prints_one_process_output_once():
+    args = _generate_args("-k", "3", "--temp", "1", "--seed", "5")
     alone = subprocess.run(
-        [sys.executable, *_generate_args("-k", "3", "--temp", "1", "--seed", "5")],
+        [sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -144,7 +145,7 @@ def test_generate_under_mlx_launch_prints_one_process_output_once():
         timeout=300,
     )
     assert alone.returncode == 0, alone.stderr[-2000:]
-    done = launch(_generate_args("-k", "3"))
+    done = launch(args)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
