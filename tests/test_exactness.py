@@ -190,7 +190,10 @@ def check_matched_widths(name, monkeypatch, n_prompts, ks, max_tokens):
             assert greedy(b, ids, k, max_tokens=max_tokens) == plain, (name, k)
 
 
-@pytest.mark.parametrize("name", list(SIMULATIONS))
+@pytest.mark.parametrize(
+    "name",
+    [n if "quantized" in n else pytest.param(n, marks=pytest.mark.slow) for n in SIMULATIONS],
+)
 def test_greedy_speculative_equals_plain_at_matched_widths(name, monkeypatch):
     check_matched_widths(name, monkeypatch, 1, (2, MAX_DRAFT), max_tokens=24)  # 36 positions: past the window
 
@@ -267,7 +270,9 @@ def test_speculative_sampling_keeps_the_target_distribution_under_simulation(nam
 
 
 # --- specdec check ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["1-row quantized_matmul", "4+-row quantized_matmul"])
+@pytest.mark.parametrize(
+    "name", ["1-row quantized_matmul", pytest.param("4+-row quantized_matmul", marks=pytest.mark.slow)]
+)
 def test_check_reports_exact_with_the_fitting_widths_under_simulation(name, monkeypatch, tmp_path):
     from mlx_specdec.check import run_check
 

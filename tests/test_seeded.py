@@ -21,7 +21,7 @@ def seeded(b, ids, seed, k, **params):
 def test_seeded_speculative_output_equals_seeded_plain_output_whatever_the_draft_schedule(bundles):
     b, ids = bundles["centroid"], [2, 40, 41, 42, 43, 44]
     plain = seeded(b, ids, 1, 0, temp=1.0)
-    assert all(seeded(b, ids, 1, k, temp=1.0) == plain for k in (1, 8, "auto"))
+    assert all(seeded(b, ids, 1, k, temp=1.0) == plain for k in (1, 8))  # auto too: the slow test below
     assert seeded(b, ids, 100, 0, temp=1.0) != plain  # the seed matters
 
 
@@ -31,7 +31,7 @@ def test_seeded_output_is_the_same_for_every_draft_length_and_filter(bundles, he
     b, ids = bundles[head], [2, 40, 41, 42, 43, 44]
     for seed, params in ((1, dict(temp=1.0)), (2, dict(temp=0.7, top_k=20)), (3, dict(temp=1.3, top_p=0.9))):
         plain = seeded(b, ids, seed, 0, **params)
-        for k in (1, 2, 3, 5, 8, "auto"):
+        for k in (1, 2, 3, 5, 8, "auto"):  # auto's schedule depends on timing
             assert seeded(b, ids, seed, k, **params) == plain, (seed, k)
 
 
