@@ -9,7 +9,6 @@ reports usage errors with exit status 2.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -310,37 +309,10 @@ def bench(
 @app.command()
 @user_errors
 def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON (sizes in bytes).")):
-    """List the known Gemma 4 pairs: sizes, memory needed, and which are converted locally."""
-    from rich.console import Console
-    from rich.table import Table
+    """List the known Gemma 4 pairs: sizes, memory needed, which are converted locally and exact here."""
+    from .listing import print_models
 
-    from .provision import DEFAULT_CONTEXT, cache_dir, model_rows
-
-    rows = model_rows()
-    if as_json:
-        typer.echo(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
-        return
-    table = Table(title=f"Gemma 4 pairs (bundles in {cache_dir()})", title_justify="left")
-    for col in (
-        "name",
-        "target",
-        "download",
-        "4-bit bundle",
-        f"memory @{DEFAULT_CONTEXT // 1024}K",
-        "drafter head",
-        "converted",
-    ):
-        numeric = col in ("download", "4-bit bundle") or col.startswith("memory")
-        table.add_column(col, justify="right" if numeric else "left")
-    for r in rows:
-        folders = [*r["local"].values(), *r["local_mlx"].values()]  # in the cache (the title says where)
-        local = ", ".join(Path(f).name for f in folders) or "-"
-        sizes = [f"{r[k] / 1e9:.1f} GB" for k in ("download_bytes", "bundle_bytes", "memory_bytes")]
-        table.add_row(r["name"], r["target"], *sizes, r["head"], local)
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
-    typer.echo(
-        "drafter: <target>-assistant. `specdec chat NAME` converts on first use (an mlx-community repo: from it)."
-    )
+    print_models(as_json)
 
 
 @app.command()
@@ -409,9 +381,7 @@ def check(
     drafter: DrafterDir = None,
     demo: Demo = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (exact, plain_width, ...).")] = False,
-    fresh: Annotated[
-        bool, typer.Option("--fresh", help="Measure again instead of reading the cached verdict.")
-    ] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Measure again, not the cached verdict.")] = False,
     tokens: Annotated[int, typer.Option("--tokens", help="Greedy tokens of the end-to-end comparison.")] = 256,
 ):
     """Is speculative output bit-exact on this machine? Probe the pass widths, then compare plain and speculative."""
@@ -422,9 +392,6 @@ def check(
         raise typer.BadParameter(f"must be at least 1, not {tokens}", param_hint="--tokens")
     bundle = load_model(model, target=target, drafter=drafter, demo=demo, max_context=None, log=log_err)
     result = run_check(bundle, fresh, tokens)
-    if as_json:
-        write_out(json.dumps(result.to_json()) + "\n")
-    else:
-        write_out("\n".join(result.lines()) + "\n")
+    write_out((json.dumps(result.to_json()) if as_json else "\n".join(result.lines())) + "\n")
     if not result.end_to_end.identical and result.verdict.exact:
         raise typer.Exit(1)  # the probe said exact and the outputs differ: a bug to report

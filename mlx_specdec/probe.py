@@ -297,3 +297,18 @@ def verdict(bundle, fresh: bool = False) -> Verdict:
             pass
     bundle.numerics = found
     return found
+
+
+def cached_verdicts() -> dict[str, Verdict]:
+    """The verdicts cached for this device and MLX version, by bundle name (the newest per name)."""
+    out: dict[str, tuple[float, Verdict]] = {}
+    device = device_name()
+    for path in sorted((cache_dir() / "numerics").glob("*.json")):
+        try:
+            v = Verdict.from_json(json.loads(path.read_text()))
+            when = path.stat().st_mtime
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if v.device == device and v.mlx == mx.__version__ and when >= out.get(v.bundle, (0.0, None))[0]:
+            out[v.bundle] = (when, v)
+    return {name: v for name, (_, v) in out.items()}

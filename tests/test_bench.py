@@ -93,6 +93,8 @@ def test_bench_on_one_short_prompt_runs_every_mode_and_each_matches_plain(bundle
     result = bench.run_bench(bundles["centroid"], prompts=prompts, ks=[2], max_tokens=4, trials=1, mlx_lm=False)
     assert [m.mode for m in result.modes] == ["plain", "k=2", "auto"]
     assert all(m.matches_plain and m.generated_tokens == 4 for m in result.modes)
+    numerics = result.to_dict()["numerics"]  # this device's verdict, as `specdec check --json` has it
+    assert (numerics["exact"], numerics["plain_width"], numerics["max_draft_tokens"]) == (True, 1, 8)
 
 
 @pytest.mark.slow

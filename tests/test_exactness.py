@@ -11,6 +11,8 @@ plain output token for token; without them, the same simulation must make the ou
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -301,3 +303,22 @@ def test_specdec_check_json_on_this_cpu_is_exact_at_plain_width_1(tmp_path):
     assert (out["exact"], out["plain_width"], out["max_draft_tokens"], out["differs"]) == (True, 1, MAX_DRAFT, [])
     assert out["end_to_end"]["identical"] and out["end_to_end"]["tokens"] == 64
     assert list((tmp_path / "numerics").glob("*.json"))  # the verdict is cached for the next run
+
+
+def test_models_shows_the_cached_verdict_of_a_converted_bundle(tmp_path, monkeypatch, capsys):
+    import json
+
+    from mlx_specdec import listing
+
+    monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
+    local = tmp_path / "gemma-4-E2B-it-4bit"
+    rows = [{"name": "e2b", "local": {"4": str(local)}, "local_mlx": {}}]
+    monkeypatch.setattr(listing, "model_rows", lambda: rows)
+    verdict = Verdict(exact=True, plain_width=2, max_draft_tokens=5, agree=[2, 3, 4, 5, 6], bundle=local.name)
+    verdict = dataclasses.replace(verdict, device=probe.device_name(), mlx=mx.__version__)
+    (tmp_path / "numerics").mkdir()
+    (tmp_path / "numerics" / "x.json").write_text(json.dumps(verdict.to_json()))
+    listing.print_models(as_json=True)
+    out = json.loads(capsys.readouterr().out)
+    assert out["models"][0]["numerics"] == {local.name: verdict.to_json()}
+    assert listing._exact_here(verdict) == "yes (k <= 5, plain width 2)"

@@ -358,6 +358,7 @@ def measure_modes(
         prompts=[PromptResult(name, len(ids)) for name, ids in prompts],
         modes=results,
         summary=BenchSummary.from_modes(results),
+        numerics=bundle.numerics.to_json() if bundle.numerics else None,  # measured by the first run
     )
 
 

@@ -8,6 +8,7 @@ docstring (a test holds every field to that).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 SCHEMA = "specdec-bench/1"
 
@@ -115,6 +116,8 @@ class BenchResult:
     prompts:         one PromptResult per prompt, in run order.
     modes:           one ModeResult per mode, in run order (plain first).
     summary:         the BenchSummary.
+    numerics:        this device's verdict on the bundle's pass widths (numerics.Verdict's fields,
+                     as `specdec check --json` gives them), or None where it was not measured.
     """
 
     schema: str = SCHEMA
@@ -131,6 +134,7 @@ class BenchResult:
     prompts: list[PromptResult]
     modes: list[ModeResult]
     summary: BenchSummary
+    numerics: Optional[dict] = None
 
     def mode(self, name: str) -> ModeResult | None:
         return next((m for m in self.modes if m.mode == name), None)
