@@ -289,7 +289,10 @@ def test_check_reports_exact_with_the_fitting_widths_under_simulation(name, monk
 
 
 @pytest.mark.slow
-def test_specdec_check_json_on_this_cpu_is_exact_at_plain_width_1(tmp_path):
+def test_specdec_check_json_drafts_only_as_wide_as_this_cpu_agrees_and_is_then_identical(tmp_path):
+    """Whatever this CPU's kernels give (every width agrees on some x86 machines; on others attention
+    at 4+ rows rounds differently), the verdict follows from the measurement and the run it allows is
+    identical to plain decoding."""
     import json
     import os
     import subprocess
@@ -300,7 +303,12 @@ def test_specdec_check_json_on_this_cpu_is_exact_at_plain_width_1(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert (out["exact"], out["plain_width"], out["max_draft_tokens"], out["differs"]) == (True, 1, MAX_DRAFT, [])
+    k, plain = out["max_draft_tokens"], out["plain_width"]
+    differing = {w for d in out["differs"] for w in d["widths"]}
+    assert out["exact"] and k >= 1
+    assert set(range(plain, k + 2)) <= set(out["agree"]) and not differing & set(range(plain, k + 2))
+    assert k == MAX_DRAFT or k + 2 in differing  # the cap is the widest verify that still agrees
+    assert (plain, k) == (1, MAX_DRAFT) or differing  # a cap below the maximum names what differs
     assert out["end_to_end"]["identical"] and out["end_to_end"]["tokens"] == 64
     assert list((tmp_path / "numerics").glob("*.json"))  # the verdict is cached for the next run
 

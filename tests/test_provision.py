@@ -334,7 +334,9 @@ def test_models_json_lists_google_and_mlx_converted_bundles_of_a_pair(cache):
     table = CliRunner().invoke(app, ["models"])
     lines = table.stdout.splitlines()
     row = next(i for i, x in enumerate(lines) if "google/gemma-4-26B-A4B-it " in x)
-    cell = " ".join(x.split("│")[-2].strip() for x in lines[row : row + 2])  # the column wraps
+    header = next(x.split("┃") for x in lines if "converted" in x)
+    col = next(i for i, c in enumerate(header) if c.strip() == "converted")
+    cell = " ".join(x.split("│")[col].strip() for x in lines[row : row + 2])  # the column wraps
     assert cell == "gemma-4-26B-A4B-it-4bit, gemma-4-26b-a4b-it-4bit-mlx-community"
 
 

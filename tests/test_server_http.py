@@ -88,7 +88,10 @@ def start_app(tok, **app_kwargs):
 
     worker = Scripted(lambda: None, max_queue=1)
     worker.bundle = SimpleNamespace(
-        name="scripted", tokenizer=tok, target=SimpleNamespace(config={"max_position_embeddings": 4096}, vocab_size=512)
+        name="scripted",
+        tokenizer=tok,
+        target=SimpleNamespace(config={"max_position_embeddings": 4096}, vocab_size=512),
+        numerics=None,  # as a loaded Bundle before its probe ran
     )
     worker.start()
     sock = socket.socket()
