@@ -19,9 +19,9 @@ def prompt(n, seed=0):
 
 @pytest.fixture(scope="module")
 def plain_runs(bundles):
-    """Plain greedy outputs for a short (< W) and a long (> 2W) prompt, 80 tokens (well past W)."""
+    """Plain greedy outputs for a short (< W) and a long (> 2W) prompt, 48 tokens (3W more)."""
     b = bundles["dense"]
-    return {n: generate(b, prompt(n), S(max_tokens=80, draft=0))[1] for n in (5, 40)}
+    return {n: generate(b, prompt(n), S(max_tokens=48, draft=0))[1] for n in (5, 40)}
 
 
 @pytest.mark.parametrize("head", ["dense", "centroid"])
@@ -34,11 +34,12 @@ def test_speculative_greedy_at_one_k_equals_plain_greedy_past_the_window(bundles
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["dense", "centroid"])
-@pytest.mark.parametrize("k", range(1, 9))
+@pytest.mark.parametrize(
+    "head, k", [("dense", k) for k in range(1, 9)] + [("centroid", k) for k in (1, 3, 4, 8)]
+)  # the centroid head only changes what is drafted: the verify widths are the dense head's
 def test_speculative_greedy_equals_plain_greedy(bundles, plain_runs, head, k):
     for n, want in plain_runs.items():
-        _, got, stats = generate(bundles[head], prompt(n), S(max_tokens=80, draft=k))
+        _, got, stats = generate(bundles[head], prompt(n), S(max_tokens=48, draft=k))
         assert got == want, f"prompt {n}, k={k}"
         assert stats.drafted > 0
 
@@ -76,7 +77,7 @@ def test_scripted_drafter_acceptance_is_all_or_nothing_and_output_exact(bundles,
     base = bundles["dense"]
     want = plain_runs[40]
     b = Bundle(base.target, ScriptedDrafter(want, 40, 512, agree), base.tokenizer, "scripted")
-    records = list(stream_generate(b, prompt(40), S(max_tokens=80, draft=4)))
+    records = list(stream_generate(b, prompt(40), S(max_tokens=48, draft=4)))
     trace = [r.round_info.trace() for r in records if r.round_info]
     got, stats = [r.token for r in records], RunStats.from_records(records)
     assert got == want

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from mlx_specdec import probe
+from mlx_specdec.cache import PromptCache
 from mlx_specdec.decode import generate
 from mlx_specdec.load import load
 from mlx_specdec.numerics import Verdict
@@ -201,9 +202,11 @@ def test_greedy_speculative_equals_plain_at_matched_widths(name, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(SIMULATIONS))
+@pytest.mark.parametrize("name", ["1-row quantized_matmul", "4+-row quantized_matmul"])
 def test_greedy_speculative_equals_plain_at_matched_widths_for_every_k(name, monkeypatch):
-    check_matched_widths(name, monkeypatch, 2, range(1, MAX_DRAFT + 1), max_tokens=40)
+    """Metal's two quantised-matmul behaviours at every k (the float matmul and attention
+    simulations run at k = 2 and 8 above)."""
+    check_matched_widths(name, monkeypatch, 1, range(1, MAX_DRAFT + 1), max_tokens=40)
 
 
 def diverges_at_the_usual_widths(name, monkeypatch) -> bool:
@@ -239,9 +242,9 @@ def test_every_family_decodes_exactly_at_matched_widths(family, name, monkeypatc
     b.numerics = probe.measure(b)
     assert (b.numerics.plain_width, b.numerics.max_draft_tokens) == (plain_width, max_draft)
     window = b.target.config["sliding_window"]
-    for ids in prompts(b.target.vocab_size, n=2, length=window + 4):  # past the window
+    for ids in prompts(b.target.vocab_size, n=1, length=window + 4):  # past the window
         plain = greedy(b, ids, 0, max_tokens=window + 8)
-        for k in range(1, MAX_DRAFT + 1):
+        for k in (1, 3, MAX_DRAFT):  # one verify below the 4-row limit, one at it, the widest (every k: above)
             assert greedy(b, ids, k, max_tokens=window + 8) == plain, (family, name, k)
 
 
@@ -254,7 +257,7 @@ def test_speculative_sampling_keeps_the_target_distribution_under_simulation(nam
     b = fresh()
     simulate(monkeypatch, op, rows)
     b.numerics = probe.measure(b)
-    ids, runs = [2, 40, 41, 42, 43, 44, 45], 300
+    ids, runs = [2, 40, 41, 42, 43, 44, 45], 150
 
     def outputs(k):
         def settings(seed):
@@ -262,7 +265,8 @@ def test_speculative_sampling_keeps_the_target_distribution_under_simulation(nam
                 max_tokens=3, draft=k, sampling=SamplingParams(seed=10_000 * k + seed, temp=1.0, top_k=3)
             )
 
-        return np.array([generate(b, ids, settings(seed)).tokens for seed in range(runs)])
+        pc = PromptCache(b)  # the prompt is prefilled once per k
+        return np.array([generate(b, ids, settings(seed), prompt_cache=pc).tokens for seed in range(runs)])
 
     plain, spec = outputs(0), outputs(3)
     for col in (1, 2):

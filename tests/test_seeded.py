@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlx_specdec import sampling
+from mlx_specdec.cache import PromptCache
 from mlx_specdec.decode import generate
 from mlx_specdec.sampling import SamplingParams, coupled, probs
 from mlx_specdec.settings import GenerationSettings
@@ -29,9 +30,9 @@ def test_seeded_speculative_output_equals_seeded_plain_output_whatever_the_draft
 @pytest.mark.parametrize("head", ["dense", "centroid"])
 def test_seeded_output_is_the_same_for_every_draft_length_and_filter(bundles, head):
     b, ids = bundles[head], [2, 40, 41, 42, 43, 44]
-    for seed, params in ((1, dict(temp=1.0)), (2, dict(temp=0.7, top_k=20)), (3, dict(temp=1.3, top_p=0.9))):
+    for seed, params in ((2, dict(temp=0.7, top_k=20)), (3, dict(temp=1.3, top_p=0.9))):  # plain temp: above
         plain = seeded(b, ids, seed, 0, **params)
-        for k in (1, 2, 3, 5, 8, "auto"):  # auto's schedule depends on timing
+        for k in (1, 3, 8, "auto"):  # below the 4-row limit, at it, the widest; auto's schedule depends on timing
             assert seeded(b, ids, seed, k, **params) == plain, (seed, k)
 
 
@@ -66,11 +67,11 @@ def test_unseeded_rejection_sampling_still_matches_plain_sampling_of_the_target(
     b, ids, runs = bundles["dense"], [2, 40, 41, 42, 43, 44, 45], 300
 
     def outputs(k):
-        out = []
+        out, pc = [], PromptCache(b)  # the prompt is prefilled once per k
         for seed in range(runs):
             mx.random.seed(10_000 * k + seed)  # reproducible, but the request carries no seed
             settings = GenerationSettings(max_tokens=3, draft=k, sampling=SamplingParams(temp=1.0, top_k=3))
-            out.append(generate(b, ids, settings).tokens)
+            out.append(generate(b, ids, settings, prompt_cache=pc).tokens)
         return np.array(out)
 
     plain, spec = outputs(0), outputs(3)
