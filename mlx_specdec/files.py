@@ -130,9 +130,7 @@ def user_path(value: PathLike, option: str) -> Path:
             user = text[1:].split(os.sep, 1)[0]
             who = f"no user {user!r} on this machine" if user else "no home folder (HOME is not set)"
             head = text.split(os.sep, 1)[0]
-            raise UsageError(
-                f"{option} {shown(text)}: there is {who}, so {head} cannot be expanded; give the full path"
-            )
+            raise UsageError(f"{option} {shown(text)}: there is {who}, so {head} cannot be expanded; give a full path")
         text = expanded
     path = Path(text)
     limit = _name_max(path)
