@@ -51,6 +51,7 @@ def apply_quantization(model: nn.Module, config: dict, weights: dict) -> None:
 
 
 def _load_into(model: nn.Module, weights: dict, folder: Path, split=None) -> None:
+    _check_dtypes(weights, folder)
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
@@ -60,6 +61,20 @@ def _load_into(model: nn.Module, weights: dict, folder: Path, split=None) -> Non
         weights.clear()  # the whole tensors: held here, each would stay in memory once read
         split(model)  # still lazy: only this process's slices are kept
     mx.eval(model.parameters())
+
+
+def _check_dtypes(weights: dict, folder: Path) -> None:
+    """Weights are floating point, except a quantised module's packed `.weight` (its `.scales` are
+    there) and the drafter's `token_ordering`: integers elsewhere would run as numbers, silently wrong."""
+    for name, value in weights.items():
+        if mx.issubdtype(value.dtype, mx.floating) or name.endswith("token_ordering"):
+            continue
+        if name.endswith(".weight") and f"{name.removesuffix('.weight')}.scales" in weights:
+            continue
+        dtype = str(value.dtype).removeprefix("mlx.core.")
+        raise SpecdecError(
+            f"{folder}: {name} holds {dtype} values, not floating-point weights; re-convert or re-download it"
+        )
 
 
 # --- models ------------------------------------------------------------------------------

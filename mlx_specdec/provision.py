@@ -341,13 +341,19 @@ def _weights_and_config(source: Source, bits: int, group_size: int, itemsize: in
     if isinstance(source, dict):
         return registry.config_bytes(source, None, bits, group_size, itemsize)[0], source
     from .load import read_config
+    from .models.target import text_config
 
     folder = user_path(source, "MODEL")
     target = folder / "target" if is_bundle(folder) else folder
     parts = [target] + ([folder / "drafter"] if (folder / "drafter").is_dir() else [])
     # Regular files only: loading names whatever else is there (a dangling link, a folder) in one line.
     weights = sum(f.stat().st_size for part in parts for f in part.glob("*.safetensors") if f.is_file())
-    return weights, read_config(target)
+    raw = read_config(target)
+    try:  # range-checked here too, so that a bad value is named with its file
+        text_config(raw)
+    except SpecdecError as e:
+        raise SpecdecError(f"{target / 'config.json'}: {e}") from None
+    return weights, raw
 
 
 def _max_context(cfg: dict) -> int:
