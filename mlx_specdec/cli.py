@@ -9,6 +9,7 @@ reports usage errors with exit status 2.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -155,7 +156,7 @@ def convert(
     """Convert a Hugging Face target and drafter into one MLX bundle (BUNDLE/target is mlx-lm loadable)."""
     from weights_convert import convert as convert_bundle
 
-    existed = output != "" and (Path(output).exists() or Path(output).is_symlink())
+    existed = output != "" and os.path.lexists(output)
     try:
         manifest = convert_bundle(
             target,
@@ -168,10 +169,10 @@ def convert(
             drafter_revision=drafter_revision,
             log=lambda line: typer.echo(line, err=True),
         )
-    except KeyboardInterrupt:  # convert removed its partial output; say so rather than exit silently
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: convert removed its partial output; say so
         kept = f"{output} is unchanged" if existed else f"nothing was written to {output}"
         typer.echo(f"interrupted: {kept}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + getattr(e, "signum", 2)) from None  # 130 for Ctrl-C (SIGINT is 2)
     sizes = manifest["sizes"]
     typer.echo(
         f"{output}: target {sizes['target']['bytes'] / 2**20:.1f} MiB, "

@@ -20,7 +20,7 @@ from .settings import GenerationSettings, SamplingParams, parse_draft
 
 
 def user_errors(fn):
-    """Turn SpecdecError into `error: <line>` and exit status 1."""
+    """Turn SpecdecError into `error: <line>` and exit status 1 (2 for a UsageError)."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
@@ -28,7 +28,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except SpecdecError as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(e.exit_code) from None
 
     return wrapper
 

@@ -20,6 +20,10 @@ no host value to plan the next, so when the next is plain too it is issued befor
 computes while this one is read (mlx-lm overlaps its steps the same way). Greedy output equals
 plain greedy decoding token for token; sampled output has the target's distribution.
 
+The first token's sync also reads whether the target's logits are finite: NaN or inf weights
+stop generation there with one line (`NOT_FINITE`) instead of yielding argmax-of-NaN tokens.
+Rounds do not check again (that would add work to every round).
+
 Invariant: `PromptCache.tokens` lists exactly the tokens whose K/V the cache holds. A closed or
 failed generator restores it in `finally`.
 """
@@ -50,6 +54,10 @@ from .stats import HostWait, Round, RunStats, TokenRecord
 from .text import TextStream
 
 PREFILL_CHUNK = 512
+NOT_FINITE = (
+    "the target's logits are not finite (NaN or inf): its weights are likely corrupt or wrongly "
+    "converted; re-convert or re-download the model"
+)
 
 
 def _prefill(
@@ -229,7 +237,10 @@ def stream_generate(
             row = logits if penalties is None else penalties.apply(logits)
             row = row if constraint is None else constraint.apply(row)
             bonus = sample(row[0], params, len(ids))  # the token at position len(ids)
-            mx.eval(bonus, h)  # sync: the first token
+            finite = mx.isfinite(logits).all()
+            mx.eval(bonus, h, finite)  # sync: the first token, and whether the target's logits are numbers
+            if not finite.item():  # NaN or inf weights: every token would be an argmax of NaN (<pad>)
+                raise SpecdecError(NOT_FINITE)
             ttft = time.perf_counter() - t0
             first = Round(len(ids), (), 0, int(bonus.item()), ttft)
             for follower in (constraint, penalties):

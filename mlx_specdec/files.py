@@ -7,15 +7,21 @@ Invariants:
 - A safetensors file is checked (header shape, offsets, size) before mlx opens it, and mlx is
   never given a path that is not UTF-8 (it cannot open one: `std::bad_cast`).
 - Paths are printed with `shown`: undecodable bytes appear as `\\xNN`, never as a crash.
+- A path the user typed goes through `user_path` (a NUL byte, an unknown `~user`, a name longer
+  than the file system allows are one line), and a file is opened only once `check_regular` has
+  seen a regular file there (a FIFO would block the open forever; a folder, a dangling link or a
+  loop of links would fail deep inside a reader).
 - A file written for the user (`write_atomically`) is whole or absent: a temporary file beside it,
   then a rename, so a full disk or a crash leaves the old file as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Callable
@@ -24,9 +30,10 @@ from typing import BinaryIO
 
 import mlx.core as mx
 
-from .errors import SpecdecError
+from .errors import SpecdecError, UsageError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+NAME_MAX = 255  # bytes in one file name, where the file system does not say (ext4, APFS, tmpfs)
 PathLike = str | Path
 
 # --- files -------------------------------------------------------------------------------
@@ -107,7 +114,73 @@ def as_path(value, option: str) -> Path | None:
         raise SpecdecError(f"{option} must be a folder path, not {type(value).__name__} {value!r}")
     if str(value) == "":
         raise SpecdecError(f"{option} is an empty path; give a model folder")
-    return Path(value).expanduser()
+    return user_path(value, option)
+
+
+def user_path(value: PathLike, option: str) -> Path:
+    """A path the user typed -> a Path with `~` expanded; a UsageError naming `option` when it cannot
+    name a file here: a NUL byte, a `~user` with no such user, a name longer than the file system's limit."""
+    text = os.fsdecode(value) if isinstance(value, bytes) else os.fspath(value)
+    if "\0" in text:
+        printable = shown(text.replace("\0", "\\0"))
+        raise UsageError(f"{option} {printable}: a path cannot hold a NUL byte; retype it")
+    if text.startswith("~"):
+        expanded = os.path.expanduser(text)
+        if expanded.startswith("~"):  # unchanged: no such user (or no home folder at all)
+            user = text[1:].split(os.sep, 1)[0]
+            who = f"no user {user!r} on this machine" if user else "no home folder (HOME is not set)"
+            head = text.split(os.sep, 1)[0]
+            raise UsageError(f"{option} {shown(text)}: there is {who}, so {head} cannot be expanded; give a full path")
+        text = expanded
+    path = Path(text)
+    limit = _name_max(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            raise UsageError(
+                f"{option}: the name '{shown(part)[:24]}...' is {len(os.fsencode(part))} bytes long, more than the "
+                f"{limit} this file system allows; choose a shorter name"
+            )
+    return path
+
+
+def _name_max(path: Path) -> int:
+    folder = path.absolute()
+    while not os.path.isdir(folder) and folder != folder.parent:  # isdir: False for a name too long
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
+def check_regular(path: Path, fix: str) -> None:
+    """Refuse, before anything opens it, a `path` that is not a regular file (or a link to one):
+    one line saying what is there instead, then `fix`."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise SpecdecError(
+                f"{shown(path)}: a symbolic link to {shown(os.readlink(path))}, which does not exist; {fix}"
+            ) from None
+        raise SpecdecError(f"{shown(path)}: no such file; {fix}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SpecdecError(f"{shown(path)}: a loop of symbolic links, not a file; {fix}") from None
+        raise SpecdecError(f"{shown(path)}: cannot read ({e.strerror or e}); {fix}") from None
+    if not stat.S_ISREG(mode):
+        raise SpecdecError(f"{shown(path)}: {_kind(mode)}, not a regular file; {fix}")
+
+
+def _kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def check_path(path: Path, fix: str = "rename it") -> None:
@@ -127,10 +200,13 @@ def _is_utf8(text: str) -> bool:
 
 def read_json(path: Path) -> dict:
     """The JSON object in `path`; SpecdecError naming the file when it is not one."""
+    check_regular(path, "fix or re-download it")
     try:
         value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SpecdecError(f"{shown(path)}: not valid JSON ({e}); fix or re-download it") from None
+    except RecursionError:
+        raise SpecdecError(f"{shown(path)}: JSON nested too deeply to read; fix or re-download it") from None
     if not isinstance(value, dict):
         raise SpecdecError(f"{shown(path)}: expected a JSON object, found {_json_kind(value)}; fix or re-download it")
     return value
@@ -149,7 +225,7 @@ def read_config(folder: Path) -> dict:
         raise SpecdecError(f"{folder}: is a file, not a model folder; pass the folder that holds config.json")
     if not folder.is_dir():
         raise SpecdecError(f"{folder}: no such folder")
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise SpecdecError(f"{path}: missing; expected a Hugging Face or converted model folder")
     return read_config_file(path)
 
@@ -188,6 +264,7 @@ def _brief(value) -> str:
 
 def check_safetensors(path: Path) -> None:
     """Raise if `path` is not a complete safetensors file (header and data all present)."""
+    check_regular(path, "re-download or re-convert it")
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -250,7 +327,7 @@ def weight_files(folder: Path) -> list[Path]:
         if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
             raise SpecdecError(f"{index}: not a valid safetensors index (no weight_map); re-download it")
         shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
+        missing = [s for s in shards if not os.path.lexists(folder / s)]
         if missing:
             raise SpecdecError(f"{folder / missing[0]}: missing shard listed in {index.name}; re-download it")
         files = [folder / s for s in shards]
@@ -270,6 +347,7 @@ def weight_files(folder: Path) -> list[Path]:
 def load_safetensors(path: Path) -> dict:
     """The tensors of one checked safetensors file, lazily (read from disk when evaluated)."""
     check_path(path)
+    check_regular(path, "re-download or re-convert it")
     try:
         return mx.load(str(path))
     except (RuntimeError, ValueError) as e:  # what mlx raises on a file it cannot parse
@@ -286,7 +364,7 @@ def read_weights(folder: Path) -> dict:
 def read_eos_ids(folder: Path) -> list[int] | None:
     """The end-of-sequence ids in `folder/generation_config.json` (None without the file or the key)."""
     path = folder / "generation_config.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     ids = read_json(path).get("eos_token_id")
     if ids is None:
@@ -298,6 +376,36 @@ def read_eos_ids(folder: Path) -> list[int] | None:
 
 
 # --- writing the user's files ---------------------------------------------------------------
+def check_apart(outputs: dict[str, PathLike | None], inputs: dict[str, PathLike | None]) -> None:
+    """Refuse (UsageError, before anything is written) an output that is one of the run's inputs or
+    a folder holding one: writing it would replace what the run reads. {option: path}; None: not given."""
+    for out_option, out in outputs.items():
+        if out is None:
+            continue
+        written = Path(os.path.realpath(user_path(out, out_option)))
+        for in_option, src in inputs.items():
+            if src is None:
+                continue
+            read = Path(os.path.realpath(user_path(src, in_option)))
+            if written == read or _same_file(written, read):
+                relation = "is"
+            elif written in read.parents:
+                relation = "holds"
+            else:
+                continue
+            raise UsageError(
+                f"{out_option} {shown(out)} {relation} {in_option} {shown(src)}: writing it would replace what "
+                f"this run reads; choose another {out_option}"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard links too
+    except (OSError, ValueError):
+        return False
+
+
 def _target(path: str | Path) -> Path:
     """Where writing `path` lands: a symbolic link's target (the link stays a link)."""
     return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
@@ -311,7 +419,7 @@ def _special(path: Path) -> bool:
 
 def check_output(path: str | Path, option: str) -> None:
     """Fail now, in one line, if `path` cannot be written: a folder, no parent folder, a read-only folder."""
-    path = _target(path)
+    path = _target(user_path(path, option))
     if _special(path):
         if not os.access(path, os.W_OK):
             raise SpecdecError(f"{path}: cannot write (permission denied)")
@@ -328,15 +436,15 @@ def check_output(path: str | Path, option: str) -> None:
         raise SpecdecError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
 
 
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], option: str = "the output") -> None:
     """Call `write(file)` on a temporary file beside `path`, then rename it over `path`.
 
     On any failure the temporary file is removed and `path` is left as it was; an OSError becomes
     a one-line SpecdecError. The new file gets the old file's mode, or the umask's for a new one.
     A symbolic link is followed (its target is replaced, the link kept); a FIFO, device or
-    /dev/stdout is written in place.
+    /dev/stdout is written in place. `option` names the path in a message about the path itself.
     """
-    path = _target(path)
+    path = _target(user_path(path, option))
     if _special(path):
         try:
             with open(path, "wb") as f:

@@ -12,6 +12,7 @@ Every failure is a `SpecdecError` whose one line names the file and the problem.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -20,7 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import SpecdecError
-from .files import as_path, read_config, read_eos_ids, read_weights
+from .files import as_path, check_regular, read_config, read_eos_ids, read_weights
 from .models.drafter import Drafter, DrafterArgs, drafter_quantization
 from .models.target import Target, head_dim, kv_heads, make_model, text_config, text_quantization, text_weights
 from .numerics import Verdict
@@ -50,6 +51,7 @@ def apply_quantization(model: nn.Module, config: dict, weights: dict) -> None:
 
 
 def _load_into(model: nn.Module, weights: dict, folder: Path, split=None) -> None:
+    _check_dtypes(weights, folder)
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
@@ -59,6 +61,20 @@ def _load_into(model: nn.Module, weights: dict, folder: Path, split=None) -> Non
         weights.clear()  # the whole tensors: held here, each would stay in memory once read
         split(model)  # still lazy: only this process's slices are kept
     mx.eval(model.parameters())
+
+
+def _check_dtypes(weights: dict, folder: Path) -> None:
+    """Weights are floating point, except a quantised module's packed `.weight` (its `.scales` are
+    there) and the drafter's `token_ordering`: integers elsewhere would run as numbers, silently wrong."""
+    for name, value in weights.items():
+        if mx.issubdtype(value.dtype, mx.floating) or name.endswith("token_ordering"):
+            continue
+        if name.endswith(".weight") and f"{name.removesuffix('.weight')}.scales" in weights:
+            continue
+        dtype = str(value.dtype).removeprefix("mlx.core.")
+        raise SpecdecError(
+            f"{folder}: {name} holds {dtype} values, not floating-point weights; re-convert or re-download it"
+        )
 
 
 # --- models ------------------------------------------------------------------------------
@@ -98,6 +114,15 @@ def load_drafter(folder: PathLike, target_cfg: Optional[dict] = None) -> Drafter
     weights = drafter.sanitize(read_weights(folder))
     apply_quantization(drafter, {"quantization": drafter_quantization(raw)}, weights)
     _load_into(drafter, weights, folder)
+    if args.use_ordered_embeddings:  # ids past the vocabulary would index outside the head: a crash, not an error
+        order = drafter.masked_embedding.token_ordering
+        low, high = mx.min(order).item(), mx.max(order).item()
+        if low < 0 or high >= drafter.vocab_size:
+            bad = low if low < 0 else high
+            raise SpecdecError(
+                f"{folder}: masked_embedding.token_ordering holds token id {bad}, outside the vocabulary "
+                f"(0-{drafter.vocab_size - 1}); re-convert or re-download the drafter"
+            )
     return drafter
 
 
@@ -135,6 +160,9 @@ def load_tokenizer(folder: Path):
     names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
     if not any((folder / n).is_file() for n in names):
         raise SpecdecError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer.model)")
+    for name in (*names, "special_tokens_map.json", "chat_template.jinja"):  # a FIFO would block the read
+        if os.path.lexists(folder / name):
+            check_regular(folder / name, "re-download or re-convert it")
     eos = read_eos_ids(folder)
     try:
         return load_tok(folder, eos_token_ids=eos)

@@ -35,7 +35,7 @@ from mlx_lm.models.cache import KVCache
 from . import decode, registry
 from .cache import PromptCache, SlidingKVCache
 from .errors import SpecdecError
-from .files import cache_dir, shown
+from .files import cache_dir, shown, user_path
 from .load import is_bundle
 from .registry import Pair
 
@@ -163,7 +163,7 @@ def model_folder(
     if model is None:
         return None
     text = str(model)
-    path = Path(text).expanduser()
+    path = user_path(text, "MODEL")
     if path.is_dir():
         folder = path
     elif path.exists():
@@ -283,7 +283,7 @@ def check_memory_fit(
     `available`: bytes the model may use; None asks the machine (`available_memory`). `label`: what
     the message calls the model (default: the pair's target, or the source as given).
     """
-    if isinstance(source, str) and not Path(source).expanduser().is_dir():
+    if isinstance(source, str) and not user_path(source, "MODEL").is_dir():
         source = registry.resolve(source)
     need = estimate(source, bits, max_context)
     if available is None:
@@ -334,19 +334,26 @@ def _what_fits(source: Source, bits: int, context: int, available: int) -> list[
 
 
 def _weights_and_config(source: Source, bits: int, group_size: int, itemsize: int) -> tuple[int, dict]:
-    if isinstance(source, str) and not Path(source).expanduser().is_dir():
+    if isinstance(source, str) and not user_path(source, "MODEL").is_dir():
         source = registry.resolve(source)
     if isinstance(source, Pair):
         return sum(registry.bundle_bytes(source, bits, group_size)), source.target_config()
     if isinstance(source, dict):
         return registry.config_bytes(source, None, bits, group_size, itemsize)[0], source
     from .load import read_config
+    from .models.target import text_config
 
-    folder = Path(source).expanduser()
+    folder = user_path(source, "MODEL")
     target = folder / "target" if is_bundle(folder) else folder
     parts = [target] + ([folder / "drafter"] if (folder / "drafter").is_dir() else [])
-    weights = sum(f.stat().st_size for part in parts for f in part.glob("*.safetensors"))
-    return weights, read_config(target)
+    # Regular files only: loading names whatever else is there (a dangling link, a folder) in one line.
+    weights = sum(f.stat().st_size for part in parts for f in part.glob("*.safetensors") if f.is_file())
+    raw = read_config(target)
+    try:  # range-checked here too, so that a bad value is named with its file
+        text_config(raw)
+    except SpecdecError as e:
+        raise SpecdecError(f"{target / 'config.json'}: {e}") from None
+    return weights, raw
 
 
 def _max_context(cfg: dict) -> int:

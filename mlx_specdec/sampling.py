@@ -25,7 +25,7 @@ from typing import Optional
 
 import mlx.core as mx
 
-from .settings import SamplingParams  # the validated sampling settings; re-exported here
+from .settings import GREEDY_BELOW, SamplingParams  # the validated sampling settings; re-exported here
 
 
 def probs(logits: mx.array, params: SamplingParams) -> mx.array:
@@ -35,7 +35,8 @@ def probs(logits: mx.array, params: SamplingParams) -> mx.array:
     """
     z = logits.astype(mx.float32)
     # Shift before scaling: a tiny temperature then sends the others to -inf, never to NaN.
-    p = mx.softmax((z - z.max(axis=-1, keepdims=True)) / params.temp, axis=-1)
+    # A temperature below GREEDY_BELOW is greedy (callers take argmax); here it is clamped, never 0/0.
+    p = mx.softmax((z - z.max(axis=-1, keepdims=True)) / max(params.temp, GREEDY_BELOW), axis=-1)
     keep = None
     V = p.shape[-1]
     if 0 < params.top_k < V:

@@ -62,6 +62,11 @@ def check_grammar(grammar) -> None:
             raise SpecdecError(f"a JSON schema is an object, not {type(schema).__name__}")
 
 
+# float32's smallest normal number: a smaller temperature may round to 0 in float32, and the shifted
+# logits divided by it are then 0/0 (NaN) for the top token, so such temperatures are greedy.
+GREEDY_BELOW = 1.1754943508222875e-38
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """temp 0 means greedy; top_k 0, top_p 1 and min_p 0 disable those filters.
@@ -94,7 +99,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temp == 0.0
+        """Greedy at 0 and at every temperature too small to divide by in float32 (1e-46 is 0 there):
+        the limit those temperatures approach, never a NaN distribution."""
+        return self.temp < GREEDY_BELOW
 
 
 def _finite(value) -> bool:

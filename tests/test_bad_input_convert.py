@@ -38,7 +38,7 @@ DRAFTER = DRAFTERS["dense"]
 
 # --- helpers ---------------------------------------------------------------------------------
 def tree(root: Path) -> dict:
-    """{relative path: sha256 of a file, "dir" of a folder, "link -> target"} for everything under root."""
+    """{relative path: sha256 of a file, "dir" of a folder, "link -> target", "special"} for everything under root."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
         for name in dirnames + filenames:
@@ -48,6 +48,8 @@ def tree(root: Path) -> dict:
                 out[rel] = f"link -> {os.fsdecode(os.readlink(path))}"
             elif os.path.isdir(path):
                 out[rel] = "dir"
+            elif not os.path.isfile(path):  # a FIFO or device: reading it could block
+                out[rel] = "special"
             else:
                 with open(path, "rb") as f:
                     out[rel] = hashlib.sha256(f.read()).hexdigest()

@@ -19,21 +19,33 @@ Phases, in this order so that a bad input costs neither a download nor a write:
 4. plan every tensor (headers only) and check the disk space for the output;
 5. write into a hidden temporary folder beside BUNDLE, check that both models load, rename.
 Any failure or interrupt in 5 removes the temporary folder: BUNDLE is either complete or absent.
+SIGTERM and SIGHUP are interrupts like Ctrl-C while a convert runs. Converts into one BUNDLE
+exclude each other: each holds a lock on `.NAME.lock` beside it from the first check to the
+rename, and a second one fails at once. The temporary folder holds the writer's pid
+(`CONVERTING`) until the rename, so a later convert (holding the lock) removes the temporary
+folders of converts that were killed outright.
 
 `--force` replaces only a bundle (a manifest.json that this converter wrote, in a format it
-knows) or an empty folder; the old bundle is moved aside into a folder made for the purpose,
-put back if the new one cannot take its place, and deleted only after it has. Nothing else is
-ever deleted: only paths this run created. The bundle's folders and files get the user's umask.
+knows, listing every file in the folder) or an empty folder; the old bundle is moved aside into a
+folder made for the purpose, put back if the new one cannot take its place, and deleted only
+after it has. Nothing else is ever deleted: only paths this run created (and a killed convert's
+temporary folder). The bundle's folders and files get the user's umask.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import glob
 import json
 import os
 import shutil
+import signal
+import socket
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from importlib.metadata import version
 from pathlib import Path
 
@@ -42,7 +54,7 @@ from mlx_lm.utils import load_model
 
 from mlx_specdec import __version__
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.files import check_path, read_config, read_eos_ids, shown
+from mlx_specdec.files import check_apart, check_path, read_config, read_eos_ids, shown, user_path
 from mlx_specdec.load import check_pair, load_drafter
 from mlx_specdec.models import quantise
 from mlx_specdec.models.drafter import Drafter, DrafterArgs, drafter_quantization
@@ -53,6 +65,8 @@ FORMAT_VERSION = 1
 QUANT_KEYS = ("quantization", "quantization_config")
 KNOWN_FORMATS = (1,)  # bundle formats `--force` may replace
 TOKENIZER_FILES = fetch.TOKENIZER_FILES  # copied into BUNDLE/target
+MARKER = "CONVERTING"  # in the temporary folder until the rename: {"pid", "host"} of its writer
+TERMINATIONS = (signal.SIGTERM, signal.SIGHUP)  # handled like Ctrl-C while a convert runs
 # OSError errno -> what to tell the user when writing the bundle fails.
 WRITE_ERRORS = {
     errno.ENOSPC: "no space left on the device",
@@ -86,15 +100,25 @@ def convert(
     checkpoint's floats. `*_rules` override the measured per-module choices (see quantise.py).
     Raises SpecdecError (one line) for every bad input; writes nothing in that case.
     """
+    rules = (target_rules, drafter_rules)
     if bits not in quantise.BITS:
         raise SpecdecError(f"--bits must be one of {', '.join(map(str, quantise.BITS))}, not {bits}")
     if group_size not in quantise.GROUP_SIZES:
         raise SpecdecError(f"--group-size must be one of {', '.join(map(str, quantise.GROUP_SIZES))}, not {group_size}")
     if str(output) == "":  # Path("") is the current folder
         raise SpecdecError("-o is empty; give the bundle folder to create")
-    output = Path(output).expanduser().absolute()
+    output = user_path(output, "-o").absolute()
+    local = {f"--{role}": spec for role, spec in (("target", target), ("drafter", drafter)) if _is_folder(spec)}
+    check_apart({"-o": output}, local)
     _check_output(output, force)
+    with _interrupts_on_termination(), _exclusive(output, log):
+        _check_output(output, force)  # again, now that no other convert can write there
+        return _convert(target, drafter, output, bits, group_size, target_revision, drafter_revision, rules, log)
 
+
+def _convert(target, drafter, output, bits, group_size, target_revision, drafter_revision, rules, log) -> dict:
+    """Phases 1-5 of `convert`, holding the output's lock."""
+    target_rules, drafter_rules = rules
     # 1. resolve
     tsrc = fetch.resolve(target, target_revision, "target")
     dsrc = fetch.resolve(drafter, drafter_revision, "drafter")
@@ -149,9 +173,9 @@ def convert(
     replacing = os.path.lexists(output)
     sources = (tsrc.folder, dsrc.folder)
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the bundle is a folder like any other
+        (tmp / MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     except OSError as e:
         raise SpecdecError(_os_error(e, output, sources, replacing)) from None
     try:
@@ -190,14 +214,143 @@ def convert(
                 "drafter": {"bytes": draft_bytes, "tensors": len(draft_tensors)},
             },
         }
+        (tmp / MARKER).unlink()
+        manifest["files"] = _files(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace(tmp, output)
+        _replace(tmp, output, replacing)
     except BaseException as e:  # KeyboardInterrupt included: never leave a partial bundle
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):  # disk full, read-only, ... while writing
             raise SpecdecError(_os_error(e, output, sources, replacing)) from None
         raise
     return manifest
+
+
+def _is_folder(spec: str) -> bool:
+    try:
+        return user_path(spec, "the source").is_dir()
+    except SpecdecError:  # not a path at all: `resolve` says so
+        return False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during a convert: unwinds like Ctrl-C, so the same cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _interrupts_on_termination() -> Iterator[None]:
+    """While a convert runs (in the main thread, where Python delivers signals), SIGTERM and SIGHUP
+    raise `Terminated` instead of ending the process with the temporary folder left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Terminated(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in TERMINATIONS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def _exclusive(output: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold the lock `.NAME.lock` beside `output` (its parent folders made, and removed again if the
+    convert fails); another convert holding it -> one line, at once. Under the lock, remove the
+    temporary folders of converts into `output` that were killed (their writer's pid is gone)."""
+    made = _make_parents(output.parent)
+    lock = output.parent / f".{output.name}.lock"
+    done = False
+    try:
+        fd = _lock(lock, output)
+        try:
+            _remove_stale(output, log)
+            yield
+            done = True
+        finally:
+            lock.unlink(missing_ok=True)  # while still held: a convert that opened it meanwhile retries
+            os.close(fd)
+    finally:
+        if not done:
+            for folder in reversed(made):  # only folders this convert made, and only while empty
+                with suppress(OSError):
+                    folder.rmdir()
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Make `folder` and its missing parents -> those made here, outermost first."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    for f in reversed(missing):
+        try:
+            f.mkdir()
+            made.append(f)
+        except FileExistsError:  # made meanwhile by someone else: theirs, not ours to remove
+            pass
+        except OSError as e:
+            raise SpecdecError(f"cannot create {f} ({_reason(e)}); choose another -o") from None
+    return made
+
+
+def _reason(e: OSError) -> str:
+    return WRITE_ERRORS.get(e.errno) or e.strerror or type(e).__name__
+
+
+def _lock(lock: Path, output: Path) -> int:
+    """An exclusive flock on `lock` (created if need be) -> its descriptor; SpecdecError if held."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise SpecdecError(f"cannot create {lock} ({_reason(e)}); choose another -o") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SpecdecError(
+                f"another `specdec convert` is writing {output}; wait for it to finish or choose another -o"
+            ) from None
+        try:  # the last holder removes the file as it lets go: then lock the file now at that path
+            here = os.stat(lock)
+            if (here.st_dev, here.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _remove_stale(output: Path, log: Callable[[str], None]) -> None:
+    """Remove `.NAME.*.partial` folders whose CONVERTING file names a process of this host that is gone."""
+    for folder in output.parent.glob(f".{glob.escape(output.name)}.*.partial"):
+        try:
+            owner = json.loads((folder / MARKER).read_text())
+            pid, host = owner["pid"], owner["host"]
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # not provably ours: left alone
+        if host != socket.gethostname() or not isinstance(pid, int) or _alive(pid):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        log(f"removed {folder}, left by a convert that was killed (pid {pid})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _check_output(output: Path, force: bool) -> None:
@@ -231,6 +384,13 @@ def _check_output(output: Path, force: bool) -> None:
     foreign = _foreign(manifest)
     if foreign:
         raise SpecdecError(f"{manifest} {foreign}; refusing to replace {output}, choose another -o")
+    unlisted = _unlisted(output, manifest)
+    if unlisted:
+        more = f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else ""
+        raise SpecdecError(
+            f"{output} holds files its manifest.json does not list ({', '.join(unlisted[:3])}{more}); refusing to "
+            "replace it, move them out or choose another -o"
+        )
     if not force:
         raise SpecdecError(f"{output} already exists; pass --force to replace it")
 
@@ -247,6 +407,29 @@ def _foreign(manifest: Path) -> str | None:
     if data.get("format_version") not in KNOWN_FORMATS:
         return f"has bundle format_version {data.get('format_version')!r}, which this mlx-specdec does not know"
     return None
+
+
+def _files(bundle: Path) -> list[str]:
+    """Every file under `bundle` (links included), as sorted relative POSIX paths."""
+    return sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_symlink() or not p.is_dir())
+
+
+def _unlisted(output: Path, manifest: Path) -> list[str]:
+    """The files in bundle `output` that its manifest does not list (a bundle written before the
+    manifest listed its files: those not named like the converter's own)."""
+    listed = json.loads(manifest.read_text()).get("files")
+    if isinstance(listed, list):
+        ours = set(listed) | {"manifest.json"}
+        return [f for f in _files(output) if f not in ours]
+    known = {"config.json", "model.safetensors.index.json", "generation_config.json", *TOKENIZER_FILES}
+
+    def converters(name: str) -> bool:
+        part, _, file = name.partition("/")
+        weights = file.startswith("model") and file.endswith(".safetensors")
+        in_part = part in ("target", "drafter") and "/" not in file
+        return name == "manifest.json" or in_part and (weights or file in known)
+
+    return [f for f in _files(output) if not converters(f)]
 
 
 def _target_config(src: fetch.Source) -> tuple[dict, dict | None]:
@@ -293,13 +476,20 @@ def _check_loadable(bundle: Path) -> None:
     load_drafter(bundle / "drafter")
 
 
-def _replace(tmp: Path, output: Path) -> None:
+def _replace(tmp: Path, output: Path, replacing: bool) -> None:
     """Move the finished bundle into place; an old bundle is removed only once the new one is there.
 
     The old one is moved aside into a uniquely named folder made here (a `.NAME.old` already
     there is not ours and is left alone), so the only thing deleted is what was moved aside.
+    `replacing`: whether `output` existed when it was checked; one that has appeared since was
+    made by someone else (a convert without the lock) and is left alone.
     """
-    if not os.path.lexists(output):
+    if not replacing:
+        if os.path.lexists(output):
+            raise SpecdecError(
+                f"another convert wrote {output} while this one ran; left it as it is (--force replaces it)"
+            )
+        os.mkdir(output)  # fails if it appears now; rename(2) then replaces only this empty folder
         tmp.rename(output)
         return
     aside = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))

@@ -33,7 +33,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.files import PICKLE_SUFFIXES, weight_files
+from mlx_specdec.files import PICKLE_SUFFIXES, user_path, weight_files
 
 try:  # the HTTP client huggingface-hub uses: httpx2 from 2.x, httpx before
     import httpx2 as httpx
@@ -87,7 +87,7 @@ def resolve(spec: str, revision: str | None, role: str) -> Source:
     Lists its weight files (and their sizes) without downloading them; refuses pickle-only
     checkpoints. `role` ("target" or "drafter") names the source in messages.
     """
-    folder = Path(spec).expanduser()
+    folder = user_path(spec, f"--{role}")
     if folder.is_dir():
         if revision is not None:
             raise SpecdecError(f"--{role}-revision applies to hub repos, but {spec} is a local folder")

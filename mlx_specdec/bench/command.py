@@ -4,8 +4,9 @@
 options together: a synthetic bench (`synthetic` = a family name or a config.json) replaces the
 model, and the options that only a synthetic bench reads (`SYNTHETIC_ONLY`, at other than their
 defaults) need one. `run_bench` then checks the rest before anything heavy (the prompt file, the
-k list, the --json and --plot paths), runs the real bench (`protocol.run_bench`) or the synthetic
-one (`synthetic_run.run_synthetic`), prints the tables and writes the files.
+k list, the --json and --plot paths, neither of which may be an input), runs the real bench
+(`protocol.run_bench`) or the synthetic one (`synthetic_run.run_synthetic`), prints the tables
+and writes the files.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import SpecdecError
+from ..files import check_apart
 from . import report
 
 # The options only the synthetic bench reads, as the command line spells them.
@@ -82,6 +84,11 @@ class BenchOptions:
 def run_bench(options: BenchOptions, *, log: Callable[[str], None] = lambda line: None) -> None:
     """Run the bench `options` describe: print its tables, write --json / --plot. `log` gets the
     lines of a first-use conversion. Every option is checked before the model loads."""
+    synthetic_file = options.synthetic if options.synthetic is not None and Path(options.synthetic).is_file() else None
+    check_apart(
+        {"--json": options.json_path, "--plot": options.plot},
+        {"--prompts": options.prompts, "--synthetic": synthetic_file},
+    )
     if options.synthetic is not None:
         _run_synthetic(options)
     else:

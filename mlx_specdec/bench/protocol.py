@@ -42,6 +42,7 @@ run, so joules cover decoding only, like tokens/s; null where no counter is read
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections import Counter
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpecdecError
+from ..files import check_regular, user_path
 from ..prompt import PromptInput
 from ..settings import MAX_DRAFT, GenerationSettings
 from ..stats import position_counts, rounds_from_records
@@ -61,7 +63,9 @@ SUITE_FILE = Path(__file__).with_name("suite.jsonl")  # the built-in suite, a pr
 # --- inputs ------------------------------------------------------------------------------
 def load_prompts(path: str | Path) -> list[dict]:
     """JSONL file, one {"prompt": str[, "name": str]} per line -> [{"name", "prompt"}]."""
-    path = Path(path)
+    path = user_path(path, "--prompts")
+    if os.path.lexists(path):  # a FIFO would block the read forever; a folder, a dangling link fail in it
+        check_regular(path, "give a JSONL prompts file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -74,7 +78,7 @@ def load_prompts(path: str | Path) -> list[dict]:
             continue
         try:
             item = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply to read
             expected = 'expected one {"prompt": "..."} object per line'
             raise SpecdecError(f"{path}:{n}: not valid JSON; {expected}") from None
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or not item["prompt"]:

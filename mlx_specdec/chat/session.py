@@ -30,7 +30,7 @@ from typing import Optional, Union
 
 from ..energy import Battery
 from ..errors import SpecdecError
-from ..files import write_atomically
+from ..files import user_path, write_atomically
 from ..gemma_format import parse
 from ..prompt import chat_ids, clean_text
 from ..settings import GenerationSettings, draft_label, parse_draft
@@ -261,7 +261,7 @@ class ChatSession:
 
     def save(self, path: Union[str, Path]) -> tuple[Path, int]:
         """Write the conversation (system prompt included) as JSON -> (path, messages written)."""
-        path = Path(path).expanduser()
+        path = user_path(path, "/save")
         messages = self.all_messages()
         data = {
             "model": self.bundle.name,
@@ -269,7 +269,7 @@ class ChatSession:
             "messages": messages,
         }
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-        write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+        write_atomically(path, lambda f: f.write(text.encode("utf-8")), "/save")
         return path, len(messages)
 
     # -- slash commands ----------------------------------------------------------------------

@@ -53,7 +53,8 @@ class DrafterArgs:
             )
         if not isinstance(config.get("text_config"), dict):
             raise SpecdecError("missing config key 'text_config'")
-        text = text_config({**config["text_config"], "model_type": "gemma4_text"})
+        # (num_kv_shared_layers is set just below: every drafter layer reads the target's K/V)
+        text = text_config({**config["text_config"], "model_type": "gemma4_text", "num_kv_shared_layers": 0})
         # Every drafter layer reads the target's K/V; it has no K/V projections of its own.
         text["num_kv_shared_layers"] = text["num_hidden_layers"]
         text["hidden_size_per_layer_input"] = 0
@@ -67,6 +68,15 @@ class DrafterArgs:
             num_centroids=config.get("num_centroids", 2048),
             centroid_intermediate_top_k=config.get("centroid_intermediate_top_k", 32),
         )
+        if not (isinstance(args.backbone_hidden_size, int) and args.backbone_hidden_size >= 1):
+            raise SpecdecError(f"backbone_hidden_size must be at least 1, not {args.backbone_hidden_size!r}")
+        if args.use_ordered_embeddings and not (isinstance(args.num_centroids, int) and args.num_centroids >= 1):
+            raise SpecdecError(f"num_centroids must be at least 1, not {args.num_centroids!r}")
+        top_k = args.centroid_intermediate_top_k
+        if args.use_ordered_embeddings and not (isinstance(top_k, int) and 1 <= top_k <= args.num_centroids):
+            raise SpecdecError(
+                f"centroid_intermediate_top_k must be from 1 to num_centroids ({args.num_centroids}), not {top_k!r}"
+            )
         if args.use_ordered_embeddings and text["vocab_size"] % args.num_centroids:
             raise SpecdecError(
                 f"vocab_size {text['vocab_size']} is not a multiple of num_centroids {args.num_centroids}"

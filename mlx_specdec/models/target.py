@@ -53,6 +53,25 @@ REQUIRED_TEXT_KEYS = (
     "layer_types",
 )
 
+# Range checks (`check_ranges`), after files.read_config has checked the types: sizes that must be
+# at least 1, the layer and RoPE types the model implements, the largest vocabulary int32 ids hold.
+POSITIVE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_global_key_value_heads",
+    "head_dim",
+    "global_head_dim",
+    "sliding_window",
+    "max_position_embeddings",
+)
+LAYER_TYPES = ("full_attention", "sliding_attention")
+ROPE_TYPES = ("default", "proportional")
+MAX_VOCAB = 2**31 - 1  # token ids are int32
+
 # Hugging Face defaults for optional keys whose mlx-lm default differs (mlx-lm assumes E2B).
 HF_TEXT_DEFAULTS = {
     "use_double_wide_mlp": False,
@@ -103,7 +122,7 @@ def text_config(config: dict) -> dict:
         cfg = dict(config)
     else:
         raise SpecdecError(f"unsupported model_type {model_type!r}: expected a Gemma 4 target ({one_of(TARGET_TYPES)})")
-    missing = [k for k in REQUIRED_TEXT_KEYS if k not in cfg]
+    missing = [k for k in REQUIRED_TEXT_KEYS if cfg.get(k) is None]  # null is missing too
     if missing:
         raise SpecdecError(f"missing config key {missing[0]!r}")
     for key, value in HF_TEXT_DEFAULTS.items():
@@ -113,6 +132,9 @@ def text_config(config: dict) -> dict:
 
     # transformers writes per-layer overrides instead of global_head_dim (the trap in DESIGN.md).
     per_layer = cfg.pop("per_layer_config", None) or {}
+    wrong = next((k for k, v in per_layer.items() if not isinstance(v, dict)), None)
+    if wrong is not None:
+        raise SpecdecError(f"per_layer_config.{wrong} must be a JSON object, not {per_layer[wrong]!r}")
     full_layers = [i for i, t in enumerate(cfg["layer_types"]) if t == "full_attention"]
     if "global_head_dim" not in cfg or cfg["global_head_dim"] is None:
         dims = {per_layer.get(str(i), {}).get("head_dim", cfg["head_dim"]) for i in full_layers}
@@ -123,11 +145,72 @@ def text_config(config: dict) -> dict:
         heads = {per_layer.get(str(i), {}).get("num_key_value_heads") for i in full_layers} - {None}
         if heads:
             cfg["num_global_key_value_heads"] = heads.pop()
+    check_ranges(cfg)
     if len(cfg["layer_types"]) != cfg["num_hidden_layers"]:
         raise SpecdecError(
             f"layer_types has {len(cfg['layer_types'])} entries but num_hidden_layers is {cfg['num_hidden_layers']}"
         )
     return cfg
+
+
+def check_ranges(cfg: dict) -> None:
+    """Refuse a normalised text config whose values are of the right type but cannot make a model
+    (zero sizes, shared layers past the last layer, unknown layer or RoPE types, ...): one line
+    naming the key, before any tensor is built. The types were checked when the file was read."""
+
+    def bad(key: str, want: str):
+        return SpecdecError(f"{key} must be {want}, not {cfg.get(key)!r}")
+
+    for key in POSITIVE_KEYS:
+        if cfg.get(key) is not None and not (isinstance(cfg[key], int) and cfg[key] >= 1):
+            raise bad(key, "at least 1")
+    if cfg["vocab_size"] > MAX_VOCAB:
+        raise bad("vocab_size", f"at most {MAX_VOCAB} (token ids are int32)")
+    for key in ("head_dim", "global_head_dim"):  # RoPE rotates pairs of dimensions
+        if cfg[key] % 2:
+            raise bad(key, "even")
+    for key in ("num_key_value_heads", "num_global_key_value_heads"):
+        if cfg.get(key) and cfg["num_attention_heads"] % cfg[key]:
+            raise SpecdecError(
+                f"num_attention_heads {cfg['num_attention_heads']} is not a multiple of {key} {cfg[key]}"
+            )
+    shared = cfg.get("num_kv_shared_layers") or 0
+    if not 0 <= shared < cfg["num_hidden_layers"]:
+        raise bad("num_kv_shared_layers", f"below num_hidden_layers ({cfg['num_hidden_layers']})")
+    for i, t in enumerate(cfg["layer_types"]):
+        if t not in LAYER_TYPES:
+            raise SpecdecError(f"layer_types[{i}] is {t!r}; expected {one_of(LAYER_TYPES)}")
+    if not _above_zero(cfg["rms_norm_eps"]):
+        raise bad("rms_norm_eps", "above 0")
+    if cfg.get("final_logit_softcapping") is not None and not _above_zero(cfg["final_logit_softcapping"]):
+        raise bad("final_logit_softcapping", "above 0 or null")
+    if cfg.get("enable_moe_block"):
+        experts = cfg.get("num_experts")
+        if not (isinstance(experts, int) and experts >= 1):
+            raise bad("num_experts", "at least 1 (enable_moe_block is true)")
+        if not (isinstance(cfg.get("top_k_experts"), int) and 1 <= cfg["top_k_experts"] <= experts):
+            raise bad("top_k_experts", f"from 1 to num_experts ({experts})")
+        if not (isinstance(cfg.get("moe_intermediate_size"), int) and cfg["moe_intermediate_size"] >= 1):
+            raise bad("moe_intermediate_size", "at least 1 (enable_moe_block is true)")
+    for layer, rope in (cfg.get("rope_parameters") or {}).items():
+        if layer not in LAYER_TYPES:
+            continue
+        where = f"rope_parameters.{layer}"
+        if not isinstance(rope, dict):
+            raise SpecdecError(f"{where} must be a JSON object, not {rope!r}")
+        if rope.get("rope_type", "default") not in ROPE_TYPES:
+            raise SpecdecError(
+                f"{where}.rope_type {rope['rope_type']!r} is not supported; expected {one_of(ROPE_TYPES)}"
+            )
+        if "rope_theta" in rope and not _above_zero(rope["rope_theta"]):
+            raise SpecdecError(f"{where}.rope_theta must be above 0, not {rope['rope_theta']!r}")
+        factor = rope.get("partial_rotary_factor", 1.0)
+        if not (_above_zero(factor) and factor <= 1):
+            raise SpecdecError(f"{where}.partial_rotary_factor must be in (0, 1], not {factor!r}")
+
+
+def _above_zero(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def text_weight_name(key: str, text_cfg: dict) -> Optional[str]:
