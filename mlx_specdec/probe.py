@@ -31,6 +31,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchGLU
 
+from .blas import describe_blas
 from .cache import PromptCache, rewind
 from .errors import SpecdecError
 from .files import cache_dir, write_atomically
@@ -48,14 +49,16 @@ TEXT = (
 
 
 def device_name() -> str:
-    """The device passes run on, as precisely as MLX tells (chip architecture on Metal)."""
+    """The device passes run on, as precisely as MLX tells (chip architecture on Metal; on the
+    CPU, the BLAS that serves its matmuls: a preloaded OpenBLAS rounds attention's 4+-row passes
+    differently from the wheel's reference BLAS, so a verdict holds for one BLAS only)."""
     device = mx.default_device()
     if device.type == mx.gpu and mx.metal.is_available():
         info = mx.metal.device_info()
         return f"{info.get('device_name', 'Metal GPU')} ({info.get('architecture', '?')})"
     if device.type == mx.gpu:
         return "GPU (CUDA)"
-    return f"CPU ({platform.machine()})"
+    return f"CPU ({platform.machine()}, {describe_blas().split(' (')[0]})"
 
 
 def probe_ids(bundle, n: int) -> list[int]:

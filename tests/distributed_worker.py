@@ -25,7 +25,7 @@ PAIRS = {
     for fam in ("e2b", "31b", "26b-a4b", "12b")
 }
 PAIRS["text"] = (FIXTURES / "target_text", FIXTURES / "drafter_dense")
-TOKENS = 10
+TOKENS = 6
 REQUESTS = {
     "greedy k=3": GenerationSettings(max_tokens=TOKENS, draft=3),
     "sampled k=3": GenerationSettings(max_tokens=TOKENS, draft=3, sampling=SamplingParams(temp=1.0, seed=7)),

@@ -16,7 +16,7 @@ from .helpers.stats import chi2_critical, chi_square, two_sample_chi_square
 
 def seeded(b, ids, seed, k, **params):
     sampling = SamplingParams(seed=seed, **params)
-    return generate(b, ids, GenerationSettings(max_tokens=40, draft=k, sampling=sampling)).tokens
+    return generate(b, ids, GenerationSettings(max_tokens=28, draft=k, sampling=sampling)).tokens
 
 
 def test_seeded_speculative_output_equals_seeded_plain_output_whatever_the_draft_schedule(bundles):
@@ -64,7 +64,7 @@ def test_coupled_noise_depends_on_seed_and_position_only():
 def test_unseeded_rejection_sampling_still_matches_plain_sampling_of_the_target(bundles):
     """Two-sample chi-square on tokens 2 and 3 (made by speculative rounds): unseeded requests keep
     rejection sampling (it accepts more: scripts/measure/coupled_acceptance.py)."""
-    b, ids, runs = bundles["dense"], [2, 40, 41, 42, 43, 44, 45], 300
+    b, ids, runs = bundles["dense"], [2, 40, 41, 42, 43, 44, 45], 200
 
     def outputs(k):
         out, pc = [], PromptCache(b)  # the prompt is prefilled once per k
