@@ -159,7 +159,7 @@ def test_convert_with_an_empty_output_name_is_refused_not_the_current_folder(tmp
 def test_generate_onto_a_full_stdout_is_one_line_not_a_traceback(json_out):
     # Was `OSError: [Errno 28] No space left on device` with a traceback, and another at exit.
     code = "from mlx_specdec.__main__ import main; main()"
-    args = ["generate", "--demo", "--prompt-ids", "2,40,41", "-m", "3", *json_out]
+    args = ["generate", "--demo", "--prompt-ids", "2,40,41", "-m", "3", "--draft-tokens", "2", *json_out]
     with open("/dev/full", "w") as full:
         done = subprocess.run(
             [sys.executable, "-c", code, *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120

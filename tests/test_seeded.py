@@ -27,7 +27,7 @@ def test_seeded_speculative_output_equals_seeded_plain_output_whatever_the_draft
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["dense", "centroid"])
+@pytest.mark.parametrize("head", ["dense"])  # the centroid head: k = 1 and 8 in the quick test above
 def test_seeded_output_is_the_same_for_every_draft_length_and_filter(bundles, head):
     b, ids = bundles[head], [2, 40, 41, 42, 43, 44]
     for seed, params in ((2, dict(temp=0.7, top_k=20)), (3, dict(temp=1.3, top_p=0.9))):  # plain temp: above
@@ -64,7 +64,7 @@ def test_coupled_noise_depends_on_seed_and_position_only():
 def test_unseeded_rejection_sampling_still_matches_plain_sampling_of_the_target(bundles):
     """Two-sample chi-square on tokens 2 and 3 (made by speculative rounds): unseeded requests keep
     rejection sampling (it accepts more: scripts/measure/coupled_acceptance.py)."""
-    b, ids, runs = bundles["dense"], [2, 40, 41, 42, 43, 44, 45], 200
+    b, ids, runs = bundles["dense"], [2, 40, 41, 42, 43, 44, 45], 150
 
     def outputs(k):
         out, pc = [], PromptCache(b)  # the prompt is prefilled once per k
