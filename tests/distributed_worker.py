@@ -1,6 +1,6 @@
 """Run under `mlx.launch -n 2` by tests/test_distributed.py (not a test module itself).
 
-For E2B, the 26B-A4B (MoE experts) and the text pair: the tensor-parallel split's tokens
+For E2B and the 26B-A4B (MoE experts): the tensor-parallel split's tokens
 (greedy k = 3 and seeded sampling for each; greedy k = 0 and auto, which calibrates, on E2B only: collectives
 over TCP on a busy machine are slow) next to one process's tokens for the same request, and the
 bytes of target weights this rank holds next to the whole model's. Each rank writes OUT/rank<r>.json.
@@ -22,9 +22,8 @@ from mlx_specdec.settings import GenerationSettings
 FIXTURES = Path(__file__).parent / "fixtures"
 PAIRS = {
     fam: (FIXTURES / "families" / fam / "target", FIXTURES / "families" / fam / "assistant")
-    for fam in ("e2b", "26b-a4b")  # the 12B and 31B split like the text pair (dense MLP, full heads)
+    for fam in ("e2b", "26b-a4b")  # the 12B and 31B split as the E2B does (dense MLP, full heads)
 }
-PAIRS["text"] = (FIXTURES / "target_text", FIXTURES / "drafter_dense")
 TOKENS = 6
 REQUESTS = {
     "greedy k=3": GenerationSettings(max_tokens=TOKENS, draft=3),

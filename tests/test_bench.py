@@ -87,8 +87,9 @@ def test_every_result_field_is_described_in_its_docstring(cls):
     assert [f.name for f in dataclasses.fields(cls) if f.name not in described] == []
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of the same idea
 def test_bench_on_one_short_prompt_runs_every_mode_and_each_matches_plain(bundles):
-    """The quick loop's bench run through the library; the whole suite and the CLI: the slow tests."""
+    """One bench run through the library; the whole suite and the CLI: the other slow tests."""
     prompts = [{"name": "hi", "prompt": "Hello there"}]
     result = bench.run_bench(bundles["centroid"], prompts=prompts, ks=[2], max_tokens=4, trials=1, mlx_lm=False)
     assert [m.mode for m in result.modes] == ["plain", "k=2", "auto"]

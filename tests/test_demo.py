@@ -30,12 +30,12 @@ def test_demo_bundle_is_packaged_with_its_model_card():
     assert size < 8 * 2**20
 
 
-def test_demo_greedy_is_identical_with_and_without_drafter(demo):
+@pytest.mark.parametrize("k", [4, *(pytest.param(k, marks=pytest.mark.slow) for k in (2, "auto"))])
+def test_demo_greedy_is_identical_with_and_without_drafter(demo, k):
     ids = user_ids(demo, "What does the len function do?")
     _, plain, _ = generate(demo, ids, S(max_tokens=60, draft=0))
-    for k in (2, 4, "auto"):
-        _, spec, _ = generate(demo, ids, S(max_tokens=60, draft=k))
-        assert spec == plain, f"k={k}"
+    _, spec, _ = generate(demo, ids, S(max_tokens=60, draft=k))
+    assert spec == plain, f"k={k}"
 
 
 def test_demo_drafter_accepts_more_than_one_and_a_half_per_round(demo):

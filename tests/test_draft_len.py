@@ -63,6 +63,7 @@ class WattMeter:
         return 10.0 * time.perf_counter()
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of the same idea
 def test_calibration_in_joules_uses_the_energy_counter(bundles):
     from mlx_specdec.calibrate import calibrate
 

@@ -112,7 +112,9 @@ def test_kv_source_layers_and_layout_per_family():
     assert len(kv_layout(pair("e2b").target.config)) == 4  # the 2 KV-shared layers cache nothing
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    "family", [f if f in ("26b-a4b", "e2b") else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES]
+)  # the quick loop: the MoE and the per-layer-input family
 def test_speculative_greedy_equals_plain_greedy_equals_transformers_past_the_window(family, ref):
     b = pair(family)
     prompt = np.array(ref[f"{family}/greedy/prompt_ids"]).tolist()

@@ -36,6 +36,7 @@ def by_hand(b, n, bias=None, presence=0.0, frequency=0.0):
     return out
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of the same idea
 def test_penalties_follow_the_openai_rule_and_speculative_equals_plain(bundles):
     b = bundles["dense"]
     plain = run(b, 0, presence_penalty=1.5, frequency_penalty=0.8)

@@ -199,7 +199,7 @@ def _peak_kv_bytes(target: Target, n_prompt: int, n_steps: int) -> int:
     return sum(peak)
 
 
-@pytest.mark.parametrize("n_prompt", [100, 1300])
+@pytest.mark.parametrize("n_prompt", [100, pytest.param(1300, marks=pytest.mark.slow)])
 def test_kv_estimate_equals_the_peak_the_caches_hold(n_prompt):
     # fixture: 10 layers, the last 4 KV-shared, window 16, head_dim 32 (full layers 64), float32
     target = load_target(TARGET)

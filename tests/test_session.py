@@ -273,6 +273,7 @@ def common_prefix(a, b):
     return n
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of the same idea
 def test_real_loop_second_turn_prefills_only_what_the_cache_does_not_hold():
     from mlx_specdec.load import load
 

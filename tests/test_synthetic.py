@@ -48,7 +48,7 @@ def test_tiny_synthetic_bundle_is_quantised_as_convert_plans_and_runs(tiny):
     assert len(plain) == 60 and len(set(plain)) > 5  # full length (no EOS), not one repeated token
 
 
-@pytest.mark.parametrize("rate, expected", [(1.0, 1.0), (0.0, 0.0)])
+@pytest.mark.parametrize("rate, expected", [(1.0, 1.0), pytest.param(0.0, 0.0, marks=pytest.mark.slow)])
 def test_oracle_gives_exactly_full_and_no_acceptance(tiny, rate, expected):
     bundle, ids, plain, drafter = tiny
     bundle.drafter = synthetic.OracleDrafter(drafter, ids + plain, [rate], seed=0)
