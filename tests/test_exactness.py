@@ -232,8 +232,8 @@ def diverges_at_the_usual_widths(name, monkeypatch) -> bool:
     simulate(monkeypatch, op, rows)
     b.numerics = Verdict(exact=True, plain_width=1, max_draft_tokens=MAX_DRAFT, agree=[])  # the old assumption
     for ids in prompts(b.target.vocab_size, n=4):
-        plain = greedy(b, ids, 0)
-        if any(greedy(b, ids, k) != plain for k in (1, 3, 6)):
+        plain = greedy(b, ids, 0, max_tokens=16)
+        if any(greedy(b, ids, k, max_tokens=16) != plain for k in (1, 3, 6)):
             return True
     return False
 
@@ -261,7 +261,7 @@ def test_every_family_decodes_exactly_at_matched_widths(family, name, monkeypatc
     window = b.target.config["sliding_window"]
     for ids in prompts(b.target.vocab_size, n=1, length=window + 4):  # past the window
         plain = greedy(b, ids, 0, max_tokens=window + 8)
-        for k in (1, 3, MAX_DRAFT):  # one verify below the 4-row limit, one at it, the widest (every k: above)
+        for k in (1, 3, MAX_DRAFT) if name.startswith("1-row") else (MAX_DRAFT,):  # 4+-row: capped at 2
             assert greedy(b, ids, k, max_tokens=window + 8) == plain, (family, name, k)
 
 
@@ -274,7 +274,7 @@ def test_speculative_sampling_keeps_the_target_distribution_under_simulation(nam
     b = fresh()
     simulate(monkeypatch, op, rows)
     b.numerics = probe.measure(b)
-    ids, runs = [2, 40, 41, 42, 43, 44, 45], 150
+    ids, runs = [2, 40, 41, 42, 43, 44, 45], 100
 
     def outputs(k):
         def settings(seed):

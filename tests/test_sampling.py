@@ -85,7 +85,7 @@ def test_speculative_sampling_matches_plain_sampling_of_the_target(bundles):
     b = bundles["dense"]
     params = dict(temp=1.0, top_k=3)
     ids = [2, 40, 41, 42, 43, 44, 45]
-    runs = 150
+    runs = 100
 
     def outputs(k):
         pc = PromptCache(b)

@@ -32,7 +32,7 @@ def test_seeded_output_is_the_same_for_every_draft_length_and_filter(bundles, he
     b, ids = bundles[head], [2, 40, 41, 42, 43, 44]
     for seed, params in ((2, dict(temp=0.7, top_k=20)), (3, dict(temp=1.3, top_p=0.9))):  # plain temp: above
         plain = seeded(b, ids, seed, 0, **params)
-        for k in (1, 3, 8, "auto"):  # below the 4-row limit, at it, the widest; auto's schedule depends on timing
+        for k in (3, "auto"):  # k = 1 and 8: the quick test above; auto's schedule depends on timing
             assert seeded(b, ids, seed, k, **params) == plain, (seed, k)
 
 
@@ -64,7 +64,7 @@ def test_coupled_noise_depends_on_seed_and_position_only():
 def test_unseeded_rejection_sampling_still_matches_plain_sampling_of_the_target(bundles):
     """Two-sample chi-square on tokens 2 and 3 (made by speculative rounds): unseeded requests keep
     rejection sampling (it accepts more: scripts/measure/coupled_acceptance.py)."""
-    b, ids, runs = bundles["dense"], [2, 40, 41, 42, 43, 44, 45], 150
+    b, ids, runs = bundles["dense"], [2, 40, 41, 42, 43, 44, 45], 100
 
     def outputs(k):
         out, pc = [], PromptCache(b)  # the prompt is prefilled once per k
