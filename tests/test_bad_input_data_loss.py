@@ -18,8 +18,8 @@ import pytest
 
 from mlx_specdec.chat.session import ChatSession
 
+from .helpers.bad_input import bundle, cli, convert_args, convert_module, fails, tree
 from .helpers.paths import DRAFTERS, TARGET
-from .test_bad_input_convert import bundle, cli, convert_args, convert_module, fails, tree
 
 DRAFTER = DRAFTERS["dense"]
 

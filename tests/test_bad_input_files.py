@@ -12,8 +12,9 @@ from contextlib import contextmanager
 import mlx.core as mx
 import pytest
 
+from .helpers.bad_input import convert_args, fails, generate_args
+from .helpers.convert import copy
 from .helpers.paths import DRAFTERS, TARGET
-from .test_bad_input_convert import convert_args, copy, fails, generate_args
 
 
 @contextmanager

@@ -18,8 +18,9 @@ from mlx_specdec.sampling import probs
 from mlx_specdec.serve.api import parse_chat
 from mlx_specdec.settings import GenerationSettings, SamplingParams
 
+from .helpers.bad_input import convert_args, fails, generate_args, set_config
+from .helpers.convert import copy
 from .helpers.paths import DRAFTERS, TARGET
-from .test_bad_input_convert import convert_args, copy, fails, generate_args, set_config
 
 
 # --- config values of the right type that cannot make a model ------------------------------------
