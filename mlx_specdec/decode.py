@@ -20,9 +20,10 @@ no host value to plan the next, so when the next is plain too it is issued befor
 computes while this one is read (mlx-lm overlaps its steps the same way). Greedy output equals
 plain greedy decoding token for token; sampled output has the target's distribution.
 
-The first token's sync also reads whether the target's logits are finite: NaN or inf weights
-stop generation there with one line (`NOT_FINITE`) instead of yielding argmax-of-NaN tokens.
-Rounds do not check again (that would add work to every round).
+Each sync also reads whether the target's logits rows that chose a token are finite: NaN or inf
+(corrupt weights, or activations that overflow late in a long context) stop generation there
+with one line (`NOT_FINITE`) instead of yielding argmax-of-NaN tokens (`<pad>`). The check is a
+reduction over rows the pass computed anyway, read by the round's one sync.
 
 Invariant: `PromptCache.tokens` lists exactly the tokens whose K/V the cache holds. A closed or
 failed generator restores it in `finally`.
@@ -134,6 +135,8 @@ def rounds(
             agreement.verify(issued, position)  # a diverged process: one SpecdecError on each
         accepted = int(issued.accepted.item()) if issued.k else 0
         drafted = tuple(issued.drafts.tolist()) if issued.k else ()
+        if not all(issued.finite.tolist()[: accepted + 1]):  # rows 0..n chose this round's tokens
+            raise SpecdecError(NOT_FINITE)
 
         # 4. rewind the rejected positions; h is the verify hidden state at p + n.
         rewind(pc.cache, issued.k - accepted)

@@ -41,6 +41,8 @@ class IssuedRound:
     hidden:    [1, rows, H] the pass's final-normed hidden states; row n is the next round's h.
     handed_at: perf_counter when the round's first work went to the device (its drafts, or a
                plain step's first layers: models/target.py issue_early), or None.
+    finite:    [rows] whether each of the pass's logits rows is finite (no NaN or inf); the
+               host reads rows 0..n of it in the same sync.
     check:     with several processes, every process's account of the round, gathered
                (distributed.py `Agreement`); read by the same sync. None in one process.
     """
@@ -51,12 +53,13 @@ class IssuedRound:
     bonus: mx.array
     hidden: mx.array
     handed_at: Optional[float]
+    finite: mx.array
     check: Optional[mx.array] = None
 
     @property
     def outputs(self) -> list[mx.array]:
         """What the round's one host sync evaluates."""
-        out = [self.bonus] if self.k == 0 else [self.accepted, self.bonus, self.drafts]
+        out = [self.bonus, self.finite] if self.k == 0 else [self.accepted, self.bonus, self.drafts, self.finite]
         return out if self.check is None else [*out, self.check]
 
 
@@ -129,11 +132,17 @@ def issue_round(
         row = logits[0] if penalties is None else penalties.apply(logits[0])
         row = row if constraint is None else constraint.apply(row, masks)
         nxt = sample(row[-1], params, position + 1)
-        return IssuedRound(0, None, None, nxt, hidden, bundle.target.handed_at)
+        return IssuedRound(0, None, None, nxt, hidden, bundle.target.handed_at, _finite_rows(logits))
     # 2. verify: one target pass over [x_p, d_1..d_k] (positions p..p+k).
     logits, hidden = target_pass(bundle.target, pc, mx.concatenate([bonus.reshape(1), drafts])[None], plain_width)
     rows = logits[0] if penalties is None else penalties.apply(logits[0], drafts)
     rows = rows if constraint is None else constraint.apply(rows, masks)
     # 3. accept: n drafts and the next bonus token from row n, still lazy.
     n, nxt = accept(rows, drafts, q, params, position + 1)
-    return IssuedRound(k, drafts, n, nxt, hidden, handed)
+    return IssuedRound(k, drafts, n, nxt, hidden, handed, _finite_rows(logits))
+
+
+def _finite_rows(logits: mx.array) -> mx.array:
+    """logits [1, rows, V] -> [rows] bool: the row holds no NaN or inf (before any mask or bias,
+    which may set -inf on purpose). NaN or inf weights make every row non-finite sooner or later."""
+    return mx.isfinite(logits[0]).all(axis=-1)

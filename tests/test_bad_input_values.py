@@ -10,7 +10,8 @@ import math
 import mlx.core as mx
 import pytest
 
-from mlx_specdec.decode import generate
+from mlx_specdec.cache import cache_offset
+from mlx_specdec.decode import NOT_FINITE, generate, stream_generate
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load
 from mlx_specdec.numerics import Verdict
@@ -129,6 +130,40 @@ def test_nan_or_inf_weights_stop_generation_with_one_line_not_pad_tokens(tmp_pat
         "the target's logits are not finite (NaN or inf): its weights are likely corrupt or wrongly converted; "
         "re-convert or re-download the model"
     )
+
+
+class _NotFiniteFrom:
+    """The target, with NaN logits in every row at position `at` or later: what activations that
+    overflow late in a context would give. Everything else is the real target's."""
+
+    def __init__(self, target, at: int):
+        self._target, self._at = target, at
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
+
+    def __call__(self, tokens, cache):
+        positions = cache_offset(cache) + mx.arange(tokens.shape[1])
+        logits, hidden = self._target(tokens, cache)
+        return mx.where((positions >= self._at)[None, :, None], mx.nan, logits), hidden
+
+
+@pytest.mark.parametrize("draft", [0, 3])
+def test_logits_that_turn_non_finite_after_the_first_token_stop_there_with_one_line(draft):
+    """Row p chooses the token at p + 1: a prompt of 4 and NaN rows from position 9 on leave 6
+    good tokens (from rows 3..8). Plain decoding yields them all; a speculative round that reaches
+    row 9 yields none of its tokens. Either way the output so far is the clean run's, then one error."""
+    b = load(target=TARGET, drafter=DRAFTERS["dense"])
+    b.numerics = Verdict(exact=True, plain_width=1, max_draft_tokens=8, agree=list(range(1, 10)))  # not measured
+    prompt, settings = [2, 5, 7, 11], GenerationSettings(max_tokens=16, draft=draft)
+    clean = generate(b, prompt, settings).tokens
+    b.target = _NotFiniteFrom(b.target, at=len(prompt) + 5)
+    got = []
+    with pytest.raises(SpecdecError) as e:
+        for record in stream_generate(b, prompt, settings):
+            got.append(record.token)
+    assert str(e.value) == NOT_FINITE
+    assert got == clean[: len(got)] and (len(got) == 6 if draft == 0 else 1 <= len(got) <= 6)
 
 
 # --- temperatures too small for float32 ---------------------------------------------------------
