@@ -143,6 +143,46 @@ def test_live_chat_refuses_bad_lines_in_one_line_each_and_answers_the_next():
     assert s.settings.sampling.temp == 2.0 and len(loop.calls) == 3
 
 
+def test_a_ctrl_d_read_as_a_line_without_readline_leaves_the_chat():
+    from rich.console import Console
+
+    s, loop = session()
+    lines = iter(["hi", "\x04"])
+    console = Console(record=True, width=200, file=io.StringIO())
+    chat.run_interactive(s, console, energy_source=NullSource(), read_line=lambda prompt: next(lines))
+    assert console.export_text().rstrip().endswith("bye") and len(loop.calls) == 1
+
+
+# What the terminal does with keys typed while an answer streams: a child process enters the same
+# context as the live answer, waits until the keys are queued, leaves it, then reads a line with
+# readline as the chat's prompt does.
+TYPEAHEAD_CHILD = """
+import readline, select, sys
+from mlx_specdec.chat.terminal import typeahead_kept
+with typeahead_kept():
+    print("STREAMING", flush=True)
+    select.select([sys.stdin], [], [], 20)
+try:
+    print("GOT", repr(input("> ")), flush=True)
+except EOFError:
+    print("END OF INPUT", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "keys, want", [("\x04", "END OF INPUT"), pytest.param("hello\r", "GOT 'hello'", marks=pytest.mark.slow)]
+)
+def test_keys_typed_while_an_answer_streams_reach_the_next_prompt_ctrl_d_included(keys, want):
+    child = pexpect.spawn(sys.executable, ["-c", TYPEAHEAD_CHILD], encoding="utf-8", timeout=10)
+    try:
+        child.expect("STREAMING")
+        child.send(keys)
+        child.expect(["END OF INPUT", r"GOT '.*'"])
+        assert child.after == want
+    finally:
+        child.close(force=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # The real loop on the tiny fixture pair (random weights: the text is noise, the mechanics real).
 

@@ -4,7 +4,8 @@
   A bad line (not UTF-8, a turn the loop refuses, a bad command argument) prints one
   `error: ...` line on stderr and the session reads on; the exit status stays 0.
 - `run_interactive`: the Rich live view (`ui.ChatView`): the answer streams above the status
-  panel; Ctrl-C stops the answer, Ctrl-D or /quit leaves.
+  panel; Ctrl-C stops the answer, Ctrl-D or /quit leaves (a Ctrl-D typed while an answer
+  streams leaves once it ends, as any typeahead waits for the next prompt).
 - `run_chat` picks the model (MODEL, --target/--drafter, --demo, or the cached Gemma 4 E2B
   bundle, converted on first use) and the front end: live when stdin and stdout are terminals.
 Both front ends act on the `session.Action` a slash command returns; the conversation, the
@@ -139,6 +140,9 @@ def run_interactive(session: ChatSession, console, energy_source=None, read_line
             continue
         except UnicodeDecodeError:
             text = None
+        if text is not None and text.startswith("\x04"):  # Ctrl-D typed ahead, read without readline
+            console.print("bye", style="dim")
+            return
         if text is None:
             console.print("error: that line is not UTF-8 text; skipped it", style="red", highlight=False)
             continue
@@ -181,7 +185,7 @@ def _answer(session: ChatSession, console, text: str, source) -> None:
     )
     interrupted = False
     try:
-        with _no_echo(), view:
+        with typeahead_kept(), view:
             next_status = 0.0
             for record in reply:
                 view.add(record)
@@ -204,19 +208,22 @@ def _answer(session: ChatSession, console, text: str, source) -> None:
 
 
 @contextlib.contextmanager
-def _no_echo():
-    """Keystrokes typed while an answer streams (Ctrl-C's "^C" included) must not land inside
-    the live region: turn off terminal echo until it is gone. Typeahead stays queued."""
+def typeahead_kept():
+    """While an answer streams, keystrokes must neither land inside the live region nor be lost:
+    echo and canonical mode are off until it is gone, so what is typed (Ctrl-D included) waits as
+    plain bytes for the next prompt. In canonical mode the terminal would turn a Ctrl-D into an
+    empty end of line that the next read never sees as end of file; as a byte, readline reads it
+    as end of file on an empty line. Ctrl-C still interrupts (signals stay on)."""
     try:
         import termios
 
         fd = sys.stdin.fileno()
         saved = termios.tcgetattr(fd)
-    except Exception:  # not a POSIX terminal: nothing to silence
+    except Exception:  # not a POSIX terminal: nothing to keep
         saved = None
     if saved is not None:
         quiet = list(saved)
-        quiet[3] &= ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))
+        quiet[3] &= ~(termios.ECHO | termios.ICANON | getattr(termios, "ECHOCTL", 0))
         termios.tcsetattr(fd, termios.TCSANOW, quiet)
     try:
         yield
