@@ -2,8 +2,9 @@
 
 The options every command shares are defined once, as `Annotated` aliases in `cli_options.py`, and
 each command builds one `GenerationSettings` from them (validated before any model is loaded).
-User errors (`SpecdecError`) print one line `error: ...` and exit 1, never a traceback; typer
-reports usage errors with exit status 2.
+User errors (`SpecdecError`) print one line `error: ...` and exit 1, never a traceback; usage
+errors exit 2, whether typer finds them (a value of the wrong type) or the library (`UsageError`:
+a value out of range, options that contradict each other; errors.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .cli_options import (
     user_errors,
     write_out,
 )
-from .errors import SpecdecError
+from .errors import UsageError
 
 app = typer.Typer(
     help="Exact speculative decoding for Gemma 4 on MLX with its MTP assistant drafter.",
@@ -94,7 +95,7 @@ def generate(
 
     source = PromptInput(text=prompt, ids=prompt_ids, raw=raw)
     if trace and not as_json:
-        raise SpecdecError("--trace adds the rounds to the JSON output; add --json")
+        raise UsageError("--trace adds the rounds to the JSON output; add --json")
     settings = make_settings(
         max_tokens=max_tokens,
         draft_tokens=draft_tokens,

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import SpecdecError
+from .errors import SpecdecError, UsageError
 from .settings import GenerationSettings, SamplingParams, parse_draft
 
 
@@ -127,5 +127,5 @@ def draft_option(draft_tokens: str, no_draft: bool):
     """-k and --no-draft -> the draft setting; --no-draft with a -k that drafts is a contradiction."""
     draft = parse_draft(draft_tokens)
     if no_draft and draft != 0 and str(draft_tokens).strip().lower() != "auto":  # "auto" is -k's default
-        raise SpecdecError(f"--no-draft and -k {draft_tokens} contradict each other; give one of them")
+        raise UsageError(f"--no-draft and -k {draft_tokens} contradict each other; give one of them")
     return 0 if no_draft else draft

@@ -43,7 +43,7 @@ from mlx_lm.generate import generation_stream, wired_limit
 from . import probe
 from .cache import PromptCache, cache_offset, rewind
 from .calibrate import make_policy
-from .errors import SpecdecError
+from .errors import SpecdecError, UsageError
 from .grammar import Constraint
 from .load import Bundle
 from .media import Media
@@ -156,19 +156,19 @@ def check_prompt(bundle: Bundle, ids: Sequence[int], limit: int) -> list[int]:
     """The prompt as a list of ints in the vocabulary and shorter than the context, or SpecdecError."""
     vocab = bundle.target.vocab_size
     if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
-        raise SpecdecError(f"the prompt must be a list of token ids, not {type(ids).__name__}")
+        raise UsageError(f"the prompt must be a list of token ids, not {type(ids).__name__}")
     out = []
     for t in ids:
         if isinstance(t, bool) or not isinstance(t, int) and not hasattr(t, "__index__"):
-            raise SpecdecError(f"token ids must be whole numbers, not {t!r}")
+            raise UsageError(f"token ids must be whole numbers, not {t!r}")
         t = int(t)
         if not 0 <= t < vocab:
-            raise SpecdecError(f"token id {t} is outside the vocabulary (0-{vocab - 1}); give ids below {vocab}")
+            raise UsageError(f"token id {t} is outside the vocabulary (0-{vocab - 1}); give ids below {vocab}")
         out.append(t)
     if not out:
-        raise SpecdecError("the prompt is empty; give at least one token")
+        raise UsageError("the prompt is empty; give at least one token")
     if len(out) >= limit:
-        raise SpecdecError(
+        raise UsageError(
             f"the prompt has {len(out)} tokens but the context holds {limit}; shorten it or raise --max-context"
         )
     return out

@@ -222,9 +222,9 @@ def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     check_path(folder)
     if folder.exists() and not folder.is_dir():
-        raise SpecdecError(f"{folder}: is a file, not a model folder; pass the folder that holds config.json")
+        raise UsageError(f"{folder}: is a file, not a model folder; pass the folder that holds config.json")
     if not folder.is_dir():
-        raise SpecdecError(f"{folder}: no such folder")
+        raise UsageError(f"{folder}: no such folder")
     if not os.path.lexists(path):
         raise SpecdecError(f"{path}: missing; expected a Hugging Face or converted model folder")
     return read_config_file(path)

@@ -20,7 +20,7 @@ from typing import Optional, Union
 import mlx.core as mx
 import mlx.nn as nn
 
-from .errors import SpecdecError
+from .errors import SpecdecError, UsageError
 from .files import as_path, check_regular, read_config, read_eos_ids, read_weights
 from .models.drafter import Drafter, DrafterArgs, drafter_quantization
 from .models.target import Target, head_dim, kv_heads, make_model, text_config, text_quantization, text_weights
@@ -206,12 +206,12 @@ def load(
     model, target, drafter = as_path(model, "MODEL"), as_path(target, "--target"), as_path(drafter, "--drafter")
     if demo:
         if model is not None or target is not None or drafter is not None:
-            raise SpecdecError("--demo is the bundled pair; give either --demo or a model, not both")
+            raise UsageError("--demo is the bundled pair; give either --demo or a model, not both")
         if not is_bundle(DEMO_DIR):
             raise SpecdecError(f"{DEMO_DIR}: the demo pair is not installed; reinstall mlx-specdec")
         model = DEMO_DIR
     if model is not None and target is not None:
-        raise SpecdecError("give either MODEL or --target/--drafter, not both")
+        raise UsageError("give either MODEL or --target/--drafter, not both")
     if model is not None:
         folder = model
         if is_bundle(folder):
@@ -221,7 +221,7 @@ def load(
         else:
             target = folder
     if target is None:
-        raise SpecdecError("no model given; pass MODEL, --target DIR or --demo")
+        raise UsageError("no model given; pass MODEL, --target DIR or --demo")
     target_dir = target
     tgt = load_target(target_dir, split)
     drf = None

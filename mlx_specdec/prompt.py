@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from .errors import SpecdecError
+from .errors import SpecdecError, UsageError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -84,13 +84,13 @@ def parse_prompt_ids(text: str) -> list[int]:
     refused, never read as fewer or merged ids."""
     parts = [t.strip() for t in text.split(",")]
     if not any(parts):
-        raise SpecdecError("--prompt-ids is empty; give comma-separated token ids such as 2,100,200")
+        raise UsageError("--prompt-ids is empty; give comma-separated token ids such as 2,100,200")
     if "" in parts:
-        raise SpecdecError(f"--prompt-ids has an empty entry in {text!r}; separate the ids with single commas")
+        raise UsageError(f"--prompt-ids has an empty entry in {text!r}; separate the ids with single commas")
     try:
         return [int(t) for t in parts]
     except ValueError:
-        raise SpecdecError(f"--prompt-ids must be comma-separated whole numbers, not {text!r}") from None
+        raise UsageError(f"--prompt-ids must be comma-separated whole numbers, not {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,9 @@ class PromptInput:
 
     def __post_init__(self):
         if (self.text is None) == (self.ids is None):
-            raise SpecdecError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
+            raise UsageError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
         if self.raw and self.text is None:
-            raise SpecdecError("--raw applies to --prompt text; token ids never get the chat template")
+            raise UsageError("--raw applies to --prompt text; token ids never get the chat template")
         if isinstance(self.ids, str):
             object.__setattr__(self, "ids", parse_prompt_ids(self.ids))
         elif self.ids is not None:

@@ -34,7 +34,7 @@ from mlx_lm.models.cache import KVCache
 
 from . import decode, registry
 from .cache import PromptCache, SlidingKVCache
-from .errors import SpecdecError
+from .errors import SpecdecError, UsageError
 from .files import cache_dir, shown, user_path
 from .load import is_bundle
 from .registry import Pair
@@ -167,9 +167,9 @@ def model_folder(
     if path.is_dir():
         folder = path
     elif path.exists():
-        raise SpecdecError(f"{text} is a file; pass a bundle folder or a model name (see `specdec models`)")
+        raise UsageError(f"{text} is a file; pass a bundle folder or a model name (see `specdec models`)")
     elif registry.find(text) is None and (text.startswith((".", "~", os.sep)) or text.count("/") > 1):
-        raise SpecdecError(f"{text}: no such folder")
+        raise UsageError(f"{text}: no such folder")
     else:
         folder = ensure_bundle(text, bits, max_context=max_context, log=log, available=available, **kwargs)
     check_memory_fit(folder, max_context=max_context, available=available)

@@ -27,7 +27,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .errors import SpecdecError
+from .errors import SpecdecError, UsageError
 
 VOCAB = 262144
 GB = 10**9
@@ -304,7 +304,7 @@ def resolve(name: str) -> Pair:
     pair = _BY_NAME.get(key) or _BY_NAME.get(key.removesuffix("-it")) or _BY_NAME.get(key + "-it")
     if pair is None:
         known = ", ".join(p.name for p in PAIRS)
-        raise SpecdecError(
+        raise UsageError(
             f"unknown model {name!r}: known names are {known} (or their hub ids); a folder path also works"
         )
     return pair

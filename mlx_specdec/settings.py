@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from .errors import SpecdecError
+from .errors import UsageError
 
 MAX_DRAFT = 8  # the most drafts one round may propose
 
@@ -35,7 +35,7 @@ def parse_draft(value) -> DraftSetting:
     except ValueError:
         k = -1
     if not 0 <= k <= MAX_DRAFT:
-        raise SpecdecError(f"draft tokens must be 0-{MAX_DRAFT}, 'auto' or 'off', not {str(value)!r}")
+        raise UsageError(f"draft tokens must be 0-{MAX_DRAFT}, 'auto' or 'off', not {str(value)!r}")
     return k
 
 
@@ -49,17 +49,17 @@ GRAMMAR_KINDS = ("json", "json_schema", "regex", "lark")
 def check_grammar(grammar) -> None:
     """(kind, text) with a known kind, and a schema that is a JSON object; else one line."""
     if not (isinstance(grammar, tuple) and len(grammar) == 2 and all(isinstance(x, str) for x in grammar)):
-        raise SpecdecError(f"grammar must be (kind, text), not {grammar!r}"[:200])
+        raise UsageError(f"grammar must be (kind, text), not {grammar!r}"[:200])
     kind, text = grammar
     if kind not in GRAMMAR_KINDS:
-        raise SpecdecError(f"grammar kind must be one of {', '.join(GRAMMAR_KINDS)}, not {kind!r}")
+        raise UsageError(f"grammar kind must be one of {', '.join(GRAMMAR_KINDS)}, not {kind!r}")
     if kind == "json_schema":
         try:
             schema = json.loads(text)
         except ValueError as e:
-            raise SpecdecError(f"the JSON schema is not JSON ({e})") from None
+            raise UsageError(f"the JSON schema is not JSON ({e})") from None
         if not isinstance(schema, dict):
-            raise SpecdecError(f"a JSON schema is an object, not {type(schema).__name__}")
+            raise UsageError(f"a JSON schema is an object, not {type(schema).__name__}")
 
 
 # float32's smallest normal number: a smaller temperature may round to 0 in float32, and the shifted
@@ -85,17 +85,17 @@ class SamplingParams:
         def number(name, value, ok, want):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or not ok(value):
                 text = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-                raise SpecdecError(f"{name} must be {want}, not {text}")
+                raise UsageError(f"{name} must be {want}, not {text}")
 
         number("--temp", self.temp, lambda v: v >= 0, "a number >= 0 (0 is greedy)")
         number("--top-p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1] (1 turns it off)")
         number("--min-p", self.min_p, lambda v: 0 <= v <= 1, "in [0, 1] (0 turns it off)")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise SpecdecError(f"--top-k must be a whole number >= 0 (0 turns it off), not {self.top_k!r}")
+            raise UsageError(f"--top-k must be a whole number >= 0 (0 turns it off), not {self.top_k!r}")
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64
         ):
-            raise SpecdecError(f"--seed must be a whole number from 0 to 2^64 - 1, not {self.seed!r}")
+            raise UsageError(f"--seed must be a whole number from 0 to 2^64 - 1, not {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
@@ -148,15 +148,15 @@ class GenerationSettings:
 
     def __post_init__(self):
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise SpecdecError(f"--max-tokens must be a whole number >= 1, not {self.max_tokens!r}")
+            raise UsageError(f"--max-tokens must be a whole number >= 1, not {self.max_tokens!r}")
         object.__setattr__(self, "draft", parse_draft(self.draft))
         if self.max_context is not None and (not isinstance(self.max_context, int) or self.max_context < 2):
-            raise SpecdecError(
+            raise UsageError(
                 "--max-context must be a whole number >= 2 (or left out for the model's limit), "
                 f"not {self.max_context!r}"
             )
         if not isinstance(self.sampling, SamplingParams):
-            raise SpecdecError(f"sampling must be a SamplingParams, not {type(self.sampling).__name__}")
+            raise UsageError(f"sampling must be a SamplingParams, not {type(self.sampling).__name__}")
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else self.stop
         try:
             stop = tuple(stop)
@@ -164,25 +164,25 @@ class GenerationSettings:
             stop = (stop,)
         bad = [s for s in stop if not isinstance(s, str)]
         if bad:
-            raise SpecdecError(f"--stop takes text (one string or a list of strings), not {bad[0]!r}")
+            raise UsageError(f"--stop takes text (one string or a list of strings), not {bad[0]!r}")
         object.__setattr__(self, "stop", tuple(s for s in stop if s))
         if self.battery not in (None, True, False):
-            raise SpecdecError(f"battery must be True, False or None (decide by power source), not {self.battery!r}")
+            raise UsageError(f"battery must be True, False or None (decide by power source), not {self.battery!r}")
         if self.grammar is not None:
             check_grammar(self.grammar)
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not -2 <= value <= 2:
-                raise SpecdecError(f"{name} must be a number from -2 to 2, not {value!r}"[:200])
+                raise UsageError(f"{name} must be a number from -2 to 2, not {value!r}"[:200])
         try:
             bias = tuple((int(t), float(b)) for t, b in dict(self.logit_bias).items())
         except (TypeError, ValueError):
-            raise SpecdecError("logit_bias maps token ids to numbers from -100 to 100") from None
+            raise UsageError("logit_bias maps token ids to numbers from -100 to 100") from None
         if any(t < 0 or not -100 <= b <= 100 for t, b in bias):
-            raise SpecdecError("logit_bias maps token ids (>= 0) to numbers from -100 to 100")
+            raise UsageError("logit_bias maps token ids (>= 0) to numbers from -100 to 100")
         object.__setattr__(self, "logit_bias", bias)
         if self.exactness not in ("strict", "relaxed"):
-            raise SpecdecError(f"--exactness must be 'strict' or 'relaxed', not {self.exactness!r}")
+            raise UsageError(f"--exactness must be 'strict' or 'relaxed', not {self.exactness!r}")
 
     def context_limit(self, config: dict) -> int:
         """The context in tokens for a target with this config; above the model's limit is an error."""
@@ -190,7 +190,7 @@ class GenerationSettings:
         if self.max_context is None:
             return model_limit
         if self.max_context > model_limit:
-            raise SpecdecError(
+            raise UsageError(
                 f"--max-context {self.max_context} is more than the model's {model_limit} positions; "
                 f"use at most {model_limit}"
             )

@@ -434,7 +434,7 @@ def test_a_file_given_as_model_is_not_no_such_folder(tmp_path, given_as):
         folders = {"--target": TARGET, "--drafter": DRAFTER, given_as: f}
         args = ["generate", "--target", folders["--target"], "--drafter", folders["--drafter"], "--prompt-ids", "2"]
         message = f"{f}: is a file, not a model folder; pass the folder that holds config.json"
-    fails(tmp_path, args, message)
+    fails(tmp_path, args, message, code=2)
 
 
 # --- the umask -------------------------------------------------------------------------------

@@ -29,11 +29,11 @@ from .helpers.paths import DRAFTERS, TARGET
 runner = CliRunner()
 
 
-def one_line_error(result, progress: bool = False) -> str:
-    """The CLI's stderr, asserted to be one `error:` line with exit status 1 and no traceback
-    (with `progress`, the last line after the command's progress lines)."""
+def one_line_error(result, progress: bool = False, code: int = 1) -> str:
+    """The CLI's stderr, asserted to be one `error:` line with exit status `code` (2: a usage
+    error) and no traceback (with `progress`, the last line after the command's progress lines)."""
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == code, result.output
     lines = result.stderr.strip().splitlines()
     assert (progress or len(lines) == 1) and "Traceback" not in result.output, result.stderr
     assert lines[-1].startswith("error: "), result.stderr
@@ -117,7 +117,30 @@ def test_stream_generate_refuses_something_that_is_not_a_bundle():
 def test_no_draft_with_a_k_that_drafts_is_refused_not_silently_plain(command):
     args = [command, "--demo", "--no-draft", "-k", "4"] + (["-p", "hi"] if command == "generate" else [])
     r = runner.invoke(app, args)
-    assert one_line_error(r) == "error: --no-draft and -k 4 contradict each other; give one of them"
+    assert one_line_error(r, code=2) == "error: --no-draft and -k 4 contradict each other; give one of them"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["chat", "--demo", "--temp", "-1"],
+        ["chat", "--demo", "--max-context", "1"],
+        ["serve", "--demo", "--top-p", "2"],
+        ["bench", "--demo", "--k", "9"],
+        ["bench", "--synthetic", "no-such-family"],
+        ["generate", "--demo", "-p", "hi", "--parallel", "pipes"],
+        ["generate", "--demo", "-p", "hi", "--exactness", "loose"],
+        ["generate", "no-such-model", "-p", "hi"],
+        ["convert", "--target", str(TARGET), "-o", "out", "--group-size", "48"],
+    ],
+    ids=lambda a: " ".join(a[:1] + a[-2:]),
+)
+def test_an_option_value_out_of_range_is_a_usage_error_exit_2_on_every_command(args, tmp_path, monkeypatch):
+    """Typer's convention: a value the command line cannot take exits 2, whether typer or the library finds it."""
+    monkeypatch.chdir(tmp_path)  # convert's -o out, were it ever written
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and r.output.strip(), r.output
 
 
 def checksums(root: Path) -> dict:
@@ -149,7 +172,7 @@ def test_convert_with_an_empty_output_name_is_refused_not_the_current_folder(tmp
     (tmp_path / "mine.txt").write_text("mine")
     before = checksums(tmp_path)
     for force in ([], ["--force"]):
-        assert one_line_error(convert_cli("", *force)) == "error: -o is empty; give the bundle folder to create"
+        assert one_line_error(convert_cli("", *force), code=2) == "error: -o is empty; give the bundle folder to create"
     assert checksums(tmp_path) == before
 
 
@@ -193,7 +216,7 @@ def test_synthetic_config_file_with_a_bad_or_missing_key_names_the_file(tmp_path
 def test_serve_port_out_of_range_is_one_line_before_loading(port):
     # Was `OverflowError: bind(): port must be 0-65535.` with a traceback.
     r = runner.invoke(app, ["serve", "--demo", "--port", port])
-    assert one_line_error(r) == f"error: --port must be 0-65535 (0: any free port), not {port}"
+    assert one_line_error(r, code=2) == f"error: --port must be 0-65535 (0: any free port), not {port}"
 
 
 def test_a_client_gone_before_its_request_body_arrived_is_a_499_not_an_unexpected_error():
@@ -270,4 +293,4 @@ def test_a_cache_folder_name_that_is_not_utf8_is_shown_escaped(tmp_path, monkeyp
 )
 def test_serve_bad_limits_are_one_line_before_loading(args, message):
     r = runner.invoke(app, ["serve", "--demo", "--port", "0", *args])
-    assert one_line_error(r) == message
+    assert one_line_error(r, code=2) == message

@@ -134,11 +134,11 @@ def test_bench_bad_prompts_file_is_one_line_error(tmp_path, lines, message):
 
 def test_bench_missing_prompts_file_and_bad_k_are_one_line_errors(tmp_path):
     r = runner.invoke(app, BASE + ["--prompts", str(tmp_path / "none.jsonl")])
-    assert r.output.strip() == f"error: {tmp_path / 'none.jsonl'}: no such prompts file"
+    assert r.exit_code == 2 and r.output.strip() == f"error: {tmp_path / 'none.jsonl'}: no such prompts file"
     r = runner.invoke(app, BASE + ["--k", "1,9"])
-    assert r.exit_code == 1 and r.output.strip() == "error: --k values must be between 1 and 8, not '1,9'"
+    assert r.exit_code == 2 and r.output.strip() == "error: --k values must be between 1 and 8, not '1,9'"
     r = runner.invoke(app, BASE + ["--k", ""])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert r.output.strip() == "error: --k needs draft lengths 1-8, e.g. --k 1,2,4 (or --k none for no fixed k)"
 
 

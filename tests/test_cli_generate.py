@@ -43,13 +43,13 @@ def test_generate_no_draft_equals_speculative_output():
 
 def test_generate_bad_folder_is_one_line_error_without_traceback(tmp_path):
     r = runner.invoke(app, ["generate", "--target", str(tmp_path / "nope"), "--prompt", "hi"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert r.output.strip() == f"error: {tmp_path / 'nope'}: no such folder"
 
 
 def test_generate_bad_draft_tokens_is_one_line_error():
     r = runner.invoke(app, BASE + ["--prompt", "hi", "-k", "12"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert r.output.strip() == "error: draft tokens must be 0-8, 'auto' or 'off', not '12'"
 
 
@@ -80,7 +80,7 @@ def one_line_error(r, exit_code=1):
     ],
 )
 def test_prompt_ids_outside_the_vocabulary_are_refused_in_one_line(ids, message):
-    assert one_line_error(runner.invoke(app, BASE + ["--prompt-ids", ids])) == message
+    assert one_line_error(runner.invoke(app, BASE + ["--prompt-ids", ids]), exit_code=2) == message
 
 
 def test_library_refuses_out_of_vocabulary_ids_before_touching_the_model(bundles):
@@ -116,13 +116,13 @@ def test_library_refuses_out_of_vocabulary_ids_before_touching_the_model(bundles
     ],
 )
 def test_bad_generation_options_are_one_line_errors(args, message):
-    assert one_line_error(runner.invoke(app, BASE + ["--prompt-ids", "2,40,41"] + args)) == message
+    assert one_line_error(runner.invoke(app, BASE + ["--prompt-ids", "2,40,41"] + args), exit_code=2) == message
 
 
 def test_bad_seed_is_refused_before_the_model_loads(tmp_path):
     # The folder does not exist: the seed's error comes first, so nothing was loaded.
     r = runner.invoke(app, ["generate", "--target", str(tmp_path / "nope"), "--prompt", "hi", "--seed", "-1"])
-    assert one_line_error(r) == "error: --seed must be a whole number from 0 to 2^64 - 1, not -1"
+    assert one_line_error(r, exit_code=2) == "error: --seed must be a whole number from 0 to 2^64 - 1, not -1"
 
 
 def test_draft_tokens_without_a_drafter_is_an_error_not_silent_plain_decoding():
@@ -132,7 +132,9 @@ def test_draft_tokens_without_a_drafter_is_an_error_not_silent_plain_decoding():
 
 def test_model_and_demo_together_are_refused():
     r = runner.invoke(app, ["generate", str(TARGET), "--demo", "--prompt", "hi"])
-    assert one_line_error(r) == "error: --demo is the bundled pair; give either --demo or a model, not both"
+    assert (
+        one_line_error(r, exit_code=2) == "error: --demo is the bundled pair; give either --demo or a model, not both"
+    )
 
 
 @pytest.mark.slow

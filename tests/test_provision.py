@@ -359,7 +359,7 @@ def test_cli_unknown_model_name_is_one_error_line(cache):
     from mlx_specdec.cli import app
 
     result = CliRunner().invoke(app, ["generate", "gemma-9-huge", "--prompt", "hi"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.startswith("error: unknown model 'gemma-9-huge': known names are e2b,")
     assert result.stderr.count("\n") == 1
 

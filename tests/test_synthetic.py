@@ -274,10 +274,10 @@ def test_cli_bench_synthetic_writes_the_json_and_refuses_synthetic_options_witho
     assert [e["mode"] for e in result["modes"]] == ["plain", "k=2"]
     assert result["modes"][1]["acceptance_by_position"][:2] == [1.0, 1.0]
     res = CliRunner().invoke(app, ["bench", "--demo", "--acceptance", "0.5"])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "error: --acceptance, --no-auto, --bits and --prompt-tokens need --synthetic NAME" in res.output
     res = CliRunner().invoke(app, ["bench", "--synthetic", "e2b", "--demo"])
-    assert res.exit_code == 1 and "not both" in res.output
+    assert res.exit_code == 2 and "not both" in res.output
 
 
 def test_device_bench_refuses_without_a_gpu_in_one_line_and_dry_runs(tmp_path):

@@ -53,7 +53,7 @@ import mlx.core as mx
 from mlx_lm.utils import load_model
 
 from mlx_specdec import __version__
-from mlx_specdec.errors import SpecdecError
+from mlx_specdec.errors import SpecdecError, UsageError
 from mlx_specdec.files import check_apart, check_path, read_config, read_eos_ids, shown, user_path
 from mlx_specdec.load import check_pair, load_drafter
 from mlx_specdec.models import quantise
@@ -102,11 +102,11 @@ def convert(
     """
     rules = (target_rules, drafter_rules)
     if bits not in quantise.BITS:
-        raise SpecdecError(f"--bits must be one of {', '.join(map(str, quantise.BITS))}, not {bits}")
+        raise UsageError(f"--bits must be one of {', '.join(map(str, quantise.BITS))}, not {bits}")
     if group_size not in quantise.GROUP_SIZES:
-        raise SpecdecError(f"--group-size must be one of {', '.join(map(str, quantise.GROUP_SIZES))}, not {group_size}")
+        raise UsageError(f"--group-size must be one of {', '.join(map(str, quantise.GROUP_SIZES))}, not {group_size}")
     if str(output) == "":  # Path("") is the current folder
-        raise SpecdecError("-o is empty; give the bundle folder to create")
+        raise UsageError("-o is empty; give the bundle folder to create")
     output = user_path(output, "-o").absolute()
     local = {f"--{role}": spec for role, spec in (("target", target), ("drafter", drafter)) if _is_folder(spec)}
     check_apart({"-o": output}, local)

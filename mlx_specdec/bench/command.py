@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Union
 
-from ..errors import SpecdecError
+from ..errors import UsageError
 from ..files import check_apart
 from . import report
 
@@ -76,9 +76,9 @@ class BenchOptions:
             given = [f.name for f in fields(self) if f.name in SYNTHETIC_ONLY and getattr(self, f.name) != f.default]
             if given:
                 names = list(SYNTHETIC_ONLY.values())
-                raise SpecdecError(f"{', '.join(names[:-1])} and {names[-1]} need --synthetic NAME")
+                raise UsageError(f"{', '.join(names[:-1])} and {names[-1]} need --synthetic NAME")
         elif self.model is not None or self.target is not None or self.drafter is not None or self.demo:
-            raise SpecdecError("give either --synthetic NAME or a model (MODEL, --target/--drafter, --demo), not both")
+            raise UsageError("give either --synthetic NAME or a model (MODEL, --target/--drafter, --demo), not both")
 
 
 def run_bench(options: BenchOptions, *, log: Callable[[str], None] = lambda line: None) -> None:

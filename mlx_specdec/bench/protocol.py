@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SpecdecError
+from ..errors import SpecdecError, UsageError
 from ..files import check_regular, user_path
 from ..prompt import PromptInput
 from ..settings import MAX_DRAFT, GenerationSettings
@@ -69,7 +69,7 @@ def load_prompts(path: str | Path) -> list[dict]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise SpecdecError(f"{path}: no such prompts file") from None
+        raise UsageError(f"{path}: no such prompts file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecdecError(f"{path}: cannot read ({e})") from None
     prompts = []
@@ -97,11 +97,11 @@ def parse_k_list(text: str) -> list[int]:
     try:
         ks = sorted({int(t) for t in text.split(",") if t})
     except ValueError:
-        raise SpecdecError(f"--k must be comma-separated numbers 1-{MAX_DRAFT}, not {text!r}") from None
+        raise UsageError(f"--k must be comma-separated numbers 1-{MAX_DRAFT}, not {text!r}") from None
     if not ks:
-        raise SpecdecError(f"--k needs draft lengths 1-{MAX_DRAFT}, e.g. --k 1,2,4 (or --k none for no fixed k)")
+        raise UsageError(f"--k needs draft lengths 1-{MAX_DRAFT}, e.g. --k 1,2,4 (or --k none for no fixed k)")
     if any(not 1 <= k <= MAX_DRAFT for k in ks):
-        raise SpecdecError(f"--k values must be between 1 and {MAX_DRAFT}, not {text!r}")
+        raise UsageError(f"--k values must be between 1 and {MAX_DRAFT}, not {text!r}")
     return ks
 
 
@@ -308,9 +308,9 @@ def measure_modes(
     from ..energy import detect_energy_source
 
     if trials < 1:
-        raise SpecdecError("--trials must be at least 1")
+        raise UsageError("--trials must be at least 1")
     if max_tokens < 2:
-        raise SpecdecError("--max-tokens must be at least 2 (decode speed needs a token after the first)")
+        raise UsageError("--max-tokens must be at least 2 (decode speed needs a token after the first)")
     if not prompts:
         raise SpecdecError("no prompts to run")
     energy = energy if energy is not None else detect_energy_source()
@@ -323,7 +323,7 @@ def measure_modes(
         log("no drafter: running plain decoding (and mlx-lm) only")
     if useless_drafter:
         if bundle.drafter is None:
-            raise SpecdecError("--useless-drafter needs a drafter")
+            raise UsageError("--useless-drafter needs a drafter")
         make_useless(bundle.drafter)
 
     stop_tokens = () if ignore_eos else None

@@ -36,7 +36,7 @@ from mlx import nn
 from mlx.utils import tree_flatten
 
 from .. import registry
-from ..errors import SpecdecError
+from ..errors import SpecdecError, UsageError
 from ..files import read_config_file
 from ..load import Bundle, check_pair
 from ..models import quantise
@@ -77,7 +77,7 @@ def family_config(name_or_config: str | Path | dict) -> dict:
     else:
         path = Path(name_or_config)
         if not path.is_file():
-            raise SpecdecError(
+            raise UsageError(
                 f"--synthetic must be one of {', '.join(FAMILIES)} or a config.json, not {str(name_or_config)!r}"
             )
         raw = read_config_file(path)  # an object whose number keys hold numbers, or one line naming it
@@ -181,9 +181,9 @@ def build(
 ) -> tuple[Bundle, BuildReport]:
     """A synthetic bundle (random weights, `convert`'s quantisation) and what building it cost."""
     if bits not in quantise.BITS:
-        raise SpecdecError(f"--bits must be one of {', '.join(map(str, quantise.BITS))}, not {bits}")
+        raise UsageError(f"--bits must be one of {', '.join(map(str, quantise.BITS))}, not {bits}")
     if group_size not in quantise.GROUP_SIZES:
-        raise SpecdecError(f"--group-size must be one of {', '.join(map(str, quantise.GROUP_SIZES))}, not {group_size}")
+        raise UsageError(f"--group-size must be one of {', '.join(map(str, quantise.GROUP_SIZES))}, not {group_size}")
     fam = family_config(name_or_config)
     name = (
         name_or_config
@@ -282,7 +282,7 @@ def parse_acceptance(text: str) -> list[float]:
     except ValueError:
         rates = []
     if not rates or any(not 0.0 <= a <= 1.0 for a in rates):
-        raise SpecdecError(f"--acceptance must be rates in 0..1, one or comma-separated per position, not {text!r}")
+        raise UsageError(f"--acceptance must be rates in 0..1, one or comma-separated per position, not {text!r}")
     return rates
 
 

@@ -40,7 +40,7 @@ import mlx.core as mx
 
 from ..calibrate import Policies, measure_passes
 from ..draft_len import expected_tokens
-from ..errors import SpecdecError
+from ..errors import UsageError
 from ..settings import MAX_DRAFT
 from . import protocol as bench
 from . import synthetic
@@ -184,11 +184,11 @@ def run_synthetic(
     from ..energy import detect_energy_source
 
     if trials < 1:
-        raise SpecdecError("--trials must be at least 1")
+        raise UsageError("--trials must be at least 1")
     if max_tokens < 2:
-        raise SpecdecError("--max-tokens must be at least 2 (decode speed needs a token after the first)")
+        raise UsageError("--max-tokens must be at least 2 (decode speed needs a token after the first)")
     if prompt_tokens < 1:
-        raise SpecdecError("--prompt-tokens must be at least 1")
+        raise UsageError("--prompt-tokens must be at least 1")
     energy = energy if energy is not None else detect_energy_source()
     if built is None:
         log(f"building synthetic {name_or_config} ({bits}-bit)")

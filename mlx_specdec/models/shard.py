@@ -36,7 +36,7 @@ from mlx.nn.layers.distributed import shard_linear
 from mlx_lm.models import gemma4_text
 from mlx_lm.models.base import scaled_dot_product_attention
 
-from ..errors import SpecdecError
+from ..errors import SpecdecError, UsageError
 from .target import kv_source_layers
 
 PARALLEL_MODES = ("tensor",)
@@ -143,7 +143,7 @@ def split(mode: str, group) -> Optional[callable]:
     """The split for `mode` ("tensor") over `group`, as load.py's hook (model, config) -> None;
     None for a group of one."""
     if mode not in PARALLEL_MODES:
-        raise SpecdecError(f"--parallel must be one of {', '.join(PARALLEL_MODES)}, not {mode!r}")
+        raise UsageError(f"--parallel must be one of {', '.join(PARALLEL_MODES)}, not {mode!r}")
     if group is None or group.size() == 1:
         return None
     return lambda model, config: shard_tensor(model, config, group)

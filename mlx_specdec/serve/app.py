@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..decode import check_prompt
-from ..errors import SpecdecError
+from ..errors import SpecdecError, UsageError
 from ..numerics import notes
 from ..prompt import chat_ids, text_ids
 from ..settings import GenerationSettings, SamplingParams
@@ -327,11 +327,11 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     settings = settings or GenerationSettings(max_tokens=4096)
     if cache_bytes < 0 or max_queue < 1:
-        raise SpecdecError("--cache-bytes must be >= 0 and --max-queue >= 1")
+        raise UsageError("--cache-bytes must be >= 0 and --max-queue >= 1")
     if not body_timeout > 0:
-        raise SpecdecError(f"--body-timeout must be more than 0 seconds, not {body_timeout}")
+        raise UsageError(f"--body-timeout must be more than 0 seconds, not {body_timeout}")
     if not 0 <= port <= 65535:  # bind() would raise OverflowError, not OSError
-        raise SpecdecError(f"--port must be 0-65535 (0: any free port), not {port}")
+        raise UsageError(f"--port must be 0-65535 (0: any free port), not {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
