@@ -5,21 +5,27 @@ one tiny pair per family in the hub repos' layout: 26b-a4b (MoE, k_eq_v, no KV s
 31b (k_eq_v, no KV sharing), 12b (gemma4_unified + gemma4_unified_assistant), e2b (as published:
 extra K/V tensors, `global_head_dim` in the config, tokenizer.json + chat_template.jinja only).
 Tolerances are the existing ones (tests/fixtures/README.md): f32 target logits 2e-3, hidden 5e-4,
-drafter 1e-4 from explicit inputs; ids exactly.
+drafter 1e-4 from explicit inputs; ids exactly. The MoE pair also runs as the hub's bf16 files
+are (a bf16 / fp16 copy made at test time) on the CPU backend, whose gather_mm takes float32 only.
 """
 
 import json
+import shutil
 
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx_lm.models.switch_layers import SwitchLinear
 
+from mlx_specdec import calibrate, probe
+from mlx_specdec.bench import synthetic
 from mlx_specdec.cache import PromptCache, drafter_kv, make_target_cache
 from mlx_specdec.decode import generate
 from mlx_specdec.load import load
-from mlx_specdec.models.target import kv_layout, kv_source_layers
+from mlx_specdec.models.target import Float32SwitchLinear, float32_experts, kv_layout, kv_source_layers
 from mlx_specdec.settings import GenerationSettings, SamplingParams
 
+from .helpers.bad_input import cli
 from .helpers.paths import FIXTURES
 from .helpers.stats import chi2_critical, two_sample_chi_square
 
@@ -166,3 +172,93 @@ def test_published_e2b_layout_loads_with_its_chat_template_and_no_sentencepiece_
     chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
     assert list(chat) == json.loads((FIXTURES / "reference.json").read_text())["chat_hi_ids"]
     assert tok.decode(tok.encode("def f(x):\n    return x")).endswith("def f(x):\n    return x")
+
+
+# --- the MoE in bf16 / fp16 on the CPU backend (whose gather_mm takes float32 only) ----------
+def lowered_pair(root, dtype):
+    """A copy of the 26B-A4B pair with every float tensor in `dtype`, as the hub's bf16 files are."""
+    for part in ("target", "assistant"):
+        shutil.copytree(FAMILY_DIR / "26b-a4b" / part, root / part)
+        weights = mx.load(str(root / part / "model.safetensors"))
+        lowered = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+        mx.save_safetensors(str(root / part / "model.safetensors"), lowered, metadata={"format": "pt"})
+    return root
+
+
+def lowered_bundle(root, dtype):
+    folder = lowered_pair(root, dtype)
+    b = load(target=folder / "target", drafter=folder / "assistant")
+    b.tokenizer.eos_token_ids = []
+    return b
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, pytest.param(mx.float16, marks=pytest.mark.slow)], ids=["bf16", "fp16"])
+def test_bf16_and_fp16_moe_pairs_decode_on_the_cpu_and_speculative_greedy_equals_plain(tmp_path, dtype):
+    """A plain step gathers its 2 expert slots of 4 (only those cast), a verify pass 4 or more
+    (every expert cast): the rows must agree all the same."""
+    b = lowered_bundle(tmp_path, dtype)
+    prompt = np.array(mx.load(str(FAMILY_DIR / "reference.safetensors"))["26b-a4b/greedy/prompt_ids"]).tolist()
+    plain = run(b, prompt, 0, max_tokens=20)  # 12 + 20 positions: past the window (8)
+    assert len(plain) == 20
+    for k in (1, 4):
+        assert run(b, prompt, k, max_tokens=20) == plain, f"k={k}"
+    assert b.target.float32_experts == 3 * 6  # gate, up and down of each of the 6 layers
+
+
+def test_probe_and_auto_calibration_run_on_a_bf16_moe_pair_on_the_cpu(tmp_path):
+    """auto's calibration and the numerics probe (its op-by-op part included) pass the bf16 experts."""
+    b = lowered_bundle(tmp_path, mx.bfloat16)
+    v = probe.measure(b)
+    assert (v.exact, v.dtype) == (True, "bfloat16")
+    assert probe.op_differences(b.target) == []
+    costs = calibrate.calibrate(b, 2, repeats=1)
+    assert len(costs) == 3 and all(c > 0 for c in costs)
+
+
+def test_generate_runs_a_bf16_moe_pair_from_its_hugging_face_folders_with_auto(tmp_path):
+    folder = lowered_pair(tmp_path, mx.bfloat16)
+    r = cli(
+        "generate", "--target", folder / "target", "--drafter", folder / "assistant", "--prompt-ids", "2,5", "-m", "4"
+    )
+    assert (r.code, r.escaped) == (0, False), r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize(
+    "experts, slots, is_sorted",
+    [(4, (1, 1, 2), False), (4, (1, 5, 2), False), (128, (80,), True)],
+    ids=["a-step-casts-its-experts", "a-prefill-casts-all", "sorted-as-switch-glu-sorts-64-or-more"],
+)
+def test_float32_expert_gather_is_the_float32_gather_rounded_to_the_input_dtype(experts, slots, is_sorted):
+    keys = mx.random.split(mx.random.key(3), 3)
+    x = mx.random.normal((*slots[:-1], 1, 1, 16) if not is_sorted else (*slots, 1, 16), key=keys[0])
+    x = x.astype(mx.bfloat16)
+    indices = mx.random.randint(0, experts, slots, key=keys[1]).astype(mx.uint32)
+    indices = mx.sort(indices) if is_sorted else indices
+    proj = SwitchLinear(16, 8, experts, bias=False)
+    proj.weight = mx.random.normal((experts, 8, 16), key=keys[2]).astype(mx.bfloat16)
+    w32 = proj.weight.astype(mx.float32).swapaxes(-1, -2)
+    want = mx.gather_mm(x.astype(mx.float32), w32, rhs_indices=indices, sorted_indices=is_sorted)
+    proj.__class__ = Float32SwitchLinear
+    got = proj(x, indices, sorted_indices=is_sorted)
+    assert got.dtype == mx.bfloat16 and got.shape == want.shape
+    assert mx.array_equal(got, want.astype(mx.bfloat16))
+
+
+def test_a_synthetic_bf16_moe_target_gathers_its_experts_in_float32_on_the_cpu():
+    """`specdec bench --synthetic CONFIG --bits 16` builds its Target without `load`."""
+    target = synthetic.build(FAMILY_DIR / "26b-a4b" / "target" / "config.json", bits=16)[0].target
+    assert target.float32_experts == 3 * 6
+    logits, hidden = target(mx.array([[2, 5, 40]]), make_target_cache(target.config))
+    mx.eval(logits, hidden)
+    assert (logits.dtype, hidden.dtype) == (mx.bfloat16, mx.bfloat16)
+
+
+def test_experts_keep_their_own_gather_in_float32_and_off_the_cpu(monkeypatch):
+    assert pair("26b-a4b").target.float32_experts == 0  # the fixture is float32
+    model = pair("26b-a4b").target.model
+    lowered = SwitchLinear(4, 4, 2, bias=False)
+    lowered.weight = lowered.weight.astype(mx.bfloat16)
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.gpu, 0))
+    assert float32_experts(lowered) == 0 and type(lowered) is SwitchLinear  # Metal gathers bf16 itself
+    assert float32_experts(model) == 0

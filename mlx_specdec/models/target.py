@@ -19,6 +19,10 @@ adds what speculative decoding needs on top of it:
   the shape of every cached layer (for memory estimates).
 * `Target`: forward returning logits *and* the final-normed hidden states (the lm_head input,
   which the drafter consumes), plus the scaled input embedding the drafter uses.
+* Experts on the CPU: MLX's CPU `gather_mm` takes float32 only, so on the CPU backend the
+  unquantised experts of a bf16 or fp16 MoE target gather in float32 (`float32_experts`), with
+  their weights kept as stored and their outputs in the model's dtype. Metal (whose gather takes
+  bf16 and fp16) is left alone.
 * Issuing early: in a short pass (a decode step or a verify) every `ISSUE_EVERY`-th layer hands
   its output to the device (`mx.async_eval`), so the device runs the first layers while the host
   still builds the rest of the graph. Only the order of evaluation changes, never a value.
@@ -33,6 +37,7 @@ from typing import Optional
 
 import mlx.core as mx
 from mlx_lm.models import gemma4_text
+from mlx_lm.models.switch_layers import SwitchLinear
 
 from ..errors import SpecdecError
 
@@ -298,6 +303,49 @@ def kv_layout(text_cfg: dict) -> list[tuple[str, int, int]]:
     return [(t, kv_heads(text_cfg, t), head_dim(text_cfg, t)) for t in text_cfg["layer_types"][:first_shared]]
 
 
+class Float32SwitchLinear(SwitchLinear):
+    """An unquantised expert projection whose gather-matmul runs in float32.
+
+    MLX's CPU `gather_mm` takes float32 only ("[GatherMM::eval] Currently only supports
+    float32"; `gather_qmm`, the quantised experts' gather, takes bf16 and fp16). The weights stay
+    as stored, so memory is what the checkpoint costs; a pass casts to float32 only the experts it
+    routes to (every expert once it routes as many slots as there are experts, as a prefill chunk
+    does), and rounds its output to the input's dtype, as MLX's bf16 gather on Metal does (float32
+    sums, rounded once): the rest of the layer sees the dtypes it would see there. A row depends
+    only on its own input and experts, so a verify pass and a plain step give the same rows.
+    """
+
+    def __call__(self, x, indices, sorted_indices=False):
+        """x [..., 1, I] in the model's dtype, indices [...] expert ids -> [..., 1, O] in x's dtype."""
+        weight, slots = self["weight"], indices
+        if indices.size < weight.shape[0]:  # cast the experts this pass uses, not all of them
+            weight = weight[indices.flatten()]
+            slots = mx.arange(indices.size).reshape(indices.shape)  # in order: sorted stays sorted
+        out = mx.gather_mm(
+            x.astype(mx.float32),
+            weight.astype(mx.float32).swapaxes(-1, -2),
+            rhs_indices=slots,
+            sorted_indices=sorted_indices,
+        )
+        if "bias" in self:
+            out = out + mx.expand_dims(self["bias"][indices], -2)
+        return out.astype(x.dtype)
+
+
+def float32_experts(model) -> int:
+    """On the CPU backend, make every unquantised expert projection of `model` whose weights are
+    not float32 a `Float32SwitchLinear` (its class is swapped: parameters and names stay); returns
+    how many. On other backends the gather takes these dtypes itself, and nothing changes."""
+    if mx.default_device().type != mx.cpu:
+        return 0
+    swapped = 0
+    for _, module in model.named_modules():
+        if type(module) is SwitchLinear and module.weight.dtype != mx.float32:
+            module.__class__ = Float32SwitchLinear
+            swapped += 1
+    return swapped
+
+
 ISSUE_EVERY = 4  # layers between early hand-offs in a short pass (0: none)
 ISSUE_MAX_TOKENS = 16  # longer passes (prefill chunks) are never issued early: see _IssueEarly
 
@@ -352,12 +400,14 @@ def issue_early(model: gemma4_text.Model, every: int = ISSUE_EVERY) -> _HandOff:
 class Target:
     """A Gemma 4 target: forward gives logits and final-normed hidden states.
 
-    `model` is mlx-lm's `gemma4_text.Model`; `config` its normalised text config. `issue_every`:
-    see `issue_early` (0 turns it off).
+    `model` is mlx-lm's `gemma4_text.Model` with its weights loaded; `config` its normalised text
+    config. `issue_every`: see `issue_early` (0 turns it off). On the CPU backend, bf16/fp16
+    experts gather in float32 (see `float32_experts`; the attribute of that name counts them).
     """
 
     def __init__(self, model: gemma4_text.Model, config: dict, issue_every: int = ISSUE_EVERY):
         self.model = model
+        self.float32_experts = float32_experts(model)
         self.issue_every(issue_every)
         self.config = config
         self.vocab_size = config["vocab_size"]
