@@ -363,7 +363,8 @@ class IOReportReader:
     the private library and from the IOReportElement layout, and only runs on darwin. Unverified
     in particular: that the timestamp is in mach ticks (not nanoseconds) and dates the value. A
     wrong guess there reads as a timestamp ahead of the observation, or frozen, and those
-    counters are timed by observation instead. A wrong signature could crash the process, so
+    counters are timed by observation instead; a unit smaller than a tick would not be caught
+    (spans between CPU publications should read 2.0-2.3 s). A wrong signature could crash the process, so
     `detect_energy_source` first samples in a child process (`_ioreport_probe`).
     """
 
@@ -488,7 +489,7 @@ def _ioreport_probe() -> bool:
     """Whether `IOReportReader` samples a rail in a child process. A mistake in a signature of the
     private library would crash the process that makes it; let that be a child."""
     try:
-        child = subprocess.run([sys.executable, "-I", __file__], capture_output=True, timeout=30)
+        child = subprocess.run([sys.executable, "-I", __file__], capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return False
     return child.returncode == 0

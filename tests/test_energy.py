@@ -279,13 +279,13 @@ def poll(machine, seconds, every=0.25):
     for i in range(1, round(seconds / every) + 1):
         machine.t = start + i * every
         out.append((machine.t, meter.reading()))
-    return meter, out
+    return out
 
 
 def published_joules(channel, t0, t1):
-    return (channel.count(channel.published(t1)) - channel.count(channel.published(t0))) * JOULES_PER_COUNT[
-        channel.unit
-    ]
+    """The energy `channel` published between the reads at t0 and t1."""
+    counts = channel.count(channel.published(t1)) - channel.count(channel.published(t0))
+    return counts * JOULES_PER_COUNT[channel.unit]
 
 
 def test_counters_published_every_2s_polled_every_quarter_second_read_steady_watts_and_exact_joules():
@@ -296,12 +296,13 @@ def test_counters_published_every_2s_polled_every_quarter_second_read_steady_wat
     dram = FakeChannel("DRAM0", "mJ", 3.0, first=-0.1)
     gpu = FakeChannel("GPU Energy", "nJ", 11.0, spans=(0.125,), first=0.0)
     machine = FakeMachine(cpu, dram, gpu)
-    meter, readings = poll(machine, 10.0)
+    readings = poll(machine, 10.0)
     # The fake batches as the hardware does: between most polls the CPU counter does not move.
     assert sum(cpu.published(t) == cpu.published(t - 0.25) for t, _ in readings) >= 30
     for t, r in readings:
         assert r.measuring == (t < 101.9), t
-        assert r.watts is None if t < 101.9 else r.watts == pytest.approx(34.0, rel=1e-3), (t, r)
+        expected = None if t < 101.9 else pytest.approx(34.0, rel=1e-3)
+        assert r.watts == expected, (t, r)
     total = sum(published_joules(c, 100.0, 110.0) for c in (cpu, dram, gpu))
     assert readings[-1][1].joules == pytest.approx(total, rel=1e-12)
 
@@ -309,7 +310,7 @@ def test_counters_published_every_2s_polled_every_quarter_second_read_steady_wat
 def test_uneven_publication_periods_still_read_steady_watts():
     """The mJ batches come 2.03-2.23 s apart: watts stay within 0.1% once measuring ends."""
     cpu = FakeChannel("CPU Energy", "mJ", 25.0, spans=(2.03, 2.23, 2.11, 2.17), first=0.05)
-    _, readings = poll(FakeMachine(cpu), 12.0)
+    readings = poll(FakeMachine(cpu), 12.0)
     measured = [r.watts for _, r in readings if not r.measuring]
     assert len(measured) >= 36 and measured == pytest.approx([25.0] * len(measured), rel=1e-3)
 
@@ -320,7 +321,7 @@ def test_channel_reading_zero_contributes_zero_watts_and_does_not_hold_the_meter
     meter waits for the CPU's first full period); without, it counts as idle after QUIET_S."""
     cpu = FakeChannel("CPU Energy", "mJ", 20.0, first=-0.1)
     gpu = FakeChannel("GPU Energy", "nJ", 0.0, spans=(0.125,), stamps=stamps)
-    _, readings = poll(FakeMachine(cpu, gpu), 8.0)
+    readings = poll(FakeMachine(cpu, gpu), 8.0)
     ends = 101.9 if stamps == "driver" else 100.0 + QUIET_S
     for t, r in readings:
         assert r.measuring == (t < ends), t
@@ -335,7 +336,7 @@ def test_unusable_driver_timestamps_fall_back_to_observation_time(stamps):
     dated by the poll that saw the value change, so watts need two of them (here at 101.9 and
     103.9 s, seen at 102.0 and 104.0) and then read 20 W at every poll."""
     cpu = FakeChannel("CPU Energy", "mJ", 20.0, first=-0.1, stamps=stamps)
-    _, readings = poll(FakeMachine(cpu), 10.0)
+    readings = poll(FakeMachine(cpu), 10.0)
     for t, r in readings:
         assert r.measuring == (t < 104.0), t
         if not r.measuring:
@@ -349,12 +350,10 @@ def test_split_batch_tail_under_50ms_is_not_a_counter_period():
     samples = [
         counters_sample(t, [("CPU Energy", "mJ", v, s)]) for t, (s, v) in zip((100.0, 100.25, 102.25), stamps_values)
     ]
-    machine = Reader(samples[0], *samples)
-    clock = iter([100.0, 100.25, 102.25]).__next__
-    meter = EnergyMeter(IOReportSource(machine), clock=clock).start()
-    assert meter.reading().measuring
-    reading = meter.reading()
-    assert reading.watts == pytest.approx(40.0 / 2.1)
+    meter = EnergyMeter(IOReportSource(Reader(samples[0], *samples)), clock=iter([100.0, 100.25, 102.25]).__next__)
+    meter.start()
+    assert meter.reading().measuring  # the tail, 20 ms after the batch
+    assert meter.reading().watts == pytest.approx(40.0 / 2.1)  # the next batch: 2.1 s after the first
 
 
 def test_meter_with_only_two_reads_gives_the_mean_over_the_driver_dated_spans():
