@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pexpect  # test extra: drives the pseudo-terminal
 import pyte  # test extra: renders what the terminal shows
 import pytest
 
 from mlx_specdec.chat import terminal as chat
-from mlx_specdec.energy import NullSource
+from mlx_specdec.energy import EnergyCounter, IOReportSource, NullSource, Sample
 
 from .helpers.chat import FakeCache, FakeLoop, bundle, piped, session
 
@@ -37,6 +38,16 @@ def test_piped_mode_prints_each_answer_then_a_summary_line_and_stops_at_end_of_i
     assert "prefill" in out[1] and "energy n/a" in out[1]
     assert out[2] == "echo: how are you"
     assert len(out) == 4 and len(loop.calls) == 2  # the blank line is skipped
+
+
+def test_piped_answer_shorter_than_one_counter_period_reports_no_energy_instead_of_zero():
+    """A source that publishes in batches and has not published during the answer."""
+    counter = EnergyCounter("CPU Energy", "mJ", 1_000, published=1.0)
+    source = IOReportSource(SimpleNamespace(sample=lambda: Sample(1.5, (counter,))))
+    s, _ = session()
+    out = io.StringIO()
+    chat.run_piped(s, io.StringIO("hello\n"), out, energy_source=source)
+    assert "energy n/a (under one counter period)" in out.getvalue().splitlines()[1]
 
 
 def test_save_to_an_unwritable_path_is_a_one_line_error_and_the_chat_goes_on(tmp_path, capsys):

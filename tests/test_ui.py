@@ -2,6 +2,7 @@
 
 import io
 import time
+from dataclasses import replace
 
 from rich.console import Console
 from rich.text import Text
@@ -110,6 +111,15 @@ def test_summary_line_is_one_line_with_the_key_numbers():
     ):
         assert part in line, (part, line)
     assert "energy n/a" in summary_line(records(["a"]), Status())
+
+
+def test_energy_says_measuring_during_the_first_counter_period_not_zero_watts():
+    measuring = replace(FULL, energy_joules=0.0, energy_watts=None, energy_measuring=True)
+    panel = render(status_panel(records(["a"]), measuring))
+    assert "measuring (IOReport)" in next(row for row in panel.splitlines() if "energy" in row)
+    assert "J/token" not in panel
+    line = summary_line(records(["a"]), measuring)
+    assert "energy n/a (under one counter period)" in line and "J/token" not in line
 
 
 def test_exit_prints_the_whole_answer_as_markdown_then_the_summary():

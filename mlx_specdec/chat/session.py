@@ -62,6 +62,8 @@ class Status:
     active/peak_memory_bytes: from the backend (None: n/a).
     energy_joules:       energy over this answer so far (None: no energy source).
     energy_watts:        mean power over the same interval.
+    energy_measuring:    the source publishes in batches (IOReport: about every 2 s) and no full
+                         period has passed yet: the view says "measuring", not numbers.
     energy_source:       the source's name ("IOReport", "RAPL", "n/a").
     battery:             level and power source (None: no battery or unknown).
     context_limit:       tokens the context holds (None: unknown).
@@ -74,6 +76,7 @@ class Status:
     peak_memory_bytes: Optional[int] = None
     energy_joules: Optional[float] = None
     energy_watts: Optional[float] = None
+    energy_measuring: bool = False
     energy_source: str = NA
     battery: Optional[Battery] = None
     context_limit: Optional[int] = None

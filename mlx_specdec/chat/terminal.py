@@ -52,13 +52,15 @@ def utf8_text(line: Union[str, bytes]) -> Optional[str]:
 
 def _status(session: ChatSession, meter: Optional[EnergyMeter], batt) -> Status:
     active, peak = memory()
+    energy = meter.reading() if meter else None  # one read of the source for all three numbers
     return Status(
         draft=draft_label(session.settings.draft),
         plain_tokens_per_s=session.plain_tokens_per_s,
         active_memory_bytes=active,
         peak_memory_bytes=peak,
-        energy_joules=meter.joules if meter else None,
-        energy_watts=meter.watts if meter else None,
+        energy_joules=energy.joules if energy else None,
+        energy_watts=energy.watts if energy else None,
+        energy_measuring=energy.measuring if energy else False,
         energy_source=meter.source.name if meter else "n/a",
         battery=batt,
         context_limit=session.context_limit,

@@ -123,6 +123,8 @@ def fmt_draft(status: Status, records: list[TokenRecord]) -> str:
 
 
 def fmt_energy(stats: RunStats, status: Status) -> str:
+    if status.energy_measuring:  # joules so far would read 0 or a whole batch
+        return f"measuring ({status.energy_source})"
     if status.energy_joules is None or not stats.generated_tokens:
         return NA
     text = f"{status.energy_joules / stats.generated_tokens:.3f} J/token"
@@ -194,7 +196,9 @@ def summary_line(records: list[TokenRecord], status: Status, prompt_len: Optiona
         parts.append(f"{stats.mean_accepted_per_round:.2f} accepted/round")
     speedup = fmt_speedup(stats, status)
     parts.append(f"speed-up {speedup.replace(' vs plain', '').replace(' (plain decoding)', '')}")
-    if status.energy_joules is not None and stats.generated_tokens:
+    if status.energy_measuring:
+        parts.append(f"energy {NA} (under one counter period)")
+    elif status.energy_joules is not None and stats.generated_tokens:
         parts.append(f"{status.energy_joules / stats.generated_tokens:.3f} J/token")
     else:
         parts.append(f"energy {NA}")
