@@ -23,6 +23,7 @@ import mlx.core as mx
 
 from .cache import PromptCache, drafter_kv, rewind
 from .draft_len import AutoPolicy, FixedPolicy
+from .energy import EnergyMeter
 from .round import issue_round
 from .settings import MAX_DRAFT, DraftSetting, SamplingParams
 
@@ -41,22 +42,33 @@ class PassCosts:
     plain: float
 
 
-def _cost(fn, repeats: int, energy=None) -> float:
-    """Seconds of fn(): the fastest of `repeats` after a warm-up; with `energy`, joules over
-    `8 * repeats` runs divided by the count."""
+ENERGY_SPAN_CAP_S = 5.0  # the longest one energy cost runs while a batched counter is measuring
+
+
+def _cost(fn, repeats: int, energy=None, clock=time.perf_counter) -> float:
+    """Seconds of fn(): the fastest of `repeats` after a warm-up; with `energy`, joules per run:
+    mean watts over at least `8 * repeats` runs, times their seconds, divided by the count.
+
+    Apple's counters publish every ~2 s: over a shorter window their difference reads 0 or a
+    whole batch. So the runs go on until the meter has a full counter period (at most
+    `ENERGY_SPAN_CAP_S`), and the watts come from its publication spans (energy.py)."""
     fn()  # warm-up (compilation, allocation)
     if energy is not None:
-        runs = 8 * repeats
-        e0 = energy.read()
-        for _ in range(runs):
+        meter, runs = EnergyMeter(energy, clock=clock).start(), 0
+        while True:
             fn()
-        e1 = energy.read()
-        return (e1 - e0) / runs
+            runs += 1
+            reading = meter.reading()
+            if runs >= 8 * repeats and not (reading.measuring and reading.seconds < ENERGY_SPAN_CAP_S):
+                break
+        if reading.watts is None:  # still no full period: the difference is all there is
+            return (reading.joules or 0.0) / runs
+        return reading.watts * reading.seconds / runs
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return min(times)
 
 

@@ -307,6 +307,20 @@ def test_counters_published_every_2s_polled_every_quarter_second_read_steady_wat
     assert readings[-1][1].joules == pytest.approx(total, rel=1e-12)
 
 
+def test_calibration_joules_per_pass_on_a_2s_counter_are_its_watts_times_the_pass_not_zero():
+    """auto's battery objective: passes of 10 ms at 10 W cost 0.1 J each. Eight passes (80 ms)
+    between two reads of a counter that publishes every 2 s would read 0 J (or a whole batch)."""
+    from mlx_specdec.calibrate import _cost
+
+    machine = FakeMachine(FakeChannel("CPU Energy", "mJ", 10.0, first=-0.1))
+
+    def one_pass():
+        machine.t += 0.01
+
+    joules = _cost(one_pass, repeats=1, energy=IOReportSource(machine), clock=machine.clock)
+    assert joules == pytest.approx(0.1, rel=1e-2)
+
+
 def test_uneven_publication_periods_still_read_steady_watts():
     """The mJ batches come 2.03-2.23 s apart: watts stay within 0.1% once measuring ends."""
     cpu = FakeChannel("CPU Energy", "mJ", 25.0, spans=(2.03, 2.23, 2.11, 2.17), first=0.05)
