@@ -28,11 +28,13 @@ tell (the UI never imports mlx; the loop records its own peak per token).
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -226,6 +228,8 @@ class _Channel:
         # The driver dates the start value, so it opens a span; on the observation clock the start
         # value may be seconds old, and the first change seen opens it instead.
         self.first = self.latest = None if stamp is None else (value, stamp)
+        # (value, time) of the start and of every publication since, for `EnergyTimeline`.
+        self.history = [(value, observed if stamp is None else stamp)]
 
     def observe(self, value: int, stamp: Optional[float], observed: float) -> None:
         if not self.observation_clock:
@@ -234,11 +238,14 @@ class _Channel:
                 # this counter. Time it by observation from here on, its spans started afresh.
                 self.observation_clock = True
                 self.first = self.latest = None
+                self.history = [(self.last, observed)]
             elif stamp != self.stamp:
                 self.latest = (value, stamp)
+                self.history.append(self.latest)
         if self.observation_clock and value != self.last:
             self.latest = (value, observed)
             self.first = self.first or self.latest
+            self.history.append(self.latest)
         self.last, self.stamp = value, stamp
 
     def watts(self, now: float) -> Optional[float]:
@@ -307,6 +314,10 @@ class EnergyIntegrator:
         if not self._measured:
             return None
         return sum(ch.watts(self._now) or 0.0 for ch in self._channels.values())
+
+    def curves(self) -> list[list[tuple[float, float]]]:
+        """Per counter, its cumulative energy at each publication: [(seconds, joules)], in time order."""
+        return [[(t, v * ch.scale) for v, t in ch.history] for ch in self._channels.values()]
 
 
 class IOReportSource:
@@ -615,6 +626,85 @@ class EnergyMeter:
     @property
     def measuring(self) -> bool:
         return self.reading().measuring
+
+
+class EnergyTimeline:
+    """Energy between any two moments of a stretch of work: the source is read in the background
+    (a daemon thread, every `every` s), and each counter's cumulative energy, known at its
+    publications, is taken as linear between them (its mean power over the span).
+
+        with EnergyTimeline(source) as timeline:
+            t0 = time.perf_counter(); ...; t1 = time.perf_counter()
+        timeline.joules(t0, t1)      # None when the source reads nothing
+
+    For a counter that publishes every ~2 s (IOReport) this dates energy to within a poll even
+    for work shorter than a period, where the difference of two reads would be 0 or a whole
+    batch. On leaving, it reads on until every counter has published once more (at most
+    `QUIET_S`), so the last moments are bracketed too. Times are on `clock`, the clock of the
+    source's samples (perf_counter: mach time on macOS).
+    """
+
+    def __init__(self, source: EnergySource, every: float = 0.25, clock: Callable[[], float] = time.perf_counter):
+        self.source, self.every, self._clock = source, every, clock
+        self._batched = EnergyIntegrator() if isinstance(source, BatchedSource) else None
+        self._reads: list[tuple[float, float]] = []  # a plain source's (time, joules) reads
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def poll(self) -> None:
+        """One reading of the source (the background thread calls it; tests may too)."""
+        with self._lock:
+            if self._batched is not None:
+                sample = self.source.sample()
+                if sample is not None:
+                    self._batched.add(sample)
+            else:
+                joules = self.source.read()
+                if joules is not None:
+                    self._reads.append((self._clock(), joules))
+
+    def _curves(self) -> list[list[tuple[float, float]]]:
+        with self._lock:
+            return self._batched.curves() if self._batched is not None else [list(self._reads)]
+
+    def __enter__(self) -> EnergyTimeline:
+        self.poll()
+        if self.every > 0:
+            self._thread = threading.Thread(target=self._run, name="energy-timeline", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            self.poll()
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is None:  # polled by hand (every <= 0): the caller brackets the end
+            return
+        end = self._clock()
+        while self._clock() - end < QUIET_S and not all(c and c[-1][0] > end for c in self._curves()):
+            time.sleep(0.05)
+        self._done.set()
+        self._thread.join()
+
+    def joules(self, t0: float, t1: float) -> Optional[float]:
+        """Energy between t0 and t1 (seconds on `clock`): None when the source gave no reading."""
+        curves = [c for c in self._curves() if c]
+        if not curves:
+            return None
+        return sum(_energy_at(c, t1) - _energy_at(c, t0) for c in curves)
+
+
+def _energy_at(curve: list[tuple[float, float]], t: float) -> float:
+    """A counter's cumulative joules at time t, linear between its publications (held outside them)."""
+    i = bisect.bisect_right([time_ for time_, _ in curve], t)
+    if i == 0:
+        return curve[0][1]
+    if i == len(curve):
+        return curve[-1][1]
+    (ta, ea), (tb, eb) = curve[i - 1], curve[i]
+    return ea + (eb - ea) * (t - ta) / (tb - ta) if tb > ta else eb
 
 
 @dataclass(frozen=True)

@@ -90,10 +90,20 @@ def test_every_result_field_is_described_in_its_docstring(cls):
 @pytest.mark.slow  # the quick loop keeps a cheaper check of the same idea
 def test_bench_on_one_short_prompt_runs_every_mode_and_each_matches_plain(bundles):
     """One bench run through the library; the whole suite and the CLI: the other slow tests."""
+    import time
+    from types import SimpleNamespace
+
     prompts = [{"name": "hi", "prompt": "Hello there"}]
-    result = bench.run_bench(bundles["centroid"], prompts=prompts, ks=[2], max_tokens=4, trials=1, mlx_lm=False)
+    ten_watts = SimpleNamespace(name="fake", available=True, read=lambda: 10.0 * time.perf_counter())
+    result = bench.run_bench(
+        bundles["centroid"], prompts=prompts, ks=[2], max_tokens=4, trials=1, mlx_lm=False, energy=ten_watts
+    )
     assert [m.mode for m in result.modes] == ["plain", "k=2", "auto"]
     assert all(m.matches_plain and m.generated_tokens == 4 for m in result.modes)
+    # Each run's joules are the counter's over its decoding (runs of ms, read every 0.25 s).
+    assert [m.joules_per_token for m in result.modes] == [
+        pytest.approx(10.0 / m.decode_tokens_per_s, rel=1e-2) for m in result.modes
+    ]
     numerics = result.to_dict()["numerics"]  # this device's verdict, as `specdec check --json` has it
     assert (numerics["exact"], numerics["plain_width"], numerics["max_draft_tokens"]) == (True, 1, 8)
 
@@ -407,8 +417,6 @@ def test_mlx_lm_baseline_runs_the_model_as_mlx_lm_ships_it_and_restores_issuing_
     """bench's mlx-lm mode must not time our early hand-offs (models/target.py) as mlx-lm's."""
     import importlib
 
-    from mlx_specdec.energy import NullSource
-
     lm_generate = importlib.import_module("mlx_lm.generate")  # the module: the package's name is a function
 
     target = bundles["dense"].target
@@ -422,6 +430,6 @@ def test_mlx_lm_baseline_runs_the_model_as_mlx_lm_ships_it_and_restores_issuing_
         yield from real(model, *args, **kwargs)
 
     monkeypatch.setattr(lm_generate, "stream_generate", spy)
-    run = bench.run_mlx_lm(bundles["dense"], [2, 40, 41], 4, NullSource())
+    run = bench.run_mlx_lm(bundles["dense"], [2, 40, 41], 4)
     assert run.generated == 4 and seen == [{"DecoderLayer"}]
     assert [type(layer).__name__ for layer in target.model.model.layers] == hooked_before

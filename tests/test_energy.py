@@ -13,6 +13,7 @@ from mlx_specdec.energy import (
     EnergyCounter,
     EnergyMeter,
     EnergyReading,
+    EnergyTimeline,
     IOReportReader,
     IOReportSource,
     NullSource,
@@ -319,6 +320,44 @@ def test_calibration_joules_per_pass_on_a_2s_counter_are_its_watts_times_the_pas
 
     joules = _cost(one_pass, repeats=1, energy=IOReportSource(machine), clock=machine.clock)
     assert joules == pytest.approx(0.1, rel=1e-2)
+
+
+def test_timeline_dates_energy_within_a_counter_period_for_runs_shorter_than_one():
+    """Bench runs of 0.8 s on a 10 W counter that publishes every 2 s: two reads around a run would
+    say 0 J or 20 J; the timeline says 8 J for each, wherever the run falls in the period."""
+    machine = FakeMachine(FakeChannel("CPU Energy", "mJ", 10.0, first=-0.1), t=100.0)
+    runs = [(100.3, 101.1), (101.5, 102.3), (104.05, 104.85)]
+    with EnergyTimeline(IOReportSource(machine), every=0, clock=machine.clock) as timeline:
+        while machine.t < 107.0:
+            machine.t += 0.25
+            timeline.poll()
+    assert [timeline.joules(t0, t1) for t0, t1 in runs] == [pytest.approx(8.0, rel=1e-3)] * 3
+    diffs = {published_joules(machine.channels[0], t0, t1) for t0, t1 in runs}
+    assert diffs == {0.0, 20.0}  # what the difference of two reads would have said
+
+
+def test_timeline_over_a_plain_counter_is_its_difference_and_none_without_a_counter():
+    clock = SimpleNamespace(t=10.0)
+    source = SimpleNamespace(name="fake", available=True, read=lambda: 5.0 * clock.t)
+    with EnergyTimeline(source, every=0, clock=lambda: clock.t) as timeline:
+        for _ in range(8):
+            clock.t += 0.5
+            timeline.poll()
+    assert timeline.joules(11.0, 12.5) == pytest.approx(7.5)
+    with EnergyTimeline(NullSource(), every=0) as empty:
+        empty.poll()
+    assert empty.joules(0.0, 1.0) is None
+
+
+def test_timeline_reads_in_the_background_and_brackets_the_end_before_it_returns():
+    import time
+
+    source = SimpleNamespace(name="fake", available=True, read=lambda: 10.0 * time.perf_counter())
+    with EnergyTimeline(source, every=0.01) as timeline:
+        t0 = time.perf_counter()
+        time.sleep(0.1)
+        t1 = time.perf_counter()
+    assert timeline.joules(t0, t1) == pytest.approx(10.0 * (t1 - t0), rel=1e-3)  # a read is not instantaneous
 
 
 def test_uneven_publication_periods_still_read_steady_watts():

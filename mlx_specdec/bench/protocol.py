@@ -35,8 +35,10 @@ the acceptance auto itself saw and the round costs measured in this run:
   little when auto adapts k within a prompt better than any single fixed k, or by noise
   (auto's rate is a median of trials, the ideal pools all of auto's rounds).
 
-Energy: whole-machine counters (energy.py) read at the first token and at the end of each
-run, so joules cover decoding only, like tokens/s; null where no counter is readable.
+Energy: whole-machine counters (energy.py) read in the background while the trials run
+(`EnergyTimeline`); each run's joules are those between its first token and its end, so they
+cover decoding only, like tokens/s, and stay right for runs shorter than the ~2 s in which
+Apple's counters publish; null where no counter is readable.
 """
 
 from __future__ import annotations
@@ -142,12 +144,19 @@ class Run:
     decode_s: float
     rounds: list = field(default_factory=list)  # (k, accepted, seconds) per round after the prefill
     peak_memory_bytes: int = 0
-    joules: float | None = None
+    joules: float | None = None  # filled from the trials' EnergyTimeline (`add_joules`)
     tokens: list = field(default_factory=list)
     host_s: float = 0.0  # the rounds' host time the device waited for (stats.HostWait)
+    span: tuple = (0.0, 0.0)  # perf_counter at the first token and at the end: the decoding
 
 
-def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=None, policies=None) -> Run:
+def add_joules(runs, timeline) -> None:
+    """Each run's decoding energy from `timeline` (energy.EnergyTimeline, closed), in place."""
+    for run in runs:
+        run.joules = timeline.joules(*run.span)
+
+
+def run_specdec(bundle, ids, max_tokens: int, draft_tokens, stop_tokens=None, policies=None) -> Run:
     """One generation of our loop. `policies` (calibrate.Policies) keeps auto's calibration and
     what it learnt across the runs of one benchmark; None: a fresh one."""
     import mlx.core as mx
@@ -158,13 +167,13 @@ def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=
 
     policy = (policies or Policies(bundle)).get(draft_tokens)  # auto: calibrated outside the run
     mx.reset_peak_memory()
-    records, e0, host_wait = [], None, HostWait()
+    records, t_first, host_wait = [], 0.0, HostWait()
     settings = GenerationSettings(max_tokens=max_tokens, draft=draft_tokens)
     for r in stream_generate(bundle, ids, settings, policy=policy, stop_tokens=stop_tokens, host_wait=host_wait):
         if not records:
-            e0 = energy.read()
+            t_first = time.perf_counter()
         records.append(r)
-    e1 = energy.read()
+    t_end = time.perf_counter()
     last = records[-1]
     return Run(
         generated=len(records),
@@ -173,13 +182,13 @@ def run_specdec(bundle, ids, max_tokens: int, draft_tokens, energy, stop_tokens=
         decode_s=last.elapsed_s,
         rounds=rounds_from_records(records),
         peak_memory_bytes=int(mx.get_peak_memory()),
-        joules=e1 - e0 if e0 is not None and e1 is not None else None,
         tokens=[r.token for r in records],
         host_s=sum(host_wait.waits),
+        span=(t_first, t_end),
     )
 
 
-def run_mlx_lm(bundle, ids, max_tokens: int, energy, ignore_eos: bool = False) -> Run:
+def run_mlx_lm(bundle, ids, max_tokens: int, ignore_eos: bool = False) -> Run:
     """mlx-lm's own greedy `stream_generate` on the same model object and prompt ids, with the
     model as mlx-lm ships it: our early hand-offs (models/target.py) are off for the run."""
     import copy
@@ -194,23 +203,23 @@ def run_mlx_lm(bundle, ids, max_tokens: int, energy, ignore_eos: bool = False) -
 
     mx.reset_peak_memory()
     t0 = time.perf_counter()
-    n, t_first, t_last, e0, tokens = 0, 0.0, 0.0, None, []
+    n, t_first, t_last, tokens = 0, 0.0, 0.0, []
     with bundle.target.issuing(0):
         for response in lm_stream_generate(bundle.target.model, tokenizer, mx.array(ids), max_tokens=max_tokens):
             t_last = time.perf_counter()
             tokens.append(int(response.token))
             if n == 0:
-                t_first, e0 = t_last, energy.read()
+                t_first = t_last
             n += 1
-    e1 = energy.read()
+    t_end = time.perf_counter()
     return Run(
         generated=n,
         ttft_s=t_first - t0,
         decode_tokens=n - 1,
         decode_s=t_last - t_first,
         peak_memory_bytes=int(mx.get_peak_memory()),
-        joules=e1 - e0 if e0 is not None and e1 is not None else None,
         tokens=tokens,
+        span=(t_first, t_end),
     )
 
 
@@ -305,7 +314,7 @@ def measure_modes(
     """Benchmark every mode on `prompts`, [(name, prompt ids)], with a loaded (or in-memory) Bundle."""
 
     from ..calibrate import Policies
-    from ..energy import detect_energy_source
+    from ..energy import EnergyTimeline, detect_energy_source
 
     if trials < 1:
         raise UsageError("--trials must be at least 1")
@@ -331,21 +340,23 @@ def measure_modes(
 
     def one(draft_tokens, ids, n) -> Run:
         if draft_tokens is None:
-            return run_mlx_lm(bundle, ids, n, energy, ignore_eos)
-        return run_specdec(bundle, ids, n, draft_tokens, energy, stop_tokens, policies)
+            return run_mlx_lm(bundle, ids, n, ignore_eos)
+        return run_specdec(bundle, ids, n, draft_tokens, stop_tokens, policies)
 
     runs: dict[str, list[list[Run]]] = {m: [] for m, _ in modes}
     for mode, dt in modes:  # warm-up: compile, allocate, and calibrate auto once
         log(f"warm-up {mode}")
         one(dt, prompts[0][1], min(max_tokens, 16))
-    for t in range(trials):
-        t0 = time.perf_counter()
-        for mode, _ in modes:
-            runs[mode].append([])
-        for _, ids in prompts:  # prompt-major: every mode runs each prompt back to back
-            for mode, dt in modes:
-                runs[mode][-1].append(one(dt, ids, max_tokens))
-        log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
+    with EnergyTimeline(energy) as timeline:
+        for t in range(trials):
+            t0 = time.perf_counter()
+            for mode, _ in modes:
+                runs[mode].append([])
+            for _, ids in prompts:  # prompt-major: every mode runs each prompt back to back
+                for mode, dt in modes:
+                    runs[mode][-1].append(one(dt, ids, max_tokens))
+            log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
+    add_joules([r for trials_ in runs.values() for trial in trials_ for r in trial], timeline)
 
     ideal = None
     if "auto" in runs:

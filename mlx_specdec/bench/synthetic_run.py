@@ -137,9 +137,9 @@ class SyntheticResult(BenchResult):
     synthetic: SyntheticInfo
 
 
-def _run(bundle, ids, max_tokens: int, draft, energy, policies) -> tuple[bench.Run, float]:
+def _run(bundle, ids, max_tokens: int, draft, policies) -> tuple[bench.Run, float]:
     """One generation -> (bench.Run, host seconds the device waited for in its rounds)."""
-    run = bench.run_specdec(bundle, ids, max_tokens, draft, energy, stop_tokens=(), policies=policies)
+    run = bench.run_specdec(bundle, ids, max_tokens, draft, stop_tokens=(), policies=policies)
     return run, run.host_s
 
 
@@ -218,6 +218,7 @@ def run_synthetic(
 def _bench(
     bundle, report, *, acceptance, ks, auto, max_tokens, prompt_tokens, trials, seed, energy, blas, log
 ) -> SyntheticResult:
+    from ..energy import EnergyTimeline
 
     ids = synthetic.random_prompt(bundle.target.vocab_size, prompt_tokens, seed)
     real_drafter = bundle.drafter
@@ -226,7 +227,7 @@ def _bench(
         modes += [(f"k={k}", k) for k in ks] + ([("auto", "auto")] if auto else [])
     policies = Policies(bundle)  # this run's: auto calibrates in the warm-up, with this run's drafter
     log("plain run (the target's own continuation)")
-    first, _ = _run(bundle, ids, max_tokens, 0, energy, policies)
+    first, _ = _run(bundle, ids, max_tokens, 0, policies)
     if acceptance is not None and real_drafter is not None:
         bundle.drafter = synthetic.OracleDrafter(real_drafter, ids + first.tokens, acceptance, seed)
 
@@ -234,14 +235,16 @@ def _bench(
     host: dict[str, float] = {m: 0.0 for m, _ in modes}
     for mode, dt in modes[1:]:  # warm-up (auto: its calibration too)
         log(f"warm-up {mode}")
-        _run(bundle, ids, min(max_tokens, 16), dt, energy, policies)
-    for t in range(trials):
-        t0 = time.perf_counter()
-        for mode, dt in modes:
-            run, wait = _run(bundle, ids, max_tokens, dt, energy, policies)
-            runs[mode].append([run])
-            host[mode] += wait
-        log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
+        _run(bundle, ids, min(max_tokens, 16), dt, policies)
+    with EnergyTimeline(energy) as timeline:
+        for t in range(trials):
+            t0 = time.perf_counter()
+            for mode, dt in modes:
+                run, wait = _run(bundle, ids, max_tokens, dt, policies)
+                runs[mode].append([run])
+                host[mode] += wait
+            log(f"trial {t + 1}/{trials}: {time.perf_counter() - t0:.1f} s")
+    bench.add_joules([r for trials_ in runs.values() for trial in trials_ for r in trial], timeline)
     costs = measure_costs(bundle, real_drafter, prompt_tokens + max_tokens // 2, max(ks, default=0))
 
     ideal = None
