@@ -23,7 +23,7 @@ import mlx.core as mx
 
 from .cache import PromptCache, drafter_kv, rewind
 from .draft_len import AutoPolicy, FixedPolicy
-from .energy import EnergyMeter
+from .energy import BatchedSource, EnergyTimeline
 from .round import issue_round
 from .settings import MAX_DRAFT, DraftSetting, SamplingParams
 
@@ -42,33 +42,22 @@ class PassCosts:
     plain: float
 
 
-ENERGY_SPAN_CAP_S = 5.0  # the longest one energy cost runs while a batched counter is measuring
-
-
-def _cost(fn, repeats: int, energy=None, clock=time.perf_counter) -> float:
-    """Seconds of fn(): the fastest of `repeats` after a warm-up; with `energy`, joules per run:
-    mean watts over at least `8 * repeats` runs, times their seconds, divided by the count.
-
-    Apple's counters publish every ~2 s: over a shorter window their difference reads 0 or a
-    whole batch. So the runs go on until the meter has a full counter period (at most
-    `ENERGY_SPAN_CAP_S`), and the watts come from its publication spans (energy.py)."""
+def _cost(fn, repeats: int, energy=None) -> float:
+    """Seconds of fn(): the fastest of `repeats` after a warm-up; with `energy` (a counter that
+    reads at once, such as RAPL), joules over `8 * repeats` runs divided by the count."""
     fn()  # warm-up (compilation, allocation)
     if energy is not None:
-        meter, runs = EnergyMeter(energy, clock=clock).start(), 0
-        while True:
+        runs = 8 * repeats
+        e0 = energy.read()
+        for _ in range(runs):
             fn()
-            runs += 1
-            reading = meter.reading()
-            if runs >= 8 * repeats and not (reading.measuring and reading.seconds < ENERGY_SPAN_CAP_S):
-                break
-        if reading.watts is None:  # still no full period: the difference is all there is
-            return (reading.joules or 0.0) / runs
-        return reading.watts * reading.seconds / runs
+        e1 = energy.read()
+        return (e1 - e0) / runs
     times = []
     for _ in range(repeats):
-        t = clock()
+        t = time.perf_counter()
         fn()
-        times.append(clock() - t)
+        times.append(time.perf_counter() - t)
     return min(times)
 
 
@@ -141,14 +130,30 @@ def measure_rounds(bundle, max_k: int, repeats: int = 5, context: int = 32, ener
     return [_cost(lambda k=k: one(k), repeats, energy) for k in range(1, max_k + 1)]
 
 
-def calibrate(bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None) -> list[float]:
+def calibrate(
+    bundle, max_k: int, repeats: int = 5, context: int = 32, energy=None, clock=time.perf_counter
+) -> list[float]:
     """Cost of a round with k = 0..max_k drafts (seconds, or joules with `energy`): k = 0 a
     plain step (the cheaper of a lone pass and a step queued as the loop queues it), k >= 1 a
     drafting round as the loop issues it (`measure_rounds`).
 
     A round of more drafts never counts as cheaper than one of fewer: on a busy machine noise
     can say otherwise, and a policy that believes it drafts forever at no acceptance.
+
+    Apple's counters (a `BatchedSource`) publish about every 2 s, far coarser than the few
+    passes one cost takes: two reads around them say 0 J or a whole batch, and waiting a full
+    period for each of the costs would take half a minute. There the rounds are timed and their
+    joules are those seconds times the mean power the counter measured while they ran
+    (`EnergyTimeline`; one wait for a publication at the end), so the per-joule choice equals
+    the per-second one; a counter that reads at once (RAPL) meters each cost on its own.
     """
+    if isinstance(energy, BatchedSource):
+        with EnergyTimeline(energy, clock=clock) as timeline:
+            t0 = clock()
+            seconds = calibrate(bundle, max_k, repeats, context)
+            t1 = clock()
+        joules = timeline.joules(t0, t1)
+        return [c * joules / (t1 - t0) for c in seconds] if joules and t1 > t0 else seconds
     pc, _ = _scratch(bundle, 0, context)
     lone = _cost(lambda: _verify(bundle, pc, 1), repeats, energy)
     plain = min(lone, _cost(lambda: _plain_steps(bundle, pc), repeats, energy) / 8)

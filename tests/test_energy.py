@@ -308,18 +308,31 @@ def test_counters_published_every_2s_polled_every_quarter_second_read_steady_wat
     assert readings[-1][1].joules == pytest.approx(total, rel=1e-12)
 
 
-def test_calibration_joules_per_pass_on_a_2s_counter_are_its_watts_times_the_pass_not_zero():
-    """auto's battery objective: passes of 10 ms at 10 W cost 0.1 J each. Eight passes (80 ms)
-    between two reads of a counter that publishes every 2 s would read 0 J (or a whole batch)."""
-    from mlx_specdec.calibrate import _cost
+def test_calibration_on_a_batched_counter_prices_the_timed_rounds_at_the_power_metered_meanwhile(monkeypatch):
+    """auto's battery objective on Apple's counters: the rounds are timed (faked here: 0.3 s in all,
+    costs of 10 and 20 ms) while a 10 W counter publishes; their joules are 10 W times their seconds."""
+    import time
 
-    machine = FakeMachine(FakeChannel("CPU Energy", "mJ", 10.0, first=-0.1))
+    from mlx_specdec import calibrate as cal
 
-    def one_pass():
-        machine.t += 0.01
+    class TenWatts:  # publishes every 50 ms on the real clock, dated by the driver
+        def sample(self):
+            now = time.perf_counter()
+            at = now - now % 0.05
+            return Sample(now, (EnergyCounter("CPU Energy", "mJ", round(10.0 * at * 1e3), at),))
 
-    joules = _cost(one_pass, repeats=1, energy=IOReportSource(machine), clock=machine.clock)
-    assert joules == pytest.approx(0.1, rel=1e-2)
+    real = cal.calibrate
+
+    def timed(bundle, max_k, repeats=5, context=32, energy=None, clock=None):
+        assert energy is None  # the rounds themselves are only timed
+        time.sleep(0.3)
+        return [0.01, 0.02]
+
+    monkeypatch.setattr(cal, "calibrate", timed)
+    assert real(None, 1, energy=IOReportSource(TenWatts())) == [
+        pytest.approx(0.1, rel=0.05),
+        pytest.approx(0.2, rel=0.05),
+    ]
 
 
 def test_timeline_dates_energy_within_a_counter_period_for_runs_shorter_than_one():
