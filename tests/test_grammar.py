@@ -10,9 +10,11 @@ import pytest
 from mlx_specdec.cache import PromptCache
 from mlx_specdec.decode import generate, stream_generate
 from mlx_specdec.errors import SpecdecError
+from mlx_specdec.gemma_format import TOOL_END, one_token_markers, parse, tool_call_grammar
 from mlx_specdec.grammar import Constraint
 from mlx_specdec.prompt import chat_ids
 from mlx_specdec.sampling import SamplingParams
+from mlx_specdec.serve.api import parse_chat
 from mlx_specdec.settings import GenerationSettings
 
 from .helpers.stats import chi2_critical, two_sample_chi_square
@@ -96,6 +98,104 @@ def test_a_bad_grammar_is_one_line_before_any_model(grammar, message):
 def test_a_grammar_that_does_not_compile_is_one_line(demo):
     with pytest.raises(SpecdecError, match="^the grammar does not compile"):
         Constraint(demo.tokenizer, demo.target.vocab_size, "lark", "start: ???", demo.tokenizer.eos_token_id)
+
+
+# --- strict tool parameters: a forced call in Gemma 4's syntax, its arguments from the schema ---
+WEATHER = {
+    "type": "object",
+    "properties": {"days": {"type": "integer"}, "unit": {"enum": ["c", "f"]}},
+    "required": ["days", "unit"],
+    "additionalProperties": False,
+}
+ZONE = {"type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}}, "required": ["zone"]}
+NESTED = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 4},
+        "at": {"type": "object", "properties": {"h": {"type": "number"}}, "required": ["h"]},
+        "tags": {"type": "array", "items": {"type": ["string", "null"]}},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["city", "ok"],
+    "additionalProperties": False,
+}
+
+
+def forced_call(demo, tool_choice, strict=True, schemas=(("get_weather", WEATHER), ("get_time", ZONE))):
+    """(request, prompt ids with the forced start, grammar) of a chat request forcing a tool call."""
+    tools = [{"type": "function", "function": {"name": n, "parameters": p, "strict": strict}} for n, p in schemas]
+    body = {"messages": [{"role": "user", "content": "Weather?"}], "tools": tools, "tool_choice": tool_choice}
+    req = parse_chat(body, "demo")
+    ids = chat_ids(demo.tokenizer, req.messages, tools=req.tools)
+    ids += demo.tokenizer.encode(req.forced_prefix, add_special_tokens=False)
+    return req, ids, req.tool_grammar(one_token_markers(demo.tokenizer))
+
+
+def test_a_forced_strict_tool_call_validates_against_its_schema_and_speculative_equals_plain(demo):
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    req, ids, grammar = forced_call(demo, choice, schemas=[("get_weather", WEATHER)])
+    pc = PromptCache(demo)  # the prompt is prefilled once
+    plain = generate(demo, ids, GenerationSettings(max_tokens=40, draft=0, grammar=grammar), prompt_cache=pc)
+    spec = generate(demo, ids, GenerationSettings(max_tokens=40, draft=3, grammar=grammar), prompt_cache=pc)
+    assert spec.tokens == plain.tokens
+    assert plain.text.endswith(TOOL_END)  # the grammar closed the call, and ended the output
+    [call] = parse(req.forced_prefix + plain.text).tool_calls
+    assert call.name == "get_weather"
+    jsonschema.validate(json.loads(call.arguments), WEATHER)
+
+
+def test_tool_choice_required_with_strict_tools_calls_one_of_them_with_valid_arguments(demo):
+    req, ids, grammar = forced_call(demo, "required")
+    out = generate(demo, ids, GenerationSettings(max_tokens=40, draft=3, grammar=grammar))
+    [call] = parse(req.forced_prefix + out.text).tool_calls
+    jsonschema.validate(json.loads(call.arguments), {"get_weather": WEATHER, "get_time": ZONE}[call.name])
+
+
+@pytest.mark.parametrize(
+    "arguments, valid",
+    [
+        ('city:<|"|>a b<|"|>,ok:true,tags:[<|"|>x<y<|"|>]}', True),
+        ('at:{h:-1.5e3},city:<|"|><|"|>,ok:false,tags:[<|"|>x<|"|>,null]}', True),
+        ('city:<|"|>Paris<|"|>,ok:true}', False),  # longer than maxLength
+        ("ok:true}", False),  # a required property missing
+        ('ok:true,city:<|"|>a<|"|>}', False),  # not in the template's (sorted) order
+        ('city:<|"|>a<|"|>,ok:true,x:1}', False),  # a property not in the schema
+        ('at:{},city:<|"|>a<|"|>,ok:true}', False),  # the nested required property missing
+    ],
+)
+def test_a_strict_tool_grammar_takes_exactly_the_gemma_arguments_that_validate(demo, arguments, valid):
+    _, _, grammar = forced_call(demo, {"type": "function", "function": {"name": "f"}}, schemas=[("f", NESTED)])
+    c = Constraint(demo.tokenizer, demo.target.vocab_size, *grammar, demo.tokenizer.eos_token_id)
+    ids = demo.tokenizer.encode(arguments + TOOL_END, add_special_tokens=False)
+    assert all(c.matcher.consume_token(t) for t in ids) == valid
+    if valid:
+        assert c.done
+        jsonschema.validate(json.loads(parse("<|tool_call>call:f{" + arguments).tool_calls[0].arguments), NESTED)
+
+
+def test_the_strict_grammar_reads_markers_that_are_special_tokens_as_those_tokens(demo):
+    """Gemma 4's tokenizer writes <|"|>, <|tool_call> and <tool_call|> as one special token each
+    (the demo's spells them out): the grammar must ask for those tokens."""
+    import copy
+
+    import llguidance.hf
+
+    hf = copy.deepcopy(demo.tokenizer._tokenizer)
+    hf.add_special_tokens({"additional_special_tokens": ['<|"|>', "<|tool_call>", TOOL_END]})
+    one_token = one_token_markers(hf)
+    assert sorted(one_token.values()) == [len(hf) - 3, len(hf) - 2, len(hf) - 1]
+    grammar = tool_call_grammar({"f": NESTED}, "f", one_token)
+    ll = llguidance.hf.from_tokenizer(hf, n_vocab=len(hf), eos_token=1)
+    for arguments, valid in (('city:<|"|>a b<|"|>,ok:true,tags:[<|"|>x<y<|"|>]}', True), ("ok:true}", False)):
+        matcher = llguidance.LLMatcher(ll, llguidance.grammar_from("lark", grammar))
+        ids = hf.encode(arguments + TOOL_END, add_special_tokens=False)
+        assert all(matcher.consume_token(t) for t in ids) == valid
+        assert matcher.is_stopped()
+
+
+def test_a_forced_call_to_a_tool_that_is_not_strict_is_not_constrained(demo):
+    assert forced_call(demo, {"type": "function", "function": {"name": "get_weather"}}, strict=False)[2] is None
+    assert forced_call(demo, "auto")[2] is None  # free text stays free
 
 
 @pytest.mark.slow

@@ -271,6 +271,30 @@ def test_a_forced_tool_call_cut_off_by_its_limit_is_a_tool_call_with_finish_reas
         app.worker.script, app.worker.finish = ["Hello", "."], "stop"
 
 
+def test_a_forced_strict_tool_is_generated_under_its_grammar_and_a_non_strict_one_is_not(app):
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    strict = [{"type": "function", "function": {**TOOLS[0]["function"], "strict": True}}]
+    for tools, kind in ((strict, "lark"), (TOOLS, None)):
+        client(app).chat.completions.create(model="scripted", messages=QUESTION, tools=tools, tool_choice=forced)
+        grammar = app.worker.jobs_seen[-1].settings.grammar
+        assert (grammar and grammar[0]) == kind
+    tool = {"type": "function", "strict": True, **{k: v for k, v in TOOLS[0]["function"].items()}}
+    client(app).responses.create(
+        model="scripted", input="hi", tools=[tool], tool_choice={"type": "function", "name": "get_weather"}
+    )
+    assert app.worker.jobs_seen[-1].settings.grammar[0] == "lark"
+
+
+def test_strict_parameters_the_grammar_cannot_enforce_get_400(app):
+    params = {"type": "object", "properties": {"city": {"type": "string", "pattern": "^[A-Z]"}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": params, "strict": True}}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client(app).chat.completions.create(model="scripted", messages=QUESTION, tools=tools, tool_choice="required")
+    assert e.value.body["message"] == (
+        "'pattern' is not supported in strict tool parameters; give 'strict': false to send this schema unenforced"
+    )
+
+
 # --- Anthropic's Messages API, with its official client --------------------------------------
 TOOL_SCRIPT = [
     "<|channel>thought\nNeed",

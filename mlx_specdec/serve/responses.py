@@ -88,7 +88,7 @@ def parse_responses(body: dict, store: ResponseStore, model: str, defaults=None,
     if any(not isinstance(t, dict) or t.get("type") != "function" for t in tools):
         raise ApiError(400, "only function tools are supported", param="tools")
     if tools:
-        keys = ("name", "description", "parameters")
+        keys = ("name", "description", "parameters", "strict")
         chat["tools"] = [{"type": "function", "function": {k: t[k] for k in keys if k in t}} for t in tools]
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
