@@ -400,3 +400,37 @@ def test_responses_function_call_and_its_output_round_trip(app):
         assert '<|tool_response>response:get_weather{value:<|"|>sunny, 21 C<|"|>}' in prompt
     finally:
         app.worker.script = ["Hello", "."]
+
+
+def test_streamed_responses_emit_reasoning_and_function_call_items_in_openais_event_sequence(app):
+    tools = [{"type": "function", "name": "get_weather", "parameters": TOOLS[0]["function"]["parameters"]}]
+    app.worker.script = [*TOOL_SCRIPT[:2], "It is", " Paris.", *TOOL_SCRIPT[2:]]
+    try:
+        with client(app).responses.stream(model="scripted", input="Weather in Paris?", tools=tools) as stream:
+            events = list(stream)
+            final = stream.get_final_response()
+    finally:
+        app.worker.script = ["Hello", "."]
+    kinds = [e.type for e in events]
+    added, done = "response.output_item.added", "response.output_item.done"
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        *[added, "response.reasoning_summary_part.added"],
+        *["response.reasoning_summary_text.delta"] * 2,
+        *["response.reasoning_summary_text.done", "response.reasoning_summary_part.done", done],
+        *[added, "response.content_part.added"],
+        *["response.output_text.delta"] * 2,
+        *["response.output_text.done", "response.content_part.done", done],
+        *[added, "response.function_call_arguments.delta", "response.function_call_arguments.done", done],
+        "response.completed",
+    ]
+    assert [o.type for o in final.output] == ["reasoning", "message", "function_call"]
+    assert final.output[0].summary[0].text == "Need the weather." and final.output_text == "It is Paris."
+    assert json.loads(final.output[2].arguments) == {"city": "Paris"} and final.output[2].name == "get_weather"
+    items = [e.item for e in events if e.type == done]
+    final_items = [o.model_dump(exclude_none=True) for o in events[-1].response.output]
+    assert [i.model_dump(exclude_none=True) for i in items] == final_items  # each item whole when done
+    assert [e.output_index for e in events if e.type == added] == [0, 1, 2]
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert args == final.output[2].arguments
