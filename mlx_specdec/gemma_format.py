@@ -232,13 +232,14 @@ def parse(text: str, **kwargs) -> Parsed:
     return parser.result
 
 
-# --- strict tool parameters: a forced call as a grammar -------------------------------------------
+# --- strict tool parameters: calls as a grammar ---------------------------------------------------
 # OpenAI's `strict: true` promises arguments that validate against the tool's `parameters`. The
 # call is written in Gemma 4's own syntax (what the template shows the model), so the grammar is
 # that syntax, built from the schema: keys bare and in the template's (sorted) order, strings
 # between STRING_DELIM, numbers, true/false/null, [..] and {..}; no whitespace. What the grammar
 # allows, `parse_tool_call` turns into JSON that validates. Keywords it cannot enforce (pattern,
-# minimum, ...) are refused, never ignored.
+# minimum, ...) are refused, never ignored. A forced call's grammar starts after its prefilled
+# start; with tool_choice auto the grammar is free text in which each call is constrained.
 _ANNOTATIONS = {"description", "title", "default", "examples", "$schema", "$comment"}
 _KEYWORDS = {
     None: {"type", "enum", "const", "anyOf"},
@@ -249,12 +250,33 @@ _KEYWORDS = {
 _KEY = r"[\w.$@-]+"  # keys the parser reads back (no ',', ':', '{' or quotes inside)
 
 
+@dataclass(frozen=True)
+class Markup:
+    """How a tokenizer writes the markup, for a grammar: the markers it writes as one token
+    (Gemma 4's are special tokens; a test tokenizer may spell them out) -> the id, and its special
+    tokens' ids (free text may contain them, but no text lexeme matches them)."""
+
+    one_token: dict = field(default_factory=dict)
+    special_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> Markup:
+        one_token = {}
+        for m in (STRING_DELIM, TOOL_START, TOOL_END):
+            ids = tokenizer.encode(m, add_special_tokens=False)
+            if len(ids) == 1:
+                one_token[m] = int(ids[0])
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        return cls(one_token, tuple(sorted(int(i) for i, t in added.items() if getattr(t, "special", False))))
+
+
 class _Lark:
     """Rules of one grammar; markers that are one token are written as that token (`<[id]>`)."""
 
-    def __init__(self, one_token: dict[str, int]):
+    def __init__(self, markup: Markup):
         self.rules: list[str] = []
-        self.one_token = one_token
+        self.one_token = markup.one_token
+        self.special_ids = markup.special_ids
 
     def marker(self, text: str) -> str:
         return f"<[{self.one_token[text]}]>" if text in self.one_token else json.dumps(text, ensure_ascii=False)
@@ -341,7 +363,7 @@ class _Lark:
             rest = new_rest
         return first or ""
 
-    def text(self, start: str) -> str:
+    def text(self, start: str, *terminals: str) -> str:
         string = r'STRING: /<\|"\|>([^<]|<+[^<|])*<\|"\|>/' + "\nSTRING_TEXT: /(.|\\n)+/"
         generic = [
             f'value: {self.string()} | NUMBER | "true" | "false" | "null" | "{{" member ("," member)* "}}"'
@@ -350,18 +372,22 @@ class _Lark:
             f"KEY_COLON: /{_KEY}:/",
         ]
         numbers = ["INTEGER: /-?(0|[1-9][0-9]*)/", r"NUMBER: /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/"]
-        return "\n".join([f"start: {start}", *self.rules, *generic, string, *numbers]) + "\n"
+        return "\n".join([f"start: {start}", *self.rules, *generic, string, *numbers, *terminals]) + "\n"
 
 
-def tool_call_grammar(tools: dict[str, dict | None], name: str | None = None, one_token=None) -> str:
-    """The Lark grammar (llguidance's dialect) of what follows a forced call's prefilled start.
+def tool_call_grammar(
+    tools: dict[str, dict | None], name: str | None = None, markup: Markup | None = None, *, free_text: bool = False
+) -> str:
+    """The Lark grammar (llguidance's dialect) of a tool call whose arguments follow the schemas.
 
     tools: name -> its `parameters` schema, or None for a tool whose arguments are free (not
     strict). name: the forced tool (its start `<|tool_call>call:NAME{` is prefilled: the grammar
-    is the rest of its arguments, `}` and the end marker); None: any of `tools` (`call:` is
-    prefilled). one_token: markers the tokenizer writes as one token -> its id.
+    is the rest of its arguments, `}` and the end marker); None: a call to one of `tools`, whose
+    `<|tool_call>call:` is prefilled, or with `free_text` (tool_choice auto) any output in which
+    every call, and only what follows its start marker, is constrained.
+    markup: how the tokenizer writes the markers (Markup.for_tokenizer; None: spelled out).
     Raises ValueError for a schema it cannot enforce."""
-    g = _Lark(one_token or {})
+    g = _Lark(markup or Markup())
     end = g.marker(TOOL_END)
 
     def body(schema) -> str:
@@ -373,15 +399,16 @@ def tool_call_grammar(tools: dict[str, dict | None], name: str | None = None, on
 
     if name is not None:
         return g.text(f'{body(tools[name])} "}}" {end}')
-    calls = [f'{json.dumps(n + "{")} {body(s)} "}}" {end}' for n, s in tools.items()]
-    return g.text(" | ".join(f"({c})" for c in calls))
-
-
-def one_token_markers(tokenizer) -> dict[str, int]:
-    """The markers this tokenizer writes as one token (Gemma 4's special tokens) -> the id."""
-    out = {}
-    for m in (STRING_DELIM, TOOL_START, TOOL_END):
-        ids = tokenizer.encode(m, add_special_tokens=False)
-        if len(ids) == 1:
-            out[m] = int(ids[0])
-    return out
+    calls = g.rule(" | ".join(f'{json.dumps(n + "{")} {body(s)} "}}" {end}' for n, s in tools.items()))
+    if not free_text:
+        return g.text(calls)
+    if TOOL_START in g.one_token:  # any token but the start marker, between calls
+        start, free = g.one_token[TOOL_START], f"<[^{g.one_token[TOOL_START]}]>*"
+        return g.text(f'{free} (<[{start}]> "call:" {calls} {free})*')
+    # The start marker spelled out: text without it, up to and including it, is one lexeme;
+    # special tokens (the thinking markers...) come between text lexemes.
+    text = r"TEXT: /(.|\n)+/ & ~/(.|\n)*<\|tool_call>(.|\n)*/" + f"\nTO_CALL: TEXT? {json.dumps(TOOL_START)}"
+    if g.special_ids:
+        special = ",".join(str(i) for i in g.special_ids)
+        return g.text(f'(TEXT | <[{special}]> | TO_CALL "call:" {calls})*', text)
+    return g.text(f'(TEXT | TO_CALL "call:" {calls})*', text)

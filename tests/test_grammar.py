@@ -10,7 +10,7 @@ import pytest
 from mlx_specdec.cache import PromptCache
 from mlx_specdec.decode import generate, stream_generate
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.gemma_format import TOOL_END, one_token_markers, parse, tool_call_grammar
+from mlx_specdec.gemma_format import TOOL_END, Markup, parse, tool_call_grammar
 from mlx_specdec.grammar import Constraint
 from mlx_specdec.prompt import chat_ids
 from mlx_specdec.sampling import SamplingParams
@@ -128,7 +128,7 @@ def forced_call(demo, tool_choice, strict=True, schemas=(("get_weather", WEATHER
     req = parse_chat(body, "demo")
     ids = chat_ids(demo.tokenizer, req.messages, tools=req.tools)
     ids += demo.tokenizer.encode(req.forced_prefix, add_special_tokens=False)
-    return req, ids, req.tool_grammar(one_token_markers(demo.tokenizer))
+    return req, ids, req.tool_grammar(Markup.for_tokenizer(demo.tokenizer))
 
 
 def test_a_forced_strict_tool_call_validates_against_its_schema_and_speculative_equals_plain(demo):
@@ -173,29 +173,66 @@ def test_a_strict_tool_grammar_takes_exactly_the_gemma_arguments_that_validate(d
         jsonschema.validate(json.loads(parse("<|tool_call>call:f{" + arguments).tool_calls[0].arguments), NESTED)
 
 
-def test_the_strict_grammar_reads_markers_that_are_special_tokens_as_those_tokens(demo):
-    """Gemma 4's tokenizer writes <|"|>, <|tool_call> and <tool_call|> as one special token each
-    (the demo's spells them out): the grammar must ask for those tokens."""
+def special_marker_tokenizer(demo):
+    """The demo's tokenizer with <|"|>, <|tool_call> and <tool_call|> as special tokens, as Gemma 4's
+    has them (the demo's spells them out): a grammar must ask for those tokens."""
     import copy
-
-    import llguidance.hf
 
     hf = copy.deepcopy(demo.tokenizer._tokenizer)
     hf.add_special_tokens({"additional_special_tokens": ['<|"|>', "<|tool_call>", TOOL_END]})
-    one_token = one_token_markers(hf)
-    assert sorted(one_token.values()) == [len(hf) - 3, len(hf) - 2, len(hf) - 1]
-    grammar = tool_call_grammar({"f": NESTED}, "f", one_token)
-    ll = llguidance.hf.from_tokenizer(hf, n_vocab=len(hf), eos_token=1)
-    for arguments, valid in (('city:<|"|>a b<|"|>,ok:true,tags:[<|"|>x<y<|"|>]}', True), ("ok:true}", False)):
-        matcher = llguidance.LLMatcher(ll, llguidance.grammar_from("lark", grammar))
-        ids = hf.encode(arguments + TOOL_END, add_special_tokens=False)
-        assert all(matcher.consume_token(t) for t in ids) == valid
-        assert matcher.is_stopped()
+    return hf
+
+
+def takes(tokenizer, n_vocab, grammar, text) -> bool:
+    """Whether a fresh matcher of `grammar` takes `text` and then the end of output (id 1).
+    tokenizer: a transformers one."""
+    import llguidance.hf
+
+    ll = llguidance.hf.from_tokenizer(tokenizer, n_vocab=n_vocab, eos_token=1)
+    matcher = llguidance.LLMatcher(ll, llguidance.grammar_from("lark", grammar))
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return all(matcher.consume_token(t) for t in ids) and matcher.consume_token(1)
+
+
+def test_the_strict_grammar_reads_markers_that_are_special_tokens_as_those_tokens(demo):
+    hf = special_marker_tokenizer(demo)
+    markup = Markup.for_tokenizer(hf)
+    assert sorted(markup.one_token.values()) == [len(hf) - 3, len(hf) - 2, len(hf) - 1]
+    grammar = tool_call_grammar({"f": NESTED}, "f", markup)
+    assert takes(hf, len(hf), grammar, 'city:<|"|>a b<|"|>,ok:true,tags:[<|"|>x<y<|"|>]}' + TOOL_END)
+    assert not takes(hf, len(hf), grammar, "ok:true}" + TOOL_END)
+
+
+AUTO_CASES = [
+    ("No call here, only <| text and <tool_call|>.", True),
+    ('<|channel>thought\nhm<channel|>Sure.<|tool_call>call:t{zone:<|"|>utc<|"|>}<tool_call|>Done.', True),
+    ('<|tool_call>call:f{city:<|"|>ab<|"|>,ok:true}<tool_call|><|tool_call>call:any{x:[1]}<tool_call|>', True),
+    ('Sure.<|tool_call>call:t{zone:<|"|>mars<|"|>}<tool_call|>', False),  # not in the enum
+    ("Sure.<|tool_call>call:nope{}<tool_call|>", False),  # not one of the tools
+    ("Sure.<|tool_call>call:t{}<tool_call|>", False),  # a required property missing
+]
+
+
+@pytest.mark.parametrize("special_markers", [False, True])
+def test_with_tool_choice_auto_text_stays_free_and_every_call_follows_its_tools_schema(demo, special_markers):
+    tok = special_marker_tokenizer(demo) if special_markers else demo.tokenizer._tokenizer
+    n_vocab = len(tok) if special_markers else demo.target.vocab_size
+    grammar = tool_call_grammar({"f": NESTED, "t": ZONE, "any": None}, None, Markup.for_tokenizer(tok), free_text=True)
+    assert [takes(tok, n_vocab, grammar, text) for text, _ in AUTO_CASES] == [valid for _, valid in AUTO_CASES]
+
+
+def test_with_tool_choice_auto_and_strict_tools_speculative_free_text_equals_unconstrained_plain(demo):
+    req, ids, grammar = forced_call(demo, "auto", schemas=[("get_time", ZONE)])
+    assert grammar[0] == "lark"
+    pc = PromptCache(demo)  # the prompt is prefilled once
+    free = generate(demo, ids, GenerationSettings(max_tokens=24, draft=0), prompt_cache=pc)
+    spec = generate(demo, ids, GenerationSettings(max_tokens=24, draft=3, grammar=grammar), prompt_cache=pc)
+    assert spec.tokens == free.tokens
 
 
 def test_a_forced_call_to_a_tool_that_is_not_strict_is_not_constrained(demo):
     assert forced_call(demo, {"type": "function", "function": {"name": "get_weather"}}, strict=False)[2] is None
-    assert forced_call(demo, "auto")[2] is None  # free text stays free
+    assert forced_call(demo, "auto", strict=False)[2] is None
 
 
 @pytest.mark.slow

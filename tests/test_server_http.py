@@ -271,11 +271,20 @@ def test_a_forced_tool_call_cut_off_by_its_limit_is_a_tool_call_with_finish_reas
         app.worker.script, app.worker.finish = ["Hello", "."], "stop"
 
 
-def test_a_forced_strict_tool_is_generated_under_its_grammar_and_a_non_strict_one_is_not(app):
+def test_strict_tools_are_generated_under_their_grammar_and_non_strict_ones_are_not(app):
     forced = {"type": "function", "function": {"name": "get_weather"}}
     strict = [{"type": "function", "function": {**TOOLS[0]["function"], "strict": True}}]
-    for tools, kind in ((strict, "lark"), (TOOLS, None)):
-        client(app).chat.completions.create(model="scripted", messages=QUESTION, tools=tools, tool_choice=forced)
+    json_mode = {"type": "json_object"}
+    for tools, choice, fmt, kind in [
+        (strict, forced, None, "lark"),
+        (TOOLS, forced, None, None),  # not strict: as before
+        (strict, "auto", None, "lark"),  # free text, constrained calls
+        (strict, "auto", json_mode, "json"),  # the answer's format wins
+    ]:
+        extra = {"response_format": fmt} if fmt else {}
+        client(app).chat.completions.create(
+            model="scripted", messages=QUESTION, tools=tools, tool_choice=choice, **extra
+        )
         grammar = app.worker.jobs_seen[-1].settings.grammar
         assert (grammar and grammar[0]) == kind
     tool = {"type": "function", "strict": True, **{k: v for k, v in TOOLS[0]["function"].items()}}

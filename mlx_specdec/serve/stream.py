@@ -19,7 +19,7 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from ..gemma_format import Content, GemmaParser, Reasoning, one_token_markers, opens_reasoning
+from ..gemma_format import Content, GemmaParser, Markup, Reasoning, opens_reasoning
 from ..prompt import chat_ids
 from ..stats import RunStats
 from .api import ApiError, GenRequest, chat_message, envelope, tool_call_json
@@ -40,14 +40,14 @@ class Run:
         server = app_state.settings
         cap = min(server.max_tokens, app_state.context_limit)  # --max-tokens: the default and the most
         tok = app_state.worker.bundle.tokenizer
-        tools = req.tool_grammar(one_token_markers(tok)) if req.kind == "chat" else None
+        tools = req.tool_grammar(Markup.for_tokenizer(tok)) if req.kind == "chat" else None
         settings = dataclasses.replace(
             server,
             max_tokens=min(req.max_tokens or cap, cap),
             draft=req.draft,
             sampling=req.sampling,
             stop=req.stop,
-            grammar=tools or req.grammar,  # a forced strict call: its grammar; it has no content to shape
+            grammar=tools or req.grammar,  # strict tools' grammar; with auto, only without response_format
             logit_bias=req.logit_bias,
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
