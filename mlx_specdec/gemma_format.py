@@ -30,6 +30,9 @@ API for front ends (the chat UI shows Reasoning dimmed, the server maps events t
                 case Content(text): ...      # the answer
                 case ToolCall(index, name, arguments): ...   # arguments: a JSON object text
     for event in parser.finish(): ...        # the held-back tail, at the end of generation
+
+`tool_call_grammar` writes the same syntax the other way round: a Lark grammar (for grammar.py)
+whose calls follow the tools' JSON Schemas (OpenAI's strict tool parameters).
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ class Run:
         server = app_state.settings
         cap = min(server.max_tokens, app_state.context_limit)  # --max-tokens: the default and the most
         tok = app_state.worker.bundle.tokenizer
-        tools = req.tool_grammar(Markup.for_tokenizer(tok)) if req.kind == "chat" else None
+        strict = req.kind == "chat" and any(t["function"].get("strict") for t in req.tools or [])
+        tools = req.tool_grammar(Markup.for_tokenizer(tok)) if strict else None
         settings = dataclasses.replace(
             server,
             max_tokens=min(req.max_tokens or cap, cap),
