@@ -30,11 +30,15 @@ API for front ends (the chat UI shows Reasoning dimmed, the server maps events t
                 case Content(text): ...      # the answer
                 case ToolCall(index, name, arguments): ...   # arguments: a JSON object text
     for event in parser.finish(): ...        # the held-back tail, at the end of generation
+
+`tool_call_grammar` writes the same syntax the other way round: a Lark grammar (for grammar.py)
+whose calls follow the tools' JSON Schemas (OpenAI's strict tool parameters).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from mlx_lm.tool_parsers import gemma4
@@ -229,3 +233,185 @@ def parse(text: str, **kwargs) -> Parsed:
     parser.feed(text)
     parser.finish()
     return parser.result
+
+
+# --- strict tool parameters: calls as a grammar ---------------------------------------------------
+# OpenAI's `strict: true` promises arguments that validate against the tool's `parameters`. The
+# call is written in Gemma 4's own syntax (what the template shows the model), so the grammar is
+# that syntax, built from the schema: keys bare and in the template's (sorted) order, strings
+# between STRING_DELIM, numbers, true/false/null, [..] and {..}; no whitespace. What the grammar
+# allows, `parse_tool_call` turns into JSON that validates. Keywords it cannot enforce (pattern,
+# minimum, ...) are refused, never ignored. A forced call's grammar starts after its prefilled
+# start; with tool_choice auto the grammar is free text in which each call is constrained.
+_ANNOTATIONS = {"description", "title", "default", "examples", "$schema", "$comment"}
+_KEYWORDS = {
+    None: {"type", "enum", "const", "anyOf"},
+    "object": {"properties", "required", "additionalProperties"},
+    "array": {"items"},
+    "string": {"minLength", "maxLength"},
+}
+_KEY = r"[\w.$@-]+"  # keys the parser reads back (no ',', ':', '{' or quotes inside)
+
+
+@dataclass(frozen=True)
+class Markup:
+    """How a tokenizer writes the markup, for a grammar: the markers it writes as one token
+    (Gemma 4's are special tokens; a test tokenizer may spell them out) -> the id, and its special
+    tokens' ids (free text may contain them, but no text lexeme matches them)."""
+
+    one_token: dict = field(default_factory=dict)
+    special_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> Markup:
+        one_token = {}
+        for m in (STRING_DELIM, TOOL_START, TOOL_END):
+            ids = tokenizer.encode(m, add_special_tokens=False)
+            if len(ids) == 1:
+                one_token[m] = int(ids[0])
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        return cls(one_token, tuple(sorted(int(i) for i, t in added.items() if getattr(t, "special", False))))
+
+
+class _Lark:
+    """Rules of one grammar; markers that are one token are written as that token (`<[id]>`)."""
+
+    def __init__(self, markup: Markup):
+        self.rules: list[str] = []
+        self.one_token = markup.one_token
+        self.special_ids = markup.special_ids
+
+    def marker(self, text: str) -> str:
+        return f"<[{self.one_token[text]}]>" if text in self.one_token else json.dumps(text, ensure_ascii=False)
+
+    def rule(self, body: str) -> str:
+        self.rules.append(f"r{len(self.rules)}: {body}")
+        return f"r{len(self.rules) - 1}"
+
+    def string(self, schema: dict | None = None) -> str:
+        lo, hi = (schema or {}).get("minLength", 0), (schema or {}).get("maxLength")
+        if lo or hi is not None:  # counted characters: none may be '<'
+            text = f"/[^<]{{{lo},{'' if hi is None else hi}}}/"
+            if STRING_DELIM in self.one_token:
+                return f"{self.marker(STRING_DELIM)} {self.rule(text)} {self.marker(STRING_DELIM)}"
+            return self.rule(f'/<\\|"\\|>[^<]{{{lo},{"" if hi is None else hi}}}<\\|"\\|>/')
+        if STRING_DELIM in self.one_token:  # text between two delimiter tokens
+            return f"{self.marker(STRING_DELIM)} STRING_TEXT? {self.marker(STRING_DELIM)}"
+        return "STRING"  # one lexeme: no '<|' inside, so the closing delimiter is unambiguous
+
+    def literal(self, value) -> str:
+        if isinstance(value, str):
+            return f"{self.marker(STRING_DELIM)} {json.dumps(value, ensure_ascii=False)} {self.marker(STRING_DELIM)}"
+        if isinstance(value, (bool, int, float)) or value is None:
+            return json.dumps(json.dumps(value))
+        raise ValueError("enum and const values must be strings, numbers, booleans or null")
+
+    def value(self, schema) -> str:
+        """A Lark expression for the values that validate against `schema`."""
+        if schema is True or schema == {}:
+            return "value"
+        if not isinstance(schema, dict):
+            raise ValueError(f"a schema must be an object, not {json.dumps(schema)[:40]}")
+        kinds = schema.get("type")
+        allowed = _KEYWORDS[None] | _ANNOTATIONS
+        for k in kinds if isinstance(kinds, list) else [kinds]:
+            allowed = allowed | _KEYWORDS.get(k, set())
+        extra = sorted(set(schema) - allowed)
+        if extra:
+            raise ValueError(f"'{extra[0]}' is not supported in strict tool parameters")
+        if "const" in schema or "enum" in schema:
+            values = [schema["const"]] if "const" in schema else schema["enum"]
+            return self.rule(" | ".join(self.literal(v) for v in values))
+        if "anyOf" in schema:
+            rest = {k: v for k, v in schema.items() if k != "anyOf" and k not in _ANNOTATIONS}
+            if rest:
+                raise ValueError("'anyOf' beside other keywords is not supported in strict tool parameters")
+            return self.rule(" | ".join(self.value(s) for s in schema["anyOf"]))
+        if kinds is None:
+            return "value"
+        if isinstance(kinds, list):
+            return self.rule(" | ".join(self.value({**schema, "type": k}) for k in kinds))
+        if kinds == "string":
+            return self.rule(self.string(schema))
+        simple = {"integer": "INTEGER", "number": "NUMBER", "boolean": '"true" | "false"', "null": '"null"'}
+        if kinds in simple:
+            return self.rule(simple[kinds])
+        if kinds == "array":
+            item = self.value(schema.get("items", True))
+            return self.rule(f'"[" ({item} ("," {item})*)? "]"')
+        if kinds == "object":
+            return self.rule(f'"{{" {self.members(schema)} "}}"')
+        raise ValueError(f"unknown type {kinds!r} in strict tool parameters")
+
+    def members(self, schema: dict) -> str:
+        """The inside of an object (between the braces): its properties in sorted order, each
+        present if required, optional otherwise, separated by commas."""
+        props = schema.get("properties") or {}
+        required = set(schema.get("required") or ())
+        if not props and schema.get("additionalProperties", True) is not False:
+            return '(member ("," member)*)?'
+        if required - set(props):
+            raise ValueError(f"required property {sorted(required - set(props))[0]!r} is not in 'properties'")
+        parts = []
+        for key in sorted(props):
+            if not re.fullmatch(_KEY, key):
+                raise ValueError(f"property name {key!r} is not supported in strict tool parameters")
+            parts.append((f"{json.dumps(key + ':')} {self.value(props[key])}", key in required))
+        # first: nothing written yet (no comma before the next); rest: something was
+        first, rest = "", ""
+        for member, needed in reversed(parts):
+            new_rest = f'"," {member} {rest}' if needed else f'("," {member})? {rest}'
+            alt = f"{member} {rest}"
+            first = alt if needed else f"({alt} | {first})" if first else f"({alt})?"
+            rest = new_rest
+        return first or ""
+
+    def text(self, start: str, *terminals: str) -> str:
+        string = r'STRING: /<\|"\|>([^<]|<+[^<|])*<\|"\|>/' + "\nSTRING_TEXT: /(.|\\n)+/"
+        generic = [
+            f'value: {self.string()} | NUMBER | "true" | "false" | "null" | "{{" member ("," member)* "}}"'
+            f' | "{{}}" | "[" (value ("," value)*)? "]"',
+            "member: KEY_COLON value",
+            f"KEY_COLON: /{_KEY}:/",
+        ]
+        numbers = ["INTEGER: /-?(0|[1-9][0-9]*)/", r"NUMBER: /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/"]
+        return "\n".join([f"start: {start}", *self.rules, *generic, string, *numbers, *terminals]) + "\n"
+
+
+def tool_call_grammar(
+    tools: dict[str, dict | None], name: str | None = None, markup: Markup | None = None, *, free_text: bool = False
+) -> str:
+    """The Lark grammar (llguidance's dialect) of a tool call whose arguments follow the schemas.
+
+    tools: name -> its `parameters` schema, or None for a tool whose arguments are free (not
+    strict). name: the forced tool (its start `<|tool_call>call:NAME{` is prefilled: the grammar
+    is the rest of its arguments, `}` and the end marker); None: a call to one of `tools`, whose
+    `<|tool_call>call:` is prefilled, or with `free_text` (tool_choice auto) any output in which
+    every call, and only what follows its start marker, is constrained.
+    markup: how the tokenizer writes the markers (Markup.for_tokenizer; None: spelled out).
+    Raises ValueError for a schema it cannot enforce."""
+    g = _Lark(markup or Markup())
+    end = g.marker(TOOL_END)
+
+    def body(schema) -> str:
+        if schema is None:
+            return '(member ("," member)*)?'
+        if schema.get("type", "object") != "object":
+            raise ValueError("strict tool parameters must be an object schema")
+        return g.members({**schema, "type": "object"})
+
+    if name is not None:
+        return g.text(f'{body(tools[name])} "}}" {end}')
+    calls = g.rule(" | ".join(f'{json.dumps(n + "{")} {body(s)} "}}" {end}' for n, s in tools.items()))
+    if not free_text:
+        return g.text(calls)
+    if TOOL_START in g.one_token:  # any token but the start marker, between calls
+        start, free = g.one_token[TOOL_START], f"<[^{g.one_token[TOOL_START]}]>*"
+        return g.text(f'{free} (<[{start}]> "call:" {calls} {free})*')
+    # The start marker spelled out: text without it, up to and including it, is one lexeme;
+    # special tokens (the thinking markers...) come between text lexemes.
+    text = r"TEXT: /(.|\n)+/ & ~/(.|\n)*<\|tool_call>(.|\n)*/" + f"\nTO_CALL: TEXT? {json.dumps(TOOL_START)}"
+    if g.special_ids:
+        special = ",".join(str(i) for i in g.special_ids)
+        return g.text(f'(TEXT | <[{special}]> | TO_CALL "call:" {calls})*', text)
+    return g.text(f'(TEXT | TO_CALL "call:" {calls})*', text)

@@ -10,9 +10,11 @@ import pytest
 from mlx_specdec.cache import PromptCache
 from mlx_specdec.decode import generate, stream_generate
 from mlx_specdec.errors import SpecdecError
+from mlx_specdec.gemma_format import TOOL_END, Markup, parse, tool_call_grammar
 from mlx_specdec.grammar import Constraint
 from mlx_specdec.prompt import chat_ids
 from mlx_specdec.sampling import SamplingParams
+from mlx_specdec.serve.api import parse_chat
 from mlx_specdec.settings import GenerationSettings
 
 from .helpers.stats import chi2_critical, two_sample_chi_square
@@ -96,6 +98,141 @@ def test_a_bad_grammar_is_one_line_before_any_model(grammar, message):
 def test_a_grammar_that_does_not_compile_is_one_line(demo):
     with pytest.raises(SpecdecError, match="^the grammar does not compile"):
         Constraint(demo.tokenizer, demo.target.vocab_size, "lark", "start: ???", demo.tokenizer.eos_token_id)
+
+
+# --- strict tool parameters: a forced call in Gemma 4's syntax, its arguments from the schema ---
+WEATHER = {
+    "type": "object",
+    "properties": {"days": {"type": "integer"}, "unit": {"enum": ["c", "f"]}},
+    "required": ["days", "unit"],
+    "additionalProperties": False,
+}
+ZONE = {"type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}}, "required": ["zone"]}
+NESTED = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 4},
+        "at": {"type": "object", "properties": {"h": {"type": "number"}}, "required": ["h"]},
+        "tags": {"type": "array", "items": {"type": ["string", "null"]}},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["city", "ok"],
+    "additionalProperties": False,
+}
+
+
+def forced_call(demo, tool_choice, strict=True, schemas=(("get_weather", WEATHER), ("get_time", ZONE))):
+    """(request, prompt ids with the forced start, grammar) of a chat request forcing a tool call."""
+    tools = [{"type": "function", "function": {"name": n, "parameters": p, "strict": strict}} for n, p in schemas]
+    body = {"messages": [{"role": "user", "content": "Weather?"}], "tools": tools, "tool_choice": tool_choice}
+    req = parse_chat(body, "demo")
+    ids = chat_ids(demo.tokenizer, req.messages, tools=req.tools)
+    ids += demo.tokenizer.encode(req.forced_prefix, add_special_tokens=False)
+    return req, ids, req.tool_grammar(Markup.for_tokenizer(demo.tokenizer))
+
+
+def test_a_forced_strict_tool_call_validates_against_its_schema_and_speculative_equals_plain(demo):
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    req, ids, grammar = forced_call(demo, choice, schemas=[("get_weather", WEATHER)])
+    pc = PromptCache(demo)  # the prompt is prefilled once
+    plain = generate(demo, ids, GenerationSettings(max_tokens=40, draft=0, grammar=grammar), prompt_cache=pc)
+    spec = generate(demo, ids, GenerationSettings(max_tokens=40, draft=3, grammar=grammar), prompt_cache=pc)
+    assert spec.tokens == plain.tokens
+    assert plain.text.endswith(TOOL_END)  # the grammar closed the call, and ended the output
+    [call] = parse(req.forced_prefix + plain.text).tool_calls
+    assert call.name == "get_weather"
+    jsonschema.validate(json.loads(call.arguments), WEATHER)
+
+
+def test_tool_choice_required_with_strict_tools_calls_one_of_them_with_valid_arguments(demo):
+    req, ids, grammar = forced_call(demo, "required")
+    out = generate(demo, ids, GenerationSettings(max_tokens=40, draft=3, grammar=grammar))
+    [call] = parse(req.forced_prefix + out.text).tool_calls
+    jsonschema.validate(json.loads(call.arguments), {"get_weather": WEATHER, "get_time": ZONE}[call.name])
+
+
+@pytest.mark.parametrize(
+    "arguments, valid",
+    [
+        ('city:<|"|>a b<|"|>,ok:true,tags:[<|"|>x<y<|"|>]}', True),
+        ('at:{h:-1.5e3},city:<|"|><|"|>,ok:false,tags:[<|"|>x<|"|>,null]}', True),
+        ('city:<|"|>Paris<|"|>,ok:true}', False),  # longer than maxLength
+        ("ok:true}", False),  # a required property missing
+        ('ok:true,city:<|"|>a<|"|>}', False),  # not in the template's (sorted) order
+        ('city:<|"|>a<|"|>,ok:true,x:1}', False),  # a property not in the schema
+        ('at:{},city:<|"|>a<|"|>,ok:true}', False),  # the nested required property missing
+    ],
+)
+def test_a_strict_tool_grammar_takes_exactly_the_gemma_arguments_that_validate(demo, arguments, valid):
+    _, _, grammar = forced_call(demo, {"type": "function", "function": {"name": "f"}}, schemas=[("f", NESTED)])
+    c = Constraint(demo.tokenizer, demo.target.vocab_size, *grammar, demo.tokenizer.eos_token_id)
+    ids = demo.tokenizer.encode(arguments + TOOL_END, add_special_tokens=False)
+    assert all(c.matcher.consume_token(t) for t in ids) == valid
+    if valid:
+        assert c.done
+        jsonschema.validate(json.loads(parse("<|tool_call>call:f{" + arguments).tool_calls[0].arguments), NESTED)
+
+
+def special_marker_tokenizer(demo):
+    """The demo's tokenizer with <|"|>, <|tool_call> and <tool_call|> as special tokens, as Gemma 4's
+    has them (the demo's spells them out): a grammar must ask for those tokens."""
+    import copy
+
+    hf = copy.deepcopy(demo.tokenizer._tokenizer)
+    hf.add_special_tokens({"additional_special_tokens": ['<|"|>', "<|tool_call>", TOOL_END]})
+    return hf
+
+
+def takes(tokenizer, n_vocab, grammar, text) -> bool:
+    """Whether a fresh matcher of `grammar` takes `text` and then the end of output (id 1).
+    tokenizer: a transformers one."""
+    import llguidance.hf
+
+    ll = llguidance.hf.from_tokenizer(tokenizer, n_vocab=n_vocab, eos_token=1)
+    matcher = llguidance.LLMatcher(ll, llguidance.grammar_from("lark", grammar))
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return all(matcher.consume_token(t) for t in ids) and matcher.consume_token(1)
+
+
+def test_the_strict_grammar_reads_markers_that_are_special_tokens_as_those_tokens(demo):
+    hf = special_marker_tokenizer(demo)
+    markup = Markup.for_tokenizer(hf)
+    assert sorted(markup.one_token.values()) == [len(hf) - 3, len(hf) - 2, len(hf) - 1]
+    grammar = tool_call_grammar({"f": NESTED}, "f", markup)
+    assert takes(hf, len(hf), grammar, 'city:<|"|>a b<|"|>,ok:true,tags:[<|"|>x<y<|"|>]}' + TOOL_END)
+    assert not takes(hf, len(hf), grammar, "ok:true}" + TOOL_END)
+
+
+AUTO_CASES = [
+    ("No call here, only <| text and <tool_call|>.", True),
+    ('<|channel>thought\nhm<channel|>Sure.<|tool_call>call:t{zone:<|"|>utc<|"|>}<tool_call|>Done.', True),
+    ('<|tool_call>call:f{city:<|"|>ab<|"|>,ok:true}<tool_call|><|tool_call>call:any{x:[1]}<tool_call|>', True),
+    ('Sure.<|tool_call>call:t{zone:<|"|>mars<|"|>}<tool_call|>', False),  # not in the enum
+    ("Sure.<|tool_call>call:nope{}<tool_call|>", False),  # not one of the tools
+    ("Sure.<|tool_call>call:t{}<tool_call|>", False),  # a required property missing
+]
+
+
+@pytest.mark.parametrize("special_markers", [False, True])
+def test_with_tool_choice_auto_text_stays_free_and_every_call_follows_its_tools_schema(demo, special_markers):
+    tok = special_marker_tokenizer(demo) if special_markers else demo.tokenizer._tokenizer
+    n_vocab = len(tok) if special_markers else demo.target.vocab_size
+    grammar = tool_call_grammar({"f": NESTED, "t": ZONE, "any": None}, None, Markup.for_tokenizer(tok), free_text=True)
+    assert [takes(tok, n_vocab, grammar, text) for text, _ in AUTO_CASES] == [valid for _, valid in AUTO_CASES]
+
+
+def test_with_tool_choice_auto_and_strict_tools_speculative_free_text_equals_unconstrained_plain(demo):
+    req, ids, grammar = forced_call(demo, "auto", schemas=[("get_time", ZONE)])
+    assert grammar[0] == "lark"
+    pc = PromptCache(demo)  # the prompt is prefilled once
+    free = generate(demo, ids, GenerationSettings(max_tokens=24, draft=0), prompt_cache=pc)
+    spec = generate(demo, ids, GenerationSettings(max_tokens=24, draft=3, grammar=grammar), prompt_cache=pc)
+    assert spec.tokens == free.tokens
+
+
+def test_a_forced_call_to_a_tool_that_is_not_strict_is_not_constrained(demo):
+    assert forced_call(demo, {"type": "function", "function": {"name": "get_weather"}}, strict=False)[2] is None
+    assert forced_call(demo, "auto", strict=False)[2] is None
 
 
 @pytest.mark.slow

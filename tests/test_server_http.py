@@ -271,6 +271,39 @@ def test_a_forced_tool_call_cut_off_by_its_limit_is_a_tool_call_with_finish_reas
         app.worker.script, app.worker.finish = ["Hello", "."], "stop"
 
 
+def test_strict_tools_are_generated_under_their_grammar_and_non_strict_ones_are_not(app):
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    strict = [{"type": "function", "function": {**TOOLS[0]["function"], "strict": True}}]
+    json_mode = {"type": "json_object"}
+    for tools, choice, fmt, kind in [
+        (strict, forced, None, "lark"),
+        (TOOLS, forced, None, None),  # not strict: as before
+        (strict, "auto", None, "lark"),  # free text, constrained calls
+        (strict, "auto", json_mode, "json"),  # the answer's format wins
+    ]:
+        extra = {"response_format": fmt} if fmt else {}
+        client(app).chat.completions.create(
+            model="scripted", messages=QUESTION, tools=tools, tool_choice=choice, **extra
+        )
+        grammar = app.worker.jobs_seen[-1].settings.grammar
+        assert (grammar and grammar[0]) == kind
+    tool = {"type": "function", "strict": True, **{k: v for k, v in TOOLS[0]["function"].items()}}
+    client(app).responses.create(
+        model="scripted", input="hi", tools=[tool], tool_choice={"type": "function", "name": "get_weather"}
+    )
+    assert app.worker.jobs_seen[-1].settings.grammar[0] == "lark"
+
+
+def test_strict_parameters_the_grammar_cannot_enforce_get_400(app):
+    params = {"type": "object", "properties": {"city": {"type": "string", "pattern": "^[A-Z]"}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": params, "strict": True}}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client(app).chat.completions.create(model="scripted", messages=QUESTION, tools=tools, tool_choice="required")
+    assert e.value.body["message"] == (
+        "'pattern' is not supported in strict tool parameters; give 'strict': false to send this schema unenforced"
+    )
+
+
 # --- Anthropic's Messages API, with its official client --------------------------------------
 TOOL_SCRIPT = [
     "<|channel>thought\nNeed",
@@ -376,3 +409,37 @@ def test_responses_function_call_and_its_output_round_trip(app):
         assert '<|tool_response>response:get_weather{value:<|"|>sunny, 21 C<|"|>}' in prompt
     finally:
         app.worker.script = ["Hello", "."]
+
+
+def test_streamed_responses_emit_reasoning_and_function_call_items_in_openais_event_sequence(app):
+    tools = [{"type": "function", "name": "get_weather", "parameters": TOOLS[0]["function"]["parameters"]}]
+    app.worker.script = [*TOOL_SCRIPT[:2], "It is", " Paris.", *TOOL_SCRIPT[2:]]
+    try:
+        with client(app).responses.stream(model="scripted", input="Weather in Paris?", tools=tools) as stream:
+            events = list(stream)
+            final = stream.get_final_response()
+    finally:
+        app.worker.script = ["Hello", "."]
+    kinds = [e.type for e in events]
+    added, done = "response.output_item.added", "response.output_item.done"
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        *[added, "response.reasoning_summary_part.added"],
+        *["response.reasoning_summary_text.delta"] * 2,
+        *["response.reasoning_summary_text.done", "response.reasoning_summary_part.done", done],
+        *[added, "response.content_part.added"],
+        *["response.output_text.delta"] * 2,
+        *["response.output_text.done", "response.content_part.done", done],
+        *[added, "response.function_call_arguments.delta", "response.function_call_arguments.done", done],
+        "response.completed",
+    ]
+    assert [o.type for o in final.output] == ["reasoning", "message", "function_call"]
+    assert final.output[0].summary[0].text == "Need the weather." and final.output_text == "It is Paris."
+    assert json.loads(final.output[2].arguments) == {"city": "Paris"} and final.output[2].name == "get_weather"
+    items = [e.item for e in events if e.type == done]
+    final_items = [o.model_dump(exclude_none=True) for o in events[-1].response.output]
+    assert [i.model_dump(exclude_none=True) for i in items] == final_items  # each item whole when done
+    assert [e.output_index for e in events if e.type == added] == [0, 1, 2]
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert args == final.output[2].arguments

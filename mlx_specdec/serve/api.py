@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..errors import SpecdecError
-from ..gemma_format import TOOL_START, ToolCall
+from ..gemma_format import TOOL_START, Markup, ToolCall, tool_call_grammar
 from ..settings import SamplingParams, parse_draft
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -89,6 +89,24 @@ class GenRequest:
         if self.tool_choice == "function":
             return TOOL_START + f"call:{self.tool_name}{{"
         return ""
+
+    def tool_grammar(self, markup: Markup | None = None) -> tuple[str, str] | None:
+        """Calls to strict tools as a grammar (gemma_format.tool_call_grammar), or None: with
+        `tool_choice` naming a strict tool, its arguments follow its schema; with 'required', or
+        'auto' and no `response_format`, a call names one of `tools` and a strict tool's
+        arguments follow its schema ('auto': the text around calls stays free).
+        markup: gemma_format.Markup.for_tokenizer. Raises ValueError for a schema it cannot enforce."""
+        strict = {}
+        for t in self.tools or []:
+            fn = t["function"]
+            if fn.get("strict"):
+                strict[fn["name"]] = fn.get("parameters") or {"type": "object", "properties": {}}
+        if self.tool_choice == "function" and self.tool_name in strict:
+            return ("lark", tool_call_grammar({self.tool_name: strict[self.tool_name]}, self.tool_name, markup))
+        if not strict or self.tool_choice not in ("required", "auto") or (self.tool_choice == "auto" and self.grammar):
+            return None
+        tools = {t["function"]["name"]: strict.get(t["function"]["name"]) for t in self.tools}
+        return ("lark", tool_call_grammar(tools, None, markup, free_text=self.tool_choice == "auto"))
 
     @property
     def parse_tools(self) -> bool:
@@ -279,6 +297,12 @@ def parse_chat(body: dict, model: str, defaults: SamplingParams | None = None, d
         req.tool_choice = choice
     else:
         raise _bad("tool_choice", '\'tool_choice\' must be auto, none, required or {"type": "function", ...}')
+    if any(not isinstance(t["function"].get("strict", False), (bool, type(None))) for t in req.tools or []):
+        raise _bad("tools", "'tools[].function.strict' must be true or false")
+    try:
+        req.tool_grammar()  # a schema the grammar cannot enforce is refused before it is queued
+    except ValueError as e:
+        raise _bad("tools", f"{e}; give 'strict': false to send this schema unenforced") from None
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise _bad("chat_template_kwargs", "'chat_template_kwargs' must be an object")

@@ -5,9 +5,11 @@ system message, `input` (text, or message / function_call / function_call_output
 messages, function `tools`, `max_output_tokens`, `reasoning.effort` -> the thinking switch.
 `previous_response_id` continues a conversation kept in memory (`ResponseStore`, the last 256
 responses; `instructions` are not carried over, as OpenAI documents). The answer comes back as
-output items (`reasoning`, `message` with `output_text`, `function_call`); streamed as the
-events response.created, response.output_item.added, response.output_text.delta, ...,
-response.completed, each with its `sequence_number`.
+output items (`reasoning`, `message` with `output_text`, `function_call`); streamed in OpenAI's
+event sequence (`_Output`): response.created, response.in_progress, then per item
+output_item.added, its deltas (reasoning_summary_text, output_text, function_call_arguments) and
+their .done, output_item.done with the whole item, and response.completed, whose output is
+those items; each event has its `sequence_number`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import OrderedDict
 
 from starlette.responses import JSONResponse
 
-from ..gemma_format import Content
+from ..gemma_format import Content, Reasoning
 from .api import ApiError, parse_chat
 from .stream import JobStream, Run, collect_parsed, parsed_events, sse_event
 
@@ -88,7 +90,7 @@ def parse_responses(body: dict, store: ResponseStore, model: str, defaults=None,
     if any(not isinstance(t, dict) or t.get("type") != "function" for t in tools):
         raise ApiError(400, "only function tools are supported", param="tools")
     if tools:
-        keys = ("name", "description", "parameters")
+        keys = ("name", "description", "parameters", "strict")
         chat["tools"] = [{"type": "function", "function": {k: t[k] for k in keys if k in t}} for t in tools]
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
@@ -103,28 +105,32 @@ def parse_responses(body: dict, store: ResponseStore, model: str, defaults=None,
     return req
 
 
+def _reasoning_item(rid: str, text: str) -> dict:
+    return {"type": "reasoning", "id": rid, "summary": [{"type": "summary_text", "text": text}]}
+
+
+def _message_item(mid: str, text: str, status: str = "completed") -> dict:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {"type": "message", "id": mid, "status": status, "role": "assistant", "content": [part]}
+
+
+def _call_item(key: str, call, status: str = "completed", arguments: str | None = None) -> dict:
+    return {
+        "type": "function_call",
+        "id": f"fc_{key}_{call.index}",
+        "call_id": f"call_{key}_{call.index}",
+        "name": call.name,
+        "arguments": call.arguments if arguments is None else arguments,
+        "status": status,
+    }
+
+
 def _items(run: Run, out) -> list[dict]:
     key = run.id.split("-")[-1][:24]
-    items = []
-    if out.reasoning:
-        summary = [{"type": "summary_text", "text": out.reasoning}]
-        items.append({"type": "reasoning", "id": f"rs_{key}", "summary": summary})
+    items = [_reasoning_item(f"rs_{key}", out.reasoning)] if out.reasoning else []
     if out.content or not out.tool_calls:
-        part = {"type": "output_text", "text": out.content, "annotations": []}
-        items.append(
-            {"type": "message", "id": f"msg_{key}", "status": "completed", "role": "assistant", "content": [part]}
-        )
-    for c in out.tool_calls:
-        items.append(
-            {
-                "type": "function_call",
-                "id": f"fc_{key}_{c.index}",
-                "call_id": f"call_{key}_{c.index}",
-                "name": c.name,
-                "arguments": c.arguments,
-                "status": "completed",
-            }
-        )
+        items.append(_message_item(f"msg_{key}", out.content))
+    items.extend(_call_item(key, c) for c in out.tool_calls)
     return items
 
 
@@ -154,9 +160,10 @@ def _response(run: Run, output: list, status: str) -> dict:
     }
 
 
-def _finish(run: Run, store: ResponseStore, out) -> dict:
-    """The completed response; its conversation goes into the store for previous_response_id."""
-    items = _items(run, out)
+def _finish(run: Run, store: ResponseStore, out, items: list[dict] | None = None) -> dict:
+    """The completed response (`items`: its output, as streamed; None: from `out`); its
+    conversation goes into the store for previous_response_id."""
+    items = _items(run, out) if items is None else items
     response = _response(run, items, "incomplete" if run.finish_reason() == "length" else "completed")
     answer = {"role": "assistant", "content": out.content}
     calls = [i for i in items if i["type"] == "function_call"]
@@ -183,54 +190,112 @@ async def respond(run: Run, request, store: ResponseStore):
     return JSONResponse(_finish(run, store, out))
 
 
+class _Output:
+    """The output items of a streamed response, opened, grown and closed as the events arrive,
+    in OpenAI's event sequence: output_item.added, then the item's deltas (reasoning summary
+    text, output text, function call arguments) and their .done, then output_item.done with the
+    whole item. A thinking run is a reasoning item, a text run a message, each call its own item."""
+
+    def __init__(self, run: Run):
+        self.key = run.id.split("-")[-1][:24]
+        self.items: list[dict] = []  # the closed items, in output order
+        self.kind, self.text = None, ""  # the open item: "reasoning" | "message" | None
+        self.seq = 0
+
+    def event(self, kind: str, **fields) -> str:
+        self.seq += 1
+        return sse_event(kind, {"type": kind, "sequence_number": self.seq - 1, **fields})
+
+    def _id(self, prefix: str) -> str:
+        n = sum(i["id"].startswith(prefix) for i in self.items)
+        return f"{prefix}_{self.key}" + (f"_{n}" if n else "")
+
+    def add(self, e) -> list[str]:
+        """Events for one gemma_format event (Reasoning, Content or ToolCall)."""
+        kind = "reasoning" if isinstance(e, Reasoning) else "message" if isinstance(e, Content) else "call"
+        out = self.close() if self.kind != kind else []
+        if kind == "call":
+            return out + self._call(e)
+        at = len(self.items)
+        if self.kind is None:
+            self.kind, self.text, self.item_id = kind, "", self._id("rs" if kind == "reasoning" else "msg")
+            out += self._open(at)
+        self.text += e.text
+        ids = {"item_id": self.item_id, "output_index": at}
+        if kind == "reasoning":
+            return [*out, self.event("response.reasoning_summary_text.delta", **ids, summary_index=0, delta=e.text)]
+        return [*out, self.event("response.output_text.delta", **ids, content_index=0, delta=e.text, logprobs=[])]
+
+    def _open(self, at: int) -> list[str]:
+        ids = {"item_id": self.item_id, "output_index": at}
+        if self.kind == "reasoning":
+            item = {"type": "reasoning", "id": self.item_id, "summary": []}
+            part = {"type": "summary_text", "text": ""}
+            return [
+                self.event("response.output_item.added", output_index=at, item=item),
+                self.event("response.reasoning_summary_part.added", **ids, summary_index=0, part=part),
+            ]
+        item = {**_message_item(self.item_id, "", "in_progress"), "content": []}
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return [
+            self.event("response.output_item.added", output_index=at, item=item),
+            self.event("response.content_part.added", **ids, content_index=0, part=part),
+        ]
+
+    def close(self) -> list[str]:
+        """Events that close the open item (none if none is open)."""
+        if self.kind is None:
+            return []
+        at, text, ids = len(self.items), self.text, {"item_id": self.item_id, "output_index": len(self.items)}
+        if self.kind == "reasoning":
+            item = _reasoning_item(self.item_id, text)
+            out = [
+                self.event("response.reasoning_summary_text.done", **ids, summary_index=0, text=text),
+                self.event("response.reasoning_summary_part.done", **ids, summary_index=0, part=item["summary"][0]),
+            ]
+        else:
+            item = _message_item(self.item_id, text)
+            out = [
+                self.event("response.output_text.done", **ids, content_index=0, text=text, logprobs=[]),
+                self.event("response.content_part.done", **ids, content_index=0, part=item["content"][0]),
+            ]
+        self.items.append(item)
+        self.kind = None
+        return [*out, self.event("response.output_item.done", output_index=at, item=item)]
+
+    def _call(self, call) -> list[str]:
+        at, item = len(self.items), _call_item(self.key, call)
+        ids = {"item_id": item["id"], "output_index": at}
+        self.items.append(item)
+        return [
+            self.event(
+                "response.output_item.added", output_index=at, item={**item, "arguments": "", "status": "in_progress"}
+            ),
+            self.event("response.function_call_arguments.delta", **ids, delta=item["arguments"]),
+            self.event("response.function_call_arguments.done", **ids, name=item["name"], arguments=item["arguments"]),
+            self.event("response.output_item.done", output_index=at, item=item),
+        ]
+
+    def end(self) -> list[str]:
+        """Close the open item; an output with no text and no call gets an empty message."""
+        out = self.close()
+        if not any(i["type"] in ("message", "function_call") for i in self.items):
+            out += self.add(Content(""))[:-1] + self.close()  # opened and closed, without an empty delta
+        return out
+
+
 async def _events(run: Run, store: ResponseStore):
-    seq = iter(range(1 << 30))
-
-    def event(kind: str, **fields) -> str:
-        return sse_event(kind, {"type": kind, "sequence_number": next(seq), **fields})
-
-    key = run.id.split("-")[-1][:24]
-    yield event("response.created", response=_response(run, [], "in_progress"))
-    text, message_open = "", False
+    out = _Output(run)
+    yield out.event("response.created", response=_response(run, [], "in_progress"))
+    yield out.event("response.in_progress", response=_response(run, [], "in_progress"))
     try:
         async for e in parsed_events(run):
-            if isinstance(e, Content):
-                if not message_open:
-                    index = 1 if run.parser.result.reasoning else 0  # the thinking comes first
-                    item = {"type": "message", "id": f"msg_{key}", "status": "in_progress", "role": "assistant"}
-                    yield event("response.output_item.added", output_index=index, item={**item, "content": []})
-                    part = {"type": "output_text", "text": "", "annotations": []}
-                    yield event(
-                        "response.content_part.added",
-                        item_id=f"msg_{key}",
-                        output_index=index,
-                        content_index=0,
-                        part=part,
-                    )
-                    message_open = True
-                text += e.text
-                yield event(
-                    "response.output_text.delta",
-                    item_id=f"msg_{key}",
-                    output_index=index,
-                    content_index=0,
-                    delta=e.text,
-                )
-        out = run.parser.result
-        items = _items(run, out)
-        for i, item in enumerate(items):
-            if item["type"] == "message" and message_open:
-                ids = {"item_id": item["id"], "output_index": i, "content_index": 0}
-                yield event("response.output_text.done", **ids, text=text)
-                yield event("response.content_part.done", **ids, part=item["content"][0])
-            else:
-                yield event("response.output_item.added", output_index=i, item=item)
-            if item["type"] == "function_call":
-                ids = {"item_id": item["id"], "output_index": i}
-                yield event("response.function_call_arguments.done", **ids, arguments=item["arguments"])
-            yield event("response.output_item.done", output_index=i, item=item)
-        yield event("response.completed", response=_finish(run, store, out))
+            for s in out.add(e):
+                yield s
+        for s in out.end():
+            yield s
+        yield out.event("response.completed", response=_finish(run, store, run.parser.result, out.items))
     except ApiError as e:
-        yield event("error", code=str(e.status), message=e.message, param=None)
+        yield out.event("error", code=str(e.status), message=e.message, param=None)
     finally:
         run.log_line()

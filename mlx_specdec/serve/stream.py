@@ -19,7 +19,7 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from ..gemma_format import Content, GemmaParser, Reasoning, opens_reasoning
+from ..gemma_format import Content, GemmaParser, Markup, Reasoning, opens_reasoning
 from ..prompt import chat_ids
 from ..stats import RunStats
 from .api import ApiError, GenRequest, chat_message, envelope, tool_call_json
@@ -39,13 +39,16 @@ class Run:
         loop = asyncio.get_running_loop()
         server = app_state.settings
         cap = min(server.max_tokens, app_state.context_limit)  # --max-tokens: the default and the most
+        tok = app_state.worker.bundle.tokenizer
+        strict = req.kind == "chat" and any(t["function"].get("strict") for t in req.tools or [])
+        tools = req.tool_grammar(Markup.for_tokenizer(tok)) if strict else None
         settings = dataclasses.replace(
             server,
             max_tokens=min(req.max_tokens or cap, cap),
             draft=req.draft,
             sampling=req.sampling,
             stop=req.stop,
-            grammar=req.grammar,
+            grammar=tools or req.grammar,  # strict tools' grammar; with auto, only without response_format
             logit_bias=req.logit_bias,
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
@@ -58,7 +61,6 @@ class Run:
         self.opened = False
         chat = req.kind == "chat"
         if chat:
-            tok = app_state.worker.bundle.tokenizer
             self.opened = not req.forced_prefix and opens_reasoning(tok.decode(ids[-8:]))  # the template opened it
             self.parser = self._parser()
         self.job = Job(
