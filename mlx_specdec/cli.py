@@ -350,6 +350,9 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option("--body-timeout", help="Seconds a request body may take to arrive; slower gets 408.")
     ] = 30.0,
+    no_fetch: Annotated[
+        bool, typer.Option("--no-fetch", help="Refuse http(s) image URLs; only inline data: URLs.")
+    ] = False,
 ):
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
     from .provision import model_folder
@@ -372,6 +375,7 @@ def serve(
         body_timeout=body_timeout,
         allowed_host=allowed_host or (),
         cors_origin=cors_origin,
+        fetch=not no_fetch,
     )
 
 

@@ -45,10 +45,11 @@ def server():
 
     worker = Worker(lambda: load(target=MEDIA / "target", drafter=MEDIA / "assistant"))
     worker.start_and_wait()
-    settings = GenerationSettings(sampling=SamplingParams(temp=0.0), max_tokens=12, max_context=128)
+    settings = GenerationSettings(sampling=SamplingParams(temp=0.0), max_tokens=12, max_context=128, draft=3)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(create_app(worker, settings=settings), log_level="warning"))
+    app = create_app(worker, settings=settings)
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not srv.started:
@@ -63,6 +64,7 @@ def server():
         conn.close()
         return out
 
+    post.app = app
     yield post, worker.bundle
     srv.should_exit = True
     worker.stop()
@@ -156,10 +158,9 @@ def _data(raw: bytes) -> str:
         ([_data(_png(0, 5))], r"content\[0\]\.image_url: (the image has 0 pixels|not an image)"),
         ([URL, URL], r"144 tokens \(120 of them for 2 image\(s\)\) but the context holds 128"),
         (["data:image/png;base64,@@@"], "is not valid base64"),
-        (["https://example.com/cat.png"], "is an https URL; this server does not fetch images: send it as a data: URL"),
-        (["file:///etc/passwd"], "must be a data: URL .* not a file URL"),
+        (["file:///etc/passwd"], "must be a data: URL .* or http\\(s\\), not a file URL"),
     ],
-    ids=["not-an-image", "truncated", "zero-pixels", "too-many-for-the-context", "bad-base64", "http", "file"],
+    ids=["not-an-image", "truncated", "zero-pixels", "too-many-for-the-context", "bad-base64", "file"],
 )
 def test_bad_image_is_one_400_line(server, urls, message):
     post, _ = server
@@ -182,3 +183,73 @@ def test_image_to_a_model_without_a_vision_tower_is_a_400():
     assert e.value.status == 400
     with pytest.raises(SpecdecError):
         image_placeholders(bundle, 1)
+
+
+@pytest.fixture(scope="module")
+def image_host():
+    """An HTTP server on loopback: /image.png, /slow.png (answers after 1 s), /missing.png (404),
+    /to-file.png (a redirect to a file: URL)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/missing.png":
+                self.send_error(404)
+                return
+            if self.path == "/to-file.png":
+                self.send_response(302)
+                self.send_header("Location", "file:///etc/passwd")
+                self.end_headers()
+                return
+            if self.path == "/slow.png":
+                time.sleep(1)
+            data = IMAGE.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    host = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{host.server_address[1]}"
+    host.shutdown()
+
+
+def url_body(url):
+    return chat_body([{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": PROMPT}])
+
+
+def test_http_image_url_is_fetched_and_answers_as_generate_with_the_image(server, reference, image_host):
+    post, _ = server
+    status, body = post("/v1/chat/completions", url_body(f"{image_host}/image.png"))
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"] == reference[0]
+
+
+def test_fetch_limits_are_one_400_line_each(server, image_host, monkeypatch):
+    import mlx_specdec.serve.fetch as fetch
+
+    post, _ = server
+    monkeypatch.setattr(fetch, "MAX_IMAGE_BYTES", 100)
+    monkeypatch.setattr(fetch, "FETCH_TIMEOUT", 0.3)
+    for path, why in [
+        ("/image.png", r"\(\d+ bytes; the limit is 100\)"),
+        ("/slow.png", r"timed out|within 0.3 s"),
+        ("/missing.png", r"\(HTTP 404\)"),
+        ("/to-file.png", r"redirected to a URL that is not http\(s\)\)"),
+    ]:
+        status, body = post("/v1/chat/completions", url_body(f"{image_host}{path}"))
+        message = body["error"]["message"]
+        assert status == 400 and "\n" not in message and re.search(f"cannot fetch .*{why}", message), message
+
+
+def test_no_fetch_refuses_http_image_urls_and_says_to_send_a_data_url(server, image_host, monkeypatch):
+    post, _ = server
+    monkeypatch.setattr(post.app.state, "fetch", False)
+    status, body = post("/v1/chat/completions", url_body(f"{image_host}/image.png"))
+    assert status == 400
+    assert "started with --no-fetch; send the image as a data: URL" in body["error"]["message"]

@@ -5,7 +5,7 @@ a `GenRequest` or raise `ApiError` (an OpenAI-shaped error with its HTTP status)
 and `*_chunk` functions build the responses. Unknown fields are ignored, as OpenAI's clients
 send many optional ones; fields that would change the output and that we cannot honour (n > 1,
 logprobs, echo, suffix, audio) are refused with 400. Images come as `image_url` parts with
-data: URLs (the server fetches nothing); app.py places them in the prompt.
+data: or http(s) URLs; app.py fetches (fetch.py) and places them in the prompt.
 
 Extras beyond OpenAI's schema: `draft_tokens` (0-8, "auto" or "off") per request, and
 `chat_template_kwargs` (e.g. {"enable_thinking": true}); every response carries the speculative
@@ -134,26 +134,24 @@ class ImageInput:
 
     data: bytes
     where: str
+    url: str | None = None  # an http(s) URL to fetch (fetch.py), then `data` is empty
 
 
 MAX_IMAGES = 16  # per request; each costs its tower pass and up to 1120 soft tokens
 
 
 def image_from_url(url, where: str) -> ImageInput:
-    """An image URL -> ImageInput. Only data: URLs (base64); the server fetches nothing, so an
-    http(s) URL is refused with how to send the image instead, and file: never reads a file."""
+    """An image URL -> ImageInput: a data: URL (base64) decoded, an http(s) URL kept for app.py to
+    fetch (or refuse with --no-fetch); file: and every other scheme refused, never read."""
     if not isinstance(url, str):
         raise _bad(where, f"'{where}' must be a URL string")
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme in ("http", "https"):
-        raise _bad(
-            where,
-            f"'{where}' is an {scheme} URL; this server does not fetch images: send it as a data: URL "
-            "(data:image/png;base64,...)",
-        )
+        return ImageInput(b"", where, url)
     if scheme != "data":
         raise _bad(
-            where, f"'{where}' must be a data: URL (data:image/png;base64,...), not a {scheme or 'relative'} URL"
+            where,
+            f"'{where}' must be a data: URL (data:image/png;base64,...) or http(s), not a {scheme or 'relative'} URL",
         )
     header, comma, payload = url[5:].partition(",")
     if not comma or not header.lower().endswith(";base64"):

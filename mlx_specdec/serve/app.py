@@ -17,8 +17,9 @@ Invariants:
 * Only JSON bodies, only the Host names it listens on, no CORS unless asked (security.py).
 * No request generates more than `settings.max_tokens` (`--max-tokens`), its default too.
 * One log line per request: status, prompt/cached/completion tokens, tok/s, accepted/round.
-* Images (data: URLs in the messages) are decoded and placed with the prompt, off the loop, so a
-  bad image or one too many for the context is a 400 before anything is queued; the worker runs
+* Images (data: URLs, or http(s) URLs fetched within limits unless `--no-fetch`) are decoded and
+  placed with the prompt, off the loop, so a bad image or one too many for the context is a 400
+  before anything is queued; the worker runs
   the vision tower (media.py, the path `generate --image` takes).
 """
 
@@ -50,6 +51,7 @@ from ..prompt import chat_ids, text_ids
 from ..settings import GenerationSettings, SamplingParams
 from . import messages, responses
 from .api import ApiError, GenRequest, ImageInput, images_of, parse_chat, parse_completion
+from .fetch import fetch_image
 from .security import Guard, allowed_hosts
 from .stream import Run, collect, stream_response
 from .worker import Worker
@@ -112,6 +114,19 @@ def _place_images(bundle, req: GenRequest) -> list[ImageInput]:
     return images
 
 
+def _image_bytes(state, image: ImageInput) -> bytes:
+    if image.url is None:
+        return image.data
+    if not state.fetch:
+        raise ApiError(
+            400,
+            f"'{image.where}' is an http(s) URL and this server was started with --no-fetch; "
+            "send the image as a data: URL (data:image/png;base64,...)",
+            param=image.where,
+        )
+    return fetch_image(image.url, image.where)
+
+
 def _prompt_ids(state, req: GenRequest) -> tuple[list[int], ImagePrompt | None]:
     """The request's prompt ids, expanded for its images, and the images read and placed (renders,
     tokenises and decodes images, no mlx: call it off the event loop)."""
@@ -128,7 +143,8 @@ def _prompt_ids(state, req: GenRequest) -> tuple[list[int], ImagePrompt | None]:
             if req.forced_prefix:
                 ids += [int(t) for t in tok.encode(req.forced_prefix, add_special_tokens=False)]
             if images:
-                ids, pending = expand_images(bundle, ids, [i.data for i in images], [i.where for i in images])
+                data = [_image_bytes(state, i) for i in images]
+                ids, pending = expand_images(bundle, ids, data, [i.where for i in images])
         else:
             ids = list(req.prompt) if isinstance(req.prompt, list) else text_ids(tok, req.prompt)
     except SpecdecError as e:
@@ -162,12 +178,14 @@ def create_app(
     body_timeout: float = BODY_TIMEOUT,
     hosts: set[str] | None = None,
     cors_origin: str | None = None,
+    fetch: bool = True,
 ) -> Starlette:
     """The ASGI app over a started worker (its bundle loaded).
 
     settings: the server's defaults for omitted fields (sampling, draft) and its limits
     (`max_tokens`: the default and the most a request may ask; `max_context`).
-    hosts: the accepted `Host` headers (None: any); cors_origin: the one origin CORS allows."""
+    hosts: the accepted `Host` headers (None: any); cors_origin: the one origin CORS allows.
+    fetch: fetch http(s) image URLs (fetch.py); False refuses them (`--no-fetch`)."""
     settings = settings or GenerationSettings(sampling=SamplingParams(temp=1.0), max_tokens=4096)
 
     async def start(request: Request, parse) -> Run:
@@ -301,7 +319,7 @@ def create_app(
     )
     bundle = worker.bundle
     app.state.worker, app.state.model, app.state.created = worker, bundle.name, int(time.time())
-    app.state.settings = settings
+    app.state.settings, app.state.fetch = settings, fetch
     app.state.max_context = settings.max_context
     app.state.context_limit = settings.context_limit(bundle.target.config)
     app.state.defaults, app.state.draft = settings.sampling, settings.draft
@@ -338,6 +356,7 @@ def serve(
     body_timeout: float = BODY_TIMEOUT,
     allowed_host: list[str] | tuple[str, ...] = (),
     cors_origin: str | None = None,
+    fetch: bool = True,
 ) -> None:
     """Load the model on the worker thread, then serve until interrupted (raises SpecdecError on bad input).
 
@@ -378,6 +397,7 @@ def serve(
         body_timeout=body_timeout,
         hosts=None if "*" in allowed_host else allowed_hosts(host, bound, allowed_host),
         cors_origin=cors_origin,
+        fetch=fetch,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning(
