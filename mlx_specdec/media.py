@@ -36,6 +36,7 @@ from .models.vision import Vision, VisionArgs
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # transformers accepts only these
 DEFAULT_SOFT_TOKENS = 280  # E2B/E4B's processor default
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # where the budget is written
 
 
 @dataclass
@@ -116,14 +117,14 @@ def read_image(
 # --- the tower, loaded on first use ------------------------------------------------------------
 def _reconvert_hint(folder: Path) -> str:
     return (
-        f"{folder} has no vision tower (specdec convert drops it); pass the Hugging Face checkpoint's "
-        "folder with --target (and --drafter), or re-convert with a converter that keeps the tower"
+        f"{folder} has no vision tower (bundles converted before specdec kept it have none); pass the "
+        "Hugging Face checkpoint's folder with --target (and --drafter), or convert the bundle again"
     )
 
 
 def max_soft_tokens(folder: Path) -> int:
     """The processor's per-image budget from processor_config.json / preprocessor_config.json, else 280."""
-    for name, keys in (("processor_config.json", ("image_processor",)), ("preprocessor_config.json", ())):
+    for name, keys in zip(PROCESSOR_FILES, (("image_processor",), ())):
         path = folder / name
         if not path.is_file():
             continue
@@ -182,8 +183,9 @@ def image_spec(folder: Path) -> ImageSpec:
     return ImageSpec(args, *ids, max_soft_tokens(folder))
 
 
-def load_vision(folder: Path) -> VisionModel:
-    """The target folder's vision tower; a one-line SpecdecError when it has none or cannot use it."""
+def load_vision(folder: Path, lazy: bool = False) -> VisionModel:
+    """The target folder's vision tower; a one-line SpecdecError when it has none or cannot use it.
+    `lazy`: check names and shapes without reading the weights (the converter's check)."""
     spec = image_spec(folder)
     vision = Vision(spec.args)
     weights = Vision.sanitize(read_weights(folder))
@@ -196,14 +198,19 @@ def load_vision(folder: Path) -> VisionModel:
     except ValueError as e:
         why = " ".join(str(e).split())[:300]
         raise SpecdecError(f"{folder}: vision weights do not match config.json ({why})") from None
-    mx.eval(vision.parameters())
+    if not lazy:
+        mx.eval(vision.parameters())
     return VisionModel(vision, spec)
 
 
 def _folder(bundle) -> Path:
+    """Where the bundle's tower is: BUNDLE/vision beside a converted target, else the target's folder."""
     folder = getattr(bundle, "target_path", None)
     if folder is None:
         raise SpecdecError("this model was not loaded from a folder; images need the target's folder")
+    kept = Path(folder).parent / "vision"
+    if Path(folder).name == "target" and (kept / "config.json").is_file():
+        return kept
     return Path(folder)
 
 
