@@ -175,9 +175,12 @@ def convert(
         typer.echo(f"interrupted: {kept}", err=True)
         raise typer.Exit(128 + getattr(e, "signum", 2)) from None  # 130 for Ctrl-C (SIGINT is 2)
     sizes = manifest["sizes"]
+    vision = (
+        f", vision tower {sizes['vision']['bytes'] / 2**20:.1f} MiB (read for images only)" if "vision" in sizes else ""
+    )
     typer.echo(
         f"{output}: target {sizes['target']['bytes'] / 2**20:.1f} MiB, "
-        f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB"
+        f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB{vision}"
     )
 
 

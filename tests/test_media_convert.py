@@ -60,3 +60,15 @@ def test_4_bit_bundle_drafts_exactly_after_an_image_and_text_never_loads_the_tow
     _, plain = run(b, draft=0)
     _, spec = run(b, draft=3)
     assert spec == plain and b.vision is not None
+
+
+def test_convert_command_reports_the_kept_vision_tower(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    out = tmp_path / "b"
+    args = ["convert", "--target", str(MEDIA / "target"), "--drafter", str(MEDIA / "assistant"), "-o", str(out)]
+    r = CliRunner().invoke(app, [*args, "--bits", "16"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().endswith("MiB (read for images only)") and "vision tower" in r.stdout
