@@ -175,9 +175,12 @@ def convert(
         typer.echo(f"interrupted: {kept}", err=True)
         raise typer.Exit(128 + getattr(e, "signum", 2)) from None  # 130 for Ctrl-C (SIGINT is 2)
     sizes = manifest["sizes"]
+    vision = (
+        f", vision tower {sizes['vision']['bytes'] / 2**20:.1f} MiB (read for images only)" if "vision" in sizes else ""
+    )
     typer.echo(
         f"{output}: target {sizes['target']['bytes'] / 2**20:.1f} MiB, "
-        f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB"
+        f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB{vision}"
     )
 
 
@@ -350,6 +353,9 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option("--body-timeout", help="Seconds a request body may take to arrive; slower gets 408.")
     ] = 30.0,
+    no_fetch: Annotated[
+        bool, typer.Option("--no-fetch", help="Refuse http(s) image URLs; only inline data: URLs.")
+    ] = False,
 ):
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
     from .provision import model_folder
@@ -372,6 +378,7 @@ def serve(
         body_timeout=body_timeout,
         allowed_host=allowed_host or (),
         cors_origin=cors_origin,
+        fetch=not no_fetch,
     )
 
 

@@ -4,8 +4,10 @@
             (RGB over white, aspect-preserving bicubic resize to sides that are multiples of
             patch x pooling within `max_soft_tokens` x pooling^2 patches, pixels / 255, patches in
             row-major order). Huge images shrink to that budget; tiny ones grow to it.
-2. expand   `attach_images`: each image placeholder id in the prompt becomes `<|image>` + N x
+2. expand   `expand_images`: each image placeholder id in the prompt becomes `<|image>` + N x
             `<|image|>` + `<image|>` (N = the image's soft tokens), as the processor expands it.
+            Steps 1-2 read only config files and images (`ImageSpec`, no mlx): a server runs them
+            off its mlx thread. `attach_images` is steps 1-3 in one call.
 3. encode   the vision tower (models/vision.py), loaded from the target folder on the first image
             and kept on the bundle: a text-only run never reads it.
 4. prefill  `Media.prefill`: the placeholders are embedded as `<pad>` and overwritten by the soft
@@ -18,6 +20,7 @@ from an earlier request (decode.stream_generate truncates the prompt cache there
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from .models.vision import Vision, VisionArgs
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # transformers accepts only these
 DEFAULT_SOFT_TOKENS = 280  # E2B/E4B's processor default
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # where the budget is written
 
 
 @dataclass
@@ -63,15 +67,23 @@ def resized_size(height: int, width: int, patch: int, pooling: int, max_soft_tok
     return h, w
 
 
-def read_image(path, patch: int, pooling: int, max_soft_tokens: int = DEFAULT_SOFT_TOKENS) -> ImagePatches:
-    """An image file -> ImagePatches; every unreadable file is a one-line SpecdecError."""
+def read_image(
+    source, patch: int, pooling: int, max_soft_tokens: int = DEFAULT_SOFT_TOKENS, name: Optional[str] = None
+) -> ImagePatches:
+    """An image file (a path) or its bytes -> ImagePatches; every unreadable image is a one-line
+    SpecdecError that starts with `name` (default: the path; "image" for bytes)."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        raise SpecdecError(f"{path}: no such image file")
+    if isinstance(source, (bytes, bytearray)):
+        path, opened = name or "image", io.BytesIO(source)
+    else:
+        path = opened = Path(source)
+        if name is not None:
+            path = name
+        if not opened.is_file():
+            raise SpecdecError(f"{path}: no such image file")
     try:
-        with Image.open(path) as img:
+        with Image.open(opened) as img:
             img.load()  # decode now: a truncated file fails here, not later
             if img.width == 0 or img.height == 0:
                 raise SpecdecError(f"{path}: the image has 0 pixels ({img.width} x {img.height})")
@@ -105,14 +117,14 @@ def read_image(path, patch: int, pooling: int, max_soft_tokens: int = DEFAULT_SO
 # --- the tower, loaded on first use ------------------------------------------------------------
 def _reconvert_hint(folder: Path) -> str:
     return (
-        f"{folder} has no vision tower (specdec convert drops it); pass the Hugging Face checkpoint's "
-        "folder with --target (and --drafter), or re-convert with a converter that keeps the tower"
+        f"{folder} has no vision tower (bundles converted before specdec kept it have none); pass the "
+        "Hugging Face checkpoint's folder with --target (and --drafter), or convert the bundle again"
     )
 
 
 def max_soft_tokens(folder: Path) -> int:
     """The processor's per-image budget from processor_config.json / preprocessor_config.json, else 280."""
-    for name, keys in (("processor_config.json", ("image_processor",)), ("preprocessor_config.json", ())):
+    for name, keys in zip(PROCESSOR_FILES, (("image_processor",), ())):
         path = folder / name
         if not path.is_file():
             continue
@@ -130,19 +142,27 @@ def max_soft_tokens(folder: Path) -> int:
     return DEFAULT_SOFT_TOKENS
 
 
-@dataclass
-class VisionModel:
-    """The tower, the placeholder ids and the per-image budget of one target folder."""
+@dataclass(frozen=True)
+class ImageSpec:
+    """What prompts need of a target's images, from config files alone (no weights, no mlx)."""
 
-    vision: Vision
+    args: VisionArgs
     image_token_id: int
     boi_token_id: int
     eoi_token_id: int
     max_soft_tokens: int
 
 
-def load_vision(folder: Path) -> VisionModel:
-    """The target folder's vision tower; a one-line SpecdecError when it has none or cannot use it."""
+@dataclass
+class VisionModel:
+    """The tower and the spec of one target folder."""
+
+    vision: Vision
+    spec: ImageSpec
+
+
+def image_spec(folder: Path) -> ImageSpec:
+    """The target folder's image spec; a one-line SpecdecError when it cannot take images."""
     raw = read_config(folder)
     if not raw.get("vision_config"):
         raise SpecdecError(_reconvert_hint(folder))
@@ -156,9 +176,18 @@ def load_vision(folder: Path) -> VisionModel:
     if missing:
         raise SpecdecError(f"{folder / 'config.json'}: no {', '.join(missing)} for images")
     try:
-        vision = Vision(VisionArgs.from_config(raw))
+        args = VisionArgs.from_config(raw)
     except (KeyError, ValueError) as e:
         raise SpecdecError(f"{folder / 'config.json'}: vision_config: {e}") from None
+    ids = (raw["image_token_id"], raw["boi_token_id"], raw["eoi_token_id"])
+    return ImageSpec(args, *ids, max_soft_tokens(folder))
+
+
+def load_vision(folder: Path, lazy: bool = False) -> VisionModel:
+    """The target folder's vision tower; a one-line SpecdecError when it has none or cannot use it.
+    `lazy`: check names and shapes without reading the weights (the converter's check)."""
+    spec = image_spec(folder)
+    vision = Vision(spec.args)
     weights = Vision.sanitize(read_weights(folder))
     if not weights:
         raise SpecdecError(_reconvert_hint(folder))
@@ -169,28 +198,44 @@ def load_vision(folder: Path) -> VisionModel:
     except ValueError as e:
         why = " ".join(str(e).split())[:300]
         raise SpecdecError(f"{folder}: vision weights do not match config.json ({why})") from None
-    mx.eval(vision.parameters())
-    return VisionModel(vision, raw["image_token_id"], raw["boi_token_id"], raw["eoi_token_id"], max_soft_tokens(folder))
+    if not lazy:
+        mx.eval(vision.parameters())
+    return VisionModel(vision, spec)
+
+
+def _folder(bundle) -> Path:
+    """Where the bundle's tower is: BUNDLE/vision beside a converted target, else the target's folder."""
+    folder = getattr(bundle, "target_path", None)
+    if folder is None:
+        raise SpecdecError("this model was not loaded from a folder; images need the target's folder")
+    kept = Path(folder).parent / "vision"
+    if Path(folder).name == "target" and (kept / "config.json").is_file():
+        return kept
+    return Path(folder)
+
+
+def spec_of(bundle) -> ImageSpec:
+    """The bundle's image spec (config files only: safe off the thread that runs mlx)."""
+    if getattr(bundle, "vision", None) is not None:
+        return bundle.vision.spec
+    return image_spec(_folder(bundle))
 
 
 def vision_of(bundle) -> VisionModel:
     """The bundle's vision tower, loaded on first use and kept on the bundle."""
     if getattr(bundle, "vision", None) is None:
-        folder = getattr(bundle, "target_path", None)
-        if folder is None:
-            raise SpecdecError("this model was not loaded from a folder; images need the target's folder")
-        bundle.vision = load_vision(Path(folder))
+        bundle.vision = load_vision(_folder(bundle))
     return bundle.vision
 
 
 # --- the prompt ------------------------------------------------------------------------------
 def image_placeholders(bundle, count: int) -> str:
     """The text of `count` image placeholders (`<|image|>` on Gemma 4), to put in a user message."""
-    vm = vision_of(bundle)
+    image_id = spec_of(bundle).image_token_id
     tok = getattr(bundle.tokenizer, "_tokenizer", bundle.tokenizer)
-    piece = tok.convert_ids_to_tokens(vm.image_token_id)
-    if not isinstance(piece, str) or tok.convert_tokens_to_ids(piece) != vm.image_token_id:
-        raise SpecdecError(f"the tokenizer has no token for image_token_id {vm.image_token_id}")
+    piece = tok.convert_ids_to_tokens(image_id)
+    if not isinstance(piece, str) or tok.convert_tokens_to_ids(piece) != image_id:
+        raise SpecdecError(f"the tokenizer has no token for image_token_id {image_id}")
     return piece * count
 
 
@@ -230,8 +275,12 @@ class Media:
 
     def check(self, ids) -> None:
         """The prompt must end with text: the last token runs as a plain step (decode._prefill)."""
-        if len(self.positions) and int(self.positions[-1]) >= len(ids) - 1:
-            raise SpecdecError("the prompt ends inside an image; add text after it")
+        _check_ends_with_text(self.positions, ids)
+
+
+def _check_ends_with_text(positions, ids) -> None:
+    if len(positions) and int(positions[-1]) >= len(ids) - 1:
+        raise SpecdecError("the prompt ends inside an image; add text after it")
 
 
 def encode_image(bundle, patches: ImagePatches) -> mx.array:
@@ -241,6 +290,54 @@ def encode_image(bundle, patches: ImagePatches) -> mx.array:
     return soft.astype(bundle.target.model.model.embed_tokens.weight.dtype)
 
 
+@dataclass
+class ImagePrompt:
+    """Images read and placed in the prompt, not yet through the tower: the half of
+    `attach_images` that needs no mlx (a server does it off its mlx thread, and refuses bad images
+    and prompts too long for the context before queueing them). positions [n] as in Media."""
+
+    patches: list[ImagePatches]
+    positions: np.ndarray
+
+    def encode(self, bundle) -> Media:
+        """The tower over every image -> the Media for prefill (mlx: loads the tower on first use)."""
+        soft = mx.concatenate([encode_image(bundle, p) for p in self.patches], axis=0)
+        pad = bundle.target.config.get("pad_token_id", 0)
+        return Media(self.positions, soft, 0 if pad is None else int(pad))
+
+
+def expand_images(bundle, ids: list[int], images: list, names: Optional[list] = None) -> tuple[list[int], ImagePrompt]:
+    """Prompt ids with one image placeholder per image (paths or bytes, in order) -> (expanded
+    ids, ImagePrompt). Each placeholder becomes `<|image>` + N x `<|image|>` + `<image|>`.
+    `names` label the images in error messages (default: their paths, "image 1", ...)."""
+    spec = spec_of(bundle)
+    found = sum(1 for t in ids if t == spec.image_token_id)
+    if found != len(images):
+        raise SpecdecError(
+            f"the prompt has {found} image placeholder(s) (id {spec.image_token_id}) for {len(images)} image(s)"
+        )
+    args = spec.args
+    names = names or [None if isinstance(im, (str, Path)) else f"image {i + 1}" for i, im in enumerate(images)]
+    patches = [
+        read_image(im, args.patch_size, args.pooling_kernel_size, spec.max_soft_tokens, name=n)
+        for im, n in zip(images, names)
+    ]
+    out, positions = [], []
+    it = iter(patches)
+    for t in ids:
+        if t != spec.image_token_id:
+            out.append(int(t))
+            continue
+        p = next(it)
+        out.append(spec.boi_token_id)
+        positions.extend(range(len(out), len(out) + p.soft_tokens))
+        out.extend([spec.image_token_id] * p.soft_tokens)
+        out.append(spec.eoi_token_id)
+    positions = np.array(positions, dtype=np.int64)
+    _check_ends_with_text(positions, out)
+    return out, ImagePrompt(patches, positions)
+
+
 def attach_images(bundle, ids: list[int], images: list) -> tuple[list[int], Optional[Media]]:
     """Prompt ids with one image placeholder per image (in order) -> (expanded ids, Media).
 
@@ -248,27 +345,5 @@ def attach_images(bundle, ids: list[int], images: list) -> tuple[list[int], Opti
     """
     if not images:
         return list(ids), None
-    vm = vision_of(bundle)
-    args = vm.vision.args
-    found = sum(1 for t in ids if t == vm.image_token_id)
-    if found != len(images):
-        raise SpecdecError(
-            f"the prompt has {found} image placeholder(s) (id {vm.image_token_id}) for {len(images)} image(s)"
-        )
-    patches = [read_image(p, args.patch_size, args.pooling_kernel_size, vm.max_soft_tokens) for p in images]
-    out, positions, soft = [], [], []
-    it = iter(patches)
-    for t in ids:
-        if t != vm.image_token_id:
-            out.append(int(t))
-            continue
-        p = next(it)
-        out.append(vm.boi_token_id)
-        positions.extend(range(len(out), len(out) + p.soft_tokens))
-        out.extend([vm.image_token_id] * p.soft_tokens)
-        out.append(vm.eoi_token_id)
-        soft.append(encode_image(bundle, p))
-    pad = bundle.target.config.get("pad_token_id", 0)
-    media = Media(np.array(positions, dtype=np.int64), mx.concatenate(soft, axis=0), 0 if pad is None else int(pad))
-    media.check(out)
-    return out, media
+    out, pending = expand_images(bundle, ids, images)
+    return out, pending.encode(bundle)

@@ -3,6 +3,9 @@
     BUNDLE/target/    config.json (gemma4_text, traps fixed, mlx-lm `quantization`), shards,
                       generation_config.json and tokenizer files: `mlx_lm.load` takes it as it is
     BUNDLE/drafter/   config.json (gemma4_assistant + `quantization`), shards
+    BUNDLE/vision/    when the target has one: the vision tower and its embedder in the source's
+                      floats, the multimodal config.json (vision_config, text_config, image token
+                      ids) and the processor config; media.py loads it on the first image only
     BUNDLE/manifest.json
 
 Every family (E2B/E4B, 12B `gemma4_unified`, 26B-A4B MoE, 31B) goes through the same phases:
@@ -56,15 +59,18 @@ from mlx_specdec import __version__
 from mlx_specdec.errors import SpecdecError, UsageError
 from mlx_specdec.files import check_apart, check_path, read_config, read_eos_ids, shown, user_path
 from mlx_specdec.load import check_pair, load_drafter
+from mlx_specdec.media import image_spec, load_vision
 from mlx_specdec.models import quantise
 from mlx_specdec.models.drafter import Drafter, DrafterArgs, drafter_quantization
 from mlx_specdec.models.target import make_model, text_config, text_quantization, text_weights
+from mlx_specdec.models.vision import Vision
 from weights_convert import fetch, write
 
 FORMAT_VERSION = 1
 QUANT_KEYS = ("quantization", "quantization_config")
 KNOWN_FORMATS = (1,)  # bundle formats `--force` may replace
 TOKENIZER_FILES = fetch.TOKENIZER_FILES  # copied into BUNDLE/target
+PROCESSOR_FILES = fetch.PROCESSOR_FILES  # copied into BUNDLE/vision (the image budget)
 MARKER = "CONVERTING"  # in the temporary folder until the rename: {"pid", "host"} of its writer
 TERMINATIONS = (signal.SIGTERM, signal.SIGHUP)  # handled like Ctrl-C while a convert runs
 # OSError errno -> what to tell the user when writing the bundle fails.
@@ -162,11 +168,15 @@ def _convert(target, drafter, output, bits, group_size, target_revision, drafter
     def draft_sanitize(key, array):
         return list(draft_model.sanitize({key: array}).items())  # the drafter's own names and dtypes
 
+    def vision_sanitize(key, array):
+        return list(Vision.sanitize({key: array}).items())  # the tower and its embedder, as they are
+
     # What is written per module (quantised here, copied already quantised, or float): the
     # configs and the manifest come from this, not from the plan.
     target_tensors, target_q = write.plan_tensors(tsrc.folder, target_sanitize, target_q, target_source_q)
     draft_tensors, draft_q = write.plan_tensors(dsrc.folder, draft_sanitize, draft_q, draft_source_q)
-    needed = sum(t.out_bytes for t in target_tensors + draft_tensors)
+    vision_cfg, vision_tensors = _vision_plan(tsrc, vision_sanitize, log)
+    needed = sum(t.out_bytes for t in target_tensors + draft_tensors + vision_tensors)
     _check_disk(output.parent, needed * DISK_MARGIN + DISK_SLACK, f"the bundle at {output}")
 
     # 5. write beside the output, verify, rename
@@ -191,6 +201,13 @@ def _convert(target, drafter, output, bits, group_size, target_revision, drafter
         log("writing drafter")
         draft_cfg = {**draft_raw, **_quant_keys(quantise.config_entry(draft_q, bits, group_size))}
         draft_bytes = _write_model(tmp / "drafter", draft_cfg, draft_tensors, draft_sanitize)
+        vision_bytes = 0
+        if vision_tensors:
+            log("writing vision tower (floats as in the source)")
+            vision_bytes = _write_model(tmp / "vision", vision_cfg, vision_tensors, vision_sanitize)
+            for name in PROCESSOR_FILES:
+                if (tsrc.folder / name).is_file():
+                    shutil.copyfile(tsrc.folder / name, tmp / "vision" / name)
         _check_loadable(tmp)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -214,6 +231,8 @@ def _convert(target, drafter, output, bits, group_size, target_revision, drafter
                 "drafter": {"bytes": draft_bytes, "tensors": len(draft_tensors)},
             },
         }
+        if vision_tensors:
+            manifest["sizes"]["vision"] = {"bytes": vision_bytes, "tensors": len(vision_tensors)}
         (tmp / MARKER).unlink()
         manifest["files"] = _files(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -468,12 +487,38 @@ def _write_model(folder: Path, config: dict, tensors: list[write.Tensor], saniti
 
 
 def _check_loadable(bundle: Path) -> None:
-    """Both models accept the written weights (names, shapes, quantisation); the target lazily."""
+    """Both models (and the vision tower, if kept) accept the written weights (names, shapes,
+    quantisation); the target and the tower lazily."""
     try:
         load_model(bundle / "target", lazy=True, strict=True)
     except ValueError as e:
         raise SpecdecError(f"internal error: the converted target does not load in mlx-lm ({e})") from None
     load_drafter(bundle / "drafter")
+    if (bundle / "vision").is_dir():
+        load_vision(bundle / "vision", lazy=True)
+
+
+def _vision_plan(src: fetch.Source, sanitize: write.Sanitize, log) -> tuple[dict, list[write.Tensor]]:
+    """(config.json for BUNDLE/vision, its tensors): the source's vision tower and embedder, kept
+    in the source's floats; none when the target has no tower, or one `media.py` cannot load
+    (already quantised, or an image spec it refuses), said in `log`."""
+    raw = read_config(src.folder)
+    if not raw.get("vision_config"):
+        return {}, []
+    try:
+        image_spec(src.folder)
+    except SpecdecError as e:
+        log(f"vision tower not kept: {e}")
+        return {}, []
+    tensors, _ = write.plan_tensors(src.folder, sanitize, {})
+    if any(t.name.endswith(".scales") for t in tensors):
+        log("vision tower not kept: it is quantised in the source; convert the original checkpoint to keep it")
+        return {}, []
+    keys = ("model_type", "architectures", "vision_config", "text_config", "image_token_id")
+    keys += ("boi_token_id", "eoi_token_id", "pad_token_id")
+    config = {k: raw[k] for k in keys if k in raw}
+    config["text_config"] = {k: v for k, v in (raw.get("text_config") or {}).items() if k not in QUANT_KEYS}
+    return config, tensors
 
 
 def _replace(tmp: Path, output: Path, replacing: bool) -> None:

@@ -34,6 +34,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.files import PICKLE_SUFFIXES, user_path, weight_files
+from mlx_specdec.media import PROCESSOR_FILES
 
 try:  # the HTTP client huggingface-hub uses: httpx2 from 2.x, httpx before
     import httpx2 as httpx
@@ -54,7 +55,13 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-METADATA = ["config.json", "generation_config.json", "model.safetensors.index.json", *TOKENIZER_FILES]
+METADATA = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    *TOKENIZER_FILES,
+    *PROCESSOR_FILES,
+]
 WEIGHTS = ["*.safetensors"]
 NEEDED = METADATA + WEIGHTS
 # Listed (never downloaded) only to explain why a checkpoint without safetensors is refused.

@@ -10,6 +10,11 @@
   or the new message; `Turn.dropped` says how many messages went, for the panel and summary.
 - A rejected turn (too long even alone, or refused by the loop before its first token) leaves
   the history exactly as it was, so the next turn works.
+- Images: `/image PATH`, or a line that is just an image file's path (as a terminal's
+  drag-and-drop pastes it: quoted, or with backslash-escaped spaces), attaches the image to the
+  next message; the message keeps its image paths, and every turn runs the conversation's images
+  through `media.py` again (placeholders look alike whatever the image, so their K/V is never
+  taken from the prompt cache).
 - `ChatSession.command(line)` runs one slash command and returns an `Action`; every front end
   acts on it the same way (show the message, the error or the stats; quit when asked).
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +38,7 @@ from ..energy import Battery
 from ..errors import SpecdecError
 from ..files import user_path, write_atomically
 from ..gemma_format import parse
+from ..media import ImagePrompt, expand_images, image_placeholders, read_image, spec_of
 from ..prompt import chat_ids, clean_text
 from ..settings import GenerationSettings, draft_label, parse_draft
 from ..stats import RunStats, TokenRecord
@@ -44,10 +51,30 @@ HELP = """\
 /temp T          sampling temperature (0 = greedy)
 /colour          colour the tokens that came from the drafter (toggle)
 /think [on|off]  show the last answer's thinking, or turn thinking on or off
+/image PATH      attach an image to your next message (or paste its path alone on a line);
+                 /image lists what is attached, /image clear drops it
 /save FILE       write the conversation as JSON
 /quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
 
 CHAT_SETTINGS = GenerationSettings(max_tokens=512)  # what `specdec chat` starts with
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def pasted_path(line: str) -> Optional[Path]:
+    """The image file a line names on its own, as a terminal's drag-and-drop pastes it ('quoted',
+    "quoted" or with backslash-escaped spaces; ~ expanded); None when the line is anything else."""
+    text = line.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]
+    else:
+        text = re.sub(r"\\(.)", r"\1", text)
+    if not text or "\n" in text or not text.lower().endswith(IMAGE_SUFFIXES):
+        return None
+    try:
+        path = Path(text).expanduser()
+        return path if path.is_file() else None
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return None
 
 
 NA = "n/a"
@@ -130,9 +157,9 @@ def _owned_policies(bundle):
 
     policies = Policies(bundle)
 
-    def stream(bundle, ids, settings, *, prompt_cache):
+    def stream(bundle, ids, settings, *, prompt_cache, media=None):
         policy = policies.get(settings.draft, settings.battery)
-        return stream_generate(bundle, ids, settings, prompt_cache=prompt_cache, policy=policy)
+        return stream_generate(bundle, ids, settings, prompt_cache=prompt_cache, policy=policy, media=media)
 
     return stream
 
@@ -173,6 +200,7 @@ class ChatSession:
         self.prompt_cache = cache_factory(bundle)
         self.last = Turn()
         self.plain_speeds: list[float] = []  # decode tok/s of plain turns: the speed-up baseline
+        self.images: list[str] = []  # image paths attached to the next message
 
     # -- the conversation --------------------------------------------------------------------
     @property
@@ -186,45 +214,64 @@ class ChatSession:
         return system + list(self.messages if messages is None else messages)
 
     def prompt_ids(self, messages: Optional[list[dict]] = None) -> list[int]:
-        """The conversation through the chat template, ending with the model's turn."""
+        """The conversation through the chat template, ending with the model's turn; each image's
+        placeholder expanded (media.expand_images)."""
+        return self._prompt(messages)[0]
+
+    def _prompt(self, messages: Optional[list[dict]] = None) -> tuple[list[int], Optional[ImagePrompt]]:
+        """(prompt ids, the conversation's images read and placed, or None without images)."""
         extra = {"enable_thinking": True} if self.options.thinking else {}
-        return chat_ids(self.bundle.tokenizer, self.all_messages(messages), **extra)
+        everything = self.all_messages(messages)
+        plain = [{k: v for k, v in m.items() if k != "images"} for m in everything]
+        ids = chat_ids(self.bundle.tokenizer, plain, **extra)
+        images = [path for m in everything for path in m.get("images") or ()]
+        return expand_images(self.bundle, ids, images) if images else (ids, None)
 
     def reply(self, text: str) -> Iterator[TokenRecord]:
-        """Add the user's turn and return the answer's record stream. The answer joins the
-        conversation even when the caller stops early (close() / Ctrl-C); `self.last` holds
-        this turn's prompt at once and its records as they come. Raises SpecdecError (history
-        unchanged) when the message cannot fit the context even alone."""
+        """Add the user's turn (with the attached images, before its text) and return the
+        answer's record stream. The answer joins the conversation even when the caller stops
+        early (close() / Ctrl-C); `self.last` holds this turn's prompt at once and its records
+        as they come. Raises SpecdecError (history unchanged, attachments dropped) when the
+        message cannot fit the context even alone."""
         before = (list(self.messages), self.last)
-        kept, prompt = self._fit(before[0] + [{"role": "user", "content": text}])
+        message = {"role": "user", "content": text}
+        if self.images:
+            images, self.images = self.images, []
+            message = {"role": "user", "content": image_placeholders(self.bundle, len(images)) + text, "images": images}
+        kept, prompt, images = self._fit(before[0] + [message])
         self.messages = kept
         self.last = Turn([], prompt, dropped=len(before[0]) + 1 - len(kept))
-        return self._stream_answer(prompt, self.last.records, before)
+        return self._stream_answer(prompt, self.last.records, before, images)
 
-    def _fit(self, messages: list[dict]) -> tuple[list[dict], list[int]]:
+    def _fit(self, messages: list[dict]) -> tuple[list[dict], list[int], Optional[ImagePrompt]]:
         """Drop the oldest turns until the prompt and room for an answer fit the context."""
-        prompt, limit = self.prompt_ids(messages), self.context_limit
+        (prompt, images), limit = self._prompt(messages), self.context_limit
         room = min(self.settings.max_tokens, limit // 2)
         while len(prompt) + room > limit and len(messages) > 1:
             n = 1  # the oldest user message and the answers that follow it
             while n < len(messages) - 1 and messages[n]["role"] != "user":
                 n += 1
             messages = messages[n:]
-            prompt = self.prompt_ids(messages)
+            prompt, images = self._prompt(messages)
         if len(prompt) >= limit:
             raise SpecdecError(
                 f"this message needs {len(prompt)} tokens and its answer at least one more, "
                 f"but the context holds {limit}; "
                 "it was not added: shorten it or raise --max-context"
             )
-        return messages, prompt
+        return messages, prompt, images
 
     def _stream_answer(
-        self, prompt: list[int], records: list[TokenRecord], before: tuple[list[dict], Turn]
+        self,
+        prompt: list[int],
+        records: list[TokenRecord],
+        before: tuple[list[dict], Turn],
+        images: Optional[ImagePrompt] = None,
     ) -> Iterator[TokenRecord]:
         stream, rejected = None, False
         try:
-            stream = self._stream(self.bundle, prompt, self.settings, prompt_cache=self.prompt_cache)
+            media = {} if images is None else {"media": images.encode(self.bundle)}  # the vision tower
+            stream = self._stream(self.bundle, prompt, self.settings, prompt_cache=self.prompt_cache, **media)
             for record in stream:
                 records.append(record)
                 yield record
@@ -259,6 +306,7 @@ class ChatSession:
 
     def reset(self) -> None:
         self.messages = []
+        self.images = []
         self.prompt_cache = self._cache_factory(self.bundle)
         self.last = Turn()
 
@@ -275,7 +323,26 @@ class ChatSession:
         write_atomically(path, lambda f: f.write(text.encode("utf-8")), "/save")
         return path, len(messages)
 
+    def attach_image(self, path: Union[str, Path]) -> Action:
+        """Attach an image to the next message, read now so that a bad one is one error line."""
+        path = Path(path).expanduser()
+        spec = spec_of(self.bundle)  # a target without a vision tower says so here
+        patches = read_image(path, spec.args.patch_size, spec.args.pooling_kernel_size, spec.max_soft_tokens)
+        self.images.append(str(path))
+        return Action(f"attached {path} ({patches.soft_tokens} image tokens) to your next message")
+
     # -- slash commands ----------------------------------------------------------------------
+    def line_action(self, line: str) -> Optional[Action]:
+        """What a line does when it is not a message: a slash command, or an image file's path
+        pasted alone (attached). None: the line is a message."""
+        path = pasted_path(line)
+        if path is not None:
+            try:
+                return self.attach_image(path)
+            except SpecdecError as e:
+                return Action(str(e), error=True)
+        return self.command(line) if line.startswith("/") else None
+
     def command(self, line: str) -> Action:
         """Run one slash command. Bad arguments come back as an error action, never raised."""
         name, _, arg = line.strip().partition(" ")
@@ -323,6 +390,13 @@ class ChatSession:
                 return Action(f"/think takes on, off or nothing, not {arg!r}", error=True)
             reasoning = parse(self._raw_text(self.last.records), tools=False).reasoning.strip()
             return Action(reasoning or "the last answer did no thinking")
+        if name == "/image":
+            if arg.lower() == "clear":
+                self.images = []
+                return Action("no image attached")
+            if not arg:
+                return Action(f"attached: {', '.join(self.images)}" if self.images else "no image attached")
+            return self.attach_image(pasted_path(arg) or arg)
         if name == "/save":
             if not arg:
                 return Action("/save needs a file name", error=True)

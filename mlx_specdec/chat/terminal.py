@@ -87,8 +87,8 @@ def run_piped(session: ChatSession, lines: Iterable[Union[str, bytes]], out: Tex
         text = text.strip()
         if not text:
             continue
-        if text.startswith("/"):
-            action = session.command(text)
+        action = session.line_action(text)  # a slash command, or a pasted image path
+        if action is not None:
             if action.error:
                 error(action.message)
             elif action.stats:
@@ -151,8 +151,9 @@ def run_interactive(session: ChatSession, console, energy_source=None, read_line
         text = text.strip()
         if not text:
             continue
-        if text.startswith("/"):
-            if _act(session, console, session.command(text)):
+        action = session.line_action(text)  # a slash command, or a pasted image path
+        if action is not None:
+            if _act(session, console, action):
                 return
             continue
         _answer(session, console, text, source)

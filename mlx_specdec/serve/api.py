@@ -4,7 +4,8 @@ Pure Python (no mlx, no HTTP): `parse_chat` / `parse_completion` turn a decoded 
 a `GenRequest` or raise `ApiError` (an OpenAI-shaped error with its HTTP status); the `*_body`
 and `*_chunk` functions build the responses. Unknown fields are ignored, as OpenAI's clients
 send many optional ones; fields that would change the output and that we cannot honour (n > 1,
-logprobs, echo, suffix, non-text content) are refused with 400.
+logprobs, echo, suffix, audio) are refused with 400. Images come as `image_url` parts with
+data: or http(s) URLs; app.py fetches (fetch.py) and places them in the prompt.
 
 Extras beyond OpenAI's schema: `draft_tokens` (0-8, "auto" or "off") per request, and
 `chat_template_kwargs` (e.g. {"enable_thinking": true}); every response carries the speculative
@@ -14,6 +15,8 @@ tokens taken from the prompt cache.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import time
@@ -143,18 +146,73 @@ def _flag(body: dict, key: str, default: bool = False) -> bool:
     return value
 
 
-def _text(content, param: str) -> str:
-    """Message content: a string or a list of text parts -> one string."""
+@dataclass(frozen=True)
+class ImageInput:
+    """An image from a request: its bytes, and where it was (for error messages)."""
+
+    data: bytes
+    where: str
+    url: str | None = None  # an http(s) URL to fetch (fetch.py), then `data` is empty
+
+
+MAX_IMAGES = 16  # per request; each costs its tower pass and up to 1120 soft tokens
+
+
+def image_from_url(url, where: str) -> ImageInput:
+    """An image URL -> ImageInput: a data: URL (base64) decoded, an http(s) URL kept for app.py to
+    fetch (or refuse with --no-fetch); file: and every other scheme refused, never read."""
+    if not isinstance(url, str):
+        raise _bad(where, f"'{where}' must be a URL string")
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in ("http", "https"):
+        return ImageInput(b"", where, url)
+    if scheme != "data":
+        raise _bad(
+            where,
+            f"'{where}' must be a data: URL (data:image/png;base64,...) or http(s), not a {scheme or 'relative'} URL",
+        )
+    header, comma, payload = url[5:].partition(",")
+    if not comma or not header.lower().endswith(";base64"):
+        raise _bad(where, f"'{where}' must be a base64 data: URL (data:image/png;base64,...)")
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(where, f"'{where}' is not valid base64") from None
+    return ImageInput(data, where)
+
+
+def _image_part(part: dict, where: str) -> ImageInput:
+    url = part.get("image_url")
+    return image_from_url(url.get("url") if isinstance(url, dict) else url, f"{where}.image_url")
+
+
+def _text(content, param: str):
+    """Message content: a string or a list of text and image_url parts -> one string, or, when
+    there are images, a list of strings and ImageInputs in their order (app.py places them)."""
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list):
         parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _bad(param, f'\'{param}\' parts must be {{"type": "text", "text": ...}}; only text is supported')
-            parts.append(part["text"])
-        return "".join(parts)
-    raise _bad(param, f"'{param}' must be a string or a list of text parts")
+        for i, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                parts.append(_image_part(part, f"{param}[{i}]"))
+            elif isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            else:
+                raise _bad(
+                    param, f'\'{param}\' parts must be {{"type": "text", "text": ...}} or {{"type": "image_url", ...}}'
+                )
+        if not any(isinstance(p, ImageInput) for p in parts):
+            return "".join(parts)
+        return parts
+    raise _bad(param, f"'{param}' must be a string or a list of text and image_url parts")
+
+
+def images_of(messages: list[dict]) -> list[ImageInput]:
+    """The request's images, in prompt order."""
+    return [
+        p for m in messages if isinstance(m.get("content"), list) for p in m["content"] if isinstance(p, ImageInput)
+    ]
 
 
 def _common(body: dict, kind: str, model: str, defaults: SamplingParams, draft_default) -> GenRequest:
@@ -276,6 +334,8 @@ def parse_chat(body: dict, model: str, defaults: SamplingParams | None = None, d
     if not isinstance(messages, list) or not messages:
         raise _bad("messages", "'messages' must be a non-empty list")
     req.messages = [_message(m, i) for i, m in enumerate(messages)]
+    if len(images_of(req.messages)) > MAX_IMAGES:
+        raise _bad("messages", f"a request may hold at most {MAX_IMAGES} images")
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list) or not all(

@@ -17,6 +17,10 @@ Invariants:
 * Only JSON bodies, only the Host names it listens on, no CORS unless asked (security.py).
 * No request generates more than `settings.max_tokens` (`--max-tokens`), its default too.
 * One log line per request: status, prompt/cached/completion tokens, tok/s, accepted/round.
+* Images (data: URLs, or http(s) URLs fetched within limits unless `--no-fetch`) are decoded and
+  placed with the prompt, off the loop, so a bad image or one too many for the context is a 400
+  before anything is queued; the worker runs
+  the vision tower (media.py, the path `generate --image` takes).
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ from starlette.routing import Route
 
 from ..decode import check_prompt
 from ..errors import SpecdecError, UsageError
+from ..media import ImagePrompt, expand_images, image_placeholders
 from ..numerics import notes
 from ..prompt import chat_ids, text_ids
 from ..settings import GenerationSettings, SamplingParams
 from . import messages, responses
-from .api import ApiError, GenRequest, parse_chat, parse_completion
+from .api import ApiError, GenRequest, ImageInput, images_of, parse_chat, parse_completion
+from .fetch import fetch_image
 from .security import Guard, allowed_hosts
 from .stream import Run, collect, stream_response
 from .worker import Worker
@@ -96,31 +102,64 @@ def _check_key(request: Request, key: str | None) -> None:
         raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
 
 
-def _prompt_ids(state, req: GenRequest) -> list[int]:
-    """The request's prompt ids (renders and tokenises: call it off the event loop)."""
-    tok = state.worker.bundle.tokenizer
+def _place_images(bundle, req: GenRequest) -> list[ImageInput]:
+    """Each image part of the messages becomes the model's image placeholder in the text (as
+    `generate --image` puts it); returns the images in that order."""
+    images = images_of(req.messages)
+    if images:
+        placeholder = image_placeholders(bundle, 1)
+        for m in req.messages:
+            if isinstance(m["content"], list):
+                m["content"] = "".join(placeholder if isinstance(p, ImageInput) else p for p in m["content"])
+    return images
+
+
+def _image_bytes(state, image: ImageInput) -> bytes:
+    if image.url is None:
+        return image.data
+    if not state.fetch:
+        raise ApiError(
+            400,
+            f"'{image.where}' is an http(s) URL and this server was started with --no-fetch; "
+            "send the image as a data: URL (data:image/png;base64,...)",
+            param=image.where,
+        )
+    return fetch_image(image.url, image.where)
+
+
+def _prompt_ids(state, req: GenRequest) -> tuple[list[int], ImagePrompt | None]:
+    """The request's prompt ids, expanded for its images, and the images read and placed (renders,
+    tokenises and decodes images, no mlx: call it off the event loop)."""
+    bundle = state.worker.bundle
+    tok = bundle.tokenizer
     param = "messages" if req.kind == "chat" else "prompt"
+    pending = None
     try:
         if req.kind == "chat":
+            images = _place_images(bundle, req)
             ids = chat_ids(
                 tok, req.messages, tools=req.tools if req.tool_choice != "none" else None, **req.template_kwargs
             )
             if req.forced_prefix:
                 ids += [int(t) for t in tok.encode(req.forced_prefix, add_special_tokens=False)]
+            if images:
+                data = [_image_bytes(state, i) for i in images]
+                ids, pending = expand_images(bundle, ids, data, [i.where for i in images])
         else:
             ids = list(req.prompt) if isinstance(req.prompt, list) else text_ids(tok, req.prompt)
     except SpecdecError as e:
         raise ApiError(400, str(e), param=param) from None
     if len(ids) >= state.context_limit:
+        soft = f" ({len(pending.positions)} of them for {len(pending.patches)} image(s))" if pending else ""
         raise ApiError(
             400,
-            f"the prompt has {len(ids)} tokens but the context holds {state.context_limit}; "
+            f"the prompt has {len(ids)} tokens{soft} but the context holds {state.context_limit}; "
             "shorten it or raise --max-context",
             param=param,
             code="context_length_exceeded",
         )
     try:
-        return check_prompt(state.worker.bundle, ids, state.context_limit)  # in the vocabulary
+        return check_prompt(bundle, ids, state.context_limit), pending  # in the vocabulary
     except SpecdecError as e:
         raise ApiError(400, str(e), param=param) from None
 
@@ -139,12 +178,14 @@ def create_app(
     body_timeout: float = BODY_TIMEOUT,
     hosts: set[str] | None = None,
     cors_origin: str | None = None,
+    fetch: bool = True,
 ) -> Starlette:
     """The ASGI app over a started worker (its bundle loaded).
 
     settings: the server's defaults for omitted fields (sampling, draft) and its limits
     (`max_tokens`: the default and the most a request may ask; `max_context`).
-    hosts: the accepted `Host` headers (None: any); cors_origin: the one origin CORS allows."""
+    hosts: the accepted `Host` headers (None: any); cors_origin: the one origin CORS allows.
+    fetch: fetch http(s) image URLs (fetch.py); False refuses them (`--no-fetch`)."""
     settings = settings or GenerationSettings(sampling=SamplingParams(temp=1.0), max_tokens=4096)
 
     async def start(request: Request, parse) -> Run:
@@ -155,8 +196,8 @@ def create_app(
         try:
             if worker.jobs.full():  # refuse before rendering a prompt that could not be queued
                 raise queue.Full
-            ids = await run_in_threadpool(_prompt_ids, state, req)
-            run = Run(state, req, ids, request.url.path)
+            ids, images = await run_in_threadpool(_prompt_ids, state, req)
+            run = Run(state, req, ids, request.url.path, images)
             worker.submit(run.job)
         except queue.Full:
             wait = retry_after(worker)
@@ -278,7 +319,7 @@ def create_app(
     )
     bundle = worker.bundle
     app.state.worker, app.state.model, app.state.created = worker, bundle.name, int(time.time())
-    app.state.settings = settings
+    app.state.settings, app.state.fetch = settings, fetch
     app.state.max_context = settings.max_context
     app.state.context_limit = settings.context_limit(bundle.target.config)
     app.state.defaults, app.state.draft = settings.sampling, settings.draft
@@ -315,6 +356,7 @@ def serve(
     body_timeout: float = BODY_TIMEOUT,
     allowed_host: list[str] | tuple[str, ...] = (),
     cors_origin: str | None = None,
+    fetch: bool = True,
 ) -> None:
     """Load the model on the worker thread, then serve until interrupted (raises SpecdecError on bad input).
 
@@ -355,6 +397,7 @@ def serve(
         body_timeout=body_timeout,
         hosts=None if "*" in allowed_host else allowed_hosts(host, bound, allowed_host),
         cors_origin=cors_origin,
+        fetch=fetch,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning(

@@ -1,10 +1,11 @@
 """Anthropic's Messages API (`POST /v1/messages`) over the same worker, settings and cache.
 
 A body is translated into the chat request `api.parse_chat` validates (so both APIs share one
-set of checks and defaults): `system` -> a system message, content blocks -> text, `tool_use`
-blocks -> the assistant's tool calls, `tool_result` blocks -> tool messages, `thinking` blocks
-dropped (the template drops thinking from history), `tools` with `input_schema` -> functions,
-`thinking: {"type": "enabled"}` -> the template's thinking switch. The answer comes back as
+set of checks and defaults): `system` -> a system message, content blocks -> text (`image`
+blocks -> `image_url` parts with data: URLs), `tool_use` blocks -> the assistant's tool calls,
+`tool_result` blocks -> tool messages, `thinking` blocks dropped (the template drops thinking
+from history), `tools` with `input_schema` -> functions, `thinking: {"type": "enabled"}` -> the
+template's thinking switch. The answer comes back as
 content blocks (`thinking`, `text`, `tool_use`) with a `stop_reason`; streamed as Anthropic's
 events: message_start, content_block_start/delta/stop, message_delta, message_stop.
 """
@@ -46,6 +47,29 @@ def _text(blocks: list[dict], where: str) -> str:
     return "".join(parts)
 
 
+def _content(blocks: list[dict], where: str):
+    """A message's blocks -> chat content: their text, or OpenAI parts when there are images
+    (an image block's base64 source becomes a data: URL; a url source is passed on)."""
+    if not any(b.get("type") == "image" for b in blocks):
+        return _text(blocks, where)
+    parts = []
+    for j, b in enumerate(blocks):
+        if b.get("type") != "image":
+            text = _text([b], where)
+            parts += [{"type": "text", "text": text}] if text else []
+            continue
+        source = b.get("source") if isinstance(b.get("source"), dict) else {}
+        if source.get("type") == "base64" and isinstance(source.get("data"), str):
+            url = f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}"
+        elif source.get("type") == "url":
+            url = source.get("url")
+        else:
+            at = f"{where}[{j}].source"
+            raise ApiError(400, f'\'{at}\' must be {{"type": "base64", "media_type", "data"}}', param=at)
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts
+
+
 def _call(block: dict) -> dict:
     function = {"name": block.get("name"), "arguments": block.get("input")}
     return {"id": block.get("id"), "type": "function", "function": function}
@@ -68,7 +92,7 @@ def to_chat(body: dict) -> dict:
                 result = b.get("content")
                 text = _text(_blocks(result, where), where) if isinstance(result, list) else str(result or "")
                 messages.append({"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": text})
-        msg = {"role": m["role"], "content": _text(blocks, f"{where}.content")}
+        msg = {"role": m["role"], "content": _content(blocks, f"{where}.content")}
         calls = [b for b in blocks if b.get("type") == "tool_use"]
         if calls:
             msg["tool_calls"] = [_call(b) for b in calls]

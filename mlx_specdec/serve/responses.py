@@ -2,7 +2,8 @@
 
 A body is translated into the chat request `api.parse_chat` validates: `instructions` -> a
 system message, `input` (text, or message / function_call / function_call_output items) ->
-messages, function `tools`, `max_output_tokens`, `reasoning.effort` -> the thinking switch.
+messages (`input_image` parts -> `image_url` parts), function `tools`, `max_output_tokens`,
+`reasoning.effort` -> the thinking switch.
 `previous_response_id` continues a conversation kept in memory (`ResponseStore`, the last 256
 responses; `instructions` are not carried over, as OpenAI documents). The answer comes back as
 output items (`reasoning`, `message` with `output_text`, `function_call`); streamed in OpenAI's
@@ -42,14 +43,24 @@ class ResponseStore:
             self._items.popitem(last=False)
 
 
-def _text(content, where: str) -> str:
+def _text(content, where: str):
+    """A message's content -> chat content: its text, or OpenAI parts when it has input_image
+    parts (their image_url, a data: URL, is checked by api.parse_chat)."""
     if isinstance(content, str):
         return content
+    texts = ("input_text", "output_text", "text")
     if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") in ("input_text", "output_text", "text") for p in content
+        isinstance(p, dict) and p.get("type") in (*texts, "input_image") for p in content
     ):
-        return "".join(p.get("text") or "" for p in content)
-    raise ApiError(400, f"'{where}' must be text or a list of input_text parts; only text is supported", param=where)
+        if not any(p["type"] == "input_image" for p in content):
+            return "".join(p.get("text") or "" for p in content)
+        return [
+            {"type": "image_url", "image_url": {"url": p.get("image_url")}}
+            if p["type"] == "input_image"
+            else {"type": "text", "text": p.get("text") or ""}
+            for p in content
+        ]
+    raise ApiError(400, f"'{where}' must be text or a list of input_text and input_image parts", param=where)
 
 
 def _messages(items, store: ResponseStore, previous: str | None) -> list[dict]:

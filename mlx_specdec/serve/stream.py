@@ -32,7 +32,7 @@ log = logging.getLogger("mlx_specdec.server")
 class Run:
     """One request's generation as seen from the event loop: queued items and the log line."""
 
-    def __init__(self, app_state, req: GenRequest, ids: list[int], path: str):
+    def __init__(self, app_state, req: GenRequest, ids: list[int], path: str, images=None):
         self.state, self.req, self.ids, self.path = app_state, req, ids, path
         self.id = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.items: asyncio.Queue = asyncio.Queue()
@@ -69,6 +69,7 @@ class Run:
             settings=settings,
             next_turn=self.next_turn_ids if chat else None,
             snapshot=chat and bool(req.template_kwargs.get("enable_thinking")),
+            images=images,
         )
 
     def _parser(self) -> GemmaParser:

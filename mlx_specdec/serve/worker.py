@@ -10,6 +10,8 @@ Invariants:
 * `CachePool` (prompt_cache.py) keeps prompt caches between requests, matched by longest
   common prefix; after an answer the worker keeps the cache for the prefix the next turn's
   prompt will start with (`Job.next_turn`), so a growing conversation prefills only what is new.
+* A job with images runs the vision tower here; its cache goes back cut before the first image,
+  since placeholders look alike whatever the image (media.py).
 * `tokens_per_s` and the queued jobs' token budgets give `Retry-After` (`seconds_to_drain`).
 """
 
@@ -58,6 +60,7 @@ class Job:
     # the answer's text -> the ids the next turn's prompt starts with (chat), run on the worker
     next_turn: Callable[[str], list[int]] | None = None
     snapshot: bool = False  # keep a copy of the prompt's cache: the answer will not be in history
+    images: object = None  # media.ImagePrompt: the prompt's images, read and placed, for the tower
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -144,7 +147,8 @@ class Worker(threading.Thread):
         prefilled, snapshot, next_ids, text = None, None, None, []
         try:
             policy = self.policies.get(job.settings.draft, job.settings.battery)
-            gen = stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc, policy=policy)
+            media = None if job.images is None else job.images.encode(self.bundle)  # the vision tower
+            gen = stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc, policy=policy, media=media)
             for record in gen:
                 if job.cancelled.is_set():
                     break  # the client went away: stop within this round
@@ -169,7 +173,9 @@ class Worker(threading.Thread):
             if gen is not None:
                 gen.close()  # its finally rewinds the cache to the tokens it holds
             if keep:
-                if next_ids is not None:
+                if job.images is not None:  # image K/V is never reused: keep only what came before it
+                    pc.truncate(min(len(pc.tokens), int(job.images.positions[0])))
+                elif next_ids is not None:
                     pc = self.pool.keep_for(pc, next_ids, snapshot)
                 self.pool.give_back(pc)
         return len(text)

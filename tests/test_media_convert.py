@@ -1,0 +1,74 @@
+"""`specdec convert` keeps the vision tower: BUNDLE/vision, loaded on the first image only.
+
+On the tiny multimodal fixture (tests/fixtures/media): a 16-bit bundle answers an image exactly
+as the Hugging Face folders do (transformers' greedy tokens), a 4-bit one drafts exactly after
+an image, and a text-only turn never reads the tower.
+"""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import weights_convert
+from mlx_specdec.decode import generate
+from mlx_specdec.load import load
+from mlx_specdec.media import attach_images, image_placeholders
+from mlx_specdec.prompt import chat_ids
+from mlx_specdec.settings import GenerationSettings
+
+from .helpers.paths import FIXTURES
+
+MEDIA = FIXTURES / "media"
+IMAGE = MEDIA / "image.png"
+PROMPT = "Describe it."
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mm")
+    for bits in (4, 16):
+        weights_convert.convert(
+            str(MEDIA / "target"), str(MEDIA / "assistant"), root / f"b{bits}", bits=bits, group_size=32
+        )
+    return root
+
+
+def run(bundle, draft, n=12):
+    ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": image_placeholders(bundle, 1) + PROMPT}])
+    ids, media = attach_images(bundle, ids, [IMAGE])
+    return ids, generate(bundle, ids, GenerationSettings(max_tokens=n, draft=draft), media=media).tokens
+
+
+def test_converted_16_bit_bundle_keeps_the_tower_and_answers_an_image_as_transformers(bundles):
+    ref = {k: np.array(v) for k, v in mx.load(str(MEDIA / "reference.safetensors")).items()}
+    b = load(bundles / "b16")
+    b.tokenizer.eos_token_ids = []  # the reference runs 40 tokens whatever they are
+    ids, tokens = run(b, draft=3, n=40)
+    assert ids == ref["prompt_ids"].tolist() and tokens == ref["greedy_ids"].tolist()
+    manifest = json.loads((bundles / "b16" / "manifest.json").read_text())
+    assert manifest["sizes"]["vision"]["tensors"] > 0 and "vision/model.safetensors" in manifest["files"]
+    assert (bundles / "b16" / "vision" / "preprocessor_config.json").is_file()
+
+
+def test_4_bit_bundle_drafts_exactly_after_an_image_and_text_never_loads_the_tower(bundles):
+    b = load(bundles / "b4")
+    ids = chat_ids(b.tokenizer, [{"role": "user", "content": PROMPT}])
+    generate(b, ids, GenerationSettings(max_tokens=4, draft=3))
+    assert b.vision is None
+    _, plain = run(b, draft=0)
+    _, spec = run(b, draft=3)
+    assert spec == plain and b.vision is not None
+
+
+def test_convert_command_reports_the_kept_vision_tower(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    out = tmp_path / "b"
+    args = ["convert", "--target", str(MEDIA / "target"), "--drafter", str(MEDIA / "assistant"), "-o", str(out)]
+    r = CliRunner().invoke(app, [*args, "--bits", "16"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().endswith("MiB (read for images only)") and "vision tower" in r.stdout
