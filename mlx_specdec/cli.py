@@ -310,11 +310,19 @@ def bench(
 
 @app.command()
 @user_errors
-def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON (sizes in bytes).")):
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON (sizes in bytes)."),
+    machines: Annotated[
+        Optional[int],
+        typer.Option("--machines", help="Memory each needs when this many machines share a model (mlx.launch)."),
+    ] = None,
+):
     """List the known Gemma 4 pairs: sizes, memory needed, which are converted locally and exact here."""
     from .listing import print_models
 
-    print_models(as_json)
+    if machines is not None and machines < 1:
+        raise UsageError(f"--machines must be at least 1, not {machines}")
+    print_models(as_json, machines)
 
 
 @app.command()

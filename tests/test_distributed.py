@@ -15,11 +15,14 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
+from mlx.utils import tree_flatten
 
+from mlx_specdec import provision, registry
 from mlx_specdec.distributed import DIVERGE_ENV, Solo, start
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.load import load
+from mlx_specdec.load import load, read_config
 from mlx_specdec.models.shard import _query_heads, shard_tensor
+from mlx_specdec.models.target import kv_layout
 
 from .conftest import FIXTURES
 
@@ -95,6 +98,70 @@ def test_split_over_a_group_of_one_computes_what_mlx_lm_computes():
     ids = mx.array([[3, 5, 7, 9, 11, 2]])
     (a, _), (b, _) = whole.target(ids, None), split.target(ids, None)
     assert mx.allclose(a, b, atol=1e-5).item()
+
+
+def _split_target(fam: str, rank: int, size: int = 2):
+    """The fixture family's target as rank `rank` of `size` holds it (no collective is run)."""
+    folder = FIXTURES / "families" / fam / "target"
+    return load(target=folder, split=lambda m, c: shard_tensor(m, c, _Group(rank, size))).target
+
+
+@pytest.mark.parametrize("fam", ["e2b", "31b", "26b-a4b"])
+def test_memory_estimate_per_machine_is_the_bytes_each_rank_of_the_split_holds(fam):
+    cfg = read_config(FIXTURES / "families" / fam / "target")  # float32 fixtures: itemsize 4
+    whole = registry.config_bytes(cfg, None, 16, itemsize=4)[0]
+    each = registry.config_bytes(cfg, None, 16, itemsize=4, machines=2)[0]
+    for rank in (0, 1):
+        held = sum(v.nbytes for _, v in tree_flatten(_split_target(fam, rank).model.parameters()))
+        assert held == each < whole, (fam, rank)
+
+
+def test_kv_estimate_per_machine_counts_the_heads_each_rank_caches():
+    # 31B fixture: sliding layers have 2 K/V heads (one per rank), full layers 1 (kept by both);
+    # the drafter's source layers (4, 5) keep every head. Heads cached = k_proj rows / head_dim.
+    target = _split_target("31b", 1)
+    layout = kv_layout(target.config)
+    kept = [
+        target.model.model.layers[i].self_attn.k_proj.weight.shape[0] // dim for i, (_, _, dim) in enumerate(layout)
+    ]
+    assert kept == [1, 1, 1, 1, 2, 1]
+    context, expected = 40, 0
+    for (kind, heads, _), n in zip(layout, kept):  # each layer alone (a one-layer model), scaled to its heads kept
+        one = {**target.config, "num_hidden_layers": 1, "num_kv_shared_layers": 0, "layer_types": [kind]}
+        expected += provision.kv_bytes(one, context, itemsize=4) // heads * n
+    assert provision.kv_bytes(target.config, context, itemsize=4, machines=2) == expected
+
+
+def test_models_lists_memory_per_machine_and_which_cannot_split():
+    one, two, three = ({r["name"]: r for r in provision.model_rows(machines=n)} for n in (1, 2, 3))
+    assert two["31b"]["memory_bytes"] == provision.estimate("31b", 4, machines=2).total
+    assert two["31b"]["memory_bytes"] < 16e9 < one["31b"]["memory_bytes"]  # 12.8 GB each instead of 22.8 GB
+    assert three["31b"]["memory_bytes"] is None
+    assert (
+        three["31b"]["split_error"]
+        == "layer 0: 32 attention heads cannot be split over 3 processes; use a divisor of 32"
+    )
+
+
+def test_models_machines_option_shows_memory_per_machine():
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    done = CliRunner().invoke(app, ["models", "--json", "--machines", "2"])
+    assert done.exit_code == 0, done.output
+    rows = {r["name"]: r for r in json.loads(done.output)["models"]}
+    assert rows["31b"]["machines"] == 2 and rows["31b"]["memory_bytes"] == provision.estimate("31b", machines=2).total
+    assert CliRunner().invoke(app, ["models", "--machines", "0"]).exit_code == 2
+
+
+def test_memory_fit_on_several_machines_says_so_and_suggests_more():
+    need = provision.estimate("31b", 4, machines=2)
+    assert provision.check_memory_fit("31b", 4, available=need.total, machines=2) == need
+    with pytest.raises(SpecdecError) as e:
+        provision.check_memory_fit("31b", 4, available=8 << 30, machines=2)
+    assert f"needs {need.total / 1e9:.1f} GB on each of 2 machines (weights" in str(e.value)
+    assert str(e.value).endswith("or 4 such machines under mlx.launch")
 
 
 @pytest.mark.slow
