@@ -26,6 +26,7 @@ from .cli_options import (
     MinP,
     Model,
     NoDraft,
+    Parallel,
     Seed,
     Stop,
     TargetDir,
@@ -85,9 +86,7 @@ def generate(
     images: Annotated[
         Optional[list[str]], typer.Option("--image", help="An image the prompt is about (repeatable; E2B/E4B).")
     ] = None,
-    parallel: Annotated[
-        str, typer.Option("--parallel", help="Under mlx.launch with several processes: how to split the model.")
-    ] = "tensor",
+    parallel: Parallel = "tensor",
 ):
     """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
     from .oneshot import generate_records, json_document, summary_line
@@ -206,6 +205,7 @@ def chat(
     ] = False,
     battery: Battery = None,
     exactness: Exactness = "strict",
+    parallel: Parallel = "tensor",
 ):
     """Chat in the terminal with live speed, acceptance, memory and energy; one prompt per line when piped.
 
@@ -236,6 +236,7 @@ def chat(
         system=system,
         colour_drafts=colour_drafts,
         thinking=thinking,
+        parallel=parallel,
     )
 
 

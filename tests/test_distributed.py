@@ -36,13 +36,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`mlx.launch -n 2 --backend ring -- python ARGS` on localhost (ports of its own)."""
+def launch(
+    args: list[str], env: dict | None = None, timeout: int = 300, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    """`mlx.launch -n 2 --backend ring -- python ARGS` on localhost (ports of its own), `stdin` its input."""
     launcher = Path(sys.executable).with_name("mlx.launch")
     launcher = str(launcher) if launcher.exists() else shutil.which("mlx.launch")
     cmd = [launcher, "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--", sys.executable, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
 class _Group:
@@ -229,3 +231,38 @@ def test_a_diverged_rank_is_one_clear_error_on_every_rank():
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors and all("processes diverged at position" in line for line in errors), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_lines_hand_on_rank_0s_input_as_bytes_and_end_with_it():
+    from mlx_specdec.distributed import Spmd
+
+    run = Spmd(mx.distributed.init(), "tensor")  # a group of one: the collectives run as they are
+    source = ["hello\n", b"caf\xc3\xa9 \xff\n", "not UTF-8: \udcff\n", "", b"/quit\n"]  # str: stdin as read
+    want = [b"hello\n", b"caf\xc3\xa9 \xff\n", b"not UTF-8: \xff\n", b"", b"/quit\n"]
+    assert list(run.lines(source)) == want
+    assert Solo().lines(source) is source  # one process: its input as it is
+
+
+@pytest.mark.slow
+def test_piped_chat_under_mlx_launch_prints_one_process_answers_once():
+    # mlx.launch never closes its processes' stdin (it forwards its own input, end of file
+    # excluded), so a chat under it ends with /quit.
+    args = ["-m", "mlx_specdec", "chat", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
+    args += ["-k", "3", "--temp", "1", "--seed", "5", "--max-tokens", "8"]
+    lines = "hello there\nwhat next\n/quit\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    alone = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, input=lines, capture_output=True, text=True, timeout=300
+    )
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    done = launch(args, stdin=lines, timeout=120)
+    assert done.returncode == 0 and "exited with code" not in done.stderr, done.stderr[-2000:]
+
+    def answers(out):  # each answer, then its summary line (speeds differ), then "bye"
+        rows = out.splitlines()
+        summaries = [i for i, row in enumerate(rows) if " tokens · " in row]
+        return [row for i, row in enumerate(rows) if i not in summaries], len(summaries)
+
+    got, want = answers(done.stdout), answers(alone.stdout)
+    assert want[1] == 2 and want[0][-1] == "bye"
+    assert got == want
