@@ -233,6 +233,17 @@ def test_a_diverged_rank_is_one_clear_error_on_every_rank():
     assert "Traceback" not in done.stderr
 
 
+def test_serve_under_mlx_launch_is_refused_in_one_line(monkeypatch):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    monkeypatch.setattr(provision, "machines_here", lambda: 2)
+    done = CliRunner().invoke(app, ["serve", "--target", str(E2B / "target")])
+    assert done.exit_code == 1
+    assert done.output == "error: specdec serve does not run under mlx.launch yet; serve from one machine\n"
+
+
 def test_lines_hand_on_rank_0s_input_as_bytes_and_end_with_it():
     from mlx_specdec.distributed import Spmd
 
