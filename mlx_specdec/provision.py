@@ -158,13 +158,15 @@ def model_folder(
     max_context: Optional[int] = None,
     log: Callable[[str], None] = lambda line: None,
     available: Optional[int] = None,
+    machines: Optional[int] = None,
     **kwargs,
 ) -> Optional[Path]:
     """MODEL as typed -> a folder that fits this machine: an existing folder as it is; a known name
     or hub id -> its cached bundle (converted on first use; `bits` and `kwargs` as `ensure_bundle`).
     None stays None (the caller's default: --demo, --target, the chat's default bundle). A folder
     whose weights and KV cache at `max_context` do not fit `available` bytes (None: ask the machine)
-    is refused (`check_memory_fit`). Raises SpecdecError."""
+    is refused (`check_memory_fit`, on each of `machines`; None: the `mlx.launch` group, which splits it).
+    Raises SpecdecError."""
     if model is None:
         return None
     text = str(model)
@@ -176,8 +178,10 @@ def model_folder(
     elif registry.find(text) is None and (text.startswith((".", "~", os.sep)) or text.count("/") > 1):
         raise UsageError(f"{text}: no such folder")
     else:
-        folder = ensure_bundle(text, bits, max_context=max_context, log=log, available=available, **kwargs)
-    check_memory_fit(folder, max_context=max_context, available=available)
+        folder = ensure_bundle(
+            text, bits, max_context=max_context, log=log, available=available, machines=machines, **kwargs
+        )
+    check_memory_fit(folder, max_context=max_context, available=available, machines=machines)
     return folder
 
 
@@ -195,7 +199,8 @@ def load_model(
     (`split`: this process's part of the target, distributed.py)."""
     from .load import load
 
-    folder = model_folder(model, max_context=max_context, log=log)
+    # Unsplit (bench, check), every process holds the whole model, even under mlx.launch.
+    folder = model_folder(model, max_context=max_context, log=log, machines=None if split else 1)
     return load(folder, target=target, drafter=drafter, demo=demo, split=split)
 
 

@@ -233,6 +233,16 @@ def test_a_diverged_rank_is_one_clear_error_on_every_rank():
     assert "Traceback" not in done.stderr
 
 
+def test_memory_fit_counts_machines_only_for_a_split_model(monkeypatch):
+    seen = []
+    monkeypatch.setattr(provision, "machines_here", lambda: 2)  # as under mlx.launch -n 2
+    monkeypatch.setattr(provision, "check_memory_fit", lambda *a, machines=None, **k: seen.append(machines))
+    monkeypatch.setattr("mlx_specdec.load.load", lambda *a, **k: None)
+    provision.load_model(str(E2B / "target"))  # bench, check: every process holds the whole model
+    provision.load_model(str(E2B / "target"), split=lambda model, config: None)  # generate: split
+    assert seen == [1, None]  # None: the group's size
+
+
 def test_serve_under_mlx_launch_is_refused_in_one_line(monkeypatch):
     from typer.testing import CliRunner
 
