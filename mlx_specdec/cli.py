@@ -361,11 +361,7 @@ def serve(
     ] = 30.0,
 ):
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
-    from .errors import SpecdecError
-    from .provision import machines_here, model_folder
-
-    if machines_here() > 1:  # each process would load and serve the whole model on its own
-        raise SpecdecError("specdec serve does not run under mlx.launch yet; serve from one machine")
+    from .provision import model_folder
     from .serve.app import serve as run_server
     from .settings import GenerationSettings
 

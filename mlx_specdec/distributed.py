@@ -8,7 +8,8 @@ states. What must be agreed, and how:
   an array that every other rank fills with zeros); without `--seed`, rank 0 draws one per
   request, so unseeded sampling gives the same tokens everywhere. Only rank 0 prints. A front end
   that reads input line by line (the piped chat) reads it on rank 0 only and hands every rank the
-  same lines (`lines`), so every rank runs the same commands and turns in the same order.
+  same lines (`lines`), so every rank runs the same commands and turns in the same order; the
+  server shares each request it runs (`share`: its prompt ids and settings) and its shutdown.
 * the settings must be equal (they come from the same command line): a hash of them is gathered
   and compared once per request.
 * the numerics probe (probe.py) is measured on every process (never read from one machine's
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -129,6 +131,12 @@ class Spmd:
                 f"the {self.size} processes diverged at position {position} ({account(0)}; {account(bad[0])}); "
                 "run the same mlx-specdec, MLX and model files on every machine"
             )
+
+    def share(self, value):
+        """Rank 0's `value` (anything pickle takes) on every rank; other ranks' values are ignored.
+        Only between the processes of one launch, all running this program: never from outside."""
+        data = pickle.dumps(value) if self.rank == 0 else b""
+        return pickle.loads(bytes(self.broadcast(data)))
 
     def lines(self, source: Iterable[bytes | str]) -> Iterator[bytes]:
         """Rank 0's lines of `source`, as it reads them, on every rank (other ranks never read

@@ -243,17 +243,6 @@ def test_memory_fit_counts_machines_only_for_a_split_model(monkeypatch):
     assert seen == [1, None]  # None: the group's size
 
 
-def test_serve_under_mlx_launch_is_refused_in_one_line(monkeypatch):
-    from typer.testing import CliRunner
-
-    from mlx_specdec.cli import app
-
-    monkeypatch.setattr(provision, "machines_here", lambda: 2)
-    done = CliRunner().invoke(app, ["serve", "--target", str(E2B / "target")])
-    assert done.exit_code == 1
-    assert done.output == "error: specdec serve does not run under mlx.launch yet; serve from one machine\n"
-
-
 def test_lines_hand_on_rank_0s_input_as_bytes_and_end_with_it():
     from mlx_specdec.distributed import Spmd
 
@@ -287,3 +276,60 @@ def test_piped_chat_under_mlx_launch_prints_one_process_answers_once():
     got, want = answers(done.stdout), answers(alone.stdout)
     assert want[1] == 2 and want[0][-1] == "bye"
     assert got == want
+
+
+@pytest.mark.slow
+def test_serve_under_mlx_launch_answers_as_one_process_and_stops_every_rank():
+    """HTTP on rank 0; each request shared with rank 1; Ctrl-C (SIGINT to the group) stops both."""
+    import http.client
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["-m", "mlx_specdec", "generate", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
+    args += ["--prompt-ids", "3,5,7,9,11,2", "--max-tokens", "8", "-k", "3", "--json"]
+    alone = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    want = json.loads(alone.stdout)["text"]
+
+    launcher = Path(sys.executable).with_name("mlx.launch")
+    cmd = [str(launcher), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--", sys.executable]
+    cmd += ["-m", "mlx_specdec", "serve", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
+    cmd += ["--port", "0", "-k", "3"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, proc.stderr.read()[-2000:] if proc.poll() is not None else line
+        port = int(line.split()[2].rsplit(":", 1)[1].split("/")[0])
+        got = []
+        for _ in range(2):  # the second answer comes from the prompt cache on both ranks
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            body = {"prompt": [3, 5, 7, 9, 11, 2], "max_tokens": 8, "temperature": 0}
+            conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+            got.append(json.loads(conn.getresponse().read()))
+            conn.close()
+        assert [g["choices"][0]["text"] for g in got] == [want, want], got
+        assert got[1]["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the launcher and both ranks
+        proc.wait(30)
+
+        def left():  # the ranks still running in the launcher's process group
+            return subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).stdout
+
+        deadline = time.monotonic() + 30
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left(), "a rank is left running"
+        err = proc.stderr.read()
+        assert "rank 1 exited with code" not in err and "was killed" not in err, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

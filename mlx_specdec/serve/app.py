@@ -17,6 +17,8 @@ Invariants:
 * Only JSON bodies, only the Host names it listens on, no CORS unless asked (security.py).
 * No request generates more than `settings.max_tokens` (`--max-tokens`), its default too.
 * One log line per request: status, prompt/cached/completion tokens, tok/s, accepted/round.
+* Under `mlx.launch` with several processes: HTTP on rank 0 only; the other ranks load their part
+  and run each request rank 0's worker shares with them (worker.follow) until it stops.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import dataclasses
 import json
 import logging
 import queue
+import signal
 import socket
 import time
 from pathlib import Path
@@ -48,7 +51,7 @@ from . import messages, responses
 from .api import ApiError, GenRequest, parse_chat, parse_completion
 from .security import Guard, allowed_hosts
 from .stream import Run, collect, stream_response
-from .worker import Worker
+from .worker import Worker, follow
 
 log = logging.getLogger("mlx_specdec.server")
 MAX_BODY = 16 * 2**20
@@ -322,6 +325,7 @@ def serve(
     model's generation_config.json) and the limits: `max_tokens` caps every request, `max_context`."""
     import uvicorn
 
+    from ..distributed import start
     from ..load import DEMO_DIR, load
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -332,6 +336,16 @@ def serve(
         raise UsageError(f"--body-timeout must be more than 0 seconds, not {body_timeout}")
     if not 0 <= port <= 65535:  # bind() would raise OverflowError, not OSError
         raise UsageError(f"--port must be 0-65535 (0: any free port), not {port}")
+    run = start("tensor")  # several processes under mlx.launch; else nothing changes
+    split = {"split": run.split} if run.size > 1 else {}
+
+    def load_model():
+        return load(model, target=target, drafter=drafter, demo=demo, **split)
+
+    if run.rank != 0:  # HTTP on rank 0 only; this rank runs the requests rank 0 shares, in step
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # it stops when rank 0 says so (Ctrl-C there)
+        follow(run, load_model, cache_bytes=cache_bytes)
+        return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -341,9 +355,7 @@ def serve(
     except OSError as e:
         sock.close()
         raise SpecdecError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-    worker = Worker(
-        lambda: load(model, target=target, drafter=drafter, demo=demo), max_queue=max_queue, cache_bytes=cache_bytes
-    )
+    worker = Worker(load_model, max_queue=max_queue, cache_bytes=cache_bytes, spmd=run if run.size > 1 else None)
     worker.start_and_wait()
     folders = [f for f in (target, model and Path(model) / "target", model, demo and DEMO_DIR / "target") if f]
     bound = sock.getsockname()[1]
@@ -368,3 +380,5 @@ def serve(
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         worker.stop()
+        if run.size > 1:  # let it finish its job and tell the other ranks to stop before exiting
+            worker.join()
