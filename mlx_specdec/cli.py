@@ -26,6 +26,7 @@ from .cli_options import (
     MinP,
     Model,
     NoDraft,
+    Parallel,
     Seed,
     Stop,
     TargetDir,
@@ -85,9 +86,7 @@ def generate(
     images: Annotated[
         Optional[list[str]], typer.Option("--image", help="An image the prompt is about (repeatable; E2B/E4B).")
     ] = None,
-    parallel: Annotated[
-        str, typer.Option("--parallel", help="Under mlx.launch with several processes: how to split the model.")
-    ] = "tensor",
+    parallel: Parallel = "tensor",
 ):
     """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
     from .oneshot import generate_records, json_document, summary_line
@@ -209,6 +208,7 @@ def chat(
     ] = False,
     battery: Battery = None,
     exactness: Exactness = "strict",
+    parallel: Parallel = "tensor",
 ):
     """Chat in the terminal with live speed, acceptance, memory and energy; one prompt per line when piped.
 
@@ -239,6 +239,7 @@ def chat(
         system=system,
         colour_drafts=colour_drafts,
         thinking=thinking,
+        parallel=parallel,
     )
 
 
@@ -313,11 +314,19 @@ def bench(
 
 @app.command()
 @user_errors
-def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON (sizes in bytes).")):
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON (sizes in bytes)."),
+    machines: Annotated[
+        Optional[int],
+        typer.Option("--machines", help="Memory each needs when this many machines share a model (mlx.launch)."),
+    ] = None,
+):
     """List the known Gemma 4 pairs: sizes, memory needed, which are converted locally and exact here."""
     from .listing import print_models
 
-    print_models(as_json)
+    if machines is not None and machines < 1:
+        raise UsageError(f"--machines must be at least 1, not {machines}")
+    print_models(as_json, machines)
 
 
 @app.command()

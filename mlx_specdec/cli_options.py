@@ -84,6 +84,9 @@ Exactness = Annotated[
         "plainly; relaxed: draft anyway (same distribution, greedy ties may break differently).",
     ),
 ]
+Parallel = Annotated[
+    str, typer.Option("--parallel", help="Under mlx.launch with several processes: how to split the model.")
+]
 Battery = Annotated[
     Optional[bool],
     typer.Option(

@@ -6,7 +6,10 @@ states. What must be agreed, and how:
 
 * rank 0 owns input and output: its prompt ids and sampling seed are broadcast (an `all_sum` of
   an array that every other rank fills with zeros); without `--seed`, rank 0 draws one per
-  request, so unseeded sampling gives the same tokens everywhere. Only rank 0 prints.
+  request, so unseeded sampling gives the same tokens everywhere. Only rank 0 prints. A front end
+  that reads input line by line (the piped chat) reads it on rank 0 only and hands every rank the
+  same lines (`lines`), so every rank runs the same commands and turns in the same order; the
+  server shares each request it runs (`share`: its prompt ids and settings) and its shutdown.
 * the settings must be equal (they come from the same command line): a hash of them is gathered
   and compared once per request.
 * the numerics probe (probe.py) is measured on every process (never read from one machine's
@@ -26,8 +29,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import mlx.core as mx
 
@@ -128,6 +132,28 @@ class Spmd:
                 "run the same mlx-specdec, MLX and model files on every machine"
             )
 
+    def share(self, value):
+        """Rank 0's `value` (anything pickle takes) on every rank; other ranks' values are ignored.
+        Only between the processes of one launch, all running this program: never from outside."""
+        data = pickle.dumps(value) if self.rank == 0 else b""
+        return pickle.loads(bytes(self.broadcast(data)))
+
+    def lines(self, source: Iterable[bytes | str]) -> Iterator[bytes]:
+        """Rank 0's lines of `source`, as it reads them, on every rank (other ranks never read
+        theirs); ends on every rank when rank 0's input ends."""
+        mine = iter(source) if self.rank == 0 else None
+        while True:
+            message = []
+            if mine is not None:
+                line = next(mine, None)
+                if isinstance(line, str):
+                    line = line.encode("utf-8", "surrogateescape")  # undecodable bytes stay as read
+                message = [0] if line is None else [1, *line]  # 0: the end of the input
+            got = self.broadcast(message)
+            if got[0] == 0:
+                return
+            yield bytes(got[1:])
+
     # --- one request ----------------------------------------------------------------------
     def stream_generate(
         self, bundle, prompt_ids: Sequence[int], settings: GenerationSettings, **kwargs
@@ -145,6 +171,9 @@ class Solo:
     """The only process: the whole model, decode.stream_generate as it is."""
 
     rank, size, split = 0, 1, None
+
+    def lines(self, source):
+        return source
 
     def stream_generate(self, bundle, prompt_ids, settings, **kwargs) -> Iterator[TokenRecord]:
         return stream_generate(bundle, prompt_ids, settings, **kwargs)

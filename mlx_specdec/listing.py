@@ -1,14 +1,16 @@
-"""`specdec models`: the known pairs, their sizes, what is converted here, and whether speculative
-output was measured exact on this device (the numerics verdicts `probe.py` cached, by bundle name)."""
+"""`specdec models`: the known pairs, their sizes, the memory each of N machines needs (N = 1, or
+the `mlx.launch` group, or --machines), what is converted here, and whether speculative output was
+measured exact on this device (the numerics verdicts `probe.py` cached, by bundle name)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 from . import probe
-from .provision import DEFAULT_CONTEXT, cache_dir, model_rows
+from .provision import DEFAULT_CONTEXT, cache_dir, machines_here, model_rows
 
 
 def _exact_here(verdict) -> str:
@@ -20,12 +22,14 @@ def _exact_here(verdict) -> str:
     return f"yes (k <= {verdict.max_draft_tokens}{width})"
 
 
-def print_models(as_json: bool = False) -> None:
-    """The pairs as a table (or JSON with sizes in bytes and each local bundle's cached verdict)."""
+def print_models(as_json: bool = False, machines: Optional[int] = None) -> None:
+    """The pairs as a table (or JSON with sizes in bytes and each local bundle's cached verdict), with
+    the memory each of `machines` needs (None: this process's `mlx.launch` group, 1 outside it)."""
     from rich.console import Console
     from rich.table import Table
 
-    rows, verdicts = model_rows(), probe.cached_verdicts()
+    machines = machines_here() if machines is None else machines
+    rows, verdicts = model_rows(machines=machines), probe.cached_verdicts()
     for r in rows:
         folders = [*r["local"].values(), *r["local_mlx"].values()]
         r["numerics"] = {Path(f).name: (v.to_json() if (v := verdicts.get(Path(f).name)) else None) for f in folders}
@@ -33,17 +37,24 @@ def print_models(as_json: bool = False) -> None:
         print(json.dumps({"cache": str(cache_dir()), "models": rows}, indent=2))
         return
     table = Table(title=f"Gemma 4 pairs (bundles in {cache_dir()})", title_justify="left")
-    columns = ("name", "target", "download", "4-bit bundle", f"memory @{DEFAULT_CONTEXT // 1024}K", "drafter head")
+    memory = f"memory @{DEFAULT_CONTEXT // 1024}K" + (f", each of {machines}" if machines > 1 else "")
+    columns = ("name", "target", "download", "4-bit bundle", memory, "drafter head")
     for col in (*columns, "converted", "exact here"):
         numeric = col in ("download", "4-bit bundle") or col.startswith("memory")
         table.add_column(col, justify="right" if numeric else "left")
+    sizes_shown = ("download_bytes", "bundle_bytes", "memory_bytes")
     for r in rows:
         names = list(r["numerics"])  # in the cache (the title says where)
-        sizes = [f"{r[k] / 1e9:.1f} GB" for k in ("download_bytes", "bundle_bytes", "memory_bytes")]
+        sizes = [f"{r[k] / 1e9:.1f} GB" if r[k] is not None else "cannot split" for k in sizes_shown]
         exact = ", ".join(_exact_here(verdicts.get(n)) for n in names) or "-"
         table.add_row(r["name"], r["target"], *sizes, r["head"], ", ".join(names) or "-", exact)
     Console(width=None if sys.stdout.isatty() else 180).print(table)
     print(
         "drafter: <target>-assistant. `specdec chat NAME` converts on first use (an mlx-community repo: from it). "
         "exact here: `specdec check NAME` measures it."
+        + (
+            f" Split tensor parallel over {machines} machines (mlx.launch); the drafter stays whole."
+            if machines > 1
+            else ""
+        )
     )

@@ -13,9 +13,12 @@ Invariants:
 - A bundle in the cache counts as present only once complete (`target/config.json` exists):
   `convert` writes into a temporary folder and renames it at the end.
 - Memory estimate = weights + KV cache at the requested context + a fixed allowance for
-  activations. The KV term follows what `cache.make_target_cache` allocates (one cache per
-  non-KV-shared layer; sliding layers keep window + 1 + rewind slack plus one prefill chunk,
-  full layers the context); a test checks it against the bytes those caches really hold.
+  activations, per machine: split over N machines (`mlx.launch`, distributed.py) each holds its
+  part of the target's cut layers (`models.shard.tensor_cuts`, the same cuts the split makes),
+  the rest of the weights whole, its K/V heads' share of the cache and the same allowance. The
+  KV term follows what `cache.make_target_cache` allocates (one cache per non-KV-shared layer;
+  sliding layers keep window + 1 + rewind slack plus one prefill chunk, full layers the context);
+  a test checks it against the bytes those caches really hold.
 - Every failure is a one-line SpecdecError.
 """
 
@@ -100,6 +103,7 @@ def ensure_bundle(
     reachable: Callable[[], bool] = hub_reachable,
     log: Callable[[str], None] = lambda line: None,
     available: Optional[int] = None,
+    machines: Optional[int] = None,
 ) -> Path:
     """The cached bundle of the pair `name` names, converting it on first use. Raises SpecdecError.
 
@@ -107,7 +111,8 @@ def ensure_bundle(
     repo instead (its quantised weights copied through, at the bits its name states; a different
     `bits` is said in one `log` line and not applied), with the pair's mlx-community drafter where
     the registry has one, into a bundle of its own (`registry.mlx_bundle_name`).
-    Before converting: the memory fit (see `check_memory_fit`), then whether the hub can be reached.
+    Before converting: the memory fit on each of `machines` (see `check_memory_fit`), then whether the
+    hub can be reached.
     `convert_fn` defaults to `weights_convert.convert`.
     """
     pair = registry.resolve(name)
@@ -123,7 +128,7 @@ def ensure_bundle(
         folder = cache_dir() / registry.mlx_bundle_name(repo)
     if is_bundle(folder):
         return folder
-    check_memory_fit(pair, bits, max_context, available=available, label=target)
+    check_memory_fit(pair, bits, max_context, available=available, label=target, machines=machines)
     if not reachable():
         raise SpecdecError(
             f"no {target} bundle in {shown(folder.parent)} and the Hugging Face hub is unreachable (offline?); "
@@ -153,13 +158,15 @@ def model_folder(
     max_context: Optional[int] = None,
     log: Callable[[str], None] = lambda line: None,
     available: Optional[int] = None,
+    machines: Optional[int] = None,
     **kwargs,
 ) -> Optional[Path]:
     """MODEL as typed -> a folder that fits this machine: an existing folder as it is; a known name
     or hub id -> its cached bundle (converted on first use; `bits` and `kwargs` as `ensure_bundle`).
     None stays None (the caller's default: --demo, --target, the chat's default bundle). A folder
     whose weights and KV cache at `max_context` do not fit `available` bytes (None: ask the machine)
-    is refused (`check_memory_fit`). Raises SpecdecError."""
+    is refused (`check_memory_fit`, on each of `machines`; None: the `mlx.launch` group, which splits it).
+    Raises SpecdecError."""
     if model is None:
         return None
     text = str(model)
@@ -171,8 +178,10 @@ def model_folder(
     elif registry.find(text) is None and (text.startswith((".", "~", os.sep)) or text.count("/") > 1):
         raise UsageError(f"{text}: no such folder")
     else:
-        folder = ensure_bundle(text, bits, max_context=max_context, log=log, available=available, **kwargs)
-    check_memory_fit(folder, max_context=max_context, available=available)
+        folder = ensure_bundle(
+            text, bits, max_context=max_context, log=log, available=available, machines=machines, **kwargs
+        )
+    check_memory_fit(folder, max_context=max_context, available=available, machines=machines)
     return folder
 
 
@@ -190,49 +199,75 @@ def load_model(
     (`split`: this process's part of the target, distributed.py)."""
     from .load import load
 
-    folder = model_folder(model, max_context=max_context, log=log)
+    # Unsplit (bench, check), every process holds the whole model, even under mlx.launch.
+    folder = model_folder(model, max_context=max_context, log=log, machines=None if split else 1)
     return load(folder, target=target, drafter=drafter, demo=demo, split=split)
 
 
 # --- memory fit ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes a model needs at `context` tokens: weights + KV cache + a fixed allowance."""
+    """Bytes a model needs at `context` tokens on each of `machines`: weights + KV cache + a fixed
+    allowance (weights and KV cache: each machine's share)."""
 
     weights: int
     kv: int
     context: int
     overhead: int = OVERHEAD_BYTES
+    machines: int = 1
 
     @property
     def total(self) -> int:
         return self.weights + self.kv + self.overhead
 
 
-def kv_bytes(text_cfg: dict, context: int, itemsize: int = 2, max_rewind: int = MAX_REWIND) -> int:
-    """KV-cache bytes the target's caches hold at `context` tokens (batch 1).
+def machines_here() -> int:
+    """Processes in the group `mlx.launch` started this one in; 1 outside it."""
+    import mlx.core as mx
+
+    return mx.distributed.init().size()
+
+
+def _cuts(text_cfg: dict, machines: int) -> dict:
+    """The tensor-parallel cuts of rank 0 of `machines` (every rank keeps as much); {} for one."""
+    if machines == 1:
+        return {}
+    from .models.shard import tensor_cuts
+    from .models.target import make_model, text_config
+
+    cfg = text_config(text_cfg)
+    return tensor_cuts(make_model(cfg), cfg, machines, 0)  # lazy: nothing is allocated
+
+
+def kv_bytes(text_cfg: dict, context: int, itemsize: int = 2, max_rewind: int = MAX_REWIND, machines: int = 1) -> int:
+    """KV-cache bytes the target's caches hold at `context` tokens (batch 1), on each of `machines`.
 
     Per non-KV-shared layer, K and V of [kv_heads, entries, head_dim]: full layers hold the
     context (rounded up to the cache step), sliding layers at most window + 1 + `max_rewind`
     plus one prefill chunk. Full layers use `global_head_dim` and, with `attention_k_eq_v`,
     `num_global_key_value_heads`. k_eq_v shares the projection, not the cache: V (v_norm of
-    the projection) and K (k_norm + RoPE) differ, so both are stored.
+    the projection) and K (k_norm + RoPE) differ, so both are stored. Split over machines, a
+    layer whose `k_proj` is cut caches only the heads it keeps (the drafter's source layers all).
     """
     from .models.target import text_config
 
     cfg = text_config(text_cfg)
+    cuts = _cuts(cfg, machines)
     steps = -(-context // KV_STEP) * KV_STEP
     sliding = min(steps, cfg["sliding_window"] + 1 + max_rewind + max(KV_STEP, PREFILL_CHUNK))
     first_shared = cfg["num_hidden_layers"] - cfg.get("num_kv_shared_layers", 0)
     total = 0
-    for layer_type in cfg["layer_types"][:first_shared]:
+    for i, layer_type in enumerate(cfg["layer_types"][:first_shared]):
         if layer_type == "full_attention":
             heads = cfg["num_key_value_heads"]
             if cfg.get("attention_k_eq_v") and cfg.get("num_global_key_value_heads"):
                 heads = cfg["num_global_key_value_heads"]
-            total += 2 * heads * steps * (cfg.get("global_head_dim") or cfg["head_dim"]) * itemsize
+            entries, dim = steps, cfg.get("global_head_dim") or cfg["head_dim"]
         else:
-            total += 2 * cfg["num_key_value_heads"] * sliding * cfg["head_dim"] * itemsize
+            heads, entries, dim = cfg["num_key_value_heads"], sliding, cfg["head_dim"]
+        if (cut := cuts.get(f"model.layers.{i}.self_attn.k_proj")) is not None:
+            heads = (cut.stop - cut.start) // dim
+        total += 2 * heads * entries * dim * itemsize
     return total
 
 
@@ -240,17 +275,25 @@ Source = Union[Pair, str, Path, dict]
 
 
 def estimate(
-    source: Source, bits: int = 4, max_context: Optional[int] = None, *, group_size: int = 64, itemsize: int = 2
+    source: Source,
+    bits: int = 4,
+    max_context: Optional[int] = None,
+    *,
+    group_size: int = 64,
+    itemsize: int = 2,
+    machines: int = 1,
 ) -> MemoryEstimate:
-    """Memory for `source` at `bits` and `max_context` (None: DEFAULT_CONTEXT, capped at the model's).
+    """Memory for `source` at `bits` and `max_context` (None: DEFAULT_CONTEXT, capped at the model's),
+    on each of `machines` sharing it tensor parallel. Raises SpecdecError when it cannot be split so.
 
     `source`: a Pair or a known name (weights computed from its shapes at `bits`); a Hugging Face
     target config dict (weights computed likewise, drafter not counted); a folder (a bundle, or a
-    target folder: weights are its safetensors files as they are, `bits` does not apply).
+    target folder: weights are its safetensors files as they are, `bits` does not apply; split, less
+    what the other machines hold of the cut layers, computed at the folder's own quantisation).
     """
-    weights, cfg = _weights_and_config(source, bits, group_size, itemsize)
+    weights, cfg = _weights_and_config(source, bits, group_size, itemsize, machines)
     context = min(max_context or DEFAULT_CONTEXT, _max_context(cfg))
-    return MemoryEstimate(weights, kv_bytes(cfg, context, itemsize), context)
+    return MemoryEstimate(weights, kv_bytes(cfg, context, itemsize, machines=machines), context, machines=machines)
 
 
 def available_memory() -> tuple[int, str]:
@@ -277,15 +320,18 @@ def check_memory_fit(
     *,
     available: Optional[int] = None,
     label: Optional[str] = None,
+    machines: Optional[int] = None,
 ) -> MemoryEstimate:
     """The estimate when it fits; else SpecdecError with the numbers and what would fit.
 
-    `available`: bytes the model may use; None asks the machine (`available_memory`). `label`: what
-    the message calls the model (default: the pair's target, or the source as given).
+    `available`: bytes the model may use on each machine; None asks this machine (`available_memory`).
+    `label`: what the message calls the model (default: the pair's target, or the source as given).
+    `machines`: how many share the model; None: this process's group (`machines_here`).
     """
     if isinstance(source, str) and not user_path(source, "MODEL").is_dir():
         source = registry.resolve(source)
-    need = estimate(source, bits, max_context)
+    machines = machines_here() if machines is None else machines
+    need = estimate(source, bits, max_context, machines=machines)
     if available is None:
         available, what = available_memory()
     else:
@@ -294,28 +340,29 @@ def check_memory_fit(
         return need
     label = label or (source.target if isinstance(source, Pair) else str(source))
     at = f" at {bits} bits" if not isinstance(source, Path) else ""
-    hints = _what_fits(source, bits, need.context, available)
+    hints = _what_fits(source, bits, need.context, available, machines)
+    each = f" on each of {machines} machines" if machines > 1 else ""
     raise SpecdecError(
-        f"{label}{at} with a {need.context}-token context needs {_gb(need.total)} (weights {_gb(need.weights)}"
+        f"{label}{at} with a {need.context}-token context needs {_gb(need.total)}{each} (weights {_gb(need.weights)}"
         f" + KV cache {_gb(need.kv)} + {_gb(need.overhead)} working memory), but this machine has "
         f"{_gb(available)} ({what})" + (f"; would fit: {', or '.join(hints)}" if hints else "; nothing smaller fits")
     )
 
 
-def _what_fits(source: Source, bits: int, context: int, available: int) -> list[str]:
-    """What would fit instead: fewer bits, a shorter context, a smaller known model."""
+def _what_fits(source: Source, bits: int, context: int, available: int, machines: int = 1) -> list[str]:
+    """What would fit instead: fewer bits, a shorter context, a smaller known model, more machines."""
     hints = []
     if not isinstance(source, Path):
         for b in (8, 4):
-            if b < bits and estimate(source, b, context).total <= available:
+            if b < bits and estimate(source, b, context, machines=machines).total <= available:
                 hints.append(f"--bits {b}")
                 break
-    weights, cfg = _weights_and_config(source, bits, 64, 2)
+    weights, cfg = _weights_and_config(source, bits, 64, 2, machines)
     room = available - weights - OVERHEAD_BYTES
     lo, hi = 0, context // 1024  # the longest context, in 1024-token units, whose KV cache fits
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if kv_bytes(cfg, mid * 1024) <= room else (lo, mid - 1)
+        lo, hi = (mid, hi) if kv_bytes(cfg, mid * 1024, machines=machines) <= room else (lo, mid - 1)
     if lo:
         hints.append(f"--max-context {lo * 1024}")
     pair = source if isinstance(source, Pair) else registry.find(source) if isinstance(source, str) else None
@@ -326,20 +373,34 @@ def _what_fits(source: Source, bits: int, context: int, available: int) -> list[
             for p in registry.PAIRS
             if not p.qat
             and sum(registry.bundle_bytes(p, bits)) < size
-            and estimate(p, bits, context).total <= available
+            and estimate(p, bits, context, machines=machines).total <= available
         ]
         if smaller:
             hints.append(f"a smaller model ({', '.join(reversed(smaller))})")
+    for more in (2, 4, 8):  # the fewest machines it fits on, split tensor parallel (mlx.launch)
+        if more > machines and _fits(source, bits, context, available, more):
+            hints.append(f"{more} such machines under mlx.launch")
+            break
     return hints
 
 
-def _weights_and_config(source: Source, bits: int, group_size: int, itemsize: int) -> tuple[int, dict]:
+def _fits(source: Source, bits: int, context: int, available: int, machines: int) -> bool:
+    try:
+        return estimate(source, bits, context, machines=machines).total <= available
+    except SpecdecError:  # its heads or widths do not split that many ways
+        return False
+
+
+def _weights_and_config(
+    source: Source, bits: int, group_size: int, itemsize: int, machines: int = 1
+) -> tuple[int, dict]:
+    """(weight bytes on each of `machines`, the target's config)."""
     if isinstance(source, str) and not user_path(source, "MODEL").is_dir():
         source = registry.resolve(source)
     if isinstance(source, Pair):
-        return sum(registry.bundle_bytes(source, bits, group_size)), source.target_config()
+        return sum(registry.bundle_bytes(source, bits, group_size, machines)), source.target_config()
     if isinstance(source, dict):
-        return registry.config_bytes(source, None, bits, group_size, itemsize)[0], source
+        return registry.config_bytes(source, None, bits, group_size, itemsize, machines)[0], source
     from .load import read_config
     from .models.target import text_config
 
@@ -353,6 +414,12 @@ def _weights_and_config(source: Source, bits: int, group_size: int, itemsize: in
         text_config(raw)
     except SpecdecError as e:
         raise SpecdecError(f"{target / 'config.json'}: {e}") from None
+    if machines > 1:  # less what the other machines hold of the cut layers, at the files' quantisation
+        quant = raw.get("quantization") or {}
+        b, g = (quant["bits"], quant.get("group_size", 64)) if quant else (16, 64)
+        size = 4 if (raw.get("dtype") or raw.get("torch_dtype")) == "float32" else 2
+        whole = registry.config_bytes(raw, None, b, g, size)[0]
+        weights -= whole - registry.config_bytes(raw, None, b, g, size, machines)[0]
     return weights, raw
 
 
@@ -366,15 +433,21 @@ def _gb(n: float) -> str:
 
 
 # --- the list `specdec models` shows -----------------------------------------------------------
-def model_rows(bits: int = 4, context: int = DEFAULT_CONTEXT) -> list[dict]:
+def model_rows(bits: int = 4, context: int = DEFAULT_CONTEXT, machines: int = 1) -> list[dict]:
     """One dict per known pair: names, repos, sizes in bytes, memory at `context`, local bundles.
 
     Keys: name, target, drafter, kind, head, qat, mlx_repos, mlx_drafter, download_bytes, bundle_bytes (at
-    `bits`), memory_bytes (weights + KV at `context` + working memory), context, bits, local ({bits: folder}
-    of the bundles converted from Google's repos), local_mlx ({mlx repo: folder} of those converted from one).
+    `bits`), memory_bytes (weights + KV at `context` + working memory, on each of `machines`; None when
+    the model cannot be split that many ways), split_error (why not, else None), machines, context, bits,
+    local ({bits: folder} of the bundles converted from Google's repos), local_mlx ({mlx repo: folder} of
+    those converted from one).
     """
     rows = []
     for pair in registry.PAIRS:
+        try:
+            memory, split_error = estimate(pair, bits, context, machines=machines).total, None
+        except SpecdecError as e:
+            memory, split_error = None, str(e)
         rows.append(
             {
                 "name": pair.name,
@@ -387,7 +460,9 @@ def model_rows(bits: int = 4, context: int = DEFAULT_CONTEXT) -> list[dict]:
                 "mlx_drafter": pair.mlx_drafter,
                 "download_bytes": pair.download_bytes,
                 "bundle_bytes": sum(registry.bundle_bytes(pair, bits)),
-                "memory_bytes": estimate(pair, bits, context).total,
+                "memory_bytes": memory,
+                "split_error": split_error,
+                "machines": machines,
                 "context": context,
                 "bits": bits,
                 "local": {str(b): str(f) for b, f in local_bundles(pair).items()},

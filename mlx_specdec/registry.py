@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -342,31 +343,46 @@ def mlx_bundle_name(repo: str) -> str:
 
 
 # --- sizes -----------------------------------------------------------------------------------
-def model_bytes(model: nn.Module, plan: dict, itemsize: int = 2) -> int:
-    """Bytes `model`'s weights take once written with `plan` (quantise.plan); floats at `itemsize`."""
+def model_bytes(model: nn.Module, plan: dict, itemsize: int = 2, cuts: dict | None = None) -> int:
+    """Bytes `model`'s weights take once written with `plan` (quantise.plan); floats at `itemsize`.
+    `cuts` (models.shard.tensor_cuts): count only the part of each cut Linear one process keeps."""
     from .models.quantise import quantised_bytes
 
+    cuts = cuts or {}
     total = 0
     for path, array in tree_flatten(model.parameters()):
         module, _, leaf = path.rpartition(".")
+        shape, cut = list(array.shape), cuts.get(module)
+        if cut is not None and (leaf == "weight" or cut.axis == 0):  # a sharded-to-all bias stays whole
+            shape[cut.axis] = cut.stop - cut.start
         params = plan.get(module, False)
         if leaf == "weight" and params:
-            total += quantised_bytes(array.shape, itemsize, params)
+            total += quantised_bytes(shape, itemsize, params)
         else:
-            total += array.size * (itemsize if array.dtype in _FLOATS else array.dtype.size)
+            total += math.prod(shape) * (itemsize if array.dtype in _FLOATS else array.dtype.size)
     return total
 
 
 def config_bytes(
-    target_cfg: dict, drafter_cfg: dict | None, bits: int, group_size: int = 64, itemsize: int = 2
+    target_cfg: dict,
+    drafter_cfg: dict | None,
+    bits: int,
+    group_size: int = 64,
+    itemsize: int = 2,
+    machines: int = 1,
 ) -> tuple[int, int]:
-    """(target, drafter) bytes of the bundle `convert` writes from these configs at `bits`."""
+    """(target, drafter) bytes of the bundle `convert` writes from these configs at `bits`; with
+    `machines` > 1, the bytes each process holds once the target is split tensor parallel (every
+    rank keeps as much as rank 0; the drafter stays whole). Raises SpecdecError when it cannot split."""
     from .models import quantise
     from .models.drafter import Drafter, DrafterArgs
+    from .models.shard import tensor_cuts
     from .models.target import make_model, text_config
 
-    target = make_model(text_config(target_cfg))  # lazy: nothing is evaluated or allocated
-    t = model_bytes(target, quantise.plan(target, quantise.TARGET_RULES, bits, group_size), itemsize)
+    text = text_config(target_cfg)
+    target = make_model(text)  # lazy: nothing is evaluated or allocated
+    cuts = tensor_cuts(target, text, machines, 0) if machines > 1 else None
+    t = model_bytes(target, quantise.plan(target, quantise.TARGET_RULES, bits, group_size), itemsize, cuts)
     if drafter_cfg is None:
         return t, 0
     drafter = Drafter(DrafterArgs.from_config(drafter_cfg))
@@ -375,6 +391,7 @@ def config_bytes(
 
 
 @functools.cache
-def bundle_bytes(pair: Pair, bits: int = 4, group_size: int = 64) -> tuple[int, int]:
-    """(target, drafter) bytes of `pair`'s bundle at `bits`, computed from its shapes."""
-    return config_bytes(pair.target_config(), pair.drafter_config(), bits, group_size)
+def bundle_bytes(pair: Pair, bits: int = 4, group_size: int = 64, machines: int = 1) -> tuple[int, int]:
+    """(target, drafter) bytes of `pair`'s bundle at `bits`, computed from its shapes (per process
+    when split over `machines`: `config_bytes`)."""
+    return config_bytes(pair.target_config(), pair.drafter_config(), bits, group_size, machines=machines)

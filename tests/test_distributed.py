@@ -15,11 +15,14 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
+from mlx.utils import tree_flatten
 
+from mlx_specdec import provision, registry
 from mlx_specdec.distributed import DIVERGE_ENV, Solo, start
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.load import load
+from mlx_specdec.load import load, read_config
 from mlx_specdec.models.shard import _query_heads, shard_tensor
+from mlx_specdec.models.target import kv_layout
 
 from .conftest import FIXTURES
 
@@ -33,13 +36,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`mlx.launch -n 2 --backend ring -- python ARGS` on localhost (ports of its own)."""
+def launch(
+    args: list[str], env: dict | None = None, timeout: int = 300, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    """`mlx.launch -n 2 --backend ring -- python ARGS` on localhost (ports of its own), `stdin` its input."""
     launcher = Path(sys.executable).with_name("mlx.launch")
     launcher = str(launcher) if launcher.exists() else shutil.which("mlx.launch")
     cmd = [launcher, "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--", sys.executable, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
 class _Group:
@@ -95,6 +100,70 @@ def test_split_over_a_group_of_one_computes_what_mlx_lm_computes():
     ids = mx.array([[3, 5, 7, 9, 11, 2]])
     (a, _), (b, _) = whole.target(ids, None), split.target(ids, None)
     assert mx.allclose(a, b, atol=1e-5).item()
+
+
+def _split_target(fam: str, rank: int, size: int = 2):
+    """The fixture family's target as rank `rank` of `size` holds it (no collective is run)."""
+    folder = FIXTURES / "families" / fam / "target"
+    return load(target=folder, split=lambda m, c: shard_tensor(m, c, _Group(rank, size))).target
+
+
+@pytest.mark.parametrize("fam", ["e2b", "31b", "26b-a4b"])
+def test_memory_estimate_per_machine_is_the_bytes_each_rank_of_the_split_holds(fam):
+    cfg = read_config(FIXTURES / "families" / fam / "target")  # float32 fixtures: itemsize 4
+    whole = registry.config_bytes(cfg, None, 16, itemsize=4)[0]
+    each = registry.config_bytes(cfg, None, 16, itemsize=4, machines=2)[0]
+    for rank in (0, 1):
+        held = sum(v.nbytes for _, v in tree_flatten(_split_target(fam, rank).model.parameters()))
+        assert held == each < whole, (fam, rank)
+
+
+def test_kv_estimate_per_machine_counts_the_heads_each_rank_caches():
+    # 31B fixture: sliding layers have 2 K/V heads (one per rank), full layers 1 (kept by both);
+    # the drafter's source layers (4, 5) keep every head. Heads cached = k_proj rows / head_dim.
+    target = _split_target("31b", 1)
+    layout = kv_layout(target.config)
+    kept = [
+        target.model.model.layers[i].self_attn.k_proj.weight.shape[0] // dim for i, (_, _, dim) in enumerate(layout)
+    ]
+    assert kept == [1, 1, 1, 1, 2, 1]
+    context, expected = 40, 0
+    for (kind, heads, _), n in zip(layout, kept):  # each layer alone (a one-layer model), scaled to its heads kept
+        one = {**target.config, "num_hidden_layers": 1, "num_kv_shared_layers": 0, "layer_types": [kind]}
+        expected += provision.kv_bytes(one, context, itemsize=4) // heads * n
+    assert provision.kv_bytes(target.config, context, itemsize=4, machines=2) == expected
+
+
+def test_models_lists_memory_per_machine_and_which_cannot_split():
+    one, two, three = ({r["name"]: r for r in provision.model_rows(machines=n)} for n in (1, 2, 3))
+    assert two["31b"]["memory_bytes"] == provision.estimate("31b", 4, machines=2).total
+    assert two["31b"]["memory_bytes"] < 16e9 < one["31b"]["memory_bytes"]  # 12.8 GB each instead of 22.8 GB
+    assert three["31b"]["memory_bytes"] is None
+    assert (
+        three["31b"]["split_error"]
+        == "layer 0: 32 attention heads cannot be split over 3 processes; use a divisor of 32"
+    )
+
+
+def test_models_machines_option_shows_memory_per_machine():
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    done = CliRunner().invoke(app, ["models", "--json", "--machines", "2"])
+    assert done.exit_code == 0, done.output
+    rows = {r["name"]: r for r in json.loads(done.output)["models"]}
+    assert rows["31b"]["machines"] == 2 and rows["31b"]["memory_bytes"] == provision.estimate("31b", machines=2).total
+    assert CliRunner().invoke(app, ["models", "--machines", "0"]).exit_code == 2
+
+
+def test_memory_fit_on_several_machines_says_so_and_suggests_more():
+    need = provision.estimate("31b", 4, machines=2)
+    assert provision.check_memory_fit("31b", 4, available=need.total, machines=2) == need
+    with pytest.raises(SpecdecError) as e:
+        provision.check_memory_fit("31b", 4, available=8 << 30, machines=2)
+    assert f"needs {need.total / 1e9:.1f} GB on each of 2 machines (weights" in str(e.value)
+    assert str(e.value).endswith("or 4 such machines under mlx.launch")
 
 
 @pytest.mark.slow
@@ -162,3 +231,105 @@ def test_a_diverged_rank_is_one_clear_error_on_every_rank():
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors and all("processes diverged at position" in line for line in errors), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_memory_fit_counts_machines_only_for_a_split_model(monkeypatch):
+    seen = []
+    monkeypatch.setattr(provision, "machines_here", lambda: 2)  # as under mlx.launch -n 2
+    monkeypatch.setattr(provision, "check_memory_fit", lambda *a, machines=None, **k: seen.append(machines))
+    monkeypatch.setattr("mlx_specdec.load.load", lambda *a, **k: None)
+    provision.load_model(str(E2B / "target"))  # bench, check: every process holds the whole model
+    provision.load_model(str(E2B / "target"), split=lambda model, config: None)  # generate: split
+    assert seen == [1, None]  # None: the group's size
+
+
+def test_lines_hand_on_rank_0s_input_as_bytes_and_end_with_it():
+    from mlx_specdec.distributed import Spmd
+
+    run = Spmd(mx.distributed.init(), "tensor")  # a group of one: the collectives run as they are
+    source = ["hello\n", b"caf\xc3\xa9 \xff\n", "not UTF-8: \udcff\n", "", b"/quit\n"]  # str: stdin as read
+    want = [b"hello\n", b"caf\xc3\xa9 \xff\n", b"not UTF-8: \xff\n", b"", b"/quit\n"]
+    assert list(run.lines(source)) == want
+    assert Solo().lines(source) is source  # one process: its input as it is
+
+
+@pytest.mark.slow
+def test_piped_chat_under_mlx_launch_prints_one_process_answers_once():
+    # mlx.launch never closes its processes' stdin (it forwards its own input, end of file
+    # excluded), so a chat under it ends with /quit.
+    args = ["-m", "mlx_specdec", "chat", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
+    args += ["-k", "3", "--temp", "1", "--seed", "5", "--max-tokens", "8"]
+    lines = "hello there\nwhat next\n/quit\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    alone = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, input=lines, capture_output=True, text=True, timeout=300
+    )
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    done = launch(args, stdin=lines, timeout=120)
+    assert done.returncode == 0 and "exited with code" not in done.stderr, done.stderr[-2000:]
+
+    def answers(out):  # each answer, then its summary line (speeds differ), then "bye"
+        rows = out.splitlines()
+        summaries = [i for i, row in enumerate(rows) if " tokens · " in row]
+        return [row for i, row in enumerate(rows) if i not in summaries], len(summaries)
+
+    got, want = answers(done.stdout), answers(alone.stdout)
+    assert want[1] == 2 and want[0][-1] == "bye"
+    assert got == want
+
+
+@pytest.mark.slow
+def test_serve_under_mlx_launch_answers_as_one_process_and_stops_every_rank():
+    """HTTP on rank 0; each request shared with rank 1; Ctrl-C (SIGINT to the group) stops both."""
+    import http.client
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["-m", "mlx_specdec", "generate", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
+    args += ["--prompt-ids", "3,5,7,9,11,2", "--max-tokens", "8", "-k", "3", "--json"]
+    alone = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    want = json.loads(alone.stdout)["text"]
+
+    launcher = Path(sys.executable).with_name("mlx.launch")
+    cmd = [str(launcher), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--", sys.executable]
+    cmd += ["-m", "mlx_specdec", "serve", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
+    cmd += ["--port", "0", "-k", "3"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line, proc.stderr.read()[-2000:] if proc.poll() is not None else line
+        port = int(line.split()[2].rsplit(":", 1)[1].split("/")[0])
+        got = []
+        for _ in range(2):  # the second answer comes from the prompt cache on both ranks
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            body = {"prompt": [3, 5, 7, 9, 11, 2], "max_tokens": 8, "temperature": 0}
+            conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+            got.append(json.loads(conn.getresponse().read()))
+            conn.close()
+        assert [g["choices"][0]["text"] for g in got] == [want, want], got
+        assert got[1]["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the launcher and both ranks
+        proc.wait(30)
+
+        def left():  # the ranks still running in the launcher's process group
+            return subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).stdout
+
+        deadline = time.monotonic() + 30
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left(), "a rank is left running"
+        err = proc.stderr.read()
+        assert "rank 1 exited with code" not in err and "was killed" not in err, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -341,7 +341,7 @@ def test_models_shows_the_cached_verdict_of_a_converted_bundle(tmp_path, monkeyp
     monkeypatch.setenv("MLX_SPECDEC_CACHE", str(tmp_path))
     local = tmp_path / "gemma-4-E2B-it-4bit"
     rows = [{"name": "e2b", "local": {"4": str(local)}, "local_mlx": {}}]
-    monkeypatch.setattr(listing, "model_rows", lambda: rows)
+    monkeypatch.setattr(listing, "model_rows", lambda **_: rows)
     verdict = Verdict(exact=True, plain_width=2, max_draft_tokens=5, agree=[2, 3, 4, 5, 6], bundle=local.name)
     verdict = dataclasses.replace(verdict, device=probe.device_name(), mlx=mx.__version__)
     (tmp_path / "numerics").mkdir()

@@ -274,8 +274,9 @@ def test_memory_fit_refusal_names_the_numbers_and_what_would_fit():
 
 
 def test_memory_fit_suggests_fewer_bits_first():
-    with pytest.raises(SpecdecError, match=r"would fit: --bits 4, or a smaller model \(12b, e4b, e2b\)$"):
-        provision.check_memory_fit("31b", 8, available=24 << 30)
+    fits = r"would fit: --bits 4, or a smaller model \(12b, e4b, e2b\), or 2 such machines under mlx.launch$"
+    with pytest.raises(SpecdecError, match=fits):
+        provision.check_memory_fit("31b", 8, available=24 << 30, machines=1)
 
 
 def test_memory_fit_of_a_folder_counts_its_files(tmp_path):

@@ -8,6 +8,9 @@
   streams leaves once it ends, as any typeahead waits for the next prompt).
 - `run_chat` picks the model (MODEL, --target/--drafter, --demo, or the cached Gemma 4 E2B
   bundle, converted on first use) and the front end: live when stdin and stdout are terminals.
+  Under `mlx.launch` with several processes (distributed.py) the chat is piped: rank 0 reads the
+  lines and prints; every rank gets the same lines and runs the same turns on its part of the
+  model, in step (each turn's prompt ids and seed broadcast by `Spmd.stream_generate`).
 Both front ends act on the `session.Action` a slash command returns; the conversation, the
 settings and the commands themselves live in `session.py`, machine readings in `energy.py`.
 """
@@ -270,26 +273,38 @@ def run_chat(
     load_fn=None,
     stream_fn=None,
     cache_factory=None,
+    parallel: str = "tensor",
 ) -> None:
-    """Chat with a model: live on a terminal, one prompt per line otherwise. Raises SpecdecError."""
+    """Chat with a model: live on a terminal, one prompt per line otherwise (and always under
+    `mlx.launch` with several processes, the model split as `parallel` says). Raises SpecdecError."""
     from rich.console import Console
 
+    from ..distributed import start
+
+    run = start(parallel)  # several processes under mlx.launch; else nothing changes
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    interactive = stdin.isatty() and stdout.isatty()
+    interactive = stdin.isatty() and stdout.isatty() and run.size == 1
     console = Console(file=stdout, highlight=False) if interactive else Console(file=sys.stderr, highlight=False)
     if load_fn is None:
         from ..load import load as load_fn
     if model is None and target is None and not demo:
         model = str(default_bundle(console=console))
+    split = {"split": run.split} if run.size > 1 else {}  # this process's part of the target
     if interactive:
-        with console.status("loading the model ..."):
+        with console.status("loading the model ..."):  # one process: never split
             bundle = load_fn(model, target=target, drafter=drafter, demo=demo)
     else:
-        bundle = load_fn(model, target=target, drafter=drafter, demo=demo)
+        bundle = load_fn(model, target=target, drafter=drafter, demo=demo, **split)
+    if run.size > 1 and stream_fn is None:
+
+        def stream_fn(bundle, ids, settings, *, prompt_cache):  # in step on every rank
+            return run.stream_generate(bundle, ids, settings, prompt_cache=prompt_cache)
+
+        run.agree_numerics(bundle)  # measured on every process, one verdict for all
     options = ChatOptions(system=system, colour_drafts=colour_drafts, thinking=thinking)
     session = ChatSession(bundle, settings, options, stream_fn=stream_fn, cache_factory=cache_factory)
-    if stream_fn is None:  # the real loop: this device's verdict now, and what it means for drafting
+    if stream_fn is None or run.size > 1:  # the real loop: this device's verdict, what it means for drafting
         from .. import probe
 
         for line in notes(probe.verdict(bundle), settings.draft, settings.exactness):
@@ -302,4 +317,4 @@ def run_chat(
         run_interactive(session, console)
     else:
         # Bytes, so that a line that is not UTF-8 is refused alone instead of ending the session.
-        run_piped(session, getattr(stdin, "buffer", stdin), stdout)
+        run_piped(session, run.lines(getattr(stdin, "buffer", stdin)), stdout)

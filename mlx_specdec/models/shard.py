@@ -28,6 +28,7 @@ hook): only this rank's slices are then kept, read one layer at a time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
@@ -99,41 +100,65 @@ def _query_heads(attn, N: int, r: int, where: str) -> tuple[int, int, int, int]:
     return q0, per, lo, hi
 
 
-def _shard_attention(attn, group, keep_kv: bool, where: str) -> None:
-    N, r = group.size(), group.rank()
+@dataclass(frozen=True)
+class Cut:
+    """The part of one Linear a rank keeps: output rows [start, stop) (axis 0), or input columns
+    [start, stop) (axis 1: the layer becomes sharded-to-all, one all-reduce after it)."""
+
+    axis: int
+    start: int
+    stop: int
+
+
+def _layer_cuts(layer, N: int, r: int, keep_kv: bool, where: str) -> dict[str, Cut]:
+    """{path inside the layer: Cut} for rank `r` of `N`; what is not named stays whole."""
+    attn = layer.self_attn
     q0, per, lo, hi = _query_heads(attn, N, r, where)
     hd = attn.head_dim
-    _keep_rows(attn.q_proj, q0 * hd, (q0 + per) * hd)
-    attn.o_proj = _sharded_to_all(attn.o_proj, group, f"{where}.o_proj")
+    heads = Cut(0, q0 * hd, (q0 + per) * hd)
+    cuts = {"self_attn.q_proj": heads, "self_attn.o_proj": Cut(1, heads.start, heads.stop)}
     if attn.has_kv and not keep_kv:
-        _keep_rows(attn.k_proj, lo * hd, hi * hd)
+        cuts["self_attn.k_proj"] = Cut(0, lo * hd, hi * hd)
         if not attn.use_k_eq_v:
-            _keep_rows(attn.v_proj, lo * hd, hi * hd)
-    attn.n_heads = per
-    attn.n_kv_heads = hi - lo
-    attn.kv_heads_read = (lo, hi)
-    attn.__class__ = ShardedAttention
-
-
-def _shard_mlp(mlp, group, where: str) -> None:
-    N, r = group.size(), group.rank()
-    width = mlp.gate_proj.weight.shape[0]
+            cuts["self_attn.v_proj"] = Cut(0, lo * hd, hi * hd)
+    width = layer.mlp.gate_proj.weight.shape[0]
     if width % N:
         raise SpecdecError(f"{where}: MLP width {width} cannot be split over {N} processes; use a divisor of it")
-    per = width // N
-    _keep_rows(mlp.gate_proj, r * per, (r + 1) * per)
-    _keep_rows(mlp.up_proj, r * per, (r + 1) * per)
-    mlp.down_proj = _sharded_to_all(mlp.down_proj, group, f"{where}.down_proj")
+    rows = Cut(0, r * width // N, (r + 1) * width // N)
+    cuts |= {"mlp.gate_proj": rows, "mlp.up_proj": rows, "mlp.down_proj": Cut(1, rows.start, rows.stop)}
+    return cuts
+
+
+def tensor_cuts(model: gemma4_text.Model, config: dict, size: int, rank: int) -> dict[str, Cut]:
+    """{module path in `model`: Cut} of every Linear the tensor-parallel split cuts for `rank` of
+    `size`; every other parameter is whole on every rank. Reads only shapes and head counts, so
+    `model` may be unevaluated (the memory estimate's). Raises SpecdecError when a width does not split."""
+    sources = set(kv_source_layers(config).values())
+    return {
+        f"model.layers.{i}.{path}": cut
+        for i, layer in enumerate(model.model.layers)
+        for path, cut in _layer_cuts(layer, size, rank, i in sources, f"layer {i}").items()
+    }
 
 
 def shard_tensor(model: gemma4_text.Model, config: dict, group) -> None:
     """Split `model` (mlx-lm's gemma4_text, normalised text `config`) in place, tensor parallel
-    over `group`; the drafter's source layers keep all their K/V heads (module docstring)."""
+    over `group`, as `tensor_cuts` says; the drafter's source layers keep all their K/V heads."""
+    N, r = group.size(), group.rank()
     sources = set(kv_source_layers(config).values())
     for i, layer in enumerate(model.model.layers):
         where = f"layer {i}"
-        _shard_attention(layer.self_attn, group, keep_kv=i in sources, where=where)
-        _shard_mlp(layer.mlp, group, where)
+        for path, cut in _layer_cuts(layer, N, r, i in sources, where).items():
+            owner, name = path.split(".")
+            parent = getattr(layer, owner)
+            if cut.axis == 0:
+                _keep_rows(getattr(parent, name), cut.start, cut.stop)
+            else:  # sharded-to-all keeps input columns r/N of the way along: the cut's own
+                setattr(parent, name, _sharded_to_all(getattr(parent, name), group, f"{where}.{name}"))
+        attn = layer.self_attn
+        _, attn.n_heads, lo, hi = _query_heads(attn, N, r, where)
+        attn.n_kv_heads, attn.kv_heads_read = hi - lo, (lo, hi)
+        attn.__class__ = ShardedAttention
         # One layer at a time: reading a slice reads its whole tensor, so peak memory is this
         # rank's part plus one layer's tensors, not this rank's part plus the whole model.
         mx.eval(layer.parameters())

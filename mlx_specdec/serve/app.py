@@ -19,8 +19,10 @@ Invariants:
 * One log line per request: status, prompt/cached/completion tokens, tok/s, accepted/round.
 * Images (data: URLs, or http(s) URLs fetched within limits unless `--no-fetch`) are decoded and
   placed with the prompt, off the loop, so a bad image or one too many for the context is a 400
-  before anything is queued; the worker runs
-  the vision tower (media.py, the path `generate --image` takes).
+  before anything is queued; the worker runs the vision tower (media.py, the path
+  `generate --image` takes). Not yet under `mlx.launch` (a 400).
+* Under `mlx.launch` with several processes: HTTP on rank 0 only; the other ranks load their part
+  and run each request rank 0's worker shares with them (worker.follow) until it stops.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import dataclasses
 import json
 import logging
 import queue
+import signal
 import socket
 import time
 from pathlib import Path
@@ -54,7 +57,7 @@ from .api import ApiError, GenRequest, ImageInput, images_of, parse_chat, parse_
 from .fetch import fetch_image
 from .security import Guard, allowed_hosts
 from .stream import Run, collect, stream_response
-from .worker import Worker
+from .worker import Worker, follow
 
 log = logging.getLogger("mlx_specdec.server")
 MAX_BODY = 16 * 2**20
@@ -142,6 +145,8 @@ def _prompt_ids(state, req: GenRequest) -> tuple[list[int], ImagePrompt | None]:
             )
             if req.forced_prefix:
                 ids += [int(t) for t in tok.encode(req.forced_prefix, add_special_tokens=False)]
+            if images and state.worker.spmd is not None:  # the other ranks are not sent images
+                raise SpecdecError("images are not served under mlx.launch yet; send text, or serve on one machine")
             if images:
                 data = [_image_bytes(state, i) for i in images]
                 ids, pending = expand_images(bundle, ids, data, [i.where for i in images])
@@ -364,6 +369,7 @@ def serve(
     model's generation_config.json) and the limits: `max_tokens` caps every request, `max_context`."""
     import uvicorn
 
+    from ..distributed import start
     from ..load import DEMO_DIR, load
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -374,6 +380,16 @@ def serve(
         raise UsageError(f"--body-timeout must be more than 0 seconds, not {body_timeout}")
     if not 0 <= port <= 65535:  # bind() would raise OverflowError, not OSError
         raise UsageError(f"--port must be 0-65535 (0: any free port), not {port}")
+    run = start("tensor")  # several processes under mlx.launch; else nothing changes
+    split = {"split": run.split} if run.size > 1 else {}
+
+    def load_model():
+        return load(model, target=target, drafter=drafter, demo=demo, **split)
+
+    if run.rank != 0:  # HTTP on rank 0 only; this rank runs the requests rank 0 shares, in step
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # it stops when rank 0 says so (Ctrl-C there)
+        follow(run, load_model, cache_bytes=cache_bytes)
+        return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -383,9 +399,7 @@ def serve(
     except OSError as e:
         sock.close()
         raise SpecdecError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-    worker = Worker(
-        lambda: load(model, target=target, drafter=drafter, demo=demo), max_queue=max_queue, cache_bytes=cache_bytes
-    )
+    worker = Worker(load_model, max_queue=max_queue, cache_bytes=cache_bytes, spmd=run if run.size > 1 else None)
     worker.start_and_wait()
     folders = [f for f in (target, model and Path(model) / "target", model, demo and DEMO_DIR / "target") if f]
     bound = sock.getsockname()[1]
@@ -411,3 +425,5 @@ def serve(
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         worker.stop()
+        if run.size > 1:  # let it finish its job and tell the other ranks to stop before exiting
+            worker.join()

@@ -13,6 +13,11 @@ Invariants:
 * A job with images runs the vision tower here; its cache goes back cut before the first image,
   since placeholders look alike whatever the image (media.py).
 * `tokens_per_s` and the queued jobs' token budgets give `Retry-After` (`seconds_to_drain`).
+* Under `mlx.launch` with several processes (`spmd`, distributed.Spmd): rank 0's worker shares each
+  job it starts (prompt ids, settings, snapshot) and then the ids its next turn keeps, and None
+  to stop; the other ranks run the same jobs on the same pool in `follow`, so their caches, prefills
+  and collectives stay in step. A job then runs to its end even when its client goes away: every
+  rank must run the same rounds.
 """
 
 from __future__ import annotations
@@ -69,9 +74,10 @@ class Job:
 class Worker(threading.Thread):
     """Loads the bundle, then runs queued jobs one at a time; every mlx call happens here."""
 
-    def __init__(self, load: Callable[[], object], *, max_queue: int = 32, cache_bytes: int = 2**30):
+    def __init__(self, load: Callable[[], object], *, max_queue: int = 32, cache_bytes: int = 2**30, spmd=None):
         super().__init__(name="specdec-worker", daemon=True)
         self._load = load
+        self.spmd = spmd  # distributed.Spmd under mlx.launch with several processes, else None
         self.jobs: queue.Queue = queue.Queue(maxsize=max_queue)
         self.cache_bytes = cache_bytes
         self.ready = threading.Event()
@@ -107,6 +113,31 @@ class Worker(threading.Thread):
             pass
 
     def run(self) -> None:
+        self._setup()
+        self.ready.set()
+        if self.error is not None:
+            return
+        while (job := self.jobs.get()) is not None:
+            if job.cancelled.is_set():
+                job.emit(Failed(499, "cancelled by the client"))
+                continue
+            if self.spmd is not None:  # the other ranks run it too (follow)
+                self.spmd.share((job.ids, job.settings, job.snapshot))
+            t0 = time.perf_counter()
+            self.busy, self.current = True, job
+            try:
+                generated = self._run(job)
+            finally:
+                self.busy, self.current = False, None
+            if generated:
+                rate = generated / max(time.perf_counter() - t0, 1e-3)
+                self.tokens_per_s = 0.7 * self.tokens_per_s + 0.3 * rate
+                self.tokens_per_job = 0.7 * self.tokens_per_job + 0.3 * generated
+        if self.spmd is not None:
+            self.spmd.share(None)  # the other ranks stop following
+
+    def _setup(self) -> None:
+        """Load the bundle (or set `error`), the cache pool, the policies and the numerics verdict."""
         from .. import probe
         from ..cache import PromptCache
         from ..calibrate import Policies
@@ -120,24 +151,9 @@ class Worker(threading.Thread):
         if self.bundle is not None:
             self.pool = CachePool(lambda: PromptCache(self.bundle), self.cache_bytes)
             self.policies = Policies(self.bundle)  # auto calibrates once and learns across requests
+            if self.spmd is not None:
+                self.spmd.agree_numerics(self.bundle)  # measured on every process, one verdict for all
             probe.verdict(self.bundle)  # this device's pass widths, measured (or read) before the first request
-        self.ready.set()
-        if self.error is not None:
-            return
-        while (job := self.jobs.get()) is not None:
-            if job.cancelled.is_set():
-                job.emit(Failed(499, "cancelled by the client"))
-                continue
-            t0 = time.perf_counter()
-            self.busy, self.current = True, job
-            try:
-                generated = self._run(job)
-            finally:
-                self.busy, self.current = False, None
-            if generated:
-                rate = generated / max(time.perf_counter() - t0, 1e-3)
-                self.tokens_per_s = 0.7 * self.tokens_per_s + 0.3 * rate
-                self.tokens_per_job = 0.7 * self.tokens_per_job + 0.3 * generated
 
     def _run(self, job: Job) -> int:
         """Run one job; returns how many tokens it generated."""
@@ -146,11 +162,14 @@ class Worker(threading.Thread):
         pc, keep, gen = self.pool.take(job.ids), True, None
         prefilled, snapshot, next_ids, text = None, None, None, []
         try:
-            policy = self.policies.get(job.settings.draft, job.settings.battery)
-            media = None if job.images is None else job.images.encode(self.bundle)  # the vision tower
-            gen = stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc, policy=policy, media=media)
+            if self.spmd is not None:  # in step with the other ranks (their draft-length policy too)
+                gen = self.spmd.stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc)
+            else:
+                policy = self.policies.get(job.settings.draft, job.settings.battery)
+                media = None if job.images is None else job.images.encode(self.bundle)  # the vision tower
+                gen = stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc, policy=policy, media=media)
             for record in gen:
-                if job.cancelled.is_set():
+                if job.cancelled.is_set() and self.spmd is None:
                     break  # the client went away: stop within this round
                 if prefilled is None and job.snapshot:
                     snapshot = pc.copy(len(job.ids))  # the prompt's cache, before the answer grows it
@@ -161,6 +180,8 @@ class Worker(threading.Thread):
                 job.emit(Done(len(job.ids) - (prefilled if prefilled is not None else len(job.ids))))
                 if job.next_turn is not None:  # after Done: the client has its answer meanwhile
                     next_ids = self._next_turn(job, "".join(text))
+                if self.spmd is not None:  # rank 0's: only it has the conversation
+                    next_ids = self.spmd.share(next_ids)
                 return len(text)
             job.emit(Failed(499, "cancelled by the client"))
         except SpecdecError as e:
@@ -186,3 +207,15 @@ class Worker(threading.Thread):
             return job.next_turn(text)
         except SpecdecError:  # the template cannot render it: keep the cache as generated
             return None
+
+
+def follow(run, load: Callable[[], object], *, cache_bytes: int = 2**30) -> None:
+    """A rank other than 0 under mlx.launch: load this rank's part, then run every job rank 0's
+    worker shares, on a pool kept as rank 0 keeps its own, until rank 0 shares None."""
+    worker = Worker(load, cache_bytes=cache_bytes, spmd=run)
+    worker._setup()  # on this thread: there is no HTTP side here
+    if worker.error is not None:
+        raise SpecdecError(worker.error)
+    while (shared := run.share(None)) is not None:
+        ids, settings, snapshot = shared
+        worker._run(Job(ids, lambda item: None, settings, next_turn=lambda text: None, snapshot=snapshot))
