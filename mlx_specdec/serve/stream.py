@@ -68,7 +68,7 @@ class Run:
             emit=lambda item: loop.call_soon_threadsafe(self.items.put_nowait, item),
             settings=settings,
             next_turn=self.next_turn_ids if chat else None,
-            snapshot=chat and bool(req.template_kwargs.get("enable_thinking")),
+            snapshot=chat,  # the prompt stays cached for a retry or an edit (prompt_cache.keep_for)
         )
 
     def _parser(self) -> GemmaParser:
