@@ -62,11 +62,13 @@ def test_a_retry_an_edit_and_another_session_reuse_the_prompt_after_the_window_m
     assert cached == common_prefix(ids, other_ids) > 128
 
 
-def test_the_next_turn_still_extends_the_answer_and_the_pool_keeps_one_entry_per_prefix(worker):
-    talk = [SYSTEM, {"role": "user", "content": "Plan the parser refactor."}]
-    ids, _, answer = chat(worker, talk, 40)
-    talk += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Go on."}]
-    next_ids, cached, _ = chat(worker, talk, 2)
-    assert cached >= len(ids) + 40 - 1  # the prompt and the answer, but its last token, which never ran
-    tokens = [tuple(e.tokens) for e in worker.pool._entries]
-    assert len(tokens) == len(set(tokens))
+def test_each_turn_extends_the_last_answer(worker):
+    talk = [{"role": "system", "content": "You plan refactors of one Python codebase. " * 12}]
+    previous = None
+    for turn in range(3):
+        talk.append({"role": "user", "content": f"Step {turn}?"})
+        ids, cached, answer = chat(worker, talk, 12)
+        if previous is not None:  # the previous prompt and answer, but its last token, which never ran
+            assert cached >= previous + 12 - 1, (turn, cached, previous)
+        talk.append({"role": "assistant", "content": answer})
+        previous = len(ids)

@@ -18,7 +18,9 @@ and each grows its own conversation. `CachePool` keeps one `PromptCache` per lin
   back to it, or the snapshot of the prompt taken after prefill. The snapshot not chosen stays
   as an entry of its own: a retry, an edit of the last message, or another session's first turn
   on the same system prompt diverges from the answer's cache where its window no longer reaches.
-  The price: a chat session may hold two entries (the full-attention K/V of the prompt twice).
+  The price: memory. A prompt's snapshot and its answer's cache hold its full-attention K/V
+  twice, and the snapshots of a conversation's earlier turns stay (each reaches back further
+  than the next) until the byte budget evicts them, the least recently used first.
 
 All of it runs on the worker thread (mlx is not thread-safe).
 """
