@@ -9,8 +9,8 @@ prints one line per check: the defect's number, what was checked, PASS or FAIL w
 Exit status 0 only if every check passes.
 
 1. two interleaved 20-turn conversations sharing a system prompt each reuse their prefix every
-   turn (`usage.prompt_tokens_details.cached_tokens`); 1b: the second one's first turn takes the
-   shared system prompt from the first one's cache;
+   turn (`usage.prompt_tokens_details.cached_tokens`); 1b: a new session's first turn (after
+   the first turn of another, and after its 20 turns) takes the shared system prompt from its cache;
 2. a retry and an edited conversation after a 200-token answer reuse the common prefix, and so
    does the next turn with thinking on;
 3. a forced tool call cut off by max_tokens never leaks tool-call markup (streamed and not);
@@ -170,13 +170,15 @@ def shared_prefix(client, port) -> None:
         f"{38 - len(misses)}/38 later turns cached >= the previous prompt (last: A {prev['A']}, B {prev['B']} "
         "prompt tokens)" + (f"; misses {misses[:4]}" if misses else ""),
     )
-    # the second session's first turn: the shared system prompt comes from the first session's cache
-    got, total = first_b
+    # a new session's first turn takes the shared system prompt from another session's cache:
+    # B right after A's first turn, and C (a sub-agent, a title request) after the 20 turns
+    late = chat(client, [talks["A"][0], {"role": "user", "content": "Name this session."}], max_tokens=4)
+    firsts = {"B": first_b, "C": (cached(late), late.usage.prompt_tokens)}
     report(
         "1b",
-        "a second session's first turn takes the shared system prompt from the first's cache",
-        got >= total // 2,  # the system prompt is most of that prompt
-        f"cached {got} of {total}",
+        "a new session's first turn (B after A's first turn, C after 20) takes the shared system prompt",
+        all(got >= total // 2 for got, total in firsts.values()),  # the system prompt is most of it
+        "; ".join(f"{name} cached {got} of {total}" for name, (got, total) in firsts.items()),
     )
 
 
