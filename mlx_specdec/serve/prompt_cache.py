@@ -7,13 +7,20 @@ and each grows its own conversation. `CachePool` keeps one `PromptCache` per lin
   the entry whole (the next turn of its conversation) takes the entry itself; a prompt that
   diverges from it (another session on the same system prompt, a retry, an edited history)
   gets a COPY trimmed to the common prefix, and the entry stays for the session it belongs to.
+  A sliding-window layer holds only its window and a little more behind the entry's end, so
+  an entry cannot give a prefix that ends far behind its end: the next best entry is tried.
 * `give_back(pc)` returns an entry as the most recently used, drops the entries it makes
-  redundant (their tokens are a prefix of its own), and evicts the least recently used while
-  the pool holds more than `max_bytes` of K/V.
+  redundant (their tokens are a prefix of its own and it reaches as far back), and evicts the
+  least recently used while the pool holds more than `max_bytes` of K/V.
 * `keep_for(pc, next_ids, snapshot)`, after an answer: the next turn's prompt is rendered by the
   template, which may differ from what was generated (the thinking is dropped from history), so
   the entry kept is the one holding the longest prefix of that prompt: the answer's cache cut
-  back to it, or the snapshot taken after prefill when the sliding window cannot be cut back.
+  back to it, or the snapshot of the prompt taken after prefill. The snapshot not chosen stays
+  as an entry of its own: a retry, an edit of the last message, or another session's first turn
+  on the same system prompt diverges from the answer's cache where its window no longer reaches.
+  The price: memory. A prompt's snapshot and its answer's cache hold its full-attention K/V
+  twice, and the snapshots of a conversation's earlier turns stay (each reaches back further
+  than the next) until the byte budget evicts them, the least recently used first.
 
 All of it runs on the worker thread (mlx is not thread-safe).
 """
@@ -40,26 +47,34 @@ class CachePool:
         return len(self._entries)
 
     def take(self, ids: Sequence[int]):
-        """A cache for this prompt: the entry it extends (removed from the pool), a copy of the
-        entry it shares the longest prefix with (trimmed to that prefix), or a new one."""
-        best, best_n = None, 0
-        for pc in self._entries:
-            n = common_prefix(pc.tokens, ids[:-1])  # the last id always runs again
-            if n and n >= best_n:  # ties: the most recently used
-                best, best_n = pc, n
-        if best is None:
-            return self._make()
-        if best_n == len(best.tokens):
-            self._entries.remove(best)
-            return best
-        return best.copy(best_n)
+        """A cache for this prompt: the entry it extends (removed from the pool), else a copy,
+        trimmed to the shared prefix, of the entry sharing the longest prefix that it can still
+        give (a sliding window cannot go back far behind its entry's end), else a new one."""
+        # the last id always runs again (its logits are needed), so it is never taken from a cache
+        shared = [(common_prefix(pc.tokens, ids[:-1]), i) for i, pc in enumerate(self._entries)]
+        for n, i in sorted(shared, reverse=True):  # longest first; ties: the most recently used
+            if n == 0:
+                break
+            best = self._entries[i]
+            if n == len(best.tokens):
+                del self._entries[i]
+                return best
+            copy = best.copy(n)
+            if copy.tokens:
+                return copy
+        return self._make()
 
     def keep_for(self, pc, next_ids: Sequence[int], snapshot=None):
         """The cache to keep after an answer: whichever of `pc` (cut back) and `snapshot` holds
-        the longer prefix of `next_ids`, the next turn's prompt as the template renders it."""
+        the longer prefix of `next_ids`, the next turn's prompt as the template renders it. A
+        snapshot not chosen goes back to the pool as an entry of its own: the prompt, for a retry,
+        an edit of the last message or another session's first turn, which the answer's cache
+        may no longer give once its sliding window has moved past them."""
         n = common_prefix(pc.tokens, next_ids)
         if snapshot is not None and common_prefix(snapshot.tokens, next_ids) > n:
             pc, n = snapshot, common_prefix(snapshot.tokens, next_ids)
+        elif snapshot is not None:
+            self.give_back(snapshot)
         if n < len(pc.tokens):
             pc.truncate(n)  # resets it when the sliding window no longer holds position n
         return pc
@@ -68,7 +83,27 @@ class CachePool:
         """Return an entry as the most recently used; evict the oldest while over budget."""
         if not pc.tokens:
             return
-        self._entries = [e for e in self._entries if common_prefix(e.tokens, pc.tokens) < len(e.tokens)]
+        # an entry is redundant when this one holds its tokens and reaches as far back
+        self._entries = [e for e in self._entries if not self._covers(pc, e)]
         self._entries.append(pc)
         while self._entries and self.nbytes > self.max_bytes:
             self._entries.pop(0)
+
+    @staticmethod
+    def _covers(pc, entry) -> bool:
+        """Whether `pc` gives every prefix `entry` gives: it holds entry's tokens and reaches as far back."""
+        n = len(entry.tokens)
+        return common_prefix(entry.tokens, pc.tokens) == n and _reach(pc) <= _reach(entry)
+
+
+def _reach(pc) -> int:
+    """The shortest prefix a copy of `pc` can hold (0: any); a sliding window forgets what lies
+    further back. Copies are lazy views, so the bisection evaluates nothing."""
+    lo, hi = 0, len(pc.tokens)  # copy(hi) always works; copy(n) works for every n >= the reach
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mid == 0 or pc.copy(mid).tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

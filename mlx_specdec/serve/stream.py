@@ -68,7 +68,9 @@ class Run:
             emit=lambda item: loop.call_soon_threadsafe(self.items.put_nowait, item),
             settings=settings,
             next_turn=self.next_turn_ids if chat else None,
-            snapshot=chat and bool(req.template_kwargs.get("enable_thinking")),
+            # The prompt stays cached for a retry or an edit (prompt_cache.keep_for); never with
+            # images: no pool entry holds image K/V (placeholders look alike whatever the image).
+            snapshot=chat and not images,
             images=images,
         )
 

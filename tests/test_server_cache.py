@@ -1,0 +1,74 @@
+"""The server's prompt-cache pool through the real worker on the demo pair (no HTTP).
+
+The prompts are longer than the demo's sliding window (128 tokens) and the answers long enough
+that the window moves past the prompt's end: what an entry can still give back then matters.
+Jobs are queued as `serve/stream.Run` queues a chat request (a snapshot of the prompt, the next
+turn's prefix from the answer).
+"""
+
+import threading
+
+import pytest
+
+from mlx_specdec.cache import common_prefix
+from mlx_specdec.load import load
+from mlx_specdec.prompt import chat_ids
+from mlx_specdec.serve.worker import Done, Failed, Job, Worker
+from mlx_specdec.settings import GenerationSettings
+
+ING = 288  # 'ing' in the demo vocabulary: repeated, it re-tokenises as generated
+SYSTEM = {"role": "system", "content": "You review diffs for one Python codebase, carefully. " * 12}
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = Worker(lambda: load(demo=True), max_queue=4)
+    w.start_and_wait()
+    yield w
+    w.stop()
+
+
+def chat(worker, messages, max_tokens) -> tuple[list[int], int, str]:
+    """(prompt ids, cached prompt tokens, answer) of one chat job, its answer forced to 'ing'."""
+    tok = worker.bundle.tokenizer
+    ids = chat_ids(tok, messages)
+    items, done = [], threading.Event()
+
+    def emit(item):
+        items.append(item)
+        if isinstance(item, (Done, Failed)):
+            done.set()
+
+    def next_turn(text):
+        return chat_ids(tok, [*messages, {"role": "assistant", "content": text}], add_generation_prompt=False)
+
+    settings = GenerationSettings(max_tokens=max_tokens, draft=2, logit_bias=((ING, 100.0),))
+    worker.submit(Job(ids, emit, settings, next_turn=next_turn, snapshot=True))
+    assert done.wait(30) and isinstance(items[-1], Done), items[-1]
+    return ids, items[-1].cached_tokens, "".join(r.text for r in items[:-1])
+
+
+def test_a_retry_an_edit_and_another_session_reuse_the_prompt_after_the_window_moved_past_it(worker):
+    talk = [SYSTEM, {"role": "user", "content": "Review: def add(a, b): return a - b"}]
+    ids, _, answer = chat(worker, talk, 64)
+    assert len(ids) > 128 and answer == "ing" * 64
+    _, cached, _ = chat(worker, talk, 2)  # the same request again
+    assert cached == len(ids) - 1  # all but the last id, which runs again
+    edited = [SYSTEM, {"role": "user", "content": "Review: def sub(a, b): return a + b"}]
+    edited_ids, cached, _ = chat(worker, edited, 2)
+    assert cached == common_prefix(ids, edited_ids)
+    other = [SYSTEM, {"role": "user", "content": "A side question: name this session."}]
+    other_ids, cached, _ = chat(worker, other, 2)  # another session on the same system prompt
+    assert cached == common_prefix(ids, other_ids) > 128
+
+
+def test_each_turn_extends_the_last_answer(worker):
+    talk = [{"role": "system", "content": "You plan refactors of one Python codebase. " * 12}]
+    previous = None
+    for turn in range(3):
+        talk.append({"role": "user", "content": f"Step {turn}?"})
+        ids, cached, answer = chat(worker, talk, 12)
+        if previous is not None:  # the previous prompt and answer, but its last token, which never ran
+            assert cached >= previous + 12 - 1, (turn, cached, previous)
+        talk.append({"role": "assistant", "content": answer})
+        previous = len(ids)
