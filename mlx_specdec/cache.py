@@ -59,7 +59,8 @@ class SlidingKVCache(_BaseCache):
             kept = min(self._len, self.keep)
             B, H, _, Dk = keys.shape
             Dv = values.shape[3]
-            cap = kept + max(self.step, n)
+            cap = kept + n + self.step  # room to spare after every write: a snapshot taken after
+            # a long prefill still holds its positions for the next write (prompt_cache.keep_for)
             new_k = mx.zeros((B, H, cap, Dk), keys.dtype)
             new_v = mx.zeros((B, H, cap, Dv), values.dtype)
             if kept:

@@ -28,8 +28,9 @@ def worker():
     w.stop()
 
 
-def chat(worker, messages, max_tokens) -> tuple[list[int], int, str]:
-    """(prompt ids, cached prompt tokens, answer) of one chat job, its answer forced to 'ing'."""
+def chat(worker, messages, max_tokens, draft=2, forced=True) -> tuple[list[int], int, str]:
+    """(prompt ids, cached prompt tokens, answer) of one chat job, its answer forced to 'ing'
+    (unless not `forced`: then the loop issues plain rounds ahead, as it does without a bias)."""
     tok = worker.bundle.tokenizer
     ids = chat_ids(tok, messages)
     items, done = [], threading.Event()
@@ -42,7 +43,7 @@ def chat(worker, messages, max_tokens) -> tuple[list[int], int, str]:
     def next_turn(text):
         return chat_ids(tok, [*messages, {"role": "assistant", "content": text}], add_generation_prompt=False)
 
-    settings = GenerationSettings(max_tokens=max_tokens, draft=2, logit_bias=((ING, 100.0),))
+    settings = GenerationSettings(max_tokens=max_tokens, draft=draft, logit_bias=((ING, 100.0),) if forced else ())
     worker.submit(Job(ids, emit, settings, next_turn=next_turn, snapshot=True))
     assert done.wait(30) and isinstance(items[-1], Done), items[-1]
     return ids, items[-1].cached_tokens, "".join(r.text for r in items[:-1])
@@ -72,3 +73,17 @@ def test_each_turn_extends_the_last_answer(worker):
             assert cached >= previous + 12 - 1, (turn, cached, previous)
         talk.append({"role": "assistant", "content": answer})
         previous = len(ids)
+
+
+def test_a_second_session_after_a_prompt_of_a_whole_prefill_chunk_reuses_the_shared_system_prompt(worker):
+    """A prompt of 256+ tokens fills a sliding buffer in one write. The next write compacted it to
+    its last window + 17 positions, so a session whose prompt leaves this one's 20+ tokens before
+    its end could not be given the shared prefix (cached 0 of 460 in the probe)."""
+    system = {"role": "system", "content": "You are the reviewer of one large Python codebase. " * 30}
+    ask = "{}, step 0: fix the bug in module_0.py and keep the edit small"  # differs 20+ tokens from the end
+    first = [system, {"role": "user", "content": ask.format("Agent A")}]
+    first_ids, _, _ = chat(worker, first, 6, draft=0, forced=False)
+    assert len(first_ids) > 256
+    second = [system, {"role": "user", "content": ask.format("Agent B")}]
+    second_ids, cached, _ = chat(worker, second, 2, forced=False)
+    assert cached == common_prefix(first_ids, second_ids) > 256
