@@ -206,19 +206,40 @@ class GemmaParser:
 
     def _tool_events(self, body: str, closed: bool) -> list[Event]:
         # An unclosed call (the output hit its token limit) is closed as written so far: the
-        # string and the braces it left open; if even that does not parse, its text comes back
-        # without the markup, so a client never sees half a marker.
-        endings = [""] if closed else ["", "}", STRING_DELIM + "}", "}}", STRING_DELIM + "}}"]
-        for ending in endings:
+        # string and the braces it left open; failing that, cut back to its last whole argument
+        # (down to no arguments) and closed there. A call whose name was cut comes back as its
+        # text without the call syntax, so a client never sees half a call.
+        if closed:
             try:
-                calls = parse_tool_call(body + ending, self._calls)
+                calls = parse_tool_call(body, self._calls)
             except ValueError:
-                continue
+                return [Content(TOOL_START + body + TOOL_END)]
             self._calls += len(calls)
             return list(calls)
-        if closed:
-            return [Content(TOOL_START + body + TOOL_END)]
-        return [Content(body.replace(STRING_DELIM, '"'))] if body else []
+        for head in _cut_backs(body):
+            for ending in ("", "}", STRING_DELIM + "}", "}}", STRING_DELIM + "}}", "]}", STRING_DELIM + "]}"):
+                try:
+                    calls = parse_tool_call(head + ending, self._calls)
+                except ValueError:
+                    continue
+                self._calls += len(calls)
+                return list(calls)
+        text = body.removeprefix("call:").replace(STRING_DELIM, '"')
+        return [Content(text)] if text else []
+
+
+def _cut_backs(body: str) -> list[str]:
+    """An unclosed call's text, then that text cut back to each boundary between arguments outside
+    strings (after a `{`, before a `,`), the latest first."""
+    cuts, in_string, i = [], False, 0
+    while i < len(body):
+        if body.startswith(STRING_DELIM, i):
+            in_string, i = not in_string, i + len(STRING_DELIM)
+            continue
+        if not in_string and body[i] in "{,":
+            cuts.append(body[: i + 1] if body[i] == "{" else body[:i])
+        i += 1
+    return [body, *reversed(cuts)]
 
 
 def opens_reasoning(prompt_text: str, think_start: str = THINK_START, think_end: str = THINK_END) -> bool:

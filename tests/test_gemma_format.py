@@ -102,7 +102,11 @@ def test_unclosed_tool_call_at_the_end_is_closed_as_written_else_content_without
     assert run(["<|tool_call>call:f{a:1}"])[0] == ToolCall(0, "f", '{"a": 1}')
     assert run(['<|tool_call>call:f{city:<|"|>Par']) == [ToolCall(0, "f", '{"city": "Par"}')]
     assert run(["<|tool_call>call:f{a:{b:1"]) == [ToolCall(0, "f", '{"a": {"b": 1}}')]
-    assert run(["<|tool_call>call:f{a:"]) == [Content("call:f{a:")]
+    # Cut mid-argument: the whole arguments before it, down to none; a cut name is text.
+    assert run(["<|tool_call>call:f{a:"]) == [ToolCall(0, "f", "{}")]
+    assert run(['<|tool_call>call:f{path:<|"|>a.py<|"|>,sta']) == [ToolCall(0, "f", '{"path": "a.py"}')]
+    assert run(['<|tool_call>call:f{path:<|"|>a,b<|"|>,n:']) == [ToolCall(0, "f", '{"path": "a,b"}')]
+    assert run(["<|tool_call>call:read_fi"]) == [Content("read_fi")]
 
 
 def test_without_tools_the_markup_stays_content():
