@@ -87,3 +87,19 @@ def test_a_second_session_after_a_prompt_of_a_whole_prefill_chunk_reuses_the_sha
     second = [system, {"role": "user", "content": ask.format("Agent B")}]
     second_ids, cached, _ = chat(worker, second, 2, forced=False)
     assert cached == common_prefix(first_ids, second_ids) > 256
+
+
+def test_a_new_session_after_a_long_conversation_still_takes_the_shared_system_prompt(worker):
+    """Short turns: the conversation's sliding windows move on during a turn's prefill, so every
+    later prompt snapshot reaches back only a window; the snapshot of an early turn must still be
+    there (a conversation's entry, which keeps growing, never drops it) for a later session."""
+    system = {"role": "system", "content": "You maintain the tests of one Python codebase. " * 14}
+    talk = [system]
+    for turn in range(10):
+        talk.append({"role": "user", "content": f"Step {turn}: which test in tests/test_module_{turn}.py fails?"})
+        ids, _, answer = chat(worker, talk, 6)
+        talk.append({"role": "assistant", "content": answer})
+    assert len(ids) > len(chat_ids(worker.bundle.tokenizer, talk[:2])) + 256  # the windows moved on
+    side = [system, {"role": "user", "content": "A side question: name this session."}]
+    side_ids, cached, _ = chat(worker, side, 2)
+    assert cached == common_prefix(ids, side_ids) > 128

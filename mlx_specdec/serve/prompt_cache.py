@@ -9,9 +9,11 @@ and each grows its own conversation. `CachePool` keeps one `PromptCache` per lin
   gets a COPY trimmed to the common prefix, and the entry stays for the session it belongs to.
   A sliding-window layer holds only its window and a little more behind the entry's end, so
   an entry cannot give a prefix that ends far behind its end: the next best entry is tried.
-* `give_back(pc)` returns an entry as the most recently used, drops the entries it makes
-  redundant (their tokens are a prefix of its own and it reaches as far back), and evicts the
-  least recently used while the pool holds more than `max_bytes` of K/V.
+* `give_back(pc)` returns an entry as the most recently used, and evicts the least recently used
+  while the pool holds more than `max_bytes` of K/V. A prompt's snapshot also drops the entries
+  it makes redundant (their tokens are a prefix of its own and it reaches as far back); a
+  conversation's entry does not, since its next turns move its sliding windows on: the snapshot
+  of its first turn then still gives a later session the shared system prompt.
 * `keep_for(pc, next_ids, snapshot)`, after an answer: the next turn's prompt is rendered by the
   template, which may differ from what was generated (the thinking is dropped from history), so
   the entry kept is the one holding the longest prefix of that prompt: the answer's cache cut
@@ -74,17 +76,20 @@ class CachePool:
         if snapshot is not None and common_prefix(snapshot.tokens, next_ids) > n:
             pc, n = snapshot, common_prefix(snapshot.tokens, next_ids)
         elif snapshot is not None:
-            self.give_back(snapshot)
+            self.give_back(snapshot, grows=False)
         if n < len(pc.tokens):
             pc.truncate(n)  # resets it when the sliding window no longer holds position n
         return pc
 
-    def give_back(self, pc) -> None:
-        """Return an entry as the most recently used; evict the oldest while over budget."""
+    def give_back(self, pc, grows: bool = True) -> None:
+        """Return an entry as the most recently used; evict the oldest while over budget.
+        `grows`: the entry is a conversation's, which its next turn extends; its sliding windows
+        will then forget what lies behind, so it never makes another entry redundant (a prompt's
+        snapshot, `grows=False`, does: it stays as it is)."""
         if not pc.tokens:
             return
-        # an entry is redundant when this one holds its tokens and reaches as far back
-        self._entries = [e for e in self._entries if not self._covers(pc, e)]
+        if not grows:  # an entry is redundant when this one holds its tokens and reaches as far back
+            self._entries = [e for e in self._entries if not self._covers(pc, e)]
         self._entries.append(pc)
         while self._entries and self.nbytes > self.max_bytes:
             self._entries.pop(0)
