@@ -320,7 +320,7 @@ CHAT = "/v1/chat/completions"
         ({"messages": QUESTION, "temperature": "hot"}, "temperature"),
         ({"messages": QUESTION, "top_p": 1.5}, "top_p"),
         ({"messages": QUESTION, "seed": 1.5}, "seed"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content[0].image_url"),
         ({"messages": QUESTION, "max_tokens": 0}, "max_tokens"),
         ({"messages": QUESTION, "n": 2}, "n"),
         ({"messages": QUESTION, "draft_tokens": 12}, "draft_tokens"),
