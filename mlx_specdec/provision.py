@@ -244,17 +244,19 @@ def kv_bytes(text_cfg: dict, context: int, itemsize: int = 2, max_rewind: int = 
 
     Per non-KV-shared layer, K and V of [kv_heads, entries, head_dim]: full layers hold the
     context (rounded up to the cache step), sliding layers at most window + 1 + `max_rewind`
-    plus one prefill chunk. Full layers use `global_head_dim` and, with `attention_k_eq_v`,
-    `num_global_key_value_heads`. k_eq_v shares the projection, not the cache: V (v_norm of
-    the projection) and K (k_norm + RoPE) differ, so both are stored. Split over machines, a
-    layer whose `k_proj` is cut caches only the heads it keeps (the drafter's source layers all).
+    plus one prefill chunk (never more than the context) plus the step of room `SlidingKVCache`
+    keeps after every write; that peak is reached once a full chunk arrives past the window.
+    Full layers use `global_head_dim` and, with `attention_k_eq_v`, `num_global_key_value_heads`.
+    k_eq_v shares the projection, not the cache: V (v_norm of the projection) and K (k_norm +
+    RoPE) differ, so both are stored. Split over machines, a layer whose `k_proj` is cut caches
+    only the heads it keeps (the drafter's source layers all).
     """
     from .models.target import text_config
 
     cfg = text_config(text_cfg)
     cuts = _cuts(cfg, machines)
     steps = -(-context // KV_STEP) * KV_STEP
-    sliding = min(steps, cfg["sliding_window"] + 1 + max_rewind + max(KV_STEP, PREFILL_CHUNK))
+    sliding = min(context, cfg["sliding_window"] + 1 + max_rewind + PREFILL_CHUNK) + SlidingKVCache.step
     first_shared = cfg["num_hidden_layers"] - cfg.get("num_kv_shared_layers", 0)
     total = 0
     for i, layer_type in enumerate(cfg["layer_types"][:first_shared]):
