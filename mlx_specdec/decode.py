@@ -70,16 +70,20 @@ def _prefill(
     graph then skips the KV-shared layers and the head for them (20 of E2B's 35 layers). The
     last token runs on its own, through every layer, as a plain step does (at the plain width):
     its row gives the first token. `media`: images whose soft tokens replace their placeholders'
-    embeddings (media.py); `start`: the prompt position of ids[0].
+    embeddings (media.py), and which may move a chunk's end so that no image is cut in two;
+    `start`: the prompt position of ids[0].
     """
     head, last = ids[:-1], ids[-1:]
-    for i in range(0, len(head), PREFILL_CHUNK):
-        chunk = head[i : i + PREFILL_CHUNK]
+    i = 0
+    while i < len(head):
+        end = min(i + PREFILL_CHUNK, len(head))
         if media is None:
-            bundle.target(mx.array(chunk)[None], pc.cache)
+            bundle.target(mx.array(head[i:end])[None], pc.cache)
         else:  # media hook: placeholders never come last (Media.check), so only the chunks differ
-            media.prefill(bundle.target, chunk, start + i, pc.cache)
+            end = media.chunk_end(start + i, start + end) - start  # images that see themselves stay whole
+            media.prefill(bundle.target, head[i:end], start + i, pc.cache)
         mx.eval([c.state for c in pc.cache])  # bound memory: one chunk at a time
+        i = end
     logits, hidden = target_pass(bundle.target, pc, mx.array(last)[None], plain_width)
     return logits[:, -1], hidden
 

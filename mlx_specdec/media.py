@@ -12,7 +12,10 @@
             and kept on the bundle: a text-only run never reads it.
 4. prefill  `Media.prefill`: the placeholders are embedded as `<pad>` and overwritten by the soft
             tokens; the per-layer input (PLE) uses id 0 (pad) there. Only the prefill differs: the
-            decode loop and the drafter (which reads the target's K/V) are unchanged.
+            decode loop and the drafter (which reads the target's K/V) are unchanged. On targets
+            with `use_bidirectional_attention: "vision"` (26B-A4B, 31B) an image's tokens also see
+            its later tokens on sliding layers (models/image_attention.py): a prefill chunk then
+            holds whole images (`Media.chunk_end`).
 
 Invariant: placeholders look alike whatever the image, so K/V past the first one is never reused
 from an earlier request (decode.stream_generate truncates the prompt cache there).
@@ -32,6 +35,7 @@ import numpy as np
 
 from .errors import SpecdecError
 from .files import read_config, read_weights
+from .models.image_attention import block_ids, image_spans, keep_whole, with_image_blocks
 from .models.vision import Vision, VisionArgs
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # transformers accepts only these
@@ -151,6 +155,7 @@ class ImageSpec:
     boi_token_id: int
     eoi_token_id: int
     max_soft_tokens: int
+    bidirectional: bool = False  # text_config use_bidirectional_attention == "vision" (26B-A4B, 31B)
 
 
 @dataclass
@@ -166,12 +171,6 @@ def image_spec(folder: Path) -> ImageSpec:
     raw = read_config(folder)
     if not raw.get("vision_config"):
         raise SpecdecError(_reconvert_hint(folder))
-    text = raw.get("text_config") or {}
-    if text.get("use_bidirectional_attention") == "vision":
-        raise SpecdecError(
-            f"{folder}: images on this target (bidirectional attention over image tokens, 26B/31B) "
-            "are not supported yet; use E2B or E4B for images"
-        )
     missing = [k for k in ("image_token_id", "boi_token_id", "eoi_token_id") if raw.get(k) is None]
     if missing:
         raise SpecdecError(f"{folder / 'config.json'}: no {', '.join(missing)} for images")
@@ -180,7 +179,9 @@ def image_spec(folder: Path) -> ImageSpec:
     except (KeyError, ValueError) as e:
         raise SpecdecError(f"{folder / 'config.json'}: vision_config: {e}") from None
     ids = (raw["image_token_id"], raw["boi_token_id"], raw["eoi_token_id"])
-    return ImageSpec(args, *ids, max_soft_tokens(folder))
+    text = raw.get("text_config") or raw
+    bidirectional = text.get("use_bidirectional_attention") == "vision"
+    return ImageSpec(args, *ids, max_soft_tokens(folder), bidirectional)
 
 
 def load_vision(folder: Path, lazy: bool = False) -> VisionModel:
@@ -240,12 +241,20 @@ def image_placeholders(bundle, count: int) -> str:
 
 
 class Media:
-    """A prompt's soft tokens by absolute position: soft [n, H] fills the n placeholder positions."""
+    """A prompt's soft tokens by absolute position: soft [n, H] fills the n placeholder positions.
+    `bidirectional`: each image's tokens also see its later tokens on sliding layers."""
 
-    def __init__(self, positions: np.ndarray, soft: mx.array, pad_id: int):
+    def __init__(self, positions: np.ndarray, soft: mx.array, pad_id: int, bidirectional: bool = False):
         self.positions = positions
         self.soft = soft
         self.pad_id = pad_id
+        self.bidirectional = bidirectional
+        self.spans = image_spans(positions)  # [first, end) of each image
+
+    def chunk_end(self, lo: int, hi: int) -> int:
+        """The end of a prefill chunk over positions [lo, hi): with bidirectional images, moved so
+        that every image lies whole in one chunk (an image sees its later tokens)."""
+        return keep_whole(self.spans, lo, hi) if self.bidirectional else hi
 
     @property
     def first_position(self) -> int:
@@ -271,6 +280,11 @@ class Media:
         rows = mx.array(np.clip(np.cumsum(mask) - 1, 0, None).astype(np.int32))
         embeds = mx.where(is_soft[..., None], soft[rows][None], embeds)
         per_layer = inner._get_per_layer_inputs(safe) if inner.hidden_size_per_layer_input else None
+        if self.bidirectional:
+            if any(first < start < end or first < start + len(ids) < end for first, end in self.spans):
+                raise SpecdecError("a prefill chunk cuts an image in two (Media.chunk_end keeps them whole)")
+            blocks = block_ids(self.spans, start, len(ids))
+            cache = with_image_blocks(cache, target.config["layer_types"], blocks)
         return inner(safe, cache=cache, input_embeddings=embeds, per_layer_inputs=per_layer)
 
     def check(self, ids) -> None:
@@ -303,7 +317,8 @@ class ImagePrompt:
         """The tower over every image -> the Media for prefill (mlx: loads the tower on first use)."""
         soft = mx.concatenate([encode_image(bundle, p) for p in self.patches], axis=0)
         pad = bundle.target.config.get("pad_token_id", 0)
-        return Media(self.positions, soft, 0 if pad is None else int(pad))
+        spec = spec_of(bundle)
+        return Media(self.positions, soft, 0 if pad is None else int(pad), spec.bidirectional)
 
 
 def expand_images(bundle, ids: list[int], images: list, names: Optional[list] = None) -> tuple[list[int], ImagePrompt]:

@@ -6,7 +6,6 @@ logits over the whole prompt atol 2e-3 (as for the text fixtures); pixels, posit
 """
 
 import json
-import shutil
 
 import mlx.core as mx
 import numpy as np
@@ -179,17 +178,6 @@ def test_image_to_a_target_without_a_vision_tower_says_how_to_fix_it():
     b = load(target=FIXTURES / "families" / "e2b" / "target")
     with pytest.raises(SpecdecError, match="has no vision tower"):
         vision_of(b)
-
-
-def test_bidirectional_vision_targets_are_refused_with_images(tmp_path):
-    folder = tmp_path / "target"
-    shutil.copytree(MEDIA / "target", folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["text_config"]["use_bidirectional_attention"] = "vision"
-    (folder / "config.json").write_text(json.dumps(cfg))
-    b = load(target=folder)
-    with pytest.raises(SpecdecError, match="not supported yet; use E2B or E4B"):
-        image_prompt(b)
 
 
 def test_placeholder_count_must_match_the_images(bundle):

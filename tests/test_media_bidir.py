@@ -1,0 +1,132 @@
+"""Images on a target whose image tokens attend to their whole image (`use_bidirectional_attention:
+"vision"`, the 26B-A4B and 31B), against transformers (tests/fixtures/media_31b, made by
+scripts/fixtures/make_media_bidir_fixtures.py): 31B-shaped, window 32, one 60-token image (longer
+than the window), 40 greedy tokens that move the image out of the window.
+
+Tolerances (float32): vision tower output atol 2e-4; logits over the whole prompt atol 2e-3 (as for
+the E2B media fixture; measured 4e-5). The causal mask (no image block) misses them by ~4.8 on the
+fixture (reference.json), so the logits test fails without the block; ids exact.
+"""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mlx_specdec.cache import PromptCache
+from mlx_specdec.cli import app
+from mlx_specdec.decode import generate
+from mlx_specdec.errors import SpecdecError
+from mlx_specdec.load import load
+from mlx_specdec.media import Media, attach_images, image_placeholders, read_image, vision_of
+from mlx_specdec.models.image_attention import image_spans, keep_whole
+from mlx_specdec.prompt import chat_ids
+from mlx_specdec.settings import GenerationSettings
+
+from .conftest import FIXTURES
+
+MEDIA = FIXTURES / "media_31b"
+IMAGES = (MEDIA / "image.png", MEDIA / "image2.png")
+PROMPT, TWO = "Describe it.", "Compare them."
+TOL = 2e-3
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return {k: np.array(v) for k, v in mx.load(str(MEDIA / "reference.safetensors")).items()}
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    b = load(target=MEDIA / "target", drafter=MEDIA / "assistant")
+    b.tokenizer.eos_token_ids = []  # the reference runs 40 tokens whatever they are
+    return b
+
+
+def image_prompt(bundle, images=IMAGES[:1], text=PROMPT):
+    ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": image_placeholders(bundle, len(images)) + text}])
+    return attach_images(bundle, ids, list(images))
+
+
+def prompt_logits(bundle, ids, media) -> np.ndarray:
+    hidden = media.prefill(bundle.target, ids, 0, PromptCache(bundle).cache)
+    return np.array(bundle.target.logits(hidden))[0]
+
+
+def test_vision_tower_matches_transformers(bundle, ref):
+    p = read_image(IMAGES[0], 2, 3, 70)
+    hidden = vision_of(bundle).vision.vision_tower(mx.array(p.pixels), mx.array(p.positions), p.grid)
+    np.testing.assert_allclose(np.array(hidden), ref["vision_hidden"], atol=2e-4, rtol=0)
+
+
+def test_prompt_logits_with_an_image_match_transformers_and_the_causal_mask_does_not(bundle, ref):
+    ids, media = image_prompt(bundle)
+    assert ids == ref["prompt_ids"].tolist() and media.bidirectional and media.spans == [(7, 67)]
+    np.testing.assert_allclose(prompt_logits(bundle, ids, media), ref["logits"], atol=TOL, rtol=0)
+    causal = Media(media.positions, media.soft, media.pad_id, bidirectional=False)  # the mutant: no block
+    assert np.abs(prompt_logits(bundle, ids, causal) - ref["logits"]).max() > 1000 * TOL
+
+
+def test_two_images_each_see_only_themselves(bundle, ref):
+    ids, media = image_prompt(bundle, IMAGES, TWO)
+    assert ids == ref["two/prompt_ids"].tolist() and media.spans == [(7, 67), (69, 133)]
+    np.testing.assert_allclose(prompt_logits(bundle, ids, media)[-8:], ref["two/logits"], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("draft", [3, "auto"])  # plain (draft 0): test_chunk_cut_inside_an_image_...
+def test_greedy_after_an_image_equals_transformers_past_the_window(bundle, ref, draft):
+    ids, media = image_prompt(bundle)
+    out = generate(bundle, ids, GenerationSettings(max_tokens=40, draft=draft), media=media)
+    assert out.tokens == ref["greedy_ids"].tolist()
+    window = bundle.target.config["sliding_window"]
+    assert len(ids) + 39 - media.spans[0][1] > window  # the image leaves the sliding window
+    assert out.stats.drafted > 0
+
+
+def test_chunk_cut_inside_an_image_moves_to_keep_it_whole(bundle, ref, monkeypatch):
+    import mlx_specdec.decode as decode
+
+    monkeypatch.setattr(decode, "PREFILL_CHUNK", 16)  # cuts at 16 and 32 fall inside the image [7, 67)
+    ids, media = image_prompt(bundle)
+    chunks = []
+    real = Media.prefill
+
+    def spy(self, target, chunk_ids, start, cache):
+        chunks.append((start, start + len(chunk_ids)))
+        return real(self, target, chunk_ids, start, cache)
+
+    monkeypatch.setattr(Media, "prefill", spy)
+    plain = generate(bundle, ids, GenerationSettings(max_tokens=40, draft=0), media=media)
+    # Back to the image's start, then the image alone (longer than a chunk), then text again.
+    assert chunks == [(0, 7), (7, 67), (67, 81)]
+    spec = generate(bundle, ids, GenerationSettings(max_tokens=40, draft=3), media=media)
+    assert plain.tokens == spec.tokens == ref["greedy_ids"].tolist()
+
+
+def test_a_chunk_that_would_cut_an_image_is_refused(bundle):
+    ids, media = image_prompt(bundle)
+    with pytest.raises(SpecdecError, match="cuts an image in two"):
+        media.prefill(bundle.target, ids[:30], 0, PromptCache(bundle).cache)
+
+
+def test_keep_whole_moves_chunk_ends_out_of_images():
+    spans = image_spans(np.array([3, 4, 5, 6, 9, 10]))
+    assert spans == [(3, 7), (9, 11)]
+    assert keep_whole(spans, 0, 5) == 3  # back to the image's start
+    assert keep_whole(spans, 3, 5) == 7  # the image starts the chunk: on to its end
+    assert keep_whole(spans, 0, 7) == 7 and keep_whole(spans, 7, 9) == 9  # ends between images stay
+    assert keep_whole(spans, 7, 10) == 9
+
+
+runner = CliRunner()
+
+
+def test_cli_generate_with_an_image_gives_transformers_prompt_ids_and_tokens(ref):
+    cli = ["generate", "--target", str(MEDIA / "target"), "--drafter", str(MEDIA / "assistant")]
+    r = runner.invoke(app, cli + ["--image", str(IMAGES[0]), "-p", PROMPT, "-m", "40", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["prompt_ids"] == ref["prompt_ids"].tolist()
+    assert out["token_ids"] == ref["greedy_ids"].tolist()
