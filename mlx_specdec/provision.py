@@ -239,7 +239,14 @@ def _cuts(text_cfg: dict, machines: int) -> dict:
     return tensor_cuts(make_model(cfg), cfg, machines, 0)  # lazy: nothing is allocated
 
 
-def kv_bytes(text_cfg: dict, context: int, itemsize: int = 2, max_rewind: int = MAX_REWIND, machines: int = 1) -> int:
+def kv_bytes(
+    text_cfg: dict,
+    context: int,
+    itemsize: int = 2,
+    max_rewind: int = MAX_REWIND,
+    machines: int = 1,
+    image_tokens: int = 0,
+) -> int:
     """KV-cache bytes the target's caches hold at `context` tokens (batch 1), on each of `machines`.
 
     Per non-KV-shared layer, K and V of [kv_heads, entries, head_dim]: full layers hold the
@@ -249,14 +256,18 @@ def kv_bytes(text_cfg: dict, context: int, itemsize: int = 2, max_rewind: int = 
     Full layers use `global_head_dim` and, with `attention_k_eq_v`, `num_global_key_value_heads`.
     k_eq_v shares the projection, not the cache: V (v_norm of the projection) and K (k_norm +
     RoPE) differ, so both are stored. Split over machines, a layer whose `k_proj` is cut caches
-    only the heads it keeps (the drafter's source layers all).
+    only the heads it keeps (the drafter's source layers all). `image_tokens`: the longest image
+    (soft tokens) a prompt may hold on a target whose images attend to themselves (26B-A4B, 31B):
+    its prefill chunk holds the whole image, so an image longer than a chunk (budgets 560 and 1120;
+    the default 280 is not) makes that chunk the sliding caches' bound.
     """
     from .models.target import text_config
 
     cfg = text_config(text_cfg)
     cuts = _cuts(cfg, machines)
     steps = -(-context // KV_STEP) * KV_STEP
-    sliding = min(context, cfg["sliding_window"] + 1 + max_rewind + PREFILL_CHUNK) + SlidingKVCache.step
+    chunk = max(PREFILL_CHUNK, image_tokens)
+    sliding = min(context, cfg["sliding_window"] + 1 + max_rewind + chunk) + SlidingKVCache.step
     first_shared = cfg["num_hidden_layers"] - cfg.get("num_kv_shared_layers", 0)
     total = 0
     for i, layer_type in enumerate(cfg["layer_types"][:first_shared]):

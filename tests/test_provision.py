@@ -9,7 +9,7 @@ from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load_target, read_config
 from mlx_specdec.models.target import Target, make_model, text_config
 
-from .helpers.paths import TARGET
+from .helpers.paths import FIXTURES, TARGET
 
 
 class FakeConvert:
@@ -236,6 +236,41 @@ def test_kv_estimate_counts_k_eq_v_full_layers_with_their_global_heads():
     mx.eval(model.parameters())
     target = Target(model, cfg)
     assert provision.kv_bytes(cfg, 1140, itemsize=4) == _peak_kv_bytes(target, 1100, 40)
+
+
+def test_kv_estimate_with_an_image_longer_than_a_chunk_equals_the_caches_peak(monkeypatch):
+    # The 31B-shaped image fixture (window 32): its 60-token image attends to itself, so its prefill
+    # chunk holds it whole; with 16-token chunks that chunk, not the chunk size, bounds the sliding
+    # caches. 259 text tokens before it: the image arrives just as a sliding cache compacts.
+    from mlx_specdec.load import load
+    from mlx_specdec.media import expand_images
+
+    monkeypatch.setattr(provision, "PREFILL_CHUNK", 16)
+    folder = FIXTURES / "media_31b"
+    bundle = load(target=folder / "target")
+    user = [2] + [300 + i % 50 for i in range(259)] + [510, 301, 302, 303, 304, 305]  # 510: one placeholder
+    ids, images = expand_images(bundle, user, [folder / "image.png"])
+    media = images.encode(bundle)
+    cache = make_target_cache(bundle.target.config, provision.MAX_REWIND)
+    peak = [0] * len(cache)
+
+    def record():
+        mx.eval([c.state for c in cache])
+        for i, c in enumerate(cache):
+            peak[i] = max(peak[i], c.nbytes)
+
+    start = 0
+    while start < len(ids) - 1:  # decode._prefill's chunks
+        end = media.chunk_end(start, min(start + 16, len(ids) - 1))
+        media.prefill(bundle.target, ids[start:end], start, cache)
+        record()
+        start = end
+    for token in ids[-1:] + [5] * 8:
+        bundle.target(mx.array([token])[None], cache)
+        record()
+    cfg, context = bundle.target.config, len(ids) + 8
+    assert provision.kv_bytes(cfg, context, itemsize=4, image_tokens=60) == sum(peak)
+    assert provision.kv_bytes(cfg, context, itemsize=4) < sum(peak)  # the text estimate falls short
 
 
 # ---------------------------------------------------------------------------------------------
