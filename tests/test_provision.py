@@ -271,6 +271,9 @@ def test_kv_estimate_with_an_image_longer_than_a_chunk_equals_the_caches_peak(mo
     cfg, context = bundle.target.config, len(ids) + 8
     assert provision.kv_bytes(cfg, context, itemsize=4, image_tokens=60) == sum(peak)
     assert provision.kv_bytes(cfg, context, itemsize=4) < sum(peak)  # the text estimate falls short
+    # The estimate of that folder counts its processor's budget (max_soft_tokens 70).
+    e = provision.estimate(folder / "target", max_context=context)
+    assert e.kv == provision.kv_bytes(cfg, context, image_tokens=70) > provision.kv_bytes(cfg, context)
 
 
 # ---------------------------------------------------------------------------------------------
