@@ -84,7 +84,7 @@ def generate(
     battery: Battery = None,
     exactness: Exactness = "strict",
     images: Annotated[
-        Optional[list[str]], typer.Option("--image", help="An image the prompt is about (repeatable; E2B/E4B).")
+        Optional[list[str]], typer.Option("--image", help="An image the prompt is about (repeatable).")
     ] = None,
     parallel: Parallel = "tensor",
 ):
