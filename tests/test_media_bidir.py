@@ -105,6 +105,23 @@ def test_chunk_cut_inside_an_image_moves_to_keep_it_whole(bundle, ref, monkeypat
     assert plain.tokens == spec.tokens == ref["greedy_ids"].tolist()
 
 
+@pytest.mark.slow  # ~2 s each: 340-token prompts
+@pytest.mark.parametrize("chunk", [16, 512])
+def test_greedy_after_a_long_prompt_equals_transformers_in_any_chunks(bundle, ref, monkeypatch, chunk):
+    # 260 text ids, then the image: with 16-token chunks it arrives as the sliding caches compact
+    # (they keep only the window and the rewind room, then take the whole 60-token image at once).
+    import mlx_specdec.decode as decode
+
+    monkeypatch.setattr(decode, "PREFILL_CHUNK", chunk)
+    want = ref["long/prompt_ids"].tolist()
+    boi, eoi = want.index(509), want.index(511)
+    ids, media = attach_images(bundle, want[:boi] + [510] + want[eoi + 1 :], [IMAGES[0]])
+    assert ids == want and media.spans == [(261, 321)]
+    for draft in (0, 3):
+        out = generate(bundle, ids, GenerationSettings(max_tokens=40, draft=draft), media=media)
+        assert out.tokens == ref["long/greedy_ids"].tolist()
+
+
 def test_a_chunk_that_would_cut_an_image_is_refused(bundle):
     ids, media = image_prompt(bundle)
     with pytest.raises(SpecdecError, match="cuts an image in two"):
