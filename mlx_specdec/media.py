@@ -184,6 +184,17 @@ def image_spec(folder: Path) -> ImageSpec:
     return ImageSpec(args, *ids, max_soft_tokens(folder), bidirectional)
 
 
+def whole_image_tokens(folder: Path) -> int:
+    """The longest image a prefill chunk must hold whole on this target or bundle folder: its image
+    budget when its images attend to themselves (26B-A4B, 31B), else 0 (config files only)."""
+    vision = folder / "vision" if (folder / "vision" / "config.json").is_file() else folder
+    try:
+        spec = image_spec(vision)
+    except SpecdecError:  # no tower, or a bad config: named when an image comes
+        return 0
+    return spec.max_soft_tokens if spec.bidirectional else 0
+
+
 def load_vision(folder: Path, lazy: bool = False) -> VisionModel:
     """The target folder's vision tower; a one-line SpecdecError when it has none or cannot use it.
     `lazy`: check names and shapes without reading the weights (the converter's check)."""

@@ -40,6 +40,7 @@ from .cache import PromptCache, SlidingKVCache
 from .errors import SpecdecError, UsageError
 from .files import cache_dir, shown, user_path
 from .load import is_bundle
+from .media import whole_image_tokens
 from .registry import Pair
 
 DEFAULT_NAME = "e2b"
@@ -306,27 +307,10 @@ def estimate(
     """
     weights, cfg = _weights_and_config(source, bits, group_size, itemsize, machines)
     context = min(max_context or DEFAULT_CONTEXT, _max_context(cfg))
-    kv = kv_bytes(cfg, context, itemsize, machines=machines, image_tokens=_longest_image(source, cfg))
+    folder = user_path(source, "MODEL") if isinstance(source, (str, Path)) else None
+    images = whole_image_tokens(folder) if folder is not None and folder.is_dir() else 0
+    kv = kv_bytes(cfg, context, itemsize, machines=machines, image_tokens=images)
     return MemoryEstimate(weights, kv, context, machines=machines)
-
-
-def _longest_image(source: Source, cfg: dict) -> int:
-    """A folder's image budget (soft tokens) when its target's images attend to themselves, else 0:
-    such an image is prefilled whole in one chunk. Known names: their processor's default (280)
-    fits in a chunk, so 0."""
-    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
-    if text.get("use_bidirectional_attention") != "vision" or not isinstance(source, (str, Path)):
-        return 0
-    folder = user_path(source, "MODEL")
-    folder = folder / "vision" if is_bundle(folder) else folder
-    if not folder.is_dir():
-        return 0
-    from .media import max_soft_tokens
-
-    try:
-        return max_soft_tokens(folder)
-    except SpecdecError:  # a bad processor config is named when an image comes; memory needs no image
-        return 0
 
 
 def available_memory() -> tuple[int, str]:
