@@ -88,7 +88,7 @@ def test_one_process_runs_unchanged():
 
 
 def test_an_unknown_parallel_mode_is_one_clear_error():
-    with pytest.raises(SpecdecError, match="--parallel must be one of tensor, not 'diagonal'"):
+    with pytest.raises(SpecdecError, match="--parallel must be one of tensor, pipeline, not 'diagonal'"):
         start("diagonal")
 
 
@@ -167,19 +167,22 @@ def test_memory_fit_on_several_machines_says_so_and_suggests_more():
 
 
 @pytest.mark.slow
-def test_tensor_parallel_gives_one_process_tokens_for_e2b_and_the_moe(tmp_path):
+def test_tensor_and_pipeline_splits_give_one_process_tokens_and_hold_a_part_each(tmp_path):
     done = launch([str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path)], timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     for rank in (0, 1):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert report["size"] == 2
-        assert sorted(report["families"]) == ["26b-a4b", "e2b"]
-        for fam, got in report["families"].items():
-            sizes = got.pop("bytes")
-            assert sizes["split"] < sizes["whole"], (fam, sizes)  # each rank holds a part of it
-            for request, tokens in got.items():
-                assert len(tokens["several"]) == 6, (fam, request)
-                assert tokens["several"] == tokens["one"], (rank, fam, request)
+        assert sorted(report["modes"]["tensor"]) == ["26b-a4b", "e2b"]
+        assert sorted(report["modes"]["pipeline"]) == ["12b", "26b-a4b", "31b", "e2b"]
+        for mode, families in report["modes"].items():
+            for fam, got in families.items():
+                sizes = got.pop("bytes")
+                assert sizes["split"] < sizes["whole"], (mode, fam, sizes)  # each rank holds a part of it
+                assert len(got) == (4 if fam == "e2b" else 2)
+                for request, tokens in got.items():
+                    assert len(tokens["several"]) == 6, (mode, fam, request)
+                    assert tokens["several"] == tokens["one"], (rank, mode, fam, request)
 
 
 def _generate_args(*extra):

@@ -1,0 +1,94 @@
+"""Pipeline parallel (models/pipeline.py, cache.py's ElsewhereCache) without a launch: the block
+cuts, a group of one computing what mlx-lm computes, the caches of layers kept elsewhere. The
+two-process run is tests/test_distributed.py's launch test."""
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+from mlx_specdec.cache import ElsewhereCache, RewindError, SlidingKVCache, make_target_cache, rewind
+from mlx_specdec.errors import SpecdecError
+from mlx_specdec.load import load
+from mlx_specdec.models.pipeline import Elsewhere, blocks, layer_bytes, shard_pipeline
+from mlx_specdec.models.target import kv_source_layers
+
+from .conftest import FIXTURES
+
+
+class _Group:
+    """A stand-in for an mx.distributed group of `size`, as rank `rank` (no collective is run)."""
+
+    def __init__(self, rank, size):
+        self._rank, self._size = rank, size
+
+    def rank(self):
+        return self._rank
+
+    def size(self):
+        return self._size
+
+
+def test_blocks_balance_bytes_not_layer_counts():
+    assert blocks([4, 1, 1, 1, 1], 2) == [(0, 1), (1, 5)]  # by count it would be 3 + 2 layers: 6 vs 2
+    assert blocks([1, 1, 1, 1], 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert blocks([2, 3, 2, 3, 2, 3], 3) == [(0, 2), (2, 4), (4, 6)]
+
+
+def test_more_processes_than_layers_is_one_clear_error():
+    with pytest.raises(SpecdecError, match="6 decoder layers cannot be split over 7 processes; use at most 6"):
+        blocks([1] * 6, 7)
+
+
+@pytest.mark.parametrize("fam", ["e2b", "26b-a4b"])
+def test_pipeline_split_over_a_group_of_one_computes_what_mlx_lm_computes(fam):
+    """The K/V hand-off attention and the block-end hand-off give mlx-lm's numbers, with a cache."""
+    folder = FIXTURES / "families" / fam / "target"
+    whole = load(target=folder)
+    split = load(target=folder, split=lambda m, c: shard_pipeline(m, c, mx.distributed.init()))
+    caches = [make_target_cache(b.target.config, 16, b.target.elsewhere) for b in (whole, split)]
+    ids = mx.array([[3, 5, 7, 9, 11, 2]])
+    for tokens in (ids, ids[:, :1]):  # a prefill, then a decode step on the same caches
+        (a, _), (b, _) = whole.target(tokens, caches[0]), split.target(tokens, caches[1])
+        assert mx.array_equal(a, b).item()
+
+
+def test_each_rank_keeps_only_its_block_and_the_kv_sources_caches():
+    folder = FIXTURES / "families" / "e2b" / "target"
+    held = []
+    for rank in (0, 1):
+        target = load(target=folder, split=lambda m, c, r=rank: shard_pipeline(m, c, _Group(r, 2))).target
+        layers = target.model.model.layers
+        mine = [i for i, layer in enumerate(layers) if not isinstance(layer, Elsewhere)]
+        held.append(mine)
+        assert all(not layers[i].parameters() for i in range(len(layers)) if i not in mine)
+        sources = set(kv_source_layers(target.config).values())
+        caches = make_target_cache(target.config, 16, target.elsewhere)
+        for i, c in enumerate(caches):  # the drafter's sources: real caches on every rank
+            assert isinstance(c, ElsewhereCache) == (i not in mine and i not in sources), (rank, i)
+    assert held[0] + held[1] == list(range(6))
+
+
+def test_layers_kept_elsewhere_rewind_with_the_others_and_ask_a_twin_for_masks():
+    cfg = load(target=FIXTURES / "families" / "e2b" / "target").target.config  # layer 0, 1 sliding; 2 full
+    caches = make_target_cache(cfg, 4, elsewhere={0, 2})
+    assert [type(c) for c in caches] == [ElsewhereCache, SlidingKVCache, ElsewhereCache, SlidingKVCache]
+    for n in (5, 1):
+        for c in caches:
+            if isinstance(c, ElsewhereCache):
+                c.advance(n)
+            else:
+                c.update_and_fetch(mx.zeros((1, 1, n, 8)), mx.zeros((1, 1, n, 8)))
+        assert caches[0].make_mask(3, window_size=cfg["sliding_window"]) is not None
+    assert caches[2].twin is None and caches[2].make_mask(3) is None  # no full layer's cache here
+    assert caches[0].twin is caches[1]
+    rewind(caches, 2)
+    assert [c.offset for c in caches] == [4] * 4
+    with pytest.raises(RewindError):
+        rewind(caches, 5)
+    assert [c.offset for c in caches] == [4] * 4  # all or nothing
+
+
+def test_layer_bytes_are_what_each_layer_holds():
+    model = load(target=FIXTURES / "families" / "31b" / "target").target.model
+    sizes = layer_bytes(model)
+    assert sum(sizes) == sum(v.nbytes for k, v in tree_flatten(model.parameters()) if k.startswith("model.layers."))
