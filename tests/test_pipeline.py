@@ -2,13 +2,16 @@
 cuts, a group of one computing what mlx-lm computes, the caches of layers kept elsewhere. The
 two-process run is tests/test_distributed.py's launch test."""
 
+import json
+
 import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
+from mlx_specdec import provision, registry
 from mlx_specdec.cache import ElsewhereCache, RewindError, SlidingKVCache, make_target_cache, rewind
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.load import load
+from mlx_specdec.load import load, read_config
 from mlx_specdec.models.pipeline import Elsewhere, blocks, layer_bytes, shard_pipeline
 from mlx_specdec.models.target import kv_source_layers
 
@@ -92,3 +95,51 @@ def test_layer_bytes_are_what_each_layer_holds():
     model = load(target=FIXTURES / "families" / "31b" / "target").target.model
     sizes = layer_bytes(model)
     assert sum(sizes) == sum(v.nbytes for k, v in tree_flatten(model.parameters()) if k.startswith("model.layers."))
+
+
+def _rank_target(fam: str, rank: int, size: int = 2):
+    """The family fixture's target as rank `rank` of `size` holds it, split pipeline parallel."""
+    folder = FIXTURES / "families" / fam / "target"
+    return load(target=folder, split=lambda m, c: shard_pipeline(m, c, _Group(rank, size))).target
+
+
+@pytest.mark.parametrize("fam", ["e2b", "31b", "26b-a4b"])
+def test_pipeline_memory_estimate_per_machine_is_the_bytes_each_rank_holds(fam):
+    cfg = read_config(FIXTURES / "families" / fam / "target")  # float32 fixtures: itemsize 4
+    whole = registry.config_bytes(cfg, None, 16, itemsize=4)[0]
+    each = [
+        registry.config_bytes(cfg, None, 16, itemsize=4, machines=2, parallel="pipeline", rank=r)[0] for r in (0, 1)
+    ]
+    for rank in (0, 1):
+        held = sum(v.nbytes for _, v in tree_flatten(_rank_target(fam, rank).model.parameters()))
+        assert held == each[rank] < whole, (fam, rank)
+    assert registry.config_bytes(cfg, None, 16, itemsize=4, machines=2, parallel="pipeline")[0] == max(each)
+
+
+def test_pipeline_kv_estimate_counts_the_caches_each_rank_keeps():
+    """A rank caches its block's layers and the drafter's source layers; the others' K/V are elsewhere."""
+    for rank in (0, 1):
+        target = _rank_target("e2b", rank)
+        caches = make_target_cache(target.config, 16, target.elsewhere)
+        kept = [i for i, c in enumerate(caches) if not isinstance(c, ElsewhereCache)]
+        layers = range(*blocks(layer_bytes(target.model), 2)[rank])  # the stand-ins hold nothing: sizes as loaded
+        expected = 0
+        for i in kept:  # each layer alone, as a one-layer model
+            one = {**target.config, "num_hidden_layers": 1, "num_kv_shared_layers": 0}
+            expected += provision.kv_bytes({**one, "layer_types": [target.config["layer_types"][i]]}, 40, itemsize=4)
+        assert provision.kv_bytes(target.config, 40, itemsize=4, layers=layers) == expected, rank
+
+
+def test_models_shows_memory_per_machine_split_pipeline_parallel():
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    done = CliRunner().invoke(app, ["models", "--json", "--machines", "2", "--parallel", "pipeline"])
+    assert done.exit_code == 0, done.output
+    rows = {r["name"]: r for r in json.loads(done.output)["models"]}
+    need = provision.estimate("31b", machines=2, parallel="pipeline")
+    assert rows["31b"]["memory_bytes"] == need.total < provision.estimate("31b").total
+    assert rows["31b"]["parallel"] == "pipeline"
+    assert provision.check_memory_fit("31b", 4, available=need.total, machines=2, parallel="pipeline") == need
+    assert CliRunner().invoke(app, ["models", "--parallel", "diagonal"]).exit_code != 0
