@@ -206,7 +206,7 @@ def _generate_args(*extra):
 
 
 @pytest.mark.slow
-def test_generate_under_mlx_launch_prints_one_process_output_once():
+def test_generate_split_pipeline_parallel_under_mlx_launch_prints_one_process_output_once():
     args = _generate_args("-k", "3", "--temp", "1", "--seed", "5")
     alone = subprocess.run(
         [sys.executable, *args],
@@ -217,7 +217,7 @@ def test_generate_under_mlx_launch_prints_one_process_output_once():
         timeout=300,
     )
     assert alone.returncode == 0, alone.stderr[-2000:]
-    done = launch(args)
+    done = launch([*args, "--parallel", "pipeline"])
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
@@ -283,7 +283,8 @@ def test_piped_chat_under_mlx_launch_prints_one_process_answers_once():
 
 @pytest.mark.slow
 def test_serve_under_mlx_launch_answers_as_one_process_and_stops_every_rank():
-    """HTTP on rank 0; each request shared with rank 1; Ctrl-C (SIGINT to the group) stops both."""
+    """HTTP on rank 0; each request shared with rank 1; Ctrl-C (SIGINT to the group) stops both.
+    Split pipeline parallel: its caches (layers kept elsewhere included) serve from the cache pool."""
     import http.client
     import signal
     import time
@@ -297,7 +298,7 @@ def test_serve_under_mlx_launch_answers_as_one_process_and_stops_every_rank():
     launcher = Path(sys.executable).with_name("mlx.launch")
     cmd = [str(launcher), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--", sys.executable]
     cmd += ["-m", "mlx_specdec", "serve", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
-    cmd += ["--port", "0", "-k", "3"]
+    cmd += ["--port", "0", "-k", "3", "--parallel", "pipeline"]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,

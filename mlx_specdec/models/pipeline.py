@@ -12,7 +12,9 @@ the blocks run one after another, so one stream is no faster than on one machine
   exactly): every rank then goes on with the block's owner's hidden state. A collective, not a
   send/recv pair: each rank's collectives form one chain of data dependencies (a stand-in's zeros
   depend on its input, its output on the collective's result), so they run in the same order on
-  every rank whatever is evaluated early (target.py's issuing early) and nothing can deadlock.
+  every rank whatever is evaluated early (target.py's issuing early) and nothing can deadlock. A
+  prefill chunk evaluates only the caches; every rank caches the last source layer's K/V, so on
+  every rank they depend on the same first part of the chain, and the same collectives run.
 * K/V: the drafter reads the caches of the `kv_source_layers`, and Gemma 4's KV-shared layers
   (E2B/E4B) read the K/V of those same layers, which may sit in another rank's block. So a source
   layer's new K/V are handed over the same way (its owner's, all-summed with the others' zeros)
