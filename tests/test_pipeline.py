@@ -116,18 +116,23 @@ def test_pipeline_memory_estimate_per_machine_is_the_bytes_each_rank_holds(fam):
     assert registry.config_bytes(cfg, None, 16, itemsize=4, machines=2, parallel="pipeline")[0] == max(each)
 
 
-def test_pipeline_kv_estimate_counts_the_caches_each_rank_keeps():
-    """A rank caches its block's layers and the drafter's source layers; the others' K/V are elsewhere."""
-    for rank in (0, 1):
-        target = _rank_target("e2b", rank)
+@pytest.mark.parametrize("fam", ["e2b", "31b"])
+def test_pipeline_kv_estimate_counts_the_caches_each_rank_keeps(fam):
+    """The estimate's blocks are the split's; a rank caches its block's layers and the drafter's
+    source layers (31B: 4 and 5, both ranks), the others' K/V are elsewhere."""
+    cfg = read_config(FIXTURES / "families" / fam / "target")
+    _, sizes = registry.layer_bytes(cfg, 16, itemsize=4)  # what the estimate weighs
+    for rank, (start, stop) in enumerate(blocks(sizes, 2)):
+        target = _rank_target(fam, rank)
+        mine = [i for i, layer in enumerate(target.model.model.layers) if not isinstance(layer, Elsewhere)]
+        assert mine == list(range(start, stop)), rank
         caches = make_target_cache(target.config, 16, target.elsewhere)
         kept = [i for i, c in enumerate(caches) if not isinstance(c, ElsewhereCache)]
-        layers = range(*blocks(layer_bytes(target.model), 2)[rank])  # the stand-ins hold nothing: sizes as loaded
         expected = 0
         for i in kept:  # each layer alone, as a one-layer model
             one = {**target.config, "num_hidden_layers": 1, "num_kv_shared_layers": 0}
             expected += provision.kv_bytes({**one, "layer_types": [target.config["layer_types"][i]]}, 40, itemsize=4)
-        assert provision.kv_bytes(target.config, 40, itemsize=4, layers=layers) == expected, rank
+        assert provision.kv_bytes(target.config, 40, itemsize=4, layers=range(start, stop)) == expected, rank
 
 
 def test_models_shows_memory_per_machine_split_pipeline_parallel():

@@ -144,11 +144,6 @@ def _hand_on_class(cls: type) -> type:
     return type(f"HandOn{cls.__name__}", (_HandOn, cls), {})
 
 
-def rank_layers(model: gemma4_text.Model, size: int, rank: int) -> range:
-    """The decoder layers `rank` of `size` computes (model may be unevaluated)."""
-    return range(*blocks(layer_bytes(model), size)[rank])
-
-
 def shard_pipeline(model: gemma4_text.Model, config: dict, group) -> None:
     """Keep this rank's block of `model`'s decoder layers (normalised text `config`), in place;
     the others become `Elsewhere` stand-ins before any weight is read. Sets
