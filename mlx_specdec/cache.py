@@ -166,20 +166,16 @@ def make_target_cache(config: dict, max_rewind: int = 16, elsewhere=frozenset())
     """One cache per non-shared target layer (KV-shared layers read their source's cache); an
     `ElsewhereCache` for the layers in `elsewhere` (computed by another process)."""
     first_shared = config["num_hidden_layers"] - config.get("num_kv_shared_layers", 0)
-    types = config["layer_types"]
-    caches = [
-        None
-        if i in elsewhere
-        else KVCache()
-        if types[i] == "full_attention"
-        else SlidingKVCache(config["sliding_window"], max_rewind)
-        for i in range(first_shared)
-    ]
-    twins = {}
-    for i, c in enumerate(caches):
-        if c is not None:
-            twins.setdefault(types[i], c)
-    return [ElsewhereCache(twins.get(types[i])) if c is None else c for i, c in enumerate(caches)]
+    types = config["layer_types"][:first_shared]
+    here = {
+        i: KVCache() if t == "full_attention" else SlidingKVCache(config["sliding_window"], max_rewind)
+        for i, t in enumerate(types)
+        if i not in elsewhere
+    }
+    twins = {}  # per type, the cache here that an ElsewhereCache asks for masks (one type moves in step)
+    for i, c in here.items():
+        twins.setdefault(types[i], c)
+    return [here[i] if i in here else ElsewhereCache(twins.get(t)) for i, t in enumerate(types)]
 
 
 def cache_offset(cache: list) -> int:
