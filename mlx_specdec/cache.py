@@ -11,6 +11,8 @@ Invariants:
 * `rewind` is all or nothing: it checks every layer before trimming any, and a rewind that
   cannot happen raises, it never passes silently.
 * `PromptCache.tokens` lists exactly the tokens whose K/V the caches hold.
+* Split pipeline parallel (models/pipeline.py), a layer another process computes has an
+  `ElsewhereCache`: no K/V, only the offset, which moves and rewinds with every other layer's.
 """
 
 from __future__ import annotations
@@ -121,15 +123,59 @@ class SlidingKVCache(_BaseCache):
         return self.keys is None
 
 
-def make_target_cache(config: dict, max_rewind: int = 16) -> list:
-    """One cache per non-shared target layer (KV-shared layers read their source's cache)."""
+class ElsewhereCache:
+    """The cache of a layer another process computes (pipeline parallel): it holds no K/V, only
+    the offset, which its stand-in layer advances. A mask is the one `twin` (a cache of this
+    process of the same layer type, in step with it) makes; None when there is none to ask."""
+
+    def __init__(self, twin=None):
+        self.offset = 0
+        self.twin = twin
+        self.keys = self.values = None
+
+    def advance(self, n: int) -> None:
+        self.offset += n
+
+    def make_mask(self, N: int, window_size=None, return_array: bool = False):
+        if self.twin is None:
+            return None  # no layer of this type runs here: the mask is never read
+        return self.twin.make_mask(N, window_size=window_size, return_array=return_array)
+
+    def is_trimmable(self) -> bool:
+        return True
+
+    def can_trim(self, n: int) -> bool:
+        return n <= self.offset
+
+    def trim(self, n: int) -> int:
+        n = min(max(n, 0), self.offset)
+        self.offset -= n
+        return n
+
+    @property
+    def state(self):
+        return None, None
+
+    nbytes = 0
+
+    def empty(self) -> bool:
+        return True
+
+
+def make_target_cache(config: dict, max_rewind: int = 16, elsewhere=frozenset()) -> list:
+    """One cache per non-shared target layer (KV-shared layers read their source's cache); an
+    `ElsewhereCache` for the layers in `elsewhere` (computed by another process)."""
     first_shared = config["num_hidden_layers"] - config.get("num_kv_shared_layers", 0)
-    return [
-        KVCache()
-        if config["layer_types"][i] == "full_attention"
-        else SlidingKVCache(config["sliding_window"], max_rewind)
-        for i in range(first_shared)
-    ]
+    types = config["layer_types"][:first_shared]
+    here = {
+        i: KVCache() if t == "full_attention" else SlidingKVCache(config["sliding_window"], max_rewind)
+        for i, t in enumerate(types)
+        if i not in elsewhere
+    }
+    twins = {}  # per type, the cache here that an ElsewhereCache asks for masks (one type moves in step)
+    for i, c in here.items():
+        twins.setdefault(types[i], c)
+    return [here[i] if i in here else ElsewhereCache(twins.get(t)) for i, t in enumerate(types)]
 
 
 def cache_offset(cache: list) -> int:
@@ -174,11 +220,12 @@ class PromptCache:
 
     def __init__(self, bundle, max_rewind: int = 2 * MAX_DRAFT):
         self._config = bundle.target.config
+        self._elsewhere = getattr(bundle.target, "elsewhere", frozenset())  # pipeline parallel
         self._max_rewind = max_rewind
         self.reset()
 
     def reset(self) -> None:
-        self.cache = make_target_cache(self._config, self._max_rewind)
+        self.cache = make_target_cache(self._config, self._max_rewind, self._elsewhere)
         self.tokens: list[int] = []
 
     @property
@@ -196,7 +243,7 @@ class PromptCache:
         request may still extend it). The copy's arrays are views until its first write, which
         moves them to buffers of its own. Empty when a sliding window no longer holds position n."""
         out = PromptCache.__new__(PromptCache)
-        out._config, out._max_rewind = self._config, self._max_rewind
+        out._config, out._max_rewind, out._elsewhere = self._config, self._max_rewind, self._elsewhere
         out.reset()
         n = min(n, len(self.tokens))
         if n == 0:
@@ -209,6 +256,8 @@ class PromptCache:
                     return out
                 dst._len = src._len - drop
                 dst.keys, dst.values = src.keys[..., : dst._len, :], src.values[..., : dst._len, :]
+            elif isinstance(src, ElsewhereCache):
+                pass  # only the offset
             else:
                 dst.keys, dst.values = src.keys[..., :n, :], src.values[..., :n, :]
             dst.offset = n

@@ -231,7 +231,7 @@ def chat(
         exactness=exactness,
     )
     run_chat(
-        model_folder(model, max_context=settings.max_context, log=log_err),
+        model_folder(model, max_context=settings.max_context, log=log_err, parallel=parallel),
         target=str(target) if target else None,
         drafter=str(drafter) if drafter else None,
         demo=demo,
@@ -320,13 +320,16 @@ def models(
         Optional[int],
         typer.Option("--machines", help="Memory each needs when this many machines share a model (mlx.launch)."),
     ] = None,
+    parallel: Parallel = "tensor",
 ):
     """List the known Gemma 4 pairs: sizes, memory needed, which are converted locally and exact here."""
     from .listing import print_models
+    from .models.shard import split as split_for
 
     if machines is not None and machines < 1:
         raise UsageError(f"--machines must be at least 1, not {machines}")
-    print_models(as_json, machines)
+    split_for(parallel, None)  # a known mode, or one clear error
+    print_models(as_json, machines, parallel)
 
 
 @app.command()
@@ -365,6 +368,7 @@ def serve(
     no_fetch: Annotated[
         bool, typer.Option("--no-fetch", help="Refuse http(s) image URLs; only inline data: URLs.")
     ] = False,
+    parallel: Parallel = "tensor",
 ):
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, tools, streaming)."""
     from .provision import model_folder
@@ -374,11 +378,12 @@ def serve(
     draft = draft_option(draft_tokens, no_draft)
     settings = GenerationSettings(max_tokens=max_tokens, draft=draft, max_context=max_context, exactness=exactness)
     run_server(
-        model_folder(model, max_context=max_context, log=log_err),
+        model_folder(model, max_context=max_context, log=log_err, parallel=parallel),
         target=target,
         drafter=drafter,
         demo=demo,
         settings=settings,
+        parallel=parallel,
         host=host,
         port=port,
         api_key=api_key,

@@ -1,6 +1,7 @@
 """One model across several processes (several Macs), started by `mlx.launch`: the SPMD glue.
 
-Every process runs the same program on its part of the target (models/shard.py): the same
+Every process runs the same program on its part of the target (`mode`: "tensor", a share of
+every layer, models/shard.py; or "pipeline", a block of layers, models/pipeline.py): the same
 prompt, the same loop, the same drafts, each all-reduce giving every process the same hidden
 states. What must be agreed, and how:
 

@@ -22,14 +22,15 @@ def _exact_here(verdict) -> str:
     return f"yes (k <= {verdict.max_draft_tokens}{width})"
 
 
-def print_models(as_json: bool = False, machines: Optional[int] = None) -> None:
+def print_models(as_json: bool = False, machines: Optional[int] = None, parallel: str = "tensor") -> None:
     """The pairs as a table (or JSON with sizes in bytes and each local bundle's cached verdict), with
-    the memory each of `machines` needs (None: this process's `mlx.launch` group, 1 outside it)."""
+    the memory each of `machines` needs (None: this process's `mlx.launch` group, 1 outside it),
+    split as `parallel` says."""
     from rich.console import Console
     from rich.table import Table
 
     machines = machines_here() if machines is None else machines
-    rows, verdicts = model_rows(machines=machines), probe.cached_verdicts()
+    rows, verdicts = model_rows(machines=machines, parallel=parallel), probe.cached_verdicts()
     for r in rows:
         folders = [*r["local"].values(), *r["local_mlx"].values()]
         r["numerics"] = {Path(f).name: (v.to_json() if (v := verdicts.get(Path(f).name)) else None) for f in folders}
@@ -53,7 +54,7 @@ def print_models(as_json: bool = False, machines: Optional[int] = None) -> None:
         "drafter: <target>-assistant. `specdec chat NAME` converts on first use (an mlx-community repo: from it). "
         "exact here: `specdec check NAME` measures it."
         + (
-            f" Split tensor parallel over {machines} machines (mlx.launch); the drafter stays whole."
+            f" Split {parallel} parallel over {machines} machines (mlx.launch); the drafter stays whole."
             if machines > 1
             else ""
         )

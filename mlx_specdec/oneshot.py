@@ -44,7 +44,14 @@ def generate_records(
 
     run = start(parallel)  # several processes under mlx.launch; else nothing changes
     bundle = load_model(
-        model, target=target, drafter=drafter, demo=demo, max_context=settings.max_context, log=log, split=run.split
+        model,
+        target=target,
+        drafter=drafter,
+        demo=demo,
+        max_context=settings.max_context,
+        log=log,
+        split=run.split,
+        parallel=parallel,
     )
     if images and prompt.text is not None:
         prompt = replace(prompt, text=image_placeholders(bundle, len(images)) + prompt.text)

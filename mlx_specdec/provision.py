@@ -18,7 +18,9 @@ Invariants:
   the rest of the weights whole, its K/V heads' share of the cache and the same allowance. The
   KV term follows what `cache.make_target_cache` allocates (one cache per non-KV-shared layer;
   sliding layers keep window + 1 + rewind slack plus one prefill chunk, full layers the context);
-  a test checks it against the bytes those caches really hold.
+  a test checks it against the bytes those caches really hold. Pipeline parallel (`parallel`),
+  the figure is the rank that needs most: its block of decoder layers (`models.pipeline.blocks`,
+  the split's cuts) and their caches, the drafter's source layers' caches, the rest whole.
 - Every failure is a one-line SpecdecError.
 """
 
@@ -105,6 +107,7 @@ def ensure_bundle(
     log: Callable[[str], None] = lambda line: None,
     available: Optional[int] = None,
     machines: Optional[int] = None,
+    parallel: str = "tensor",
 ) -> Path:
     """The cached bundle of the pair `name` names, converting it on first use. Raises SpecdecError.
 
@@ -129,7 +132,7 @@ def ensure_bundle(
         folder = cache_dir() / registry.mlx_bundle_name(repo)
     if is_bundle(folder):
         return folder
-    check_memory_fit(pair, bits, max_context, available=available, label=target, machines=machines)
+    check_memory_fit(pair, bits, max_context, available=available, label=target, machines=machines, parallel=parallel)
     if not reachable():
         raise SpecdecError(
             f"no {target} bundle in {shown(folder.parent)} and the Hugging Face hub is unreachable (offline?); "
@@ -160,6 +163,7 @@ def model_folder(
     log: Callable[[str], None] = lambda line: None,
     available: Optional[int] = None,
     machines: Optional[int] = None,
+    parallel: str = "tensor",
     **kwargs,
 ) -> Optional[Path]:
     """MODEL as typed -> a folder that fits this machine: an existing folder as it is; a known name
@@ -180,9 +184,16 @@ def model_folder(
         raise UsageError(f"{text}: no such folder")
     else:
         folder = ensure_bundle(
-            text, bits, max_context=max_context, log=log, available=available, machines=machines, **kwargs
+            text,
+            bits,
+            max_context=max_context,
+            log=log,
+            available=available,
+            machines=machines,
+            parallel=parallel,
+            **kwargs,
         )
-    check_memory_fit(folder, max_context=max_context, available=available, machines=machines)
+    check_memory_fit(folder, max_context=max_context, available=available, machines=machines, parallel=parallel)
     return folder
 
 
@@ -195,13 +206,14 @@ def load_model(
     max_context: Optional[int] = None,
     log: Callable[[str], None] = lambda line: None,
     split=None,
+    parallel: str = "tensor",
 ):
     """MODEL (through `model_folder`), --target/--drafter or --demo -> a loaded `load.Bundle`
-    (`split`: this process's part of the target, distributed.py)."""
+    (`split`: this process's part of the target, distributed.py, split as `parallel` says)."""
     from .load import load
 
     # Unsplit (bench, check), every process holds the whole model, even under mlx.launch.
-    folder = model_folder(model, max_context=max_context, log=log, machines=None if split else 1)
+    folder = model_folder(model, max_context=max_context, log=log, machines=None if split else 1, parallel=parallel)
     return load(folder, target=target, drafter=drafter, demo=demo, split=split)
 
 
@@ -247,6 +259,7 @@ def kv_bytes(
     max_rewind: int = MAX_REWIND,
     machines: int = 1,
     image_tokens: int = 0,
+    layers: Optional[range] = None,
 ) -> int:
     """KV-cache bytes the target's caches hold at `context` tokens (batch 1), on each of `machines`.
 
@@ -257,14 +270,18 @@ def kv_bytes(
     Full layers use `global_head_dim` and, with `attention_k_eq_v`, `num_global_key_value_heads`.
     k_eq_v shares the projection, not the cache: V (v_norm of the projection) and K (k_norm +
     RoPE) differ, so both are stored. Split over machines, a layer whose `k_proj` is cut caches
-    only the heads it keeps (the drafter's source layers all). `image_tokens`: the longest image
-    (soft tokens) a prompt may hold on a target whose images attend to themselves (26B-A4B, 31B):
-    its prefill chunk holds the whole image, so an image longer than a chunk (budgets 560 and 1120;
-    the default 280 is not) makes that chunk the sliding caches' bound.
+    only the heads it keeps (the drafter's source layers all). `layers`: pipeline parallel, this
+    rank's block (`machines` is then ignored): its layers' caches and the drafter's source layers'.
+    `image_tokens`: the longest image (soft tokens) a prompt may hold on a target whose images
+    attend to themselves (26B-A4B, 31B): its prefill chunk holds the whole image, so an image longer
+    than a chunk (budgets 560 and 1120; the default 280 is not) makes that chunk the sliding
+    caches' bound.
     """
-    from .models.target import text_config
+    from .models.target import kv_source_layers, text_config
 
     cfg = text_config(text_cfg)
+    kept = None if layers is None else set(layers) | set(kv_source_layers(cfg).values())
+    machines = machines if layers is None else 1
     cuts = _cuts(cfg, machines)
     steps = -(-context // KV_STEP) * KV_STEP
     chunk = max(PREFILL_CHUNK, image_tokens)
@@ -272,6 +289,8 @@ def kv_bytes(
     first_shared = cfg["num_hidden_layers"] - cfg.get("num_kv_shared_layers", 0)
     total = 0
     for i, layer_type in enumerate(cfg["layer_types"][:first_shared]):
+        if kept is not None and i not in kept:
+            continue  # its K/V are another rank's
         if layer_type == "full_attention":
             heads = cfg["num_key_value_heads"]
             if cfg.get("attention_k_eq_v") and cfg.get("num_global_key_value_heads"):
@@ -296,19 +315,28 @@ def estimate(
     group_size: int = 64,
     itemsize: int = 2,
     machines: int = 1,
+    parallel: str = "tensor",
 ) -> MemoryEstimate:
     """Memory for `source` at `bits` and `max_context` (None: DEFAULT_CONTEXT, capped at the model's),
-    on each of `machines` sharing it tensor parallel. Raises SpecdecError when it cannot be split so.
+    on each of `machines` sharing it split as `parallel` says (pipeline: the rank that needs most).
+    Raises SpecdecError when it cannot be split so.
 
     `source`: a Pair or a known name (weights computed from its shapes at `bits`); a Hugging Face
     target config dict (weights computed likewise, drafter not counted); a folder (a bundle, or a
     target folder: weights are its safetensors files as they are, `bits` does not apply; split, less
     what the other machines hold of the cut layers, computed at the folder's own quantisation).
     """
-    weights, cfg = _weights_and_config(source, bits, group_size, itemsize, machines)
-    context = min(max_context or DEFAULT_CONTEXT, _max_context(cfg))
     folder = user_path(source, "MODEL") if isinstance(source, (str, Path)) else None
     images = whole_image_tokens(folder) if folder is not None and folder.is_dir() else 0
+    if machines > 1 and parallel == "pipeline":
+        ranks, cfg = _pipeline_weights(source, bits, group_size, itemsize, machines)
+        context = min(max_context or DEFAULT_CONTEXT, _max_context(cfg))
+        weights, kv = max(
+            ((w, kv_bytes(cfg, context, itemsize, layers=held, image_tokens=images)) for w, held in ranks), key=sum
+        )
+        return MemoryEstimate(weights, kv, context, machines=machines)
+    weights, cfg = _weights_and_config(source, bits, group_size, itemsize, machines)
+    context = min(max_context or DEFAULT_CONTEXT, _max_context(cfg))
     kv = kv_bytes(cfg, context, itemsize, machines=machines, image_tokens=images)
     return MemoryEstimate(weights, kv, context, machines=machines)
 
@@ -338,17 +366,19 @@ def check_memory_fit(
     available: Optional[int] = None,
     label: Optional[str] = None,
     machines: Optional[int] = None,
+    parallel: str = "tensor",
 ) -> MemoryEstimate:
     """The estimate when it fits; else SpecdecError with the numbers and what would fit.
 
     `available`: bytes the model may use on each machine; None asks this machine (`available_memory`).
     `label`: what the message calls the model (default: the pair's target, or the source as given).
-    `machines`: how many share the model; None: this process's group (`machines_here`).
+    `machines`: how many share the model; None: this process's group (`machines_here`), split as
+    `parallel` says.
     """
     if isinstance(source, str) and not user_path(source, "MODEL").is_dir():
         source = registry.resolve(source)
     machines = machines_here() if machines is None else machines
-    need = estimate(source, bits, max_context, machines=machines)
+    need = estimate(source, bits, max_context, machines=machines, parallel=parallel)
     if available is None:
         available, what = available_memory()
     else:
@@ -357,7 +387,7 @@ def check_memory_fit(
         return need
     label = label or (source.target if isinstance(source, Pair) else str(source))
     at = f" at {bits} bits" if not isinstance(source, Path) else ""
-    hints = _what_fits(source, bits, need.context, available, machines)
+    hints = _what_fits(source, bits, need.context, available, machines, parallel)
     each = f" on each of {machines} machines" if machines > 1 else ""
     raise SpecdecError(
         f"{label}{at} with a {need.context}-token context needs {_gb(need.total)}{each} (weights {_gb(need.weights)}"
@@ -366,20 +396,27 @@ def check_memory_fit(
     )
 
 
-def _what_fits(source: Source, bits: int, context: int, available: int, machines: int = 1) -> list[str]:
+def _what_fits(
+    source: Source, bits: int, context: int, available: int, machines: int = 1, parallel: str = "tensor"
+) -> list[str]:
     """What would fit instead: fewer bits, a shorter context, a smaller known model, more machines."""
+
+    def fits(source, bits, context, machines=machines) -> bool:
+        try:
+            return estimate(source, bits, context, machines=machines, parallel=parallel).total <= available
+        except SpecdecError:  # its heads or widths do not split that many ways
+            return False
+
     hints = []
     if not isinstance(source, Path):
         for b in (8, 4):
-            if b < bits and estimate(source, b, context, machines=machines).total <= available:
+            if b < bits and fits(source, b, context):
                 hints.append(f"--bits {b}")
                 break
-    weights, cfg = _weights_and_config(source, bits, 64, 2, machines)
-    room = available - weights - OVERHEAD_BYTES
-    lo, hi = 0, context // 1024  # the longest context, in 1024-token units, whose KV cache fits
+    lo, hi = 0, context // 1024  # the longest context, in 1024-token units, that fits
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if kv_bytes(cfg, mid * 1024, machines=machines) <= room else (lo, mid - 1)
+        lo, hi = (mid, hi) if fits(source, bits, mid * 1024) else (lo, mid - 1)
     if lo:
         hints.append(f"--max-context {lo * 1024}")
     pair = source if isinstance(source, Pair) else registry.find(source) if isinstance(source, str) else None
@@ -388,24 +425,36 @@ def _what_fits(source: Source, bits: int, context: int, available: int, machines
         smaller = [
             p.name
             for p in registry.PAIRS
-            if not p.qat
-            and sum(registry.bundle_bytes(p, bits)) < size
-            and estimate(p, bits, context, machines=machines).total <= available
+            if not p.qat and sum(registry.bundle_bytes(p, bits)) < size and fits(p, bits, context)
         ]
         if smaller:
             hints.append(f"a smaller model ({', '.join(reversed(smaller))})")
-    for more in (2, 4, 8):  # the fewest machines it fits on, split tensor parallel (mlx.launch)
-        if more > machines and _fits(source, bits, context, available, more):
+    for more in (2, 4, 8):  # the fewest machines it fits on, split the same way (mlx.launch)
+        if more > machines and fits(source, bits, context, more):
             hints.append(f"{more} such machines under mlx.launch")
             break
     return hints
 
 
-def _fits(source: Source, bits: int, context: int, available: int, machines: int) -> bool:
-    try:
-        return estimate(source, bits, context, machines=machines).total <= available
-    except SpecdecError:  # its heads or widths do not split that many ways
-        return False
+def _pipeline_weights(
+    source: Source, bits: int, group_size: int, itemsize: int, machines: int
+) -> tuple[list[tuple[int, range]], dict]:
+    """([(weight bytes, decoder layers) of each of `machines` split pipeline parallel], the target's
+    config): the whole less the other ranks' layers, weighed at the files' quantisation (a folder)."""
+    from .models.pipeline import blocks
+
+    if isinstance(source, str) and not user_path(source, "MODEL").is_dir():
+        source = registry.resolve(source)
+    whole, cfg = _weights_and_config(source, bits, group_size, itemsize)
+    quant = cfg.get("quantization") or {}
+    if not isinstance(source, (Pair, dict)):  # a folder: as its files are
+        bits, group_size = (quant["bits"], quant.get("group_size", 64)) if quant else (16, 64)
+        itemsize = 4 if (cfg.get("dtype") or cfg.get("torch_dtype")) == "float32" else 2
+    if isinstance(source, Pair) and itemsize == 2:
+        _, layers = registry.bundle_layer_bytes(source, bits, group_size)
+    else:
+        _, layers = registry.layer_bytes(cfg, bits, group_size, itemsize)
+    return [(whole - sum(layers) + sum(layers[a:b]), range(a, b)) for a, b in blocks(layers, machines)], cfg
 
 
 def _weights_and_config(
@@ -450,19 +499,21 @@ def _gb(n: float) -> str:
 
 
 # --- the list `specdec models` shows -----------------------------------------------------------
-def model_rows(bits: int = 4, context: int = DEFAULT_CONTEXT, machines: int = 1) -> list[dict]:
+def model_rows(
+    bits: int = 4, context: int = DEFAULT_CONTEXT, machines: int = 1, parallel: str = "tensor"
+) -> list[dict]:
     """One dict per known pair: names, repos, sizes in bytes, memory at `context`, local bundles.
 
     Keys: name, target, drafter, kind, head, qat, mlx_repos, mlx_drafter, download_bytes, bundle_bytes (at
     `bits`), memory_bytes (weights + KV at `context` + working memory, on each of `machines`; None when
-    the model cannot be split that many ways), split_error (why not, else None), machines, context, bits,
+    the model cannot be split that many ways), split_error (why not, else None), machines, parallel, context, bits,
     local ({bits: folder} of the bundles converted from Google's repos), local_mlx ({mlx repo: folder} of
     those converted from one).
     """
     rows = []
     for pair in registry.PAIRS:
         try:
-            memory, split_error = estimate(pair, bits, context, machines=machines).total, None
+            memory, split_error = estimate(pair, bits, context, machines=machines, parallel=parallel).total, None
         except SpecdecError as e:
             memory, split_error = None, str(e)
         rows.append(
@@ -480,6 +531,7 @@ def model_rows(bits: int = 4, context: int = DEFAULT_CONTEXT, machines: int = 1)
                 "memory_bytes": memory,
                 "split_error": split_error,
                 "machines": machines,
+                "parallel": parallel,
                 "context": context,
                 "bits": bits,
                 "local": {str(b): str(f) for b, f in local_bundles(pair).items()},

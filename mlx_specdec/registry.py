@@ -343,24 +343,42 @@ def mlx_bundle_name(repo: str) -> str:
 
 
 # --- sizes -----------------------------------------------------------------------------------
+def _param_bytes(path: str, array, plan: dict, itemsize: int, cuts: dict) -> int:
+    """Bytes of one parameter once written with `plan`, its cut (if any) only."""
+    from .models.quantise import quantised_bytes
+
+    module, _, leaf = path.rpartition(".")
+    shape, cut = list(array.shape), cuts.get(module)
+    if cut is not None and (leaf == "weight" or cut.axis == 0):  # a sharded-to-all bias stays whole
+        shape[cut.axis] = cut.stop - cut.start
+    params = plan.get(module, False)
+    if leaf == "weight" and params:
+        return quantised_bytes(shape, itemsize, params)
+    return math.prod(shape) * (itemsize if array.dtype in _FLOATS else array.dtype.size)
+
+
 def model_bytes(model: nn.Module, plan: dict, itemsize: int = 2, cuts: dict | None = None) -> int:
     """Bytes `model`'s weights take once written with `plan` (quantise.plan); floats at `itemsize`.
     `cuts` (models.shard.tensor_cuts): count only the part of each cut Linear one process keeps."""
-    from .models.quantise import quantised_bytes
+    return sum(_param_bytes(p, a, plan, itemsize, cuts or {}) for p, a in tree_flatten(model.parameters()))
 
-    cuts = cuts or {}
-    total = 0
-    for path, array in tree_flatten(model.parameters()):
-        module, _, leaf = path.rpartition(".")
-        shape, cut = list(array.shape), cuts.get(module)
-        if cut is not None and (leaf == "weight" or cut.axis == 0):  # a sharded-to-all bias stays whole
-            shape[cut.axis] = cut.stop - cut.start
-        params = plan.get(module, False)
-        if leaf == "weight" and params:
-            total += quantised_bytes(shape, itemsize, params)
+
+def layer_bytes(target_cfg: dict, bits: int, group_size: int = 64, itemsize: int = 2) -> tuple[int, list[int]]:
+    """(bytes of the target's weights outside its decoder layers, [bytes of each decoder layer]) as
+    `convert` writes them at `bits`: what pipeline parallel replicates, and what it shares out."""
+    from .models import quantise
+    from .models.target import make_model, text_config
+
+    target = make_model(text_config(target_cfg))  # lazy: nothing is evaluated or allocated
+    plan = quantise.plan(target, quantise.TARGET_RULES, bits, group_size)
+    rest, layers = 0, [0] * len(target.model.layers)
+    for path, array in tree_flatten(target.parameters()):
+        n = _param_bytes(path, array, plan, itemsize, {})
+        if path.startswith("model.layers."):
+            layers[int(path.split(".")[2])] += n
         else:
-            total += math.prod(shape) * (itemsize if array.dtype in _FLOATS else array.dtype.size)
-    return total
+            rest += n
+    return rest, layers
 
 
 def config_bytes(
@@ -370,19 +388,29 @@ def config_bytes(
     group_size: int = 64,
     itemsize: int = 2,
     machines: int = 1,
+    parallel: str = "tensor",
+    rank: int | None = None,
 ) -> tuple[int, int]:
     """(target, drafter) bytes of the bundle `convert` writes from these configs at `bits`; with
-    `machines` > 1, the bytes each process holds once the target is split tensor parallel (every
-    rank keeps as much as rank 0; the drafter stays whole). Raises SpecdecError when it cannot split."""
+    `machines` > 1, the bytes each process holds once the target is split (the drafter stays whole):
+    tensor parallel, every rank keeps as much as rank 0; pipeline parallel, rank `rank`'s block of
+    decoder layers and the rest whole (None: the rank whose block weighs most). Raises SpecdecError
+    when it cannot split."""
     from .models import quantise
     from .models.drafter import Drafter, DrafterArgs
+    from .models.pipeline import blocks
     from .models.shard import tensor_cuts
     from .models.target import make_model, text_config
 
-    text = text_config(target_cfg)
-    target = make_model(text)  # lazy: nothing is evaluated or allocated
-    cuts = tensor_cuts(target, text, machines, 0) if machines > 1 else None
-    t = model_bytes(target, quantise.plan(target, quantise.TARGET_RULES, bits, group_size), itemsize, cuts)
+    if machines > 1 and parallel == "pipeline":
+        rest, layers = layer_bytes(target_cfg, bits, group_size, itemsize)
+        held = [sum(layers[a:b]) for a, b in blocks(layers, machines)]
+        t = rest + (max(held) if rank is None else held[rank])
+    else:
+        text = text_config(target_cfg)
+        target = make_model(text)  # lazy: nothing is evaluated or allocated
+        cuts = tensor_cuts(target, text, machines, 0) if machines > 1 else None
+        t = model_bytes(target, quantise.plan(target, quantise.TARGET_RULES, bits, group_size), itemsize, cuts)
     if drafter_cfg is None:
         return t, 0
     drafter = Drafter(DrafterArgs.from_config(drafter_cfg))
@@ -391,7 +419,18 @@ def config_bytes(
 
 
 @functools.cache
-def bundle_bytes(pair: Pair, bits: int = 4, group_size: int = 64, machines: int = 1) -> tuple[int, int]:
+def bundle_layer_bytes(pair: Pair, bits: int = 4, group_size: int = 64) -> tuple[int, tuple[int, ...]]:
+    """`layer_bytes` of `pair`'s target at `bits`, computed once."""
+    rest, layers = layer_bytes(pair.target_config(), bits, group_size)
+    return rest, tuple(layers)
+
+
+@functools.cache
+def bundle_bytes(
+    pair: Pair, bits: int = 4, group_size: int = 64, machines: int = 1, parallel: str = "tensor"
+) -> tuple[int, int]:
     """(target, drafter) bytes of `pair`'s bundle at `bits`, computed from its shapes (per process
     when split over `machines`: `config_bytes`)."""
-    return config_bytes(pair.target_config(), pair.drafter_config(), bits, group_size, machines=machines)
+    return config_bytes(
+        pair.target_config(), pair.drafter_config(), bits, group_size, machines=machines, parallel=parallel
+    )

@@ -1,9 +1,13 @@
 """Run under `mlx.launch -n 2` by tests/test_distributed.py (not a test module itself).
 
-For E2B and the 26B-A4B (MoE experts): the tensor-parallel split's tokens
-(greedy k = 3 and seeded sampling for each; greedy k = 0 and auto, which calibrates, on E2B only: collectives
-over TCP on a busy machine are slow) next to one process's tokens for the same request, and the
-bytes of target weights this rank holds next to the whole model's. Each rank writes OUT/rank<r>.json.
+One launch covers both splits (the launch costs more than the requests). For each family
+fixture and each mode that runs it: the split's tokens (greedy k = 3 and seeded sampling for
+every one; greedy k = 0 and auto, which calibrates, on E2B only: collectives over TCP on a busy
+machine are slow) next to one process's tokens for the same request, and the bytes of target
+weights this rank holds next to the whole model's. Tensor parallel runs E2B and the 26B-A4B (MoE
+experts; the 12B and 31B split as the E2B does: dense MLP, full heads); pipeline parallel every
+family (KV-shared layers, double-wide MLPs, experts, k_eq_v full layers). Each rank writes
+OUT/rank<r>.json.
 """
 
 import json
@@ -14,16 +18,13 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from mlx_specdec.decode import generate
-from mlx_specdec.distributed import start
+from mlx_specdec.distributed import Spmd, start
 from mlx_specdec.load import load
 from mlx_specdec.sampling import SamplingParams
 from mlx_specdec.settings import GenerationSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
-PAIRS = {
-    fam: (FIXTURES / "families" / fam / "target", FIXTURES / "families" / fam / "assistant")
-    for fam in ("e2b", "26b-a4b")  # the 12B and 31B split as the E2B does (dense MLP, full heads)
-}
+MODES = {"e2b": ("tensor", "pipeline"), "12b": ("pipeline",), "26b-a4b": ("tensor", "pipeline"), "31b": ("pipeline",)}
 TOKENS = 6
 REQUESTS = {
     "greedy k=3": GenerationSettings(max_tokens=TOKENS, draft=3),
@@ -40,23 +41,28 @@ def weight_bytes(bundle) -> int:
 
 
 def main(out: Path) -> None:
-    run = start("tensor")
-    report = {"rank": run.rank, "size": run.size, "families": {}}
-    for fam, (target, drafter) in PAIRS.items():
-        split = load(target=target, drafter=drafter, split=run.split)
+    first = start("tensor")
+    report = {"rank": first.rank, "size": first.size, "modes": {}}
+    for fam, modes in MODES.items():
+        target, drafter = FIXTURES / "families" / fam / "target", FIXTURES / "families" / fam / "assistant"
         whole = load(target=target, drafter=drafter)
-        for b in (split, whole):
-            b.tokenizer.eos_token_ids = []  # full-length runs
-        got = {}
-        for name, settings in list(REQUESTS.items())[: None if fam in EVERY_REQUEST else 2]:
-            one = generate(whole, PROMPT, settings).tokens
-            several = [r.token for r in run.stream_generate(split, PROMPT, settings)]
-            got[name] = {"one": one, "several": several}
-            print(f"rank {run.rank}: {fam} {name} done", file=sys.stderr, flush=True)
-        got["bytes"] = {"split": weight_bytes(split), "whole": weight_bytes(whole)}
-        report["families"][fam] = got
-        mx.clear_cache()
-        (out / f"rank{run.rank}.json").write_text(json.dumps(report))  # after each family
+        whole.tokenizer.eos_token_ids = []  # full-length runs
+        requests = list(REQUESTS.items())[: None if fam in EVERY_REQUEST else 2]
+        alone = {name: generate(whole, PROMPT, settings).tokens for name, settings in requests}
+        for mode in modes:
+            run = Spmd(first.group, mode)
+            split = load(target=target, drafter=drafter, split=run.split)
+            split.tokenizer.eos_token_ids = []
+            got = {}
+            for name, settings in requests:
+                several = [r.token for r in run.stream_generate(split, PROMPT, settings)]
+                got[name] = {"one": alone[name], "several": several}
+                print(f"rank {run.rank}: {mode} {fam} {name} done", file=sys.stderr, flush=True)
+            got["bytes"] = {"split": weight_bytes(split), "whole": weight_bytes(whole)}
+            report["modes"].setdefault(mode, {})[fam] = got
+            del split
+            mx.clear_cache()
+            (out / f"rank{run.rank}.json").write_text(json.dumps(report))  # after each family
 
 
 if __name__ == "__main__":

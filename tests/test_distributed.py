@@ -88,7 +88,7 @@ def test_one_process_runs_unchanged():
 
 
 def test_an_unknown_parallel_mode_is_one_clear_error():
-    with pytest.raises(SpecdecError, match="--parallel must be one of tensor, not 'diagonal'"):
+    with pytest.raises(SpecdecError, match="--parallel must be one of tensor, pipeline, not 'diagonal'"):
         start("diagonal")
 
 
@@ -167,19 +167,22 @@ def test_memory_fit_on_several_machines_says_so_and_suggests_more():
 
 
 @pytest.mark.slow
-def test_tensor_parallel_gives_one_process_tokens_for_e2b_and_the_moe(tmp_path):
+def test_tensor_and_pipeline_splits_give_one_process_tokens_and_hold_a_part_each(tmp_path):
     done = launch([str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path)], timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     for rank in (0, 1):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert report["size"] == 2
-        assert sorted(report["families"]) == ["26b-a4b", "e2b"]
-        for fam, got in report["families"].items():
-            sizes = got.pop("bytes")
-            assert sizes["split"] < sizes["whole"], (fam, sizes)  # each rank holds a part of it
-            for request, tokens in got.items():
-                assert len(tokens["several"]) == 6, (fam, request)
-                assert tokens["several"] == tokens["one"], (rank, fam, request)
+        assert sorted(report["modes"]["tensor"]) == ["26b-a4b", "e2b"]
+        assert sorted(report["modes"]["pipeline"]) == ["12b", "26b-a4b", "31b", "e2b"]
+        for mode, families in report["modes"].items():
+            for fam, got in families.items():
+                sizes = got.pop("bytes")
+                assert sizes["split"] < sizes["whole"], (mode, fam, sizes)  # each rank holds a part of it
+                assert len(got) == (4 if fam == "e2b" else 2)
+                for request, tokens in got.items():
+                    assert len(tokens["several"]) == 6, (mode, fam, request)
+                    assert tokens["several"] == tokens["one"], (rank, mode, fam, request)
 
 
 def _generate_args(*extra):
@@ -203,7 +206,7 @@ def _generate_args(*extra):
 
 
 @pytest.mark.slow
-def test_generate_under_mlx_launch_prints_one_process_output_once():
+def test_generate_split_pipeline_parallel_under_mlx_launch_prints_one_process_output_once():
     args = _generate_args("-k", "3", "--temp", "1", "--seed", "5")
     alone = subprocess.run(
         [sys.executable, *args],
@@ -214,7 +217,7 @@ def test_generate_under_mlx_launch_prints_one_process_output_once():
         timeout=300,
     )
     assert alone.returncode == 0, alone.stderr[-2000:]
-    done = launch(args)
+    done = launch([*args, "--parallel", "pipeline"])
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
@@ -280,7 +283,8 @@ def test_piped_chat_under_mlx_launch_prints_one_process_answers_once():
 
 @pytest.mark.slow
 def test_serve_under_mlx_launch_answers_as_one_process_and_stops_every_rank():
-    """HTTP on rank 0; each request shared with rank 1; Ctrl-C (SIGINT to the group) stops both."""
+    """HTTP on rank 0; each request shared with rank 1; Ctrl-C (SIGINT to the group) stops both.
+    Split pipeline parallel: its caches (layers kept elsewhere included) serve from the cache pool."""
     import http.client
     import signal
     import time
@@ -294,7 +298,7 @@ def test_serve_under_mlx_launch_answers_as_one_process_and_stops_every_rank():
     launcher = Path(sys.executable).with_name("mlx.launch")
     cmd = [str(launcher), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--", sys.executable]
     cmd += ["-m", "mlx_specdec", "serve", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
-    cmd += ["--port", "0", "-k", "3"]
+    cmd += ["--port", "0", "-k", "3", "--parallel", "pipeline"]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,

@@ -38,9 +38,10 @@ from mlx_lm.models import gemma4_text
 from mlx_lm.models.base import scaled_dot_product_attention
 
 from ..errors import SpecdecError, UsageError
+from .pipeline import shard_pipeline
 from .target import kv_source_layers
 
-PARALLEL_MODES = ("tensor",)
+PARALLEL_MODES = ("tensor", "pipeline")
 
 
 class ShardedAttention(gemma4_text.Attention):
@@ -165,10 +166,11 @@ def shard_tensor(model: gemma4_text.Model, config: dict, group) -> None:
 
 
 def split(mode: str, group) -> Optional[callable]:
-    """The split for `mode` ("tensor") over `group`, as load.py's hook (model, config) -> None;
-    None for a group of one."""
+    """The split for `mode` ("tensor", or "pipeline": models/pipeline.py) over `group`, as load.py's
+    hook (model, config) -> None; None for a group of one."""
     if mode not in PARALLEL_MODES:
         raise UsageError(f"--parallel must be one of {', '.join(PARALLEL_MODES)}, not {mode!r}")
     if group is None or group.size() == 1:
         return None
-    return lambda model, config: shard_tensor(model, config, group)
+    shard = shard_pipeline if mode == "pipeline" else shard_tensor
+    return lambda model, config: shard(model, config, group)

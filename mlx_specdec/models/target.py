@@ -414,6 +414,8 @@ class Target:
         self.sliding_window = config["sliding_window"]
         self.kv_layers = kv_source_layers(config)
         self._softcap = config.get("final_logit_softcapping")
+        # Pipeline parallel: the layers whose K/V another process keeps (models/pipeline.py).
+        self.elsewhere = getattr(model.model, "elsewhere", frozenset())
 
     def issue_every(self, every: int) -> None:
         """Hand every `every`-th layer's output of a short pass to the device early (0: never)."""

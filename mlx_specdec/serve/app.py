@@ -362,8 +362,10 @@ def serve(
     allowed_host: list[str] | tuple[str, ...] = (),
     cors_origin: str | None = None,
     fetch: bool = True,
+    parallel: str = "tensor",
 ) -> None:
     """Load the model on the worker thread, then serve until interrupted (raises SpecdecError on bad input).
+    Under `mlx.launch` with several processes the model is split as `parallel` says (distributed.py).
 
     settings: the defaults for what a request leaves out (draft length; sampling comes from the
     model's generation_config.json) and the limits: `max_tokens` caps every request, `max_context`."""
@@ -380,7 +382,7 @@ def serve(
         raise UsageError(f"--body-timeout must be more than 0 seconds, not {body_timeout}")
     if not 0 <= port <= 65535:  # bind() would raise OverflowError, not OSError
         raise UsageError(f"--port must be 0-65535 (0: any free port), not {port}")
-    run = start("tensor")  # several processes under mlx.launch; else nothing changes
+    run = start(parallel)  # several processes under mlx.launch; else nothing changes
     split = {"split": run.split} if run.size > 1 else {}
 
     def load_model():
