@@ -86,6 +86,10 @@ def generate(
     images: Annotated[
         Optional[list[str]], typer.Option("--image", help="An image the prompt is about (repeatable).")
     ] = None,
+    audio: Annotated[
+        Optional[list[str]],
+        typer.Option("--audio", help="A WAV clip the prompt is about, after the images (repeatable; E2B/E4B)."),
+    ] = None,
     parallel: Parallel = "tensor",
 ):
     """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
@@ -118,6 +122,7 @@ def generate(
         drafter=drafter,
         demo=demo,
         images=images or [],
+        audio=audio or [],
         log=log_err,
         prompt_ids=expanded,
         parallel=parallel,

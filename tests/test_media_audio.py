@@ -3,7 +3,8 @@ transformers 5.25 (tests/fixtures/media_audio, made by scripts/fixtures/make_med
 
 Tolerances (float32): log-mel features exact (the same numpy operations in the same order); audio
 tower output atol 1e-5 (seen: 1.1e-6; values up to ~1.6), soft tokens atol 1e-5 (seen: 2.5e-6;
-values up to ~3.1).
+values up to ~3.1); logits over the whole prompt atol 3e-3 (seen: 2.2e-3 at one soft-token position,
+at most 2e-4 elsewhere, logits up to ~11.6); ids exact.
 """
 
 import json
@@ -82,3 +83,86 @@ def test_stereo_and_other_rates_become_16_khz_mono(tmp_path):
     expected = np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000) * 16_000 / 32_768
     assert np.abs(x - expected)[100:-100].max() < 1e-3  # band-limited resampling of a clean tone
     assert np.array_equal(resample(x, 16_000), x)
+
+
+# --- the prompt, the prefill and the loop ---------------------------------------------------------
+PROMPT = "Transcribe it."
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from mlx_specdec.load import load
+
+    b = load(target=AUDIO / "target", drafter=AUDIO / "assistant")
+    b.tokenizer.eos_token_ids = []  # the reference runs 40 tokens whatever they are
+    return b
+
+
+def audio_prompt(bundle, clips=(CLIP,)):
+    from mlx_specdec.media_audio import attach_media, audio_placeholders
+    from mlx_specdec.prompt import chat_ids
+
+    ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": audio_placeholders(bundle, len(clips)) + PROMPT}])
+    return attach_media(bundle, ids, [], list(clips))
+
+
+def test_expanded_prompt_ids_equal_the_processors(bundle, ref):
+    ids, media = audio_prompt(bundle)
+    assert ids == ref["prompt_ids"].tolist()
+    assert media.positions.tolist() == [i for i, t in enumerate(ids) if t == 507]
+
+
+def test_prompt_logits_with_a_clip_match_transformers(bundle, ref):
+    from mlx_specdec.cache import PromptCache
+
+    ids, media = audio_prompt(bundle)
+    hidden = media.prefill(bundle.target, ids, 0, PromptCache(bundle).cache)
+    logits = np.array(bundle.target.logits(hidden))[0]
+    np.testing.assert_allclose(logits, ref["logits"], atol=3e-3, rtol=0)
+
+
+@pytest.mark.parametrize("draft", [0, 3, pytest.param("auto", marks=pytest.mark.slow)])  # auto calibrates
+def test_greedy_after_a_clip_equals_transformers(bundle, ref, draft):
+    from mlx_specdec.decode import generate
+    from mlx_specdec.settings import GenerationSettings
+
+    ids, media = audio_prompt(bundle)
+    out = generate(bundle, ids, GenerationSettings(max_tokens=40, draft=draft), media=media)
+    assert out.tokens == ref["greedy_ids"].tolist()
+
+
+def test_speculative_equals_plain_after_a_clip_split_over_prefill_chunks(bundle, monkeypatch):
+    import mlx_specdec.decode as decode
+    from mlx_specdec.decode import generate
+    from mlx_specdec.settings import GenerationSettings
+
+    monkeypatch.setattr(decode, "PREFILL_CHUNK", 7)  # the clip's 38 soft tokens span several chunks
+    ids, media = audio_prompt(bundle)
+    plain = generate(bundle, ids, GenerationSettings(max_tokens=40, draft=0), media=media)
+    spec = generate(bundle, ids, GenerationSettings(max_tokens=40, draft=3), media=media)
+    assert spec.tokens == plain.tokens and spec.stats.drafted > 0
+
+
+def test_text_only_run_never_loads_the_audio_tower(bundle):
+    from mlx_specdec.load import load
+    from mlx_specdec.media_audio import attach_media
+    from mlx_specdec.prompt import chat_ids
+
+    b = load(target=AUDIO / "target", drafter=AUDIO / "assistant")
+    ids, media = attach_media(b, chat_ids(b.tokenizer, [{"role": "user", "content": PROMPT}]), [], [])
+    assert media is None and b.audio is None
+
+
+CLI = ["generate", "--target", str(AUDIO / "target"), "--drafter", str(AUDIO / "assistant")]
+
+
+def test_cli_generate_with_a_clip_gives_transformers_prompt_ids_and_tokens(ref):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    r = CliRunner().invoke(app, CLI + ["--audio", str(CLIP), "-p", PROMPT, "-m", "40", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["prompt_ids"] == ref["prompt_ids"].tolist()
+    assert out["token_ids"] == ref["greedy_ids"].tolist()  # no end-of-turn id among them
