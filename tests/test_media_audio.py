@@ -166,3 +166,70 @@ def test_cli_generate_with_a_clip_gives_transformers_prompt_ids_and_tokens(ref):
     out = json.loads(r.stdout)
     assert out["prompt_ids"] == ref["prompt_ids"].tolist()
     assert out["token_ids"] == ref["greedy_ids"].tolist()  # no end-of-turn id among them
+
+
+# --- bad audio: one `error:` line each ----------------------------------------------------------
+def run_cli(args):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    r = CliRunner().invoke(app, args)
+    return r, r.output.strip().splitlines()[-1] if r.output.strip() else ""
+
+
+def not_audio(path):
+    path.write_text("hello, not a sound\n")
+    return path
+
+
+def truncated(path):
+    data = CLIP.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header still says 24000 frames
+    return path
+
+
+def samples(n):
+    def make(path):
+        write_wav(path, np.zeros(n, "<i2"))
+        return path
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (not_audio, "not a WAV file with integer PCM samples"),
+        (truncated, r"truncated WAV file \(\d+ of 24000 frames\)"),
+        (lambda p: p.parent / "missing.wav", "no such audio file"),
+        (samples(0), "the audio file holds no samples"),
+        (samples(50), "too short to encode"),
+    ],
+    ids=["not audio", "truncated", "missing", "empty", "too short"],
+)
+def test_cli_bad_audio_is_one_error_line(tmp_path, make, message):
+    path = make(tmp_path / "x.wav")
+    r, last = run_cli(CLI + ["--audio", str(path), "-p", PROMPT, "-m", "3"])
+    assert r.exit_code == 1, r.output
+    assert last.startswith(f"error: {path}: ") and __import__("re").search(message, last), last
+
+
+def test_cli_audio_to_a_target_without_an_audio_tower_says_how_to_fix_it():
+    media = FIXTURES / "media"
+    args = ["generate", "--target", str(media / "target"), "--drafter", str(media / "assistant")]
+    r, last = run_cli(args + ["--audio", str(CLIP), "-p", PROMPT, "-m", "3"])
+    assert r.exit_code == 1 and last.startswith(f"error: {media / 'target'} has no audio tower"), r.output
+    assert "--target" in last
+
+
+def test_cli_more_soft_tokens_than_the_context_holds_is_one_error_line():
+    r, last = run_cli(CLI + ["--audio", str(CLIP), "-p", PROMPT, "-m", "3", "--max-context", "48"])
+    assert r.exit_code == 2, r.output  # a usage error: the fix is an option
+    assert last == "error: the prompt has 63 tokens but the context holds 48; shorten it or raise --max-context"
+
+
+def test_cli_audio_placeholders_must_match_the_clips(ref):
+    ids = ",".join(map(str, ref["prompt_ids"][:5].tolist() + ref["prompt_ids"][-8:].tolist()))
+    r, last = run_cli(CLI + ["--audio", str(CLIP), "--prompt-ids", ids, "-m", "3"])
+    assert r.exit_code == 1 and last == "error: the prompt has 0 audio placeholder(s) (id 507) for 1 clip(s)", last
