@@ -30,7 +30,7 @@ import numpy as np
 from .audio_file import MelSpec, log_mel, read_wav
 from .errors import SpecdecError
 from .files import read_config, read_weights
-from .media import Media, _check_ends_with_text, attach_images
+from .media import ImagePrompt, Media, _check_ends_with_text, expand_images
 from .models.audio import Audio, AudioArgs, subsampled_length
 
 MAX_SOFT_TOKENS = 750  # the processor's audio_seq_length
@@ -135,6 +135,11 @@ def read_clip(source, spec: AudioSpec, name: Optional[str] = None) -> np.ndarray
     return frames[: 4 * spec.max_soft_tokens]
 
 
+def attach_clip(bundle, path) -> int:
+    """Read a clip now (a bad one is one error line) -> its soft tokens (chat's /audio)."""
+    return subsampled_length(len(read_clip(path, spec_of(bundle))))
+
+
 @dataclass
 class AudioPrompt:
     """Clips read and placed in the prompt, not yet through the tower (no mlx). positions [n] as in Media."""
@@ -177,24 +182,53 @@ def expand_audio(bundle, ids: list[int], clips: list, names: Optional[list] = No
     return out, AudioPrompt(features, np.array(positions, dtype=np.int64))
 
 
+@dataclass
+class MediaPrompt:
+    """A prompt's images and clips read and placed, not yet through the towers (no mlx)."""
+
+    images: Optional[ImagePrompt]
+    audio: Optional[AudioPrompt]
+
+    def encode(self, bundle) -> Media:
+        """Both towers -> one Media, soft tokens ordered by position (mlx: loads a tower on first use)."""
+        if self.audio is None:
+            return self.images.encode(bundle)
+        positions, soft = self.audio.encode(bundle)
+        pad = bundle.target.config.get("pad_token_id", 0)
+        pad, bidirectional = 0 if pad is None else int(pad), False
+        if self.images is not None:
+            image_media = self.images.encode(bundle)
+            bidirectional = image_media.bidirectional
+            positions = np.concatenate([image_media.positions, positions])
+            soft = mx.concatenate([image_media.soft, soft], axis=0)
+            order = np.argsort(positions, kind="stable")
+            positions, soft = positions[order], soft[mx.array(order)]
+        return Media(positions, soft, pad, bidirectional)
+
+
+def expand_media(
+    bundle, ids: list[int], images: list, clips: list, image_names=None, clip_names=None
+) -> tuple[list[int], Optional[MediaPrompt]]:
+    """Prompt ids with one placeholder per image and per clip -> (expanded ids, MediaPrompt), or
+    (ids, None) with neither. Reads files and config only: no mlx."""
+    if not images and not clips:
+        return list(ids), None
+    pending = None
+    if clips:
+        ids, pending = expand_audio(bundle, ids, clips, clip_names)
+    image_prompt = None
+    if images:  # on the audio-expanded ids: then every audio id left is a soft token
+        ids, image_prompt = expand_images(bundle, ids, images, image_names)
+        if pending is not None:
+            where = np.flatnonzero(np.array(ids) == spec_of(bundle).audio_token_id).astype(np.int64)
+            pending = AudioPrompt(pending.features, where)
+    if pending is not None:
+        _check_ends_with_text(pending.positions, ids)
+    return ids, MediaPrompt(image_prompt, pending)
+
+
 def attach_media(bundle, ids: list[int], images: list, clips: list) -> tuple[list[int], Optional[Media]]:
     """Prompt ids with one placeholder per image and per clip -> (expanded ids, Media), both kinds
     merged by position. Neither: (ids, None)."""
-    if not clips:
-        return attach_images(bundle, ids, images)
-    audio_id = spec_of(bundle).audio_token_id
-    expanded, pending = expand_audio(bundle, ids, clips)
-    if images:  # images expand on the audio-expanded ids: then every audio id left is a soft token
-        expanded, image_media = attach_images(bundle, expanded, images)
-        where = np.flatnonzero(np.array(expanded) == audio_id).astype(np.int64)
-        pending = AudioPrompt(pending.features, where)
-    positions, soft = pending.encode(bundle)
-    pad = bundle.target.config.get("pad_token_id", 0)
-    pad = 0 if pad is None else int(pad)
-    if images:
-        positions = np.concatenate([image_media.positions, positions])
-        soft = mx.concatenate([image_media.soft, soft], axis=0)
-        order = np.argsort(positions, kind="stable")
-        positions, soft = positions[order], soft[mx.array(order)]
-    _check_ends_with_text(positions, expanded)
-    return expanded, Media(positions, soft, pad, image_media.bidirectional if images else False)
+    ids, pending = expand_media(bundle, ids, images, clips)
+    return ids, None if pending is None else pending.encode(bundle)
