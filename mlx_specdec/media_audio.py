@@ -189,6 +189,12 @@ class MediaPrompt:
     images: Optional[ImagePrompt]
     audio: Optional[AudioPrompt]
 
+    @property
+    def positions(self) -> np.ndarray:
+        """Every soft token's position, ascending (as Media.positions)."""
+        parts = [p.positions for p in (self.images, self.audio) if p is not None]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
     def encode(self, bundle) -> Media:
         """Both towers -> one Media, soft tokens ordered by position (mlx: loads a tower on first use)."""
         if self.audio is None:
