@@ -182,6 +182,8 @@ def convert(
     vision = (
         f", vision tower {sizes['vision']['bytes'] / 2**20:.1f} MiB (read for images only)" if "vision" in sizes else ""
     )
+    if "audio" in sizes:
+        vision += f", audio tower {sizes['audio']['bytes'] / 2**20:.1f} MiB (read for audio only)"
     typer.echo(
         f"{output}: target {sizes['target']['bytes'] / 2**20:.1f} MiB, "
         f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB{vision}"

@@ -39,3 +39,15 @@ def test_converted_bundle_keeps_the_audio_tower_and_answers_a_clip_as_transforme
     tokens = generate(b, ids, GenerationSettings(max_tokens=40, draft=3), media=media).tokens
     ref = {k: np.array(v) for k, v in mx.load(str(AUDIO / "reference.safetensors")).items()}
     assert ids == ref["prompt_ids"].tolist() and tokens == ref["greedy_ids"].tolist()
+
+
+@pytest.mark.slow  # a conversion: ~2.5 s
+def test_convert_command_reports_the_kept_audio_tower(tmp_path):
+    from typer.testing import CliRunner
+
+    from mlx_specdec.cli import app
+
+    args = ["convert", "--target", str(AUDIO / "target"), "--drafter", str(AUDIO / "assistant")]
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b"), "--bits", "16"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().endswith("MiB (read for audio only)") and "vision tower" in r.stdout
