@@ -132,6 +132,7 @@ def test_greedy_after_a_clip_equals_transformers(bundle, ref, draft):
     assert out.tokens == ref["greedy_ids"].tolist()
 
 
+@pytest.mark.slow  # two more 40-token runs: ~0.6 s
 def test_speculative_equals_plain_after_a_clip_split_over_prefill_chunks(bundle, monkeypatch):
     import mlx_specdec.decode as decode
     from mlx_specdec.decode import generate
@@ -236,7 +237,7 @@ def test_cli_audio_placeholders_must_match_the_clips(ref):
     assert r.exit_code == 1 and last == "error: the prompt has 0 audio placeholder(s) (id 507) for 1 clip(s)", last
 
 
-@pytest.mark.parametrize("draft", [0, 3])
+@pytest.mark.parametrize("draft", [pytest.param(0, marks=pytest.mark.slow), 3])
 def test_an_image_then_a_clip_then_text_equals_transformers(bundle, ref, draft):
     from mlx_specdec.cache import PromptCache
     from mlx_specdec.decode import generate
@@ -249,7 +250,7 @@ def test_an_image_then_a_clip_then_text_equals_transformers(bundle, ref, draft):
     ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": text}])
     ids, media = attach_media(bundle, ids, [FIXTURES / "media" / "image.png"], [CLIP])
     assert ids == ref["mixed_prompt_ids"].tolist() and len(media.positions) == 60 + 38
-    if draft == 0:
+    if draft == 3:
         hidden = media.prefill(bundle.target, ids, 0, PromptCache(bundle).cache)
         last = np.array(bundle.target.logits(hidden))[0, -1]
         np.testing.assert_allclose(last, ref["mixed_last_logits"], atol=2e-3, rtol=0)
