@@ -86,6 +86,10 @@ def generate(
     images: Annotated[
         Optional[list[str]], typer.Option("--image", help="An image the prompt is about (repeatable).")
     ] = None,
+    audio: Annotated[
+        Optional[list[str]],
+        typer.Option("--audio", help="A WAV clip the prompt is about, after the images (repeatable; E2B/E4B)."),
+    ] = None,
     parallel: Parallel = "tensor",
 ):
     """Generate text for one prompt, speculatively (or plainly with --no-draft)."""
@@ -118,6 +122,7 @@ def generate(
         drafter=drafter,
         demo=demo,
         images=images or [],
+        audio=audio or [],
         log=log_err,
         prompt_ids=expanded,
         parallel=parallel,
@@ -177,6 +182,8 @@ def convert(
     vision = (
         f", vision tower {sizes['vision']['bytes'] / 2**20:.1f} MiB (read for images only)" if "vision" in sizes else ""
     )
+    if "audio" in sizes:
+        vision += f", audio tower {sizes['audio']['bytes'] / 2**20:.1f} MiB (read for audio only)"
     typer.echo(
         f"{output}: target {sizes['target']['bytes'] / 2**20:.1f} MiB, "
         f"drafter {sizes['drafter']['bytes'] / 2**20:.1f} MiB{vision}"

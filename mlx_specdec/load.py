@@ -185,6 +185,7 @@ class Bundle:
     # The target's folder, where media.py finds the vision tower; the tower once an image needed it.
     target_path: Optional[Path] = None
     vision: Optional[object] = None
+    audio: Optional[object] = None  # (tower, spec) once a clip needed it (media_audio.py)
 
 
 def is_bundle(folder: Path) -> bool:

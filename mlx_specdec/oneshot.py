@@ -27,18 +27,20 @@ def generate_records(
     drafter: Optional[Path] = None,
     demo: bool = False,
     images: Sequence[str] = (),
+    audio: Sequence[str] = (),
     log: Callable[[str], None] = lambda line: None,
     prompt_ids: Optional[list] = None,
     parallel: str = "tensor",
 ) -> Iterator[TokenRecord]:
-    """Load the model, encode `prompt` (with `images` before its text), say in `log` what this
+    """Load the model, encode `prompt` (with `images`, then `audio` clips, before its text), say in `log` what this
     device's numerics mean for the draft length (numerics.notes), and yield one record per
     generated token. `prompt_ids`, a list, receives the prompt's ids as expanded. Under `mlx.launch`
     with several processes the model is split (`parallel`, distributed.py) and they decode in step.
     Raises SpecdecError."""
     from . import probe
     from .distributed import start
-    from .media import attach_images, image_placeholders
+    from .media import image_placeholders
+    from .media_audio import attach_media, audio_placeholders
     from .numerics import notes
     from .provision import load_model
 
@@ -53,9 +55,12 @@ def generate_records(
         split=run.split,
         parallel=parallel,
     )
-    if images and prompt.text is not None:
-        prompt = replace(prompt, text=image_placeholders(bundle, len(images)) + prompt.text)
-    ids, media = attach_images(bundle, prompt.encode(bundle.tokenizer), list(images))
+    if (images or audio) and prompt.text is not None:  # images, then audio, then text, as Google's examples
+        places = (image_placeholders(bundle, len(images)) if images else "") + (
+            audio_placeholders(bundle, len(audio)) if audio else ""
+        )
+        prompt = replace(prompt, text=places + prompt.text)
+    ids, media = attach_media(bundle, prompt.encode(bundle.tokenizer), list(images), list(audio))
     if prompt_ids is not None:
         prompt_ids.extend(ids)
     for line in notes(probe.verdict(bundle), settings.draft, settings.exactness):

@@ -6,6 +6,8 @@
     BUNDLE/vision/    when the target has one: the vision tower and its embedder in the source's
                       floats, the multimodal config.json (vision_config, text_config, image token
                       ids) and the processor config; media.py loads it on the first image only
+    BUNDLE/audio/     when the target has one (E2B, E4B): the audio tower as the checkpoint has it
+                      (audio_plan.py); media_audio.py loads it on the first clip only
     BUNDLE/manifest.json
 
 Every family (E2B/E4B, 12B `gemma4_unified`, 26B-A4B MoE, 31B) goes through the same phases:
@@ -60,11 +62,13 @@ from mlx_specdec.errors import SpecdecError, UsageError
 from mlx_specdec.files import check_apart, check_path, read_config, read_eos_ids, shown, user_path
 from mlx_specdec.load import check_pair, load_drafter
 from mlx_specdec.media import image_spec, load_vision
+from mlx_specdec.media_audio import load_audio
 from mlx_specdec.models import quantise
 from mlx_specdec.models.drafter import Drafter, DrafterArgs, drafter_quantization
 from mlx_specdec.models.target import make_model, text_config, text_quantization, text_weights
 from mlx_specdec.models.vision import Vision
 from weights_convert import fetch, write
+from weights_convert.audio_plan import audio_plan, audio_sanitize
 
 FORMAT_VERSION = 1
 QUANT_KEYS = ("quantization", "quantization_config")
@@ -176,7 +180,8 @@ def _convert(target, drafter, output, bits, group_size, target_revision, drafter
     target_tensors, target_q = write.plan_tensors(tsrc.folder, target_sanitize, target_q, target_source_q)
     draft_tensors, draft_q = write.plan_tensors(dsrc.folder, draft_sanitize, draft_q, draft_source_q)
     vision_cfg, vision_tensors = _vision_plan(tsrc, vision_sanitize, log)
-    needed = sum(t.out_bytes for t in target_tensors + draft_tensors + vision_tensors)
+    audio_cfg, audio_tensors = audio_plan(tsrc, log, QUANT_KEYS)
+    needed = sum(t.out_bytes for t in target_tensors + draft_tensors + vision_tensors + audio_tensors)
     _check_disk(output.parent, needed * DISK_MARGIN + DISK_SLACK, f"the bundle at {output}")
 
     # 5. write beside the output, verify, rename
@@ -208,6 +213,12 @@ def _convert(target, drafter, output, bits, group_size, target_revision, drafter
             for name in PROCESSOR_FILES:
                 if (tsrc.folder / name).is_file():
                     shutil.copyfile(tsrc.folder / name, tmp / "vision" / name)
+        if audio_tensors:
+            log("writing audio tower (as in the source)")
+            audio_bytes = _write_model(tmp / "audio", audio_cfg, audio_tensors, audio_sanitize)
+            for name in PROCESSOR_FILES:
+                if (tsrc.folder / name).is_file():
+                    shutil.copyfile(tsrc.folder / name, tmp / "audio" / name)
         _check_loadable(tmp)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -233,6 +244,8 @@ def _convert(target, drafter, output, bits, group_size, target_revision, drafter
         }
         if vision_tensors:
             manifest["sizes"]["vision"] = {"bytes": vision_bytes, "tensors": len(vision_tensors)}
+        if audio_tensors:
+            manifest["sizes"]["audio"] = {"bytes": audio_bytes, "tensors": len(audio_tensors)}
         (tmp / MARKER).unlink()
         manifest["files"] = _files(tmp)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -496,6 +509,8 @@ def _check_loadable(bundle: Path) -> None:
     load_drafter(bundle / "drafter")
     if (bundle / "vision").is_dir():
         load_vision(bundle / "vision", lazy=True)
+    if (bundle / "audio").is_dir():
+        load_audio(bundle / "audio", lazy=True)
 
 
 def _vision_plan(src: fetch.Source, sanitize: write.Sanitize, log) -> tuple[dict, list[write.Tensor]]:

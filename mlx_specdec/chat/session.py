@@ -38,7 +38,8 @@ from ..energy import Battery
 from ..errors import SpecdecError
 from ..files import user_path, write_atomically
 from ..gemma_format import parse
-from ..media import ImagePrompt, expand_images, image_placeholders, read_image, spec_of
+from ..media import image_placeholders, read_image, spec_of
+from ..media_audio import MediaPrompt, attach_clip, audio_placeholders, expand_media
 from ..prompt import chat_ids, clean_text
 from ..settings import GenerationSettings, draft_label, parse_draft
 from ..stats import RunStats, TokenRecord
@@ -53,6 +54,7 @@ HELP = """\
 /think [on|off]  show the last answer's thinking, or turn thinking on or off
 /image PATH      attach an image to your next message (or paste its path alone on a line);
                  /image lists what is attached, /image clear drops it
+/audio PATH      attach a WAV clip to your next message (E2B/E4B); /audio lists, /audio clear drops
 /save FILE       write the conversation as JSON
 /quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
 
@@ -201,6 +203,7 @@ class ChatSession:
         self.last = Turn()
         self.plain_speeds: list[float] = []  # decode tok/s of plain turns: the speed-up baseline
         self.images: list[str] = []  # image paths attached to the next message
+        self.clips: list[str] = []  # audio paths attached to the next message (after its images)
 
     # -- the conversation --------------------------------------------------------------------
     @property
@@ -218,14 +221,15 @@ class ChatSession:
         placeholder expanded (media.expand_images)."""
         return self._prompt(messages)[0]
 
-    def _prompt(self, messages: Optional[list[dict]] = None) -> tuple[list[int], Optional[ImagePrompt]]:
+    def _prompt(self, messages: Optional[list[dict]] = None) -> tuple[list[int], Optional[MediaPrompt]]:
         """(prompt ids, the conversation's images read and placed, or None without images)."""
         extra = {"enable_thinking": True} if self.options.thinking else {}
         everything = self.all_messages(messages)
-        plain = [{k: v for k, v in m.items() if k != "images"} for m in everything]
+        plain = [{k: v for k, v in m.items() if k not in ("images", "audio")} for m in everything]
         ids = chat_ids(self.bundle.tokenizer, plain, **extra)
         images = [path for m in everything for path in m.get("images") or ()]
-        return expand_images(self.bundle, ids, images) if images else (ids, None)
+        clips = [path for m in everything for path in m.get("audio") or ()]
+        return expand_media(self.bundle, ids, images, clips)
 
     def reply(self, text: str) -> Iterator[TokenRecord]:
         """Add the user's turn (with the attached images, before its text) and return the
@@ -235,15 +239,18 @@ class ChatSession:
         message cannot fit the context even alone."""
         before = (list(self.messages), self.last)
         message = {"role": "user", "content": text}
-        if self.images:
-            images, self.images = self.images, []
-            message = {"role": "user", "content": image_placeholders(self.bundle, len(images)) + text, "images": images}
+        if self.images or self.clips:  # images, then clips, then the text
+            images, clips, self.images, self.clips = self.images, self.clips, [], []
+            places = image_placeholders(self.bundle, len(images)) if images else ""
+            places += audio_placeholders(self.bundle, len(clips)) if clips else ""
+            message = {"role": "user", "content": places + text}
+            message.update({k: v for k, v in (("images", images), ("audio", clips)) if v})
         kept, prompt, images = self._fit(before[0] + [message])
         self.messages = kept
         self.last = Turn([], prompt, dropped=len(before[0]) + 1 - len(kept))
         return self._stream_answer(prompt, self.last.records, before, images)
 
-    def _fit(self, messages: list[dict]) -> tuple[list[dict], list[int], Optional[ImagePrompt]]:
+    def _fit(self, messages: list[dict]) -> tuple[list[dict], list[int], Optional[MediaPrompt]]:
         """Drop the oldest turns until the prompt and room for an answer fit the context."""
         (prompt, images), limit = self._prompt(messages), self.context_limit
         room = min(self.settings.max_tokens, limit // 2)
@@ -266,11 +273,11 @@ class ChatSession:
         prompt: list[int],
         records: list[TokenRecord],
         before: tuple[list[dict], Turn],
-        images: Optional[ImagePrompt] = None,
+        images: Optional[MediaPrompt] = None,
     ) -> Iterator[TokenRecord]:
         stream, rejected = None, False
         try:
-            media = {} if images is None else {"media": images.encode(self.bundle)}  # the vision tower
+            media = {} if images is None else {"media": images.encode(self.bundle)}  # the towers
             stream = self._stream(self.bundle, prompt, self.settings, prompt_cache=self.prompt_cache, **media)
             for record in stream:
                 records.append(record)
@@ -306,7 +313,7 @@ class ChatSession:
 
     def reset(self) -> None:
         self.messages = []
-        self.images = []
+        self.images, self.clips = [], []
         self.prompt_cache = self._cache_factory(self.bundle)
         self.last = Turn()
 
@@ -397,6 +404,16 @@ class ChatSession:
             if not arg:
                 return Action(f"attached: {', '.join(self.images)}" if self.images else "no image attached")
             return self.attach_image(pasted_path(arg) or arg)
+        if name == "/audio":
+            if arg.lower() == "clear":
+                self.clips = []
+                return Action("no audio attached")
+            if not arg:
+                return Action(f"attached: {', '.join(self.clips)}" if self.clips else "no audio attached")
+            path = Path(pasted_path(arg) or arg).expanduser()
+            tokens = attach_clip(self.bundle, path)  # a target without an audio tower says so here
+            self.clips.append(str(path))
+            return Action(f"attached {path} ({tokens} audio tokens) to your next message")
         if name == "/save":
             if not arg:
                 return Action("/save needs a file name", error=True)

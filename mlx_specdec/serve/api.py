@@ -186,6 +186,26 @@ def _image_part(part: dict, where: str) -> ImageInput:
     return image_from_url(url.get("url") if isinstance(url, dict) else url, f"{where}.image_url")
 
 
+@dataclass(frozen=True)
+class AudioInput:
+    """A WAV clip from an `input_audio` part ({"data": base64, "format": "wav"}), and where it was."""
+
+    data: bytes
+    where: str
+
+
+def _audio_part(part: dict, where: str) -> AudioInput:
+    audio, where = part.get("input_audio"), f"{where}.input_audio"
+    if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
+        raise _bad(where, f'\'{where}\' must be {{"data": BASE64, "format": "wav"}}')
+    if str(audio.get("format", "wav")).lower() != "wav":
+        raise _bad(where, f"'{where}.format' must be \"wav\" (WAV clips only), not {audio.get('format')!r}")
+    try:
+        return AudioInput(base64.b64decode("".join(audio["data"].split()), validate=True), where)
+    except (binascii.Error, ValueError):
+        raise _bad(where, f"'{where}.data' is not valid base64") from None
+
+
 def _text(content, param: str):
     """Message content: a string or a list of text and image_url parts -> one string, or, when
     there are images, a list of strings and ImageInputs in their order (app.py places them)."""
@@ -196,23 +216,23 @@ def _text(content, param: str):
         for i, part in enumerate(content):
             if isinstance(part, dict) and part.get("type") == "image_url":
                 parts.append(_image_part(part, f"{param}[{i}]"))
+            elif isinstance(part, dict) and part.get("type") == "input_audio":
+                parts.append(_audio_part(part, f"{param}[{i}]"))
             elif isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
                 parts.append(part["text"])
             else:
                 raise _bad(
                     param, f'\'{param}\' parts must be {{"type": "text", "text": ...}} or {{"type": "image_url", ...}}'
                 )
-        if not any(isinstance(p, ImageInput) for p in parts):
+        if not any(isinstance(p, (ImageInput, AudioInput)) for p in parts):
             return "".join(parts)
         return parts
     raise _bad(param, f"'{param}' must be a string or a list of text and image_url parts")
 
 
-def images_of(messages: list[dict]) -> list[ImageInput]:
-    """The request's images, in prompt order."""
-    return [
-        p for m in messages if isinstance(m.get("content"), list) for p in m["content"] if isinstance(p, ImageInput)
-    ]
+def images_of(messages: list[dict], kind: type = ImageInput) -> list:
+    """The request's images (or AudioInput clips with `kind`), in prompt order."""
+    return [p for m in messages if isinstance(m.get("content"), list) for p in m["content"] if isinstance(p, kind)]
 
 
 def _common(body: dict, kind: str, model: str, defaults: SamplingParams, draft_default) -> GenRequest:
@@ -336,6 +356,8 @@ def parse_chat(body: dict, model: str, defaults: SamplingParams | None = None, d
     req.messages = [_message(m, i) for i, m in enumerate(messages)]
     if len(images_of(req.messages)) > MAX_IMAGES:
         raise _bad("messages", f"a request may hold at most {MAX_IMAGES} images")
+    if len(images_of(req.messages, AudioInput)) > MAX_IMAGES:
+        raise _bad("messages", f"a request may hold at most {MAX_IMAGES} audio clips")
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list) or not all(

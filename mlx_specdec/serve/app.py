@@ -48,12 +48,13 @@ from starlette.routing import Route
 
 from ..decode import check_prompt
 from ..errors import SpecdecError, UsageError
-from ..media import ImagePrompt, expand_images, image_placeholders
+from ..media import image_placeholders
+from ..media_audio import MediaPrompt, audio_placeholders, expand_media
 from ..numerics import notes
 from ..prompt import chat_ids, text_ids
 from ..settings import GenerationSettings, SamplingParams
 from . import messages, responses
-from .api import ApiError, GenRequest, ImageInput, images_of, parse_chat, parse_completion
+from .api import ApiError, AudioInput, GenRequest, ImageInput, images_of, parse_chat, parse_completion
 from .fetch import fetch_image
 from .security import Guard, allowed_hosts
 from .stream import Run, collect, stream_response
@@ -105,16 +106,17 @@ def _check_key(request: Request, key: str | None) -> None:
         raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
 
 
-def _place_images(bundle, req: GenRequest) -> list[ImageInput]:
-    """Each image part of the messages becomes the model's image placeholder in the text (as
-    `generate --image` puts it); returns the images in that order."""
-    images = images_of(req.messages)
-    if images:
-        placeholder = image_placeholders(bundle, 1)
+def _place_images(bundle, req: GenRequest) -> tuple[list[ImageInput], list[AudioInput]]:
+    """Each image (audio) part of the messages becomes the model's image (audio) placeholder in the
+    text (as `generate --image` puts it); returns the images and the clips, each in that order."""
+    images, clips = images_of(req.messages), images_of(req.messages, AudioInput)
+    if images or clips:
+        places = {ImageInput: image_placeholders(bundle, 1) if images else ""}
+        places[AudioInput] = audio_placeholders(bundle, 1) if clips else ""
         for m in req.messages:
             if isinstance(m["content"], list):
-                m["content"] = "".join(placeholder if isinstance(p, ImageInput) else p for p in m["content"])
-    return images
+                m["content"] = "".join(p if isinstance(p, str) else places[type(p)] for p in m["content"])
+    return images, clips
 
 
 def _image_bytes(state, image: ImageInput) -> bytes:
@@ -130,7 +132,7 @@ def _image_bytes(state, image: ImageInput) -> bytes:
     return fetch_image(image.url, image.where)
 
 
-def _prompt_ids(state, req: GenRequest) -> tuple[list[int], ImagePrompt | None]:
+def _prompt_ids(state, req: GenRequest) -> tuple[list[int], MediaPrompt | None]:
     """The request's prompt ids, expanded for its images, and the images read and placed (renders,
     tokenises and decodes images, no mlx: call it off the event loop)."""
     bundle = state.worker.bundle
@@ -139,23 +141,30 @@ def _prompt_ids(state, req: GenRequest) -> tuple[list[int], ImagePrompt | None]:
     pending = None
     try:
         if req.kind == "chat":
-            images = _place_images(bundle, req)
+            images, clips = _place_images(bundle, req)
             ids = chat_ids(
                 tok, req.messages, tools=req.tools if req.tool_choice != "none" else None, **req.template_kwargs
             )
             if req.forced_prefix:
                 ids += [int(t) for t in tok.encode(req.forced_prefix, add_special_tokens=False)]
-            if images and state.worker.spmd is not None:  # the other ranks are not sent images
+            if (images or clips) and state.worker.spmd is not None:  # the other ranks are not sent images
                 raise SpecdecError("images are not served under mlx.launch yet; send text, or serve on one machine")
-            if images:
-                data = [_image_bytes(state, i) for i in images]
-                ids, pending = expand_images(bundle, ids, data, [i.where for i in images])
+            if images or clips:
+                data, where = [_image_bytes(state, i) for i in images], [i.where for i in images]
+                ids, pending = expand_media(bundle, ids, data, [c.data for c in clips], where, [c.where for c in clips])
         else:
             ids = list(req.prompt) if isinstance(req.prompt, list) else text_ids(tok, req.prompt)
     except SpecdecError as e:
         raise ApiError(400, str(e), param=param) from None
     if len(ids) >= state.context_limit:
-        soft = f" ({len(pending.positions)} of them for {len(pending.patches)} image(s))" if pending else ""
+        soft = ""
+        if pending:
+            images, clips = pending.images, pending.audio
+            count = sum(len(p.positions) for p in (images, clips) if p is not None)
+            what = ([f"{len(images.patches)} image(s)"] if images is not None else []) + (
+                [f"{len(clips.features)} clip(s)"] if clips is not None else []
+            )
+            soft = f" ({count} of them for {' and '.join(what)})"
         raise ApiError(
             400,
             f"the prompt has {len(ids)} tokens{soft} but the context holds {state.context_limit}; "
