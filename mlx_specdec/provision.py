@@ -14,13 +14,14 @@ Invariants:
   `convert` writes into a temporary folder and renames it at the end.
 - Memory estimate = weights + KV cache at the requested context + a fixed allowance for
   activations, per machine: split over N machines (`mlx.launch`, distributed.py) each holds its
-  part of the target's cut layers (`models.shard.tensor_cuts`, the same cuts the split makes),
-  the rest of the weights whole, its K/V heads' share of the cache and the same allowance. The
-  KV term follows what `cache.make_target_cache` allocates (one cache per non-KV-shared layer;
-  sliding layers keep window + 1 + rewind slack plus one prefill chunk, full layers the context);
-  a test checks it against the bytes those caches really hold. Pipeline parallel (`parallel`),
-  the figure is the rank that needs most: its block of decoder layers (`models.pipeline.blocks`,
-  the split's cuts) and their caches, the drafter's source layers' caches, the rest whole.
+  part of the target's cut layers (`models.shard.tensor_cuts`, the same cuts the split makes:
+  of an MoE target, 1/N of the experts), the rest of the weights whole, its K/V heads' share of
+  the cache and the same allowance. The KV term follows what `cache.make_target_cache` allocates
+  (one cache per non-KV-shared layer; sliding layers keep window + 1 + rewind slack plus one
+  prefill chunk, full layers the context); a test checks it against the bytes those caches really
+  hold. Pipeline parallel (`parallel`), the figure is the rank that needs most: its block of
+  decoder layers (`models.pipeline.blocks`, the split's cuts) and their caches, the drafter's
+  source layers' caches, the rest whole.
 - Every failure is a one-line SpecdecError.
 """
 

@@ -393,8 +393,9 @@ def config_bytes(
 ) -> tuple[int, int]:
     """(target, drafter) bytes of the bundle `convert` writes from these configs at `bits`; with
     `machines` > 1, the bytes each process holds once the target is split (the drafter stays whole):
-    tensor parallel, every rank keeps as much as rank 0; pipeline parallel, rank `rank`'s block of
-    decoder layers and the rest whole (None: the rank whose block weighs most). Raises SpecdecError
+    tensor parallel, every rank keeps as much as rank 0 (1/N of the MoE experts); pipeline parallel,
+    rank `rank`'s block of decoder layers and the rest whole (None: the rank whose block weighs
+    most). Raises SpecdecError
     when it cannot split."""
     from .models import quantise
     from .models.drafter import Drafter, DrafterArgs
@@ -409,8 +410,9 @@ def config_bytes(
     else:
         text = text_config(target_cfg)
         target = make_model(text)  # lazy: nothing is evaluated or allocated
-        cuts = tensor_cuts(target, text, machines, 0) if machines > 1 else None
-        t = model_bytes(target, quantise.plan(target, quantise.TARGET_RULES, bits, group_size), itemsize, cuts)
+        plan = quantise.plan(target, quantise.TARGET_RULES, bits, group_size)
+        cuts = tensor_cuts(target, text, machines, 0, plan) if machines > 1 else None
+        t = model_bytes(target, plan, itemsize, cuts)
     if drafter_cfg is None:
         return t, 0
     drafter = Drafter(DrafterArgs.from_config(drafter_cfg))
