@@ -195,23 +195,30 @@ def whole_image_tokens(folder: Path) -> int:
     return spec.max_soft_tokens if spec.bidirectional else 0
 
 
+def load_tower(tower, weights: dict, folder: Path, what: str, missing: str, lazy: bool):
+    """`tower` (an mlx.nn module) with `weights` loaded; a one-line SpecdecError naming `what`
+    ("vision", "audio") when there are none (`missing`), they are quantised or do not fit.
+    `lazy`: check names and shapes without reading the weights (the converter's check)."""
+    if not weights:
+        raise SpecdecError(missing)
+    if any(k.endswith(".scales") for k in weights):
+        raise SpecdecError(f"{folder}: a quantised {what} tower is not supported; use one in 16 or 32-bit floats")
+    try:
+        tower.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        why = " ".join(str(e).split())[:300]
+        raise SpecdecError(f"{folder}: {what} weights do not match config.json ({why})") from None
+    if not lazy:
+        mx.eval(tower.parameters())
+    return tower
+
+
 def load_vision(folder: Path, lazy: bool = False) -> VisionModel:
     """The target folder's vision tower; a one-line SpecdecError when it has none or cannot use it.
     `lazy`: check names and shapes without reading the weights (the converter's check)."""
     spec = image_spec(folder)
-    vision = Vision(spec.args)
     weights = Vision.sanitize(read_weights(folder))
-    if not weights:
-        raise SpecdecError(_reconvert_hint(folder))
-    if any(k.endswith(".scales") for k in weights):
-        raise SpecdecError(f"{folder}: a quantised vision tower is not supported; use one in 16 or 32-bit floats")
-    try:
-        vision.load_weights(list(weights.items()), strict=True)
-    except ValueError as e:
-        why = " ".join(str(e).split())[:300]
-        raise SpecdecError(f"{folder}: vision weights do not match config.json ({why})") from None
-    if not lazy:
-        mx.eval(vision.parameters())
+    vision = load_tower(Vision(spec.args), weights, folder, "vision", _reconvert_hint(folder), lazy)
     return VisionModel(vision, spec)
 
 

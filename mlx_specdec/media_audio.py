@@ -30,7 +30,7 @@ import numpy as np
 from .audio_file import MelSpec, log_mel, read_wav
 from .errors import SpecdecError
 from .files import read_config, read_weights
-from .media import ImagePrompt, Media, _check_ends_with_text, expand_images
+from .media import ImagePrompt, Media, _check_ends_with_text, expand_images, load_tower
 from .models.audio import Audio, AudioArgs, subsampled_length
 
 MAX_SOFT_TOKENS = 750  # the processor's audio_seq_length
@@ -82,19 +82,8 @@ def load_audio(folder: Path, lazy: bool = False) -> tuple[Audio, AudioSpec]:
     """The folder's audio tower and spec; a one-line SpecdecError when it has none or cannot use it.
     `lazy`: check names and shapes without reading the weights (the converter's check)."""
     spec = audio_spec(folder)
-    audio = Audio(spec.args)
     weights = Audio.sanitize(read_weights(folder))
-    if not weights:
-        raise SpecdecError(_no_tower(folder))
-    if any(k.endswith(".scales") for k in weights):
-        raise SpecdecError(f"{folder}: a quantised audio tower is not supported; use one in 16 or 32-bit floats")
-    try:
-        audio.load_weights(list(weights.items()), strict=True)
-    except ValueError as e:
-        why = " ".join(str(e).split())[:300]
-        raise SpecdecError(f"{folder}: audio weights do not match config.json ({why})") from None
-    if not lazy:
-        mx.eval(audio.parameters())
+    audio = load_tower(Audio(spec.args), weights, folder, "audio", _no_tower(folder), lazy)
     return audio, spec
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
-from .vision import RMSNorm
+from .vision import ClippedLinear, RMSNorm
 
 
 @dataclass
@@ -90,24 +90,6 @@ def subsampled_length(frames: int) -> int:
     for _ in range(2):
         frames = (frames + 1) // 2
     return frames
-
-
-class ClippedLinear(nn.Module):
-    """Linear without bias whose input and output are clamped to stored bounds (when the config says so)."""
-
-    def __init__(self, args: AudioArgs, n_in: int, n_out: int):
-        super().__init__()
-        self.linear = nn.Linear(n_in, n_out, bias=False)
-        if args.use_clipped_linears:
-            self.input_min, self.input_max = mx.array(-math.inf), mx.array(math.inf)
-            self.output_min, self.output_max = mx.array(-math.inf), mx.array(math.inf)
-        self.clipped = args.use_clipped_linears
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if not self.clipped:
-            return self.linear(x)
-        x = mx.clip(x, self.input_min.astype(x.dtype), self.input_max.astype(x.dtype))
-        return mx.clip(self.linear(x), self.output_min.astype(x.dtype), self.output_max.astype(x.dtype))
 
 
 def _clamp(x: mx.array, bound: float) -> mx.array:
