@@ -10,7 +10,8 @@ states. What must be agreed, and how:
   request, so unseeded sampling gives the same tokens everywhere. Only rank 0 prints. A front end
   that reads input line by line (the piped chat) reads it on rank 0 only and hands every rank the
   same lines (`lines`), so every rank runs the same commands and turns in the same order; the
-  server shares each request it runs (`share`: its prompt ids and settings) and its shutdown.
+  server shares each request it runs (`share`: its prompt ids, settings, images and clips) and
+  its shutdown, and the chat reads attached files on rank 0 only (`first`).
 * the settings must be equal (they come from the same command line): a hash of them is gathered
   and compared once per request.
 * the numerics probe (probe.py) is measured on every process (never read from one machine's
@@ -35,6 +36,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 
 import mlx.core as mx
+import numpy as np
 
 from . import probe
 from .calibrate import calibrate
@@ -135,9 +137,30 @@ class Spmd:
 
     def share(self, value):
         """Rank 0's `value` (anything pickle takes) on every rank; other ranks' values are ignored.
-        Only between the processes of one launch, all running this program: never from outside."""
+        Only between the processes of one launch, all running this program: never from outside.
+        The pickle travels 8 bytes to a word (an image's patches are megabytes)."""
         data = pickle.dumps(value) if self.rank == 0 else b""
-        return pickle.loads(bytes(self.broadcast(data)))
+        n = mx.distributed.all_sum(mx.array([len(data)], dtype=mx.uint64), group=self.group).item()
+        words = -(-n // 8)
+        mine = np.frombuffer(data.ljust(8 * words, b"\0"), dtype=np.uint64) if self.rank == 0 else None
+        padded = mx.array(mine) if mine is not None else mx.zeros((words,), dtype=mx.uint64)
+        got = np.array(mx.distributed.all_sum(padded, group=self.group), dtype=np.uint64)
+        return pickle.loads(got.tobytes()[:n])
+
+    def first(self, fn):
+        """fn() as rank 0 computes it, on every rank: what reads the user's files (an image or a
+        clip a user attaches is on rank 0's machine only). A SpecdecError there is raised on every
+        rank, so every rank takes the same branch."""
+        outcome = None
+        if self.rank == 0:
+            try:
+                outcome = (True, fn())
+            except SpecdecError as e:
+                outcome = (False, str(e))
+        ok, value = self.share(outcome)
+        if not ok:
+            raise SpecdecError(value)
+        return value
 
     def lines(self, source: Iterable[bytes | str]) -> Iterator[bytes]:
         """Rank 0's lines of `source`, as it reads them, on every rank (other ranks never read
@@ -175,6 +198,10 @@ class Solo:
 
     def lines(self, source):
         return source
+
+    @staticmethod
+    def first(fn):
+        return fn()
 
     def stream_generate(self, bundle, prompt_ids, settings, **kwargs) -> Iterator[TokenRecord]:
         return stream_generate(bundle, prompt_ids, settings, **kwargs)

@@ -29,6 +29,7 @@ from .conftest import FIXTURES
 
 ROOT = Path(__file__).parent.parent
 E2B = FIXTURES / "families" / "e2b"
+MEDIA = FIXTURES / "media"
 
 
 def _free_port() -> int:
@@ -290,9 +291,10 @@ def test_lines_hand_on_rank_0s_input_as_bytes_and_end_with_it():
 def test_piped_chat_under_mlx_launch_prints_one_process_answers_once():
     # mlx.launch never closes its processes' stdin (it forwards its own input, end of file
     # excluded), so a chat under it ends with /quit.
-    args = ["-m", "mlx_specdec", "chat", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
+    # An image: rank 0 reads it (Spmd.first) and shares it with the turn; every rank runs the tower.
+    args = ["-m", "mlx_specdec", "chat", "--target", str(MEDIA / "target"), "--drafter", str(MEDIA / "assistant")]
     args += ["-k", "3", "--temp", "1", "--seed", "5", "--max-tokens", "8"]
-    lines = "hello there\nwhat next\n/quit\n"
+    lines = f"hello there\n/image {MEDIA / 'image.png'}\nwhat is it\n/quit\n"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     alone = subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, input=lines, capture_output=True, text=True, timeout=300
@@ -308,25 +310,31 @@ def test_piped_chat_under_mlx_launch_prints_one_process_answers_once():
 
     got, want = answers(done.stdout), answers(alone.stdout)
     assert want[1] == 2 and want[0][-1] == "bye"
+    assert any(row.startswith("attached ") and "image tokens" in row for row in want[0])
     assert got == want
 
 
 @pytest.mark.slow
 def test_serve_under_mlx_launch_answers_as_one_process_and_stops_every_rank():
     """HTTP on rank 0; each request shared with rank 1; Ctrl-C (SIGINT to the group) stops both.
-    Split pipeline parallel: its caches (layers kept elsewhere included) serve from the cache pool."""
+    Split pipeline parallel: its caches (layers kept elsewhere included) serve from the cache pool,
+    and an image read by rank 0 goes through the tower on every rank (the E2B-shaped media fixture)."""
+    import base64
     import http.client
     import signal
     import time
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = ["-m", "mlx_specdec", "generate", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
-    args += ["--prompt-ids", "3,5,7,9,11,2", "--max-tokens", "8", "-k", "3", "--json"]
-    want = alone(args)["text"]
+    pair = ["--target", str(MEDIA / "target"), "--drafter", str(MEDIA / "assistant")]
+    args = ["-m", "mlx_specdec", "generate", *pair, "--max-tokens", "8", "-k", "3", "--json"]
+    want = alone([*args, "--prompt-ids", "3,5,7,9,11,2"])["text"]
+    want_image = alone([*args, "--image", str(MEDIA / "image.png"), "-p", "Describe it."])["text"]
+    url = "data:image/png;base64," + base64.b64encode((MEDIA / "image.png").read_bytes()).decode()
+    image_then_text = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Describe it."}]
 
     launcher = Path(sys.executable).with_name("mlx.launch")
     cmd = [str(launcher), "-n", "2", "--backend", "ring", "--starting-port", str(_free_port()), "--", sys.executable]
-    cmd += ["-m", "mlx_specdec", "serve", "--target", str(E2B / "target"), "--drafter", str(E2B / "assistant")]
+    cmd += ["-m", "mlx_specdec", "serve", *pair]
     cmd += ["--port", "0", "-k", "3", "--parallel", "pipeline"]
     proc = subprocess.Popen(
         cmd,
@@ -351,6 +359,12 @@ def test_serve_under_mlx_launch_answers_as_one_process_and_stops_every_rank():
             conn.close()
         assert [g["choices"][0]["text"] for g in got] == [want, want], got
         assert got[1]["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        body = {"messages": [{"role": "user", "content": image_then_text}], "max_tokens": 8, "temperature": 0}
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        answer = json.loads(conn.getresponse().read())
+        conn.close()
+        assert answer["choices"][0]["message"]["content"] == want_image, answer
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the launcher and both ranks
         proc.wait(30)
 

@@ -10,6 +10,7 @@ import pytest
 from mlx_specdec.chat.session import ChatSession, pasted_path
 from mlx_specdec.chat.terminal import run_piped
 from mlx_specdec.decode import generate
+from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load
 from mlx_specdec.media import attach_images, image_placeholders
 from mlx_specdec.prompt import chat_ids
@@ -81,3 +82,44 @@ def test_image_in_chat_with_a_text_only_target_says_so():
     session = ChatSession(load(target=TARGET), GenerationSettings(draft=0))
     action = session.command(f"/image {IMAGE}")
     assert action.error and "has no vision tower" in action.message and session.images == []
+
+
+class Relay:
+    """Spmd.first between two sessions run one after the other: what the leader (rank 0) read,
+    in order, replayed to the follower (another rank), errors included."""
+
+    def __init__(self):
+        self.sent = []
+
+    def lead(self, fn):
+        try:
+            self.sent.append((True, fn()))
+        except SpecdecError as e:
+            self.sent.append((False, str(e)))
+        ok, value = self.sent[-1]
+        if not ok:
+            raise SpecdecError(value)
+        return value
+
+    def follow(self, fn):
+        ok, value = self.sent.pop(0)
+        if not ok:
+            raise SpecdecError(value)
+        return value
+
+
+def test_a_follower_rank_reads_no_file_and_answers_as_rank_0(bundle, tmp_path):
+    """Under mlx.launch only rank 0 reads attached files: another rank, whose machine lacks them,
+    takes the same branches and answers the same turn from rank 0's reads."""
+    pasted = tmp_path / "on rank 0 only.png"
+    shutil.copy(IMAGE, pasted)
+    relay, answers, actions = Relay(), [], []
+    lines = [f"/image {tmp_path / 'missing.png'}", str(pasted).replace(" ", "\\ "), f"/audio {IMAGE}"]
+    for first in (relay.lead, relay.follow):
+        session = ChatSession(bundle, GREEDY, first=first)
+        actions.append([(a.error, a.message) for a in map(session.line_action, lines)])
+        answers.append([r.token for r in session.reply(PROMPT)])
+        pasted.unlink(missing_ok=True)  # gone before the follower runs, as on another machine
+    assert relay.sent == []
+    assert actions[0] == actions[1] and [error for error, _ in actions[0]] == [True, False, True]
+    assert answers[0] == answers[1] == generated_with_image(bundle, draft=0)[1]

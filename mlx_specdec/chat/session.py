@@ -170,8 +170,10 @@ class ChatSession:
     """The conversation, its settings and the prompt cache kept between turns.
 
     `stream_fn` and `cache_factory` default to `decode.stream_generate` and `cache.PromptCache`;
-    tests inject fakes with the same signatures. Raises SpecdecError for a draft length without
-    a drafter, or a --max-context beyond the model's.
+    tests inject fakes with the same signatures. `first(fn)` runs what reads the user's files
+    (attached images and clips, a pasted path): under mlx.launch rank 0 reads them and every rank
+    gets its result (distributed.Spmd.first); alone, fn(). Raises SpecdecError for a draft length
+    without a drafter, or a --max-context beyond the model's.
     """
 
     def __init__(
@@ -182,6 +184,7 @@ class ChatSession:
         *,
         stream_fn=None,
         cache_factory=None,
+        first=None,
     ):
         if stream_fn is None:
             stream_fn = _owned_policies(bundle)
@@ -197,6 +200,7 @@ class ChatSession:
         # Undecodable bytes in --system become U+FFFD here too, so /save can write them.
         self.options = replace(options, system=clean_text(options.system)) if options.system else options
         self._stream = stream_fn
+        self._first = first or (lambda fn: fn())
         self._cache_factory = cache_factory
         self.messages: list[dict] = []  # user and assistant turns; the system prompt is in options
         self.prompt_cache = cache_factory(bundle)
@@ -229,7 +233,9 @@ class ChatSession:
         ids = chat_ids(self.bundle.tokenizer, plain, **extra)
         images = [path for m in everything for path in m.get("images") or ()]
         clips = [path for m in everything for path in m.get("audio") or ()]
-        return expand_media(self.bundle, ids, images, clips)
+        if not images and not clips:
+            return ids, None
+        return self._first(lambda: expand_media(self.bundle, ids, images, clips))
 
     def reply(self, text: str) -> Iterator[TokenRecord]:
         """Add the user's turn (with the attached images, before its text) and return the
@@ -334,7 +340,8 @@ class ChatSession:
         """Attach an image to the next message, read now so that a bad one is one error line."""
         path = Path(path).expanduser()
         spec = spec_of(self.bundle)  # a target without a vision tower says so here
-        patches = read_image(path, spec.args.patch_size, spec.args.pooling_kernel_size, spec.max_soft_tokens)
+        args = spec.args.patch_size, spec.args.pooling_kernel_size, spec.max_soft_tokens
+        patches = self._first(lambda: read_image(path, *args))
         self.images.append(str(path))
         return Action(f"attached {path} ({patches.soft_tokens} image tokens) to your next message")
 
@@ -342,7 +349,7 @@ class ChatSession:
     def line_action(self, line: str) -> Optional[Action]:
         """What a line does when it is not a message: a slash command, or an image file's path
         pasted alone (attached). None: the line is a message."""
-        path = pasted_path(line)
+        path = self._first(lambda: pasted_path(line))
         if path is not None:
             try:
                 return self.attach_image(path)
@@ -411,7 +418,7 @@ class ChatSession:
             if not arg:
                 return Action(f"attached: {', '.join(self.clips)}" if self.clips else "no audio attached")
             path = Path(pasted_path(arg) or arg).expanduser()
-            tokens = attach_clip(self.bundle, path)  # a target without an audio tower says so here
+            tokens = self._first(lambda: attach_clip(self.bundle, path))  # no audio tower: said here
             self.clips.append(str(path))
             return Action(f"attached {path} ({tokens} audio tokens) to your next message")
         if name == "/save":

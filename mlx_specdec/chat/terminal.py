@@ -298,12 +298,12 @@ def run_chat(
         bundle = load_fn(model, target=target, drafter=drafter, demo=demo, **split)
     if run.size > 1 and stream_fn is None:
 
-        def stream_fn(bundle, ids, settings, *, prompt_cache):  # in step on every rank
-            return run.stream_generate(bundle, ids, settings, prompt_cache=prompt_cache)
+        def stream_fn(bundle, ids, settings, *, prompt_cache, media=None):  # in step on every rank
+            return run.stream_generate(bundle, ids, settings, prompt_cache=prompt_cache, media=media)
 
         run.agree_numerics(bundle)  # measured on every process, one verdict for all
     options = ChatOptions(system=system, colour_drafts=colour_drafts, thinking=thinking)
-    session = ChatSession(bundle, settings, options, stream_fn=stream_fn, cache_factory=cache_factory)
+    session = ChatSession(bundle, settings, options, stream_fn=stream_fn, cache_factory=cache_factory, first=run.first)
     if stream_fn is None or run.size > 1:  # the real loop: this device's verdict, what it means for drafting
         from .. import probe
 

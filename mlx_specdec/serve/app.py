@@ -147,8 +147,6 @@ def _prompt_ids(state, req: GenRequest) -> tuple[list[int], MediaPrompt | None]:
             )
             if req.forced_prefix:
                 ids += [int(t) for t in tok.encode(req.forced_prefix, add_special_tokens=False)]
-            if (images or clips) and state.worker.spmd is not None:  # the other ranks are not sent images
-                raise SpecdecError("images are not served under mlx.launch yet; send text, or serve on one machine")
             if images or clips:
                 data, where = [_image_bytes(state, i) for i in images], [i.where for i in images]
                 ids, pending = expand_media(bundle, ids, data, [c.data for c in clips], where, [c.where for c in clips])

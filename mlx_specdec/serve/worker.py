@@ -14,7 +14,8 @@ Invariants:
   since placeholders look alike whatever the image (media.py).
 * `tokens_per_s` and the queued jobs' token budgets give `Retry-After` (`seconds_to_drain`).
 * Under `mlx.launch` with several processes (`spmd`, distributed.Spmd): rank 0's worker shares each
-  job it starts (prompt ids, settings, snapshot) and then the ids its next turn keeps, and None
+  job it starts (prompt ids, settings, snapshot, its images and clips as read and placed: every
+  rank runs the towers on them) and then the ids its next turn keeps, and None
   to stop; the other ranks run the same jobs on the same pool in `follow`, so their caches, prefills
   and collectives stay in step. A job then runs to its end even when its client goes away: every
   rank must run the same rounds.
@@ -122,7 +123,7 @@ class Worker(threading.Thread):
                 job.emit(Failed(499, "cancelled by the client"))
                 continue
             if self.spmd is not None:  # the other ranks run it too (follow)
-                self.spmd.share((job.ids, job.settings, job.snapshot))
+                self.spmd.share((job.ids, job.settings, job.snapshot, job.images))
             t0 = time.perf_counter()
             self.busy, self.current = True, job
             try:
@@ -162,11 +163,11 @@ class Worker(threading.Thread):
         pc, keep, gen = self.pool.take(job.ids), True, None
         prefilled, snapshot, next_ids, text = None, None, None, []
         try:
+            media = None if job.images is None else job.images.encode(self.bundle)  # the towers, on every rank
             if self.spmd is not None:  # in step with the other ranks (their draft-length policy too)
-                gen = self.spmd.stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc)
+                gen = self.spmd.stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc, media=media)
             else:
                 policy = self.policies.get(job.settings.draft, job.settings.battery)
-                media = None if job.images is None else job.images.encode(self.bundle)  # the vision tower
                 gen = stream_generate(self.bundle, job.ids, job.settings, prompt_cache=pc, policy=policy, media=media)
             for record in gen:
                 if job.cancelled.is_set() and self.spmd is None:
@@ -217,5 +218,5 @@ def follow(run, load: Callable[[], object], *, cache_bytes: int = 2**30) -> None
     if worker.error is not None:
         raise SpecdecError(worker.error)
     while (shared := run.share(None)) is not None:
-        ids, settings, snapshot = shared
-        worker._run(Job(ids, lambda item: None, settings, next_turn=lambda text: None, snapshot=snapshot))
+        ids, settings, snapshot, media = shared  # media: read and placed by rank 0, encoded here
+        worker._run(Job(ids, lambda item: None, settings, next_turn=lambda text: None, snapshot=snapshot, images=media))
