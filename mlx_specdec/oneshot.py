@@ -40,7 +40,7 @@ def generate_records(
     from . import probe
     from .distributed import start
     from .media import image_placeholders
-    from .media_audio import attach_media, audio_placeholders
+    from .media_audio import audio_placeholders, expand_media
     from .numerics import notes
     from .provision import load_model
 
@@ -60,7 +60,9 @@ def generate_records(
             audio_placeholders(bundle, len(audio)) if audio else ""
         )
         prompt = replace(prompt, text=places + prompt.text)
-    ids, media = attach_media(bundle, prompt.encode(bundle.tokenizer), list(images), list(audio))
+    # Rank 0 reads the files (under mlx.launch the other machines need not have them); every rank encodes.
+    ids, pending = run.first(lambda: expand_media(bundle, prompt.encode(bundle.tokenizer), list(images), list(audio)))
+    media = None if pending is None else pending.encode(bundle)
     if prompt_ids is not None:
         prompt_ids.extend(ids)
     for line in notes(probe.verdict(bundle), settings.draft, settings.exactness):
