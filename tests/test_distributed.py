@@ -247,12 +247,16 @@ def alone(args: list[str]) -> dict:
 
 @pytest.mark.slow
 def test_generate_split_pipeline_parallel_under_mlx_launch_prints_one_process_output_once():
-    args = _generate_args("-k", "3", "--temp", "1", "--seed", "5")
+    # On the E2B-shaped media fixture with an image: rank 0 reads it, every rank encodes it.
+    args = ["-m", "mlx_specdec", "generate", "--target", str(MEDIA / "target"), "--drafter", str(MEDIA / "assistant")]
+    args += ["--image", str(MEDIA / "image.png"), "-p", "Describe it.", "--max-tokens", "12", "--json"]
+    args += ["-k", "3", "--temp", "1", "--seed", "5"]
     done = launch([*args, "--parallel", "pipeline"])
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
-    assert json.loads(lines[0])["token_ids"] == alone(args)["token_ids"]
+    got, want = json.loads(lines[0]), alone(args)
+    assert got["prompt_ids"] == want["prompt_ids"] and got["token_ids"] == want["token_ids"]
 
 
 @pytest.mark.slow
