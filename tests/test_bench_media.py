@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from mlx_specdec.bench.media_prefill import MEDIA_PROMPT, MediaPrefill, time_media_prefill
+from mlx_specdec.bench.media_prefill import MEDIA_PROMPT, MediaPrefill, prepare, time_media_prefill
 from mlx_specdec.cli import app
 from mlx_specdec.load import load
 
@@ -26,7 +26,7 @@ def no_blas_reexec(monkeypatch):
 
 def test_media_prefill_times_the_towers_and_the_prefill_of_the_expanded_prompt():
     bundle = load(target=AUDIO / "target", drafter=AUDIO / "assistant")
-    got = time_media_prefill(bundle, [IMAGE], [CLIP], trials=2)
+    got = time_media_prefill(bundle, prepare(bundle, [IMAGE], [CLIP]), trials=2)
     assert (got.images, got.clips, got.soft_tokens) == ([str(IMAGE)], [str(CLIP)], 60 + 38)
     assert got.prompt_tokens > got.soft_tokens + len(MEDIA_PROMPT.split())
     assert len(got.trials_total_ms) == 2 and got.encode_ms > 0 and got.prefill_ms > 0
@@ -49,6 +49,25 @@ def test_media_prefill_times_the_towers_and_the_prefill_of_the_expanded_prompt()
 def test_bench_media_argument_errors_are_one_line_before_the_model_loads(tmp_path, args, message):
     r = runner.invoke(app, BASE + [a.format(tmp=tmp_path) for a in args])
     assert r.exit_code == 2 and r.output.strip() == "error: " + message.format(tmp=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "target, args, message",
+    [
+        (MEDIA, ["--image", str(CLIP)], f"{CLIP}: not an image Pillow can read"),
+        (MEDIA, ["--audio", str(CLIP)], "has no audio tower"),
+    ],
+    ids=["not-an-image", "no-audio-tower"],
+)
+def test_bench_media_file_errors_are_one_line_before_the_bench_runs(monkeypatch, target, args, message):
+    from mlx_specdec.bench import protocol
+
+    monkeypatch.setattr(protocol, "run_bench", lambda *a, **k: pytest.fail("the bench ran before the check"))
+    cli = ["bench", "--target", str(target / "target"), "--drafter", str(target / "assistant")]
+    r = runner.invoke(app, cli + args)
+    lines = r.output.strip().splitlines()  # the BLAS line (before the model loads), then the error
+    assert r.exit_code == 1 and lines[-1].startswith("error: ") and message in lines[-1], r.output
+    assert sum(line.startswith("error: ") for line in lines) == 1 and "tok/s" not in r.output
 
 
 def test_bench_image_on_a_synthetic_model_is_refused():

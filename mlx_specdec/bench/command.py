@@ -117,6 +117,11 @@ def _run_real(o: BenchOptions, log: Callable[[str], None]) -> None:
     k_list = parse_k_list(o.ks)
     err, blas = report.prepare_run(o.json_path, o.plot)
     bundle = load_model(o.model, target=o.target, drafter=o.drafter, demo=o.demo, log=log)
+    media_prompt = None
+    if o.images or o.clips:  # read and placed now: a bad file fails before the long runs
+        from . import media_prefill
+
+        media_prompt = media_prefill.prepare(bundle, o.images, o.clips)
     result = run_protocol(
         bundle,
         prompts=suite,
@@ -131,10 +136,8 @@ def _run_real(o: BenchOptions, log: Callable[[str], None]) -> None:
         log=lambda line: err.print(f"[dim]{line}[/dim]"),
     )
     media = None
-    if o.images or o.clips:
-        from .media_prefill import time_media_prefill
-
-        media = time_media_prefill(bundle, o.images, o.clips, trials=o.trials)
+    if media_prompt is not None:
+        media = media_prefill.time_media_prefill(bundle, media_prompt, trials=o.trials)
         result.media_prefill = dataclasses.asdict(media)
     out = Console(width=None if sys.stdout.isatty() else 120)  # a pipe or file gets the whole table
     out.print(report.render_table(result))

@@ -3,7 +3,8 @@ first token.
 
 One prompt (`MEDIA_PROMPT`, chat template applied): the images, then the clips, then the text, as
 `specdec generate --image/--audio` builds it. The files are read, resized and turned into mel
-features once, untimed (`media_audio.expand_media`); a warm-up run then loads the towers from disk.
+features once, untimed, before the bench's other runs (`prepare`, so a bad file fails at once); a
+warm-up run then loads the towers from disk.
 Each trial times, apart:
   encode_ms   the towers over every image and clip -> soft tokens (evaluated)
   prefill_ms  the target over the expanded prompt with those soft tokens, up to the first token
@@ -68,37 +69,55 @@ def check_media_files(images: Sequence[Path], clips: Sequence[Path]) -> None:
                 raise UsageError(f"{option} {path}: no such file")
 
 
-def time_media_prefill(bundle, images: Sequence[Path], clips: Sequence[Path], trials: int = 3) -> MediaPrefill:
-    """Time the towers and the prefill of one prompt holding `images` then `clips` (module docstring)."""
-    from ..decode import generate
+@dataclass
+class MediaPrompt:
+    """The timed prompt, its files read and placed (`prepare`): expanded ids and the pending media."""
+
+    images: list[str]
+    clips: list[str]
+    ids: list[int]
+    pending: object  # media_audio.MediaPrompt: encoded in each trial
+
+
+def prepare(bundle, images: Sequence[Path], clips: Sequence[Path]) -> MediaPrompt:
+    """Read and place the files (no tower yet): a bad file or a target without the tower fails here,
+    before the bench's long runs."""
     from ..media import image_placeholders
     from ..media_audio import audio_placeholders, expand_media
     from ..prompt import chat_ids
-    from ..settings import GenerationSettings
 
     places = (image_placeholders(bundle, len(images)) if images else "") + (
         audio_placeholders(bundle, len(clips)) if clips else ""
     )
     ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": places + MEDIA_PROMPT}])
-    ids, pending = expand_media(bundle, ids, [str(p) for p in images], [str(p) for p in clips])
+    images, clips = [str(p) for p in images], [str(p) for p in clips]
+    ids, pending = expand_media(bundle, ids, images, clips)
+    return MediaPrompt(images, clips, ids, pending)
+
+
+def time_media_prefill(bundle, prompt: MediaPrompt, trials: int = 3) -> MediaPrefill:
+    """Time the towers and the prefill of `prompt` (module docstring): a warm-up, then `trials`."""
+    from ..decode import generate
+    from ..settings import GenerationSettings
+
     one_token = GenerationSettings(max_tokens=1, draft=0)
     encode, prefill = [], []
     for trial in range(trials + 1):  # the first run is the warm-up (it loads the towers)
         t0 = time.perf_counter()
-        media = pending.encode(bundle)
+        media = prompt.pending.encode(bundle)
         mx.eval(media.soft)
         t1 = time.perf_counter()
-        generate(bundle, ids, one_token, media=media)
+        generate(bundle, prompt.ids, one_token, media=media)
         t2 = time.perf_counter()
         if trial:
             encode.append((t1 - t0) * 1e3)
             prefill.append((t2 - t1) * 1e3)
     totals = [e + p for e, p in zip(encode, prefill)]
     return MediaPrefill(
-        images=[str(p) for p in images],
-        clips=[str(p) for p in clips],
-        prompt_tokens=len(ids),
-        soft_tokens=len(pending.positions),
+        images=prompt.images,
+        clips=prompt.clips,
+        prompt_tokens=len(prompt.ids),
+        soft_tokens=len(prompt.pending.positions),
         encode_ms=statistics.median(encode),
         prefill_ms=statistics.median(prefill),
         total_ms=statistics.median(totals),
