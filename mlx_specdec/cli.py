@@ -18,6 +18,8 @@ import typer
 
 from .cli_options import (
     Battery,
+    BenchAudio,
+    BenchImages,
     Demo,
     DrafterDir,
     DraftTokens,
@@ -291,6 +293,8 @@ def bench(
     ] = False,
     bits: Annotated[int, typer.Option("--bits", help="With --synthetic: quantisation bits as convert (4, 8, 16).")] = 4,
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="With --synthetic: random prompt length.")] = 64,
+    images: BenchImages = None,
+    audio: BenchAudio = None,
 ):
     """Benchmark plain, mlx-lm, fixed k and auto decoding on a prompt suite (median of trials)."""
     from .bench.command import BenchOptions, run_bench
@@ -315,6 +319,8 @@ def bench(
         auto=not no_auto,
         bits=bits,
         prompt_tokens=prompt_tokens,
+        images=tuple(images or ()),
+        clips=tuple(audio or ()),
     )
     run_bench(options, log=log_err)
 

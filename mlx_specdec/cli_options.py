@@ -132,3 +132,17 @@ def draft_option(draft_tokens: str, no_draft: bool):
     if no_draft and draft != 0 and str(draft_tokens).strip().lower() != "auto":  # "auto" is -k's default
         raise UsageError(f"--no-draft and -k {draft_tokens} contradict each other; give one of them")
     return 0 if no_draft else draft
+
+
+BenchImages = Annotated[
+    Optional[list[Path]],
+    typer.Option(
+        "--image", metavar="PATH", help="Also time the towers and prefill of a prompt with this image (repeatable)."
+    ),
+]
+BenchAudio = Annotated[
+    Optional[list[Path]],
+    typer.Option(
+        "--audio", metavar="PATH", help="The same with this WAV clip, after the images (repeatable; E2B/E4B)."
+    ),
+]

@@ -3,14 +3,16 @@
 `BenchOptions` holds what the command was given. Construction checks the one rule that ties the
 options together: a synthetic bench (`synthetic` = a family name or a config.json) replaces the
 model, and the options that only a synthetic bench reads (`SYNTHETIC_ONLY`, at other than their
-defaults) need one. `run_bench` then checks the rest before anything heavy (the prompt file, the
-k list, the --json and --plot paths, neither of which may be an input), runs the real bench
-(`protocol.run_bench`) or the synthetic one (`synthetic_run.run_synthetic`), prints the tables
-and writes the files.
+defaults) need one, and --image/--audio need a model. `run_bench` then checks the rest before
+anything heavy (the prompt file, the image and audio files, the k list, the --json and --plot paths,
+none of which may be an input), runs the real bench (`protocol.run_bench`, then
+`media_prefill.time_media_prefill` when images or clips were given) or the synthetic one
+(`synthetic_run.run_synthetic`), prints the tables and writes the files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -20,6 +22,7 @@ from typing import Optional, Union
 from ..errors import UsageError
 from ..files import check_apart
 from . import report
+from .media_prefill import check_media_files
 
 # The options only the synthetic bench reads, as the command line spells them.
 SYNTHETIC_ONLY = {
@@ -49,6 +52,7 @@ class BenchOptions:
     auto:            synthetic: run auto (and its calibration).
     bits:            synthetic: quantisation bits, as `convert`.
     prompt_tokens:   synthetic: the random prompt's length.
+    images, clips:   also time one prompt holding these images and WAV clips (media_prefill.py).
     """
 
     model: Union[str, Path, None] = None
@@ -70,6 +74,8 @@ class BenchOptions:
     auto: bool = True
     bits: int = 4
     prompt_tokens: int = 64
+    images: tuple[Path, ...] = ()
+    clips: tuple[Path, ...] = ()
 
     def __post_init__(self):
         if self.synthetic is None:
@@ -79,16 +85,21 @@ class BenchOptions:
                 raise UsageError(f"{', '.join(names[:-1])} and {names[-1]} need --synthetic NAME")
         elif self.model is not None or self.target is not None or self.drafter is not None or self.demo:
             raise UsageError("give either --synthetic NAME or a model (MODEL, --target/--drafter, --demo), not both")
+        elif self.images or self.clips:  # a synthetic model has random towers at best: no real figure
+            raise UsageError("--image and --audio need a model (MODEL, --target/--drafter, --demo), not --synthetic")
 
 
 def run_bench(options: BenchOptions, *, log: Callable[[str], None] = lambda line: None) -> None:
     """Run the bench `options` describe: print its tables, write --json / --plot. `log` gets the
     lines of a first-use conversion. Every option is checked before the model loads."""
     synthetic_file = options.synthetic if options.synthetic is not None and Path(options.synthetic).is_file() else None
-    check_apart(
-        {"--json": options.json_path, "--plot": options.plot},
-        {"--prompts": options.prompts, "--synthetic": synthetic_file},
-    )
+    check_media_files(options.images, options.clips)
+    outputs = {"--json": options.json_path, "--plot": options.plot}
+    check_apart(outputs, {"--prompts": options.prompts, "--synthetic": synthetic_file})
+    for path in options.images:
+        check_apart(outputs, {"--image": path})
+    for path in options.clips:
+        check_apart(outputs, {"--audio": path})
     if options.synthetic is not None:
         _run_synthetic(options)
     else:
@@ -105,8 +116,14 @@ def _run_real(o: BenchOptions, log: Callable[[str], None]) -> None:
     suite = load_prompts(o.prompts) if o.prompts is not None else SUITE
     k_list = parse_k_list(o.ks)
     err, blas = report.prepare_run(o.json_path, o.plot)
+    bundle = load_model(o.model, target=o.target, drafter=o.drafter, demo=o.demo, log=log)
+    media_prompt = None
+    if o.images or o.clips:  # read and placed now: a bad file fails before the long runs
+        from . import media_prefill
+
+        media_prompt = media_prefill.prepare(bundle, o.images, o.clips)
     result = run_protocol(
-        load_model(o.model, target=o.target, drafter=o.drafter, demo=o.demo, log=log),
+        bundle,
         prompts=suite,
         ks=k_list,
         max_tokens=o.max_tokens,
@@ -118,9 +135,15 @@ def _run_real(o: BenchOptions, log: Callable[[str], None]) -> None:
         blas=blas,
         log=lambda line: err.print(f"[dim]{line}[/dim]"),
     )
+    media = None
+    if media_prompt is not None:
+        media = media_prefill.time_media_prefill(bundle, media_prompt, trials=o.trials)
+        result.media_prefill = dataclasses.asdict(media)
     out = Console(width=None if sys.stdout.isatty() else 120)  # a pipe or file gets the whole table
     out.print(report.render_table(result))
     out.print(report.summary_line(result))
+    if media is not None:
+        out.print(media.line(), highlight=False)
     out.print(report.terminal_chart(result))
     if o.json_path is not None:
         report.write_json(result, o.json_path)

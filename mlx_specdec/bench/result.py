@@ -118,6 +118,8 @@ class BenchResult:
     summary:         the BenchSummary.
     numerics:        this device's verdict on the bundle's pass widths (numerics.Verdict's fields,
                      as `specdec check --json` gives them), or None where it was not measured.
+    media_prefill:   `bench --image/--audio`: one prompt with those files, its towers' and prefill's
+                     milliseconds (media_prefill.MediaPrefill's fields); None without them.
     """
 
     schema: str = SCHEMA
@@ -135,6 +137,7 @@ class BenchResult:
     modes: list[ModeResult]
     summary: BenchSummary
     numerics: Optional[dict] = None
+    media_prefill: Optional[dict] = None
 
     def mode(self, name: str) -> ModeResult | None:
         return next((m for m in self.modes if m.mode == name), None)
