@@ -1,9 +1,13 @@
 """Audio files -> 16 kHz mono samples -> Gemma 4's log-mel frames (numpy only, no mlx, no torch).
 
-1. decode     `read_wav`: the stdlib `wave` module, integer PCM (8, 16, 24 or 32-bit), any rate and
-              channel count; channels are averaged to mono; other rates are resampled to 16 kHz by
-              band-limited sinc interpolation (Hann-windowed, 32 zero crossings each side, cut off
-              at the lower of the two Nyquist frequencies). Anything else is a one-line SpecdecError.
+1. decode     `read_audio`: integer-PCM WAV (8, 16, 24 or 32-bit) through the stdlib `wave` module;
+              every other file (FLAC, MP3, OGG/Vorbis, float WAV, AIFF, ...) through `soundfile`
+              (libsndfile, bundled in its wheels for macOS and Linux). Any rate and channel count;
+              only the first `max_samples` at 16 kHz are read (the processor cuts clips at 30 s,
+              so an hour-long file costs no more than 30 s of it); channels are averaged to mono;
+              other rates are resampled to 16 kHz by band-limited sinc interpolation
+              (Hann-windowed, 32 zero crossings each side, cut off at the lower of the two Nyquist
+              frequencies). Anything unreadable is a one-line SpecdecError.
 2. features   `log_mel`: transformers 5.25 `Gemma4AudioFeatureExtractor` step for step: the clip
               cut to `max_samples` (30 s) and padded with zeros to a multiple of 128 samples,
               `frame_length / 2` zeros before it (semicausal), frames of `frame_length + 1` samples
@@ -95,25 +99,28 @@ def resample(x: np.ndarray, rate: int, to: int = RATE, zeros: int = 32) -> np.nd
     return out.astype(np.float32)
 
 
-def read_wav(source, name: Optional[str] = None) -> np.ndarray:
-    """A WAV file (a path) or its bytes -> float32 mono samples in [-1, 1] at 16 kHz; every
-    unreadable file is a one-line SpecdecError that starts with `name` (default: the path)."""
-    if isinstance(source, (bytes, bytearray)):
-        label, opened = name or "audio", io.BytesIO(source)
-    else:
-        label = name or str(source)
-        if not Path(source).is_file():
-            raise SpecdecError(f"{label}: no such audio file")
-        opened = str(source)
+FORMATS = "WAV, FLAC, MP3 or OGG"
+
+
+def _frames_to_read(rate: int, max_samples: int, zeros: int = 32) -> int:
+    """Input frames whose resampling gives the first `max_samples` output samples exactly (the
+    filter reaches `zeros / cutoff` input samples past each output's position)."""
+    cutoff = min(1.0, RATE / rate)
+    return math.ceil(max_samples * rate / RATE) + math.ceil(zeros / cutoff) + 2
+
+
+class _NotPcmWav(Exception):
+    """The stdlib `wave` module cannot read it: another format, or float samples."""
+
+
+def _read_pcm_wav(opened, label: str, max_samples: int) -> tuple[np.ndarray, int]:
     try:
         with wave.open(opened, "rb") as w:
             channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            n = min(n, _frames_to_read(rate, max_samples))
             raw = w.readframes(n)
     except (wave.Error, EOFError) as e:
-        why = " ".join(str(e).split())
-        raise SpecdecError(f"{label}: not a WAV file with integer PCM samples ({why})") from None
-    except OSError as e:
-        raise SpecdecError(f"{label}: cannot read the audio file ({e.strerror or e})") from None
+        raise _NotPcmWav(" ".join(str(e).split())) from None
     frame = channels * width
     if len(raw) < n * frame or len(raw) % frame:
         raise SpecdecError(f"{label}: truncated WAV file ({len(raw) // max(frame, 1)} of {n} frames)")
@@ -128,8 +135,50 @@ def read_wav(source, name: Optional[str] = None) -> np.ndarray:
         x = np.frombuffer(raw, f"<i{width}").astype(np.float32) / 2 ** (8 * width - 1)
     else:
         raise SpecdecError(f"{label}: {8 * width}-bit samples are not supported (8, 16, 24 or 32-bit PCM)")
-    x = x.reshape(-1, channels).mean(axis=1, dtype=np.float32) if channels > 1 else x
-    return resample(x, rate)
+    return x.reshape(-1, channels), rate
+
+
+def _read_other(source, label: str, max_samples: int, why: str) -> tuple[np.ndarray, int]:
+    """Through libsndfile (soundfile): FLAC, MP3, OGG, float WAV and the rest it knows."""
+    try:
+        import soundfile
+    except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
+        raise SpecdecError(f"{label}: not an integer-PCM WAV ({why}); pip install soundfile for {FORMATS}") from None
+    opened = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
+    try:
+        with soundfile.SoundFile(opened) as f:
+            n = min(f.frames, _frames_to_read(f.samplerate, max_samples))
+            rate, x = f.samplerate, f.read(n, dtype="float32", always_2d=True)
+            mp3 = f.format == "MP3"
+    except (RuntimeError, TypeError, ValueError, OSError) as e:  # soundfile.LibsndfileError is a RuntimeError
+        detail = " ".join(str(getattr(e, "error_string", None) or e).split()).rstrip(".")
+        raise SpecdecError(f"{label}: not an audio file that can be read ({detail[:120]}; {FORMATS} are)") from None
+    if len(x) == 0:
+        raise SpecdecError(f"{label}: the audio file holds no samples")
+    if len(x) < n and not mp3:  # an MP3's frame count can be an estimate (no Xing header)
+        raise SpecdecError(f"{label}: truncated audio file ({len(x)} of {n} frames)")
+    return x, rate
+
+
+def read_audio(source, name: Optional[str] = None, max_samples: int = 480_000) -> np.ndarray:
+    """An audio file (a path) or its bytes -> float32 mono samples in [-1, 1] at 16 kHz, at most
+    `max_samples` of them; every unreadable file is a one-line SpecdecError that starts with
+    `name` (default: the path)."""
+    if isinstance(source, (bytes, bytearray)):
+        label, opened = name or "audio", io.BytesIO(source)
+    else:
+        label = name or str(source)
+        if not Path(source).is_file():
+            raise SpecdecError(f"{label}: no such audio file")
+        opened = str(source)
+    try:
+        x, rate = _read_pcm_wav(opened, label, max_samples)
+    except _NotPcmWav as e:
+        x, rate = _read_other(source, label, max_samples, str(e))
+    except OSError as e:
+        raise SpecdecError(f"{label}: cannot read the audio file ({e.strerror or e})") from None
+    x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
+    return resample(x, rate)[:max_samples]
 
 
 def _mel_bank(spec: MelSpec, bins: int) -> np.ndarray:

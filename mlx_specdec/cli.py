@@ -90,7 +90,10 @@ def generate(
     ] = None,
     audio: Annotated[
         Optional[list[str]],
-        typer.Option("--audio", help="A WAV clip the prompt is about, after the images (repeatable; E2B/E4B)."),
+        typer.Option(
+            "--audio",
+            help="An audio clip (WAV, FLAC, MP3, OGG) the prompt is about, after the images (repeatable).",
+        ),
     ] = None,
     parallel: Parallel = "tensor",
 ):

@@ -143,6 +143,8 @@ BenchImages = Annotated[
 BenchAudio = Annotated[
     Optional[list[Path]],
     typer.Option(
-        "--audio", metavar="PATH", help="The same with this WAV clip, after the images (repeatable; E2B/E4B)."
+        "--audio",
+        metavar="PATH",
+        help="The same with this audio clip (WAV, FLAC, MP3, OGG), after the images (repeatable).",
     ),
 ]

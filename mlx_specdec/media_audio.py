@@ -27,7 +27,7 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
-from .audio_file import MelSpec, log_mel, read_wav
+from .audio_file import MelSpec, log_mel, read_audio
 from .errors import SpecdecError
 from .files import read_config, read_weights
 from .media import ImagePrompt, Media, _check_ends_with_text, expand_images, load_tower
@@ -116,9 +116,9 @@ def audio_placeholders(bundle, count: int) -> str:
 
 
 def read_clip(source, spec: AudioSpec, name: Optional[str] = None) -> np.ndarray:
-    """A WAV path or its bytes -> the valid log-mel frames [T, mel], at most max_soft_tokens' worth."""
+    """An audio file (a path) or its bytes -> the valid log-mel frames [T, mel], at most max_soft_tokens' worth."""
     label = name or ("audio" if isinstance(source, (bytes, bytearray)) else str(source))
-    frames = log_mel(read_wav(source, name=label), spec.mel)
+    frames = log_mel(read_audio(source, name=label, max_samples=spec.mel.max_samples), spec.mel)
     if subsampled_length(len(frames)) == 0:
         raise SpecdecError(f"{label}: the clip is too short to encode (under 30 ms)")
     return frames[: 4 * spec.max_soft_tokens]

@@ -44,7 +44,8 @@ def test_bad_audio_in_chat_is_one_error_line_and_the_chat_goes_on(bundle, tmp_pa
     out = io.StringIO()
     run_piped(ChatSession(bundle, GenerationSettings(max_tokens=2, draft=0)), [f"/audio {bad}", PROMPT], out)
     errors = capsys.readouterr().err.strip().splitlines()
-    assert errors == [f"error: {bad}: not a WAV file with integer PCM samples (file does not start with RIFF id)"]
+    why = "not an audio file that can be read (Format not recognised; WAV, FLAC, MP3 or OGG are)"
+    assert errors == [f"error: {bad}: {why}"]
     assert "tokens" in out.getvalue()
 
 

@@ -92,11 +92,11 @@ def test_input_audio_part_answers_as_transformers(post, draft):
 @pytest.mark.parametrize(
     "data, fmt, message",
     [
-        (b"not a wav at all", "wav", "not a WAV file with integer PCM samples"),
+        (b"not a wav at all", "wav", "not an audio file that can be read (Format not recognised"),
         (CLIP.read_bytes()[:5000], "wav", "truncated WAV file"),
-        (CLIP.read_bytes(), "mp3", 'must be "wav"'),
+        (CLIP.read_bytes(), "aac", 'must be one of "wav", "mp3", "flac", "ogg"'),
     ],
-    ids=["not audio", "truncated", "mp3"],
+    ids=["not audio", "truncated", "aac"],
 )
 def test_bad_input_audio_is_one_400(post, data, fmt, message):
     status, out = post(body(data, fmt))

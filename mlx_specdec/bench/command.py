@@ -52,7 +52,7 @@ class BenchOptions:
     auto:            synthetic: run auto (and its calibration).
     bits:            synthetic: quantisation bits, as `convert`.
     prompt_tokens:   synthetic: the random prompt's length.
-    images, clips:   also time one prompt holding these images and WAV clips (media_prefill.py).
+    images, clips:   also time one prompt holding these images and audio clips (media_prefill.py).
     """
 
     model: Union[str, Path, None] = None

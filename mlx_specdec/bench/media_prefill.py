@@ -33,7 +33,7 @@ class MediaPrefill:
     """One prompt with media, timed (the JSON's "media_prefill").
 
     images:          the image files, in prompt order.
-    clips:           the audio clips (WAV), after the images.
+    clips:           the audio clips (WAV, FLAC, MP3, OGG), after the images.
     prompt_tokens:   the prompt's length after expansion (chat template, every soft token).
     soft_tokens:     how many of them the towers wrote.
     encode_ms:       the towers over every image and clip, median over trials.

@@ -54,23 +54,26 @@ HELP = """\
 /think [on|off]  show the last answer's thinking, or turn thinking on or off
 /image PATH      attach an image to your next message (or paste its path alone on a line);
                  /image lists what is attached, /image clear drops it
-/audio PATH      attach a WAV clip to your next message (E2B/E4B); /audio lists, /audio clear drops
+/audio PATH      attach an audio clip (WAV, FLAC, MP3, OGG) to your next message (E2B/E4B);
+                 /audio lists, /audio clear drops
 /save FILE       write the conversation as JSON
 /quit            leave (also Ctrl-D); Ctrl-C stops the current answer"""
 
 CHAT_SETTINGS = GenerationSettings(max_tokens=512)  # what `specdec chat` starts with
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff")
 
 
 def pasted_path(line: str) -> Optional[Path]:
-    """The image file a line names on its own, as a terminal's drag-and-drop pastes it ('quoted',
-    "quoted" or with backslash-escaped spaces; ~ expanded); None when the line is anything else."""
+    """The image or audio file a line names on its own, as a terminal's drag-and-drop pastes it
+    ('quoted', "quoted" or with backslash-escaped spaces; ~ expanded); None when the line is
+    anything else."""
     text = line.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         text = text[1:-1]
     else:
         text = re.sub(r"\\(.)", r"\1", text)
-    if not text or "\n" in text or not text.lower().endswith(IMAGE_SUFFIXES):
+    if not text or "\n" in text or not text.lower().endswith(IMAGE_SUFFIXES + AUDIO_SUFFIXES):
         return None
     try:
         path = Path(text).expanduser()
@@ -345,13 +348,22 @@ class ChatSession:
         self.images.append(str(path))
         return Action(f"attached {path} ({patches.soft_tokens} image tokens) to your next message")
 
+    def attach_audio(self, path: Union[str, Path]) -> Action:
+        """Attach an audio clip to the next message (after its images), read now."""
+        path = Path(path).expanduser()
+        tokens = self._first(lambda: attach_clip(self.bundle, path))  # no audio tower: said here
+        self.clips.append(str(path))
+        return Action(f"attached {path} ({tokens} audio tokens) to your next message")
+
     # -- slash commands ----------------------------------------------------------------------
     def line_action(self, line: str) -> Optional[Action]:
-        """What a line does when it is not a message: a slash command, or an image file's path
-        pasted alone (attached). None: the line is a message."""
+        """What a line does when it is not a message: a slash command, or an image or audio
+        file's path pasted alone (attached). None: the line is a message."""
         path = self._first(lambda: pasted_path(line))
         if path is not None:
             try:
+                if path.name.lower().endswith(AUDIO_SUFFIXES):
+                    return self.attach_audio(path)
                 return self.attach_image(path)
             except SpecdecError as e:
                 return Action(str(e), error=True)
@@ -417,10 +429,7 @@ class ChatSession:
                 return Action("no audio attached")
             if not arg:
                 return Action(f"attached: {', '.join(self.clips)}" if self.clips else "no audio attached")
-            path = Path(pasted_path(arg) or arg).expanduser()
-            tokens = self._first(lambda: attach_clip(self.bundle, path))  # no audio tower: said here
-            self.clips.append(str(path))
-            return Action(f"attached {path} ({tokens} audio tokens) to your next message")
+            return self.attach_audio(pasted_path(arg) or arg)
         if name == "/save":
             if not arg:
                 return Action("/save needs a file name", error=True)

@@ -186,9 +186,13 @@ def _image_part(part: dict, where: str) -> ImageInput:
     return image_from_url(url.get("url") if isinstance(url, dict) else url, f"{where}.image_url")
 
 
+AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
+
+
 @dataclass(frozen=True)
 class AudioInput:
-    """A WAV clip from an `input_audio` part ({"data": base64, "format": "wav"}), and where it was."""
+    """An audio clip from an `input_audio` part ({"data": base64, "format": "wav"}; "mp3", "flac" and
+    "ogg" too, read by content), and where it was."""
 
     data: bytes
     where: str
@@ -198,8 +202,9 @@ def _audio_part(part: dict, where: str) -> AudioInput:
     audio, where = part.get("input_audio"), f"{where}.input_audio"
     if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
         raise _bad(where, f'\'{where}\' must be {{"data": BASE64, "format": "wav"}}')
-    if str(audio.get("format", "wav")).lower() != "wav":
-        raise _bad(where, f"'{where}.format' must be \"wav\" (WAV clips only), not {audio.get('format')!r}")
+    if str(audio.get("format", "wav")).lower() not in AUDIO_FORMATS:
+        formats = ", ".join(f'"{f}"' for f in AUDIO_FORMATS)
+        raise _bad(where, f"'{where}.format' must be one of {formats}, not {audio.get('format')!r}")
     try:
         return AudioInput(base64.b64decode("".join(audio["data"].split()), validate=True), where)
     except (binascii.Error, ValueError):
