@@ -262,18 +262,23 @@ def _brief(value) -> str:
     return _json_kind(value)
 
 
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """(the parsed header of a safetensors file, its length in bytes); SpecdecError if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > path.stat().st_size - 8:
+                raise ValueError
+            return json.loads(f.read(n)), n
+    except (struct.error, ValueError, UnicodeDecodeError):
+        raise SpecdecError(f"{path}: not a readable safetensors file (truncated or corrupt); re-download it") from None
+
+
 def check_safetensors(path: Path) -> None:
     """Raise if `path` is not a complete safetensors file (header and data all present)."""
     check_regular(path, "re-download or re-convert it")
     size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError
-            header = json.loads(f.read(n))
-    except (struct.error, ValueError, UnicodeDecodeError):
-        raise SpecdecError(f"{path}: not a readable safetensors file (truncated or corrupt); re-download it") from None
+    header, n = safetensors_header(path)
     bad = _bad_header(header)
     if bad:
         raise SpecdecError(f"{shown(path)}: corrupt safetensors header ({bad}); re-download or re-convert it")

@@ -39,20 +39,22 @@ def print_models(as_json: bool = False, machines: Optional[int] = None, parallel
         return
     table = Table(title=f"Gemma 4 pairs (bundles in {cache_dir()})", title_justify="left")
     memory = f"memory @{DEFAULT_CONTEXT // 1024}K" + (f", each of {machines}" if machines > 1 else "")
-    columns = ("name", "target", "download", "4-bit bundle", memory, "drafter head")
+    columns = ("name", "target", "download", "4-bit bundle", memory, "+ media", "drafter head")
     for col in (*columns, "converted", "exact here"):
-        numeric = col in ("download", "4-bit bundle") or col.startswith("memory")
+        numeric = col in ("download", "4-bit bundle", "+ media") or col.startswith("memory")
         table.add_column(col, justify="right" if numeric else "left")
     sizes_shown = ("download_bytes", "bundle_bytes", "memory_bytes")
     for r in rows:
         names = list(r["numerics"])  # in the cache (the title says where)
         sizes = [f"{r[k] / 1e9:.1f} GB" if r[k] is not None else "cannot split" for k in sizes_shown]
+        sizes.append(f"+{r['media_bytes'] / 1e9:.1f} GB" if r["media_bytes"] else "-")
         exact = ", ".join(_exact_here(verdicts.get(n)) for n in names) or "-"
         table.add_row(r["name"], r["target"], *sizes, r["head"], ", ".join(names) or "-", exact)
-    Console(width=None if sys.stdout.isatty() else 180).print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     print(
         "drafter: <target>-assistant. `specdec chat NAME` converts on first use (an mlx-community repo: from it). "
-        "exact here: `specdec check NAME` measures it."
+        "exact here: `specdec check NAME` measures it. + media: the image (and audio) towers, read on the first "
+        "image or clip (estimates)."
         + (
             f" Split {parallel} parallel over {machines} machines (mlx.launch); the drafter stays whole."
             if machines > 1

@@ -54,6 +54,7 @@ def generate_records(
         log=log,
         split=run.split,
         parallel=parallel,
+        media=(bool(images), bool(audio)),
     )
     if (images or audio) and prompt.text is not None:  # images, then audio, then text, as Google's examples
         places = (image_placeholders(bundle, len(images)) if images else "") + (

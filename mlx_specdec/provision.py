@@ -44,6 +44,7 @@ from .errors import SpecdecError, UsageError
 from .files import cache_dir, shown, user_path
 from .load import is_bundle
 from .media import whole_image_tokens
+from .media_memory import media_bytes, published_media_bytes
 from .registry import Pair
 
 DEFAULT_NAME = "e2b"
@@ -165,6 +166,7 @@ def model_folder(
     available: Optional[int] = None,
     machines: Optional[int] = None,
     parallel: str = "tensor",
+    media: tuple[bool, bool] = (False, False),
     **kwargs,
 ) -> Optional[Path]:
     """MODEL as typed -> a folder that fits this machine: an existing folder as it is; a known name
@@ -194,7 +196,9 @@ def model_folder(
             parallel=parallel,
             **kwargs,
         )
-    check_memory_fit(folder, max_context=max_context, available=available, machines=machines, parallel=parallel)
+    check_memory_fit(
+        folder, max_context=max_context, available=available, machines=machines, parallel=parallel, media=media
+    )
     return folder
 
 
@@ -208,13 +212,16 @@ def load_model(
     log: Callable[[str], None] = lambda line: None,
     split=None,
     parallel: str = "tensor",
+    media: tuple[bool, bool] = (False, False),
 ):
     """MODEL (through `model_folder`), --target/--drafter or --demo -> a loaded `load.Bundle`
-    (`split`: this process's part of the target, distributed.py, split as `parallel` says)."""
+    (`split`: this process's part of the target, distributed.py, split as `parallel` says; `media`:
+    (images, clips) the run is given, whose towers the memory check counts)."""
     from .load import load
 
     # Unsplit (bench, check), every process holds the whole model, even under mlx.launch.
-    folder = model_folder(model, max_context=max_context, log=log, machines=None if split else 1, parallel=parallel)
+    machines = None if split else 1
+    folder = model_folder(model, max_context=max_context, log=log, machines=machines, parallel=parallel, media=media)
     return load(folder, target=target, drafter=drafter, demo=demo, split=split)
 
 
@@ -222,17 +229,19 @@ def load_model(
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes a model needs at `context` tokens on each of `machines`: weights + KV cache + a fixed
-    allowance (weights and KV cache: each machine's share)."""
+    allowance (weights and KV cache: each machine's share), + the media towers when a run is given
+    images or clips (media_memory.py; every process runs them whole)."""
 
     weights: int
     kv: int
     context: int
     overhead: int = OVERHEAD_BYTES
     machines: int = 1
+    media: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv + self.overhead
+        return self.weights + self.kv + self.overhead + self.media
 
 
 def machines_here() -> int:
@@ -317,9 +326,11 @@ def estimate(
     itemsize: int = 2,
     machines: int = 1,
     parallel: str = "tensor",
+    media: tuple[bool, bool] = (False, False),
 ) -> MemoryEstimate:
     """Memory for `source` at `bits` and `max_context` (None: DEFAULT_CONTEXT, capped at the model's),
-    on each of `machines` sharing it split as `parallel` says (pipeline: the rank that needs most).
+    on each of `machines` sharing it split as `parallel` says (pipeline: the rank that needs most),
+    for a run given (images, clips) as `media` says (the towers load only then).
     Raises SpecdecError when it cannot be split so.
 
     `source`: a Pair or a known name (weights computed from its shapes at `bits`); a Hugging Face
@@ -329,17 +340,23 @@ def estimate(
     """
     folder = user_path(source, "MODEL") if isinstance(source, (str, Path)) else None
     images = whole_image_tokens(folder) if folder is not None and folder.is_dir() else 0
+    towers = 0
+    if any(media) and folder is not None and folder.is_dir():
+        towers = media_bytes(folder, *media)
+    elif any(media) and isinstance(source, (Pair, str)):
+        pair = source if isinstance(source, Pair) else registry.find(source)
+        towers = (published_media_bytes(pair.name) or 0) if pair is not None else 0
     if machines > 1 and parallel == "pipeline":
         ranks, cfg = _pipeline_weights(source, bits, group_size, itemsize, machines)
         context = min(max_context or DEFAULT_CONTEXT, _max_context(cfg))
         weights, kv = max(
             ((w, kv_bytes(cfg, context, itemsize, layers=held, image_tokens=images)) for w, held in ranks), key=sum
         )
-        return MemoryEstimate(weights, kv, context, machines=machines)
+        return MemoryEstimate(weights, kv, context, machines=machines, media=towers)
     weights, cfg = _weights_and_config(source, bits, group_size, itemsize, machines)
     context = min(max_context or DEFAULT_CONTEXT, _max_context(cfg))
     kv = kv_bytes(cfg, context, itemsize, machines=machines, image_tokens=images)
-    return MemoryEstimate(weights, kv, context, machines=machines)
+    return MemoryEstimate(weights, kv, context, machines=machines, media=towers)
 
 
 def available_memory() -> tuple[int, str]:
@@ -368,8 +385,10 @@ def check_memory_fit(
     label: Optional[str] = None,
     machines: Optional[int] = None,
     parallel: str = "tensor",
+    media: tuple[bool, bool] = (False, False),
 ) -> MemoryEstimate:
     """The estimate when it fits; else SpecdecError with the numbers and what would fit.
+    `media`: (images, clips) the run is given: their towers count (estimate).
 
     `available`: bytes the model may use on each machine; None asks this machine (`available_memory`).
     `label`: what the message calls the model (default: the pair's target, or the source as given).
@@ -379,7 +398,7 @@ def check_memory_fit(
     if isinstance(source, str) and not user_path(source, "MODEL").is_dir():
         source = registry.resolve(source)
     machines = machines_here() if machines is None else machines
-    need = estimate(source, bits, max_context, machines=machines, parallel=parallel)
+    need = estimate(source, bits, max_context, machines=machines, parallel=parallel, media=media)
     if available is None:
         available, what = available_memory()
     else:
@@ -392,7 +411,9 @@ def check_memory_fit(
     each = f" on each of {machines} machines" if machines > 1 else ""
     raise SpecdecError(
         f"{label}{at} with a {need.context}-token context needs {_gb(need.total)}{each} (weights {_gb(need.weights)}"
-        f" + KV cache {_gb(need.kv)} + {_gb(need.overhead)} working memory), but this machine has "
+        f" + KV cache {_gb(need.kv)} + {_gb(need.overhead)} working memory"
+        + (f" + image/audio towers {_gb(need.media)}" if need.media else "")
+        + "), but this machine has "
         f"{_gb(available)} ({what})" + (f"; would fit: {', or '.join(hints)}" if hints else "; nothing smaller fits")
     )
 
@@ -506,8 +527,10 @@ def model_rows(
     """One dict per known pair: names, repos, sizes in bytes, memory at `context`, local bundles.
 
     Keys: name, target, drafter, kind, head, qat, mlx_repos, mlx_drafter, download_bytes, bundle_bytes (at
-    `bits`), memory_bytes (weights + KV at `context` + working memory, on each of `machines`; None when
-    the model cannot be split that many ways), split_error (why not, else None), machines, parallel, context, bits,
+    `bits`), media_bytes (the image and audio towers, loaded on the first image or clip: estimates,
+    media_memory.py; None: none counted), memory_bytes (weights + KV at `context` + working memory,
+    on each of `machines`; None when the model cannot be split that many ways), split_error (why not,
+    else None), machines, parallel, context, bits,
     local ({bits: folder} of the bundles converted from Google's repos), local_mlx ({mlx repo: folder} of
     those converted from one).
     """
@@ -530,6 +553,7 @@ def model_rows(
                 "download_bytes": pair.download_bytes,
                 "bundle_bytes": sum(registry.bundle_bytes(pair, bits)),
                 "memory_bytes": memory,
+                "media_bytes": published_media_bytes(pair.name),
                 "split_error": split_error,
                 "machines": machines,
                 "parallel": parallel,
