@@ -51,11 +51,9 @@ def post():
         time.sleep(0.01)
     port = sock.getsockname()[1]
 
-    def send(body):
+    def send(body, route="/v1/chat/completions"):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request(
-            "POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"}
-        )
+        conn.request("POST", route, body=json.dumps(body), headers={"Content-Type": "application/json"})
         r = conn.getresponse()
         out = r.status, json.loads(r.read())
         conn.close()
@@ -101,3 +99,17 @@ def test_input_audio_part_answers_as_transformers(post, draft):
 def test_bad_input_audio_is_one_400(post, data, fmt, message):
     status, out = post(body(data, fmt))
     assert status == 400 and message in out["error"]["message"] and "\n" not in out["error"]["message"], out
+
+
+def test_responses_input_audio_part_gives_the_chat_answer(post):
+    """OpenAI's Responses API: an `input_audio` part, as chat's, beside `input_text`."""
+    data = base64.b64encode(CLIP.read_bytes()).decode()
+    status, chat = post(body(CLIP.read_bytes(), draft=0))
+    assert status == 200, chat
+    content = [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}]
+    content.append({"type": "input_text", "text": PROMPT})
+    request = {"input": [{"role": "user", "content": content}], "temperature": 0, "max_output_tokens": 12}
+    status, out = post(request, "/v1/responses")
+    assert status == 200, out
+    text = "".join(c["text"] for item in out["output"] if item["type"] == "message" for c in item["content"])
+    assert text == chat["choices"][0]["message"]["content"]

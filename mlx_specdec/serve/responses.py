@@ -43,24 +43,28 @@ class ResponseStore:
             self._items.popitem(last=False)
 
 
+def _part(p: dict) -> dict:
+    """One Responses content part -> the chat part api.parse_chat checks."""
+    if p["type"] == "input_image":
+        return {"type": "image_url", "image_url": {"url": p.get("image_url")}}
+    if p["type"] == "input_audio":  # the same shape as chat's: {"data": BASE64, "format": "wav"}
+        return {"type": "input_audio", "input_audio": p.get("input_audio")}
+    return {"type": "text", "text": p.get("text") or ""}
+
+
 def _text(content, where: str):
-    """A message's content -> chat content: its text, or OpenAI parts when it has input_image
-    parts (their image_url, a data: URL, is checked by api.parse_chat)."""
+    """A message's content -> chat content: its text, or OpenAI parts when it has input_image or
+    input_audio parts (checked by api.parse_chat: a data: URL, a clip)."""
     if isinstance(content, str):
         return content
-    texts = ("input_text", "output_text", "text")
-    if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") in (*texts, "input_image") for p in content
-    ):
-        if not any(p["type"] == "input_image" for p in content):
+    texts, media = ("input_text", "output_text", "text"), ("input_image", "input_audio")
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") in (*texts, *media) for p in content):
+        if not any(p["type"] in media for p in content):
             return "".join(p.get("text") or "" for p in content)
-        return [
-            {"type": "image_url", "image_url": {"url": p.get("image_url")}}
-            if p["type"] == "input_image"
-            else {"type": "text", "text": p.get("text") or ""}
-            for p in content
-        ]
-    raise ApiError(400, f"'{where}' must be text or a list of input_text and input_image parts", param=where)
+        return [_part(p) for p in content]
+    raise ApiError(
+        400, f"'{where}' must be text or a list of input_text, input_image and input_audio parts", param=where
+    )
 
 
 def _messages(items, store: ResponseStore, previous: str | None) -> list[dict]:
