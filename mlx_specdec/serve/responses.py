@@ -3,8 +3,7 @@
 A body is translated into the chat request `api.parse_chat` validates: `instructions` -> a
 system message, `input` (text, or message / function_call / function_call_output items) ->
 messages (`input_image` parts -> `image_url` parts, `input_audio` parts as they are), function
-`tools`, `max_output_tokens`,
-`reasoning.effort` -> the thinking switch.
+`tools`, `max_output_tokens`, `reasoning.effort` -> the thinking switch.
 `previous_response_id` continues a conversation kept in memory (`ResponseStore`, the last 256
 responses; `instructions` are not carried over, as OpenAI documents). The answer comes back as
 output items (`reasoning`, `message` with `output_text`, `function_call`); streamed in OpenAI's
