@@ -105,14 +105,14 @@ def test_closed_generator_leaves_cache_consistent_and_rerun_is_identical(bundles
     b = bundles["dense"]
     pc = PromptCache(b)
     p = prompt(30)
-    _, want, _ = generate(b, p, S(max_tokens=40, draft=3))
-    gen = stream_generate(b, p, S(max_tokens=40, draft=3), prompt_cache=pc)
+    _, want, _ = generate(b, p, S(max_tokens=24, draft=3))
+    gen = stream_generate(b, p, S(max_tokens=24, draft=3), prompt_cache=pc)
     for _ in range(13):
         next(gen)
     gen.close()
     assert cache_offset(pc.cache) == len(pc.tokens)
     assert pc.tokens[: len(p)] == p
-    _, again, _ = generate(b, p, S(max_tokens=40, draft=3), prompt_cache=pc)
+    _, again, _ = generate(b, p, S(max_tokens=24, draft=3), prompt_cache=pc)
     assert again == want
 
 

@@ -215,6 +215,7 @@ def test_probe_and_auto_calibration_run_on_a_bf16_moe_pair_on_the_cpu(tmp_path):
     assert len(costs) == 3 and all(c > 0 for c in costs)
 
 
+@pytest.mark.slow  # the quick loop decodes a bf16 MoE pair in test_bf16_and_fp16_moe_pairs_decode_...
 def test_generate_runs_a_bf16_moe_pair_from_its_hugging_face_folders_with_auto(tmp_path):
     folder = lowered_pair(tmp_path, mx.bfloat16)
     r = cli(

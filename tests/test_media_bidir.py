@@ -91,10 +91,10 @@ def test_two_images_each_see_only_themselves(bundle, ref, folder):
     np.testing.assert_allclose(prompt_logits(bundle, ids, media)[-8:], ref["two/logits"], atol=TOL, rtol=0)
 
 
-# plain (draft 0): test_chunk_cut_inside_an_image_...; the 26B's k=3 run is in the quick loop
+# plain (draft 0): test_chunk_cut_inside_an_image_...; k=3 runs in the quick loop (auto after text: test_decode)
 @pytest.mark.parametrize(
     "folder, draft",
-    [(DENSE, 3), (DENSE, "auto"), (MOE, 3), pytest.param(MOE, "auto", marks=SLOW)],
+    [(DENSE, 3), pytest.param(DENSE, "auto", marks=SLOW), (MOE, 3), pytest.param(MOE, "auto", marks=SLOW)],
     ids=["31b-3", "31b-auto", "26b-3", "26b-auto"],
     scope="module",
 )
