@@ -183,6 +183,7 @@ except EOFError:
 @pytest.mark.parametrize(
     "keys, want", [("\x04", "END OF INPUT"), pytest.param("hello\r", "GOT 'hello'", marks=pytest.mark.slow)]
 )
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_keys_typed_while_an_answer_streams_reach_the_next_prompt_ctrl_d_included(keys, want):
     child = pexpect.spawn(sys.executable, ["-c", TYPEAHEAD_CHILD], encoding="utf-8", timeout=10)
     try:

@@ -136,6 +136,7 @@ def test_kv_estimate_per_machine_counts_the_heads_each_rank_caches():
     assert provision.kv_bytes(target.config, context, itemsize=4, machines=2) == expected
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_models_lists_memory_per_machine_and_which_cannot_split():
     one, two, three = ({r["name"]: r for r in provision.model_rows(machines=n)} for n in (1, 2, 3))
     assert two["31b"]["memory_bytes"] == provision.estimate("31b", 4, machines=2).total

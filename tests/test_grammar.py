@@ -131,6 +131,7 @@ def forced_call(demo, tool_choice, strict=True, schemas=(("get_weather", WEATHER
     return req, ids, req.tool_grammar(Markup.for_tokenizer(demo.tokenizer))
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_a_forced_strict_tool_call_validates_against_its_schema_and_speculative_equals_plain(demo):
     choice = {"type": "function", "function": {"name": "get_weather"}}
     req, ids, grammar = forced_call(demo, choice, schemas=[("get_weather", WEATHER)])
@@ -144,6 +145,7 @@ def test_a_forced_strict_tool_call_validates_against_its_schema_and_speculative_
     jsonschema.validate(json.loads(call.arguments), WEATHER)
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_tool_choice_required_with_strict_tools_calls_one_of_them_with_valid_arguments(demo):
     req, ids, grammar = forced_call(demo, "required")
     out = generate(demo, ids, GenerationSettings(max_tokens=40, draft=3, grammar=grammar))

@@ -88,6 +88,7 @@ def test_greedy_after_an_image_equals_transformers(bundle, ref, draft):
     assert out.tokens == ref["greedy_ids"].tolist()
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_speculative_equals_plain_after_an_image_split_over_prefill_chunks(bundle, monkeypatch):
     import mlx_specdec.decode as decode
 
@@ -206,6 +207,7 @@ def test_cli_generate_bad_image_is_one_line_error(tmp_path):
     assert r.output.strip().splitlines()[-1].startswith(f"error: {bad}: not an image")
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_cli_prompt_ids_with_a_placeholder_take_an_image(ref):
     ids = ref["prompt_ids"].tolist()
     user = ids[:6] + [510] + ids[68:]  # the prompt before expansion: one placeholder

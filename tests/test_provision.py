@@ -212,6 +212,7 @@ def test_kv_estimate_is_never_below_the_caches(n_prompt):
     assert provision.kv_bytes(target.config, n_prompt + 8, itemsize=4) >= _peak_kv_bytes(target, n_prompt, 8)
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_kv_estimate_counts_k_eq_v_full_layers_with_their_global_heads():
     # A tiny 26B/31B-like target: k_eq_v full layers with 2 global KV heads of dim 32, no sharing.
     cfg = text_config(

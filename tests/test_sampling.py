@@ -50,6 +50,7 @@ def test_chi_square_check_rejects_a_biased_acceptance_rule():
     assert chi_square(counts, np.array(p[0])) > chi2_critical(5)
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_rejection_sampling_accepts_more_than_exact_match_at_temperature_one():
     p, q = fixed_pq(V=8, k=1, seed=3)
     mx.random.seed(7)

@@ -63,6 +63,7 @@ def test_a_retry_an_edit_and_another_session_reuse_the_prompt_after_the_window_m
     assert cached == common_prefix(ids, other_ids) > 128
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_each_turn_extends_the_last_answer(worker):
     talk = [{"role": "system", "content": "You plan refactors of one Python codebase. " * 12}]
     previous = None
@@ -75,6 +76,7 @@ def test_each_turn_extends_the_last_answer(worker):
         previous = len(ids)
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_a_second_session_after_a_prompt_of_a_whole_prefill_chunk_reuses_the_shared_system_prompt(worker):
     """A prompt of 256+ tokens fills a sliding buffer in one write. The next write compacted it to
     its last window + 17 positions, so a session whose prompt leaves this one's 20+ tokens before

@@ -322,6 +322,7 @@ def anthropic_client(app):
     return anthropic.Anthropic(base_url=app.url, api_key="x", max_retries=0)
 
 
+@pytest.mark.slow  # the quick loop keeps a cheaper check of this idea
 def test_anthropic_messages_answer_streamed_and_not(app):
     client = anthropic_client(app)
     r = client.messages.create(
