@@ -102,6 +102,23 @@ def test_greedy_after_an_image_equals_transformers_past_the_window(bundle, ref, 
     assert draft == 0 or out.stats.drafted > 0
 
 
+def test_prefill_in_short_chunks_keeps_the_image_whole_and_gives_the_same_tokens(bundle, ref, monkeypatch):
+    import mlx_specdec.decode as decode
+
+    monkeypatch.setattr(decode, "PREFILL_CHUNK", 16)  # cuts at 16, 32, 48, 64 fall inside the image [7, 67)
+    ids, media = image_prompt(bundle)
+    chunks = []
+    real = Media.prefill
+
+    def spy(self, target, chunk_ids, start, cache):
+        chunks.append((start, start + len(chunk_ids)))
+        return real(self, target, chunk_ids, start, cache)
+
+    monkeypatch.setattr(Media, "prefill", spy)
+    out = generate(bundle, ids, GenerationSettings(max_tokens=40, draft=3), media=media)
+    assert chunks == [(0, 7), (7, 67), (67, 81)] and out.tokens == ref["greedy_ids"].tolist()
+
+
 def test_text_never_reads_the_embedder():
     b = load(target=MEDIA / "target", drafter=MEDIA / "assistant")
     generate(b, chat_ids(b.tokenizer, [{"role": "user", "content": PROMPT}]), GenerationSettings(max_tokens=4))
