@@ -1,21 +1,24 @@
 """Images into a Gemma 4 prompt: files -> patches -> soft tokens -> the prompt's embeddings.
 
-1. read     `read_image`: Pillow + numpy with the rules of transformers 5.24 `Gemma4ImageProcessor`
+1. read     `image_file.read_image`: Pillow + numpy with the rules of transformers 5.24 `Gemma4ImageProcessor`
             (RGB over white, aspect-preserving bicubic resize to sides that are multiples of
             patch x pooling within `max_soft_tokens` x pooling^2 patches, pixels / 255, patches in
-            row-major order). Huge images shrink to that budget; tiny ones grow to it.
+            row-major order). Huge images shrink to that budget; tiny ones grow to it. The 12B's
+            `Gemma4UnifiedImageProcessor` (`ImageSpec.read`) has the same sizes but resizes as torch
+            does (image_file.py) and cuts whole model patches (patch x pooling), one per soft token.
 2. expand   `expand_images`: each image placeholder id in the prompt becomes `<|image>` + N x
             `<|image|>` + `<image|>` (N = the image's soft tokens), as the processor expands it.
             Steps 1-2 read only config files and images (`ImageSpec`, no mlx): a server runs them
             off its mlx thread. `attach_images` is steps 1-3 in one call.
-3. encode   the vision tower (models/vision.py), loaded from the target folder on the first image
-            and kept on the bundle: a text-only run never reads it.
+3. encode   the vision tower (models/vision.py; the 12B's encoder-free embedder, models/vision_unified.py),
+            loaded from the target folder on the first image and kept on the bundle: a text-only run
+            never reads it.
 4. prefill  `Media.prefill`: the placeholders are embedded as `<pad>` and overwritten by the soft
             tokens; the per-layer input (PLE) uses id 0 (pad) there. Only the prefill differs: the
             decode loop and the drafter (which reads the target's K/V) are unchanged. On targets
             with `use_bidirectional_attention: "vision"` (26B-A4B, 31B) an image's tokens also see
-            its later tokens on sliding layers (models/image_attention.py): a prefill chunk then
-            holds whole images (`Media.chunk_end`).
+            its later tokens on sliding layers, on the 12B its whole image on every layer
+            (models/image_attention.py): a prefill chunk then holds whole images (`Media.chunk_end`).
 
 Invariant: placeholders look alike whatever the image, so K/V past the first one is never reused
 from an earlier request (decode.stream_generate truncates the prompt cache there).
@@ -23,99 +26,23 @@ from an earlier request (decode.stream_generate truncates the prompt cache there
 
 from __future__ import annotations
 
-import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import mlx.core as mx
 import numpy as np
 
 from .errors import SpecdecError
 from .files import read_config, read_weights
+from .image_file import DEFAULT_SOFT_TOKENS, ImagePatches, read_image, resized_size  # noqa: F401 (re-exported)
 from .models.image_attention import block_ids, image_spans, keep_whole, with_image_blocks
 from .models.vision import Vision, VisionArgs
+from .models.vision_unified import UnifiedArgs, UnifiedVision
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # transformers accepts only these
-DEFAULT_SOFT_TOKENS = 280  # E2B/E4B's processor default
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # where the budget is written
-
-
-@dataclass
-class ImagePatches:
-    """One image, ready for the tower: pixels [P, 3*p*p] float32 in [0, 1], positions [P, 2] (x, y)."""
-
-    pixels: np.ndarray
-    positions: np.ndarray
-    grid: tuple[int, int]  # patch rows, patch columns
-    soft_tokens: int
-    source: str
-
-
-def resized_size(height: int, width: int, patch: int, pooling: int, max_soft_tokens: int) -> tuple[int, int]:
-    """The processor's target (height, width): the largest aspect-preserving size whose sides are
-    multiples of patch * pooling and that has at most max_soft_tokens * pooling^2 patches."""
-    max_patches = max_soft_tokens * pooling**2
-    factor = math.sqrt(max_patches * patch**2 / (height * width))
-    side = pooling * patch
-    h, w = int(math.floor(factor * height / side)) * side, int(math.floor(factor * width / side)) * side
-    longest = (max_patches // pooling**2) * side
-    if h == 0 and w == 0:
-        raise ValueError("0 x 0 after resizing")
-    if h == 0:  # a very wide strip: one row of blocks, as wide as the budget allows
-        h, w = side, min(int(math.floor(width / height)) * side, longest)
-    elif w == 0:
-        w, h = side, min(int(math.floor(height / width)) * side, longest)
-    return h, w
-
-
-def read_image(
-    source, patch: int, pooling: int, max_soft_tokens: int = DEFAULT_SOFT_TOKENS, name: Optional[str] = None
-) -> ImagePatches:
-    """An image file (a path) or its bytes -> ImagePatches; every unreadable image is a one-line
-    SpecdecError that starts with `name` (default: the path; "image" for bytes)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(source, (bytes, bytearray)):
-        path, opened = name or "image", io.BytesIO(source)
-    else:
-        path = opened = Path(source)
-        if name is not None:
-            path = name
-        if not opened.is_file():
-            raise SpecdecError(f"{path}: no such image file")
-    try:
-        with Image.open(opened) as img:
-            img.load()  # decode now: a truncated file fails here, not later
-            if img.width == 0 or img.height == 0:
-                raise SpecdecError(f"{path}: the image has 0 pixels ({img.width} x {img.height})")
-            if "A" in img.getbands() or img.info.get("transparency") is not None:
-                rgba = img.convert("RGBA")
-                rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-            else:
-                rgb = img.convert("RGB")
-    except UnidentifiedImageError:
-        raise SpecdecError(f"{path}: not an image Pillow can read (PNG, JPEG, WebP, GIF, BMP...)") from None
-    except Image.DecompressionBombError as e:
-        raise SpecdecError(f"{path}: too many pixels to decode safely ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        why = " ".join(str(e).split())
-        raise SpecdecError(f"{path}: cannot decode the image, truncated or corrupt ({why})") from None
-    try:
-        h, w = resized_size(rgb.height, rgb.width, patch, pooling, max_soft_tokens)
-    except ValueError:
-        raise SpecdecError(f"{path}: {rgb.width} x {rgb.height} pixels is too small to encode") from None
-    if (h, w) != (rgb.height, rgb.width):
-        rgb = rgb.resize((w, h), resample=Image.BICUBIC)
-    chw = np.moveaxis(np.asarray(rgb), -1, 0)
-    pixels = (chw.astype(np.float64) * (1 / 255)).astype(np.float32)  # the processor's rescale
-    rows, cols = h // patch, w // patch
-    patches = pixels.reshape(3, rows, patch, cols, patch).transpose(1, 3, 2, 4, 0).reshape(rows * cols, -1)
-    gx, gy = np.meshgrid(np.arange(cols), np.arange(rows), indexing="xy")
-    positions = np.stack([gx, gy], axis=-1).reshape(-1, 2).astype(np.int32)
-    return ImagePatches(patches, positions, (rows, cols), rows * cols // pooling**2, str(path))
 
 
 # --- the tower, loaded on first use ------------------------------------------------------------
@@ -150,19 +77,36 @@ def max_soft_tokens(folder: Path) -> int:
 class ImageSpec:
     """What prompts need of a target's images, from config files alone (no weights, no mlx)."""
 
-    args: VisionArgs
+    args: Union[VisionArgs, UnifiedArgs]  # UnifiedArgs: the 12B's encoder-free embedder
     image_token_id: int
     boi_token_id: int
     eoi_token_id: int
     max_soft_tokens: int
-    bidirectional: bool = False  # text_config use_bidirectional_attention == "vision" (26B-A4B, 31B)
+    bidirectional: bool = False  # text_config use_bidirectional_attention == "vision" (12B, 26B-A4B, 31B)
+
+    @property
+    def unified(self) -> bool:
+        """The 12B (`gemma4_unified`): one soft token per model patch; images see themselves on every layer."""
+        return isinstance(self.args, UnifiedArgs)
+
+    def read(self, source, name: Optional[str] = None) -> ImagePatches:
+        """An image (path or bytes) -> ImagePatches as this target's processor makes them."""
+        a, budget = self.args, self.max_soft_tokens
+        if not self.unified:
+            return read_image(source, a.patch_size, a.pooling_kernel_size, budget, name)
+        patches = read_image(source, a.model_patch_size, 1, budget, name, like_torch=True)
+        if max(patches.grid) > a.mm_posemb_size:  # the real 12B's table (1120) covers every budget
+            rows, cols = patches.grid
+            why = f"{rows} x {cols} patches exceed the position table ({a.mm_posemb_size})"
+            raise SpecdecError(f"{patches.source}: {why}")
+        return patches
 
 
 @dataclass
 class VisionModel:
     """The tower and the spec of one target folder."""
 
-    vision: Vision
+    vision: Union[Vision, UnifiedVision]
     spec: ImageSpec
 
 
@@ -175,7 +119,7 @@ def image_spec(folder: Path) -> ImageSpec:
     if missing:
         raise SpecdecError(f"{folder / 'config.json'}: no {', '.join(missing)} for images")
     try:
-        args = VisionArgs.from_config(raw)
+        args = (UnifiedArgs if raw.get("model_type") == "gemma4_unified" else VisionArgs).from_config(raw)
     except (KeyError, ValueError) as e:
         raise SpecdecError(f"{folder / 'config.json'}: vision_config: {e}") from None
     ids = (raw["image_token_id"], raw["boi_token_id"], raw["eoi_token_id"])
@@ -213,12 +157,18 @@ def load_tower(tower, weights: dict, folder: Path, what: str, missing: str, lazy
     return tower
 
 
+def tower_class(spec: ImageSpec) -> type:
+    """The module of the target's images: `Vision` (a tower), or the 12B's encoder-free `UnifiedVision`."""
+    return UnifiedVision if spec.unified else Vision
+
+
 def load_vision(folder: Path, lazy: bool = False) -> VisionModel:
     """The target folder's vision tower; a one-line SpecdecError when it has none or cannot use it.
     `lazy`: check names and shapes without reading the weights (the converter's check)."""
     spec = image_spec(folder)
-    weights = Vision.sanitize(read_weights(folder))
-    vision = load_tower(Vision(spec.args), weights, folder, "vision", _reconvert_hint(folder), lazy)
+    cls = tower_class(spec)
+    weights = cls.sanitize(read_weights(folder))
+    vision = load_tower(cls(spec.args), weights, folder, "vision", _reconvert_hint(folder), lazy)
     return VisionModel(vision, spec)
 
 
@@ -260,13 +210,17 @@ def image_placeholders(bundle, count: int) -> str:
 
 class Media:
     """A prompt's soft tokens by absolute position: soft [n, H] fills the n placeholder positions.
-    `bidirectional`: each image's tokens also see its later tokens on sliding layers."""
+    `bidirectional`: each image's tokens also see its later tokens on sliding layers; with
+    `every_layer` (the 12B) their whole image on every layer (models/image_attention.py)."""
 
-    def __init__(self, positions: np.ndarray, soft: mx.array, pad_id: int, bidirectional: bool = False):
+    def __init__(
+        self, positions: np.ndarray, soft: mx.array, pad_id: int, bidirectional: bool = False, every_layer: bool = False
+    ):
         self.positions = positions
         self.soft = soft
         self.pad_id = pad_id
         self.bidirectional = bidirectional
+        self.every_layer = every_layer
         self.spans = image_spans(positions)  # [first, end) of each image
 
     def chunk_end(self, lo: int, hi: int) -> int:
@@ -302,7 +256,7 @@ class Media:
             if any(first < start < end or first < start + len(ids) < end for first, end in self.spans):
                 raise SpecdecError("a prefill chunk cuts an image in two (Media.chunk_end keeps them whole)")
             blocks = block_ids(self.spans, start, len(ids))
-            cache = with_image_blocks(cache, target.config["layer_types"], blocks)
+            cache = with_image_blocks(cache, target.config["layer_types"], blocks, self.every_layer)
         return inner(safe, cache=cache, input_embeddings=embeds, per_layer_inputs=per_layer)
 
     def check(self, ids) -> None:
@@ -336,7 +290,7 @@ class ImagePrompt:
         soft = mx.concatenate([encode_image(bundle, p) for p in self.patches], axis=0)
         pad = bundle.target.config.get("pad_token_id", 0)
         spec = spec_of(bundle)
-        return Media(self.positions, soft, 0 if pad is None else int(pad), spec.bidirectional)
+        return Media(self.positions, soft, 0 if pad is None else int(pad), spec.bidirectional, spec.unified)
 
 
 def expand_images(bundle, ids: list[int], images: list, names: Optional[list] = None) -> tuple[list[int], ImagePrompt]:
@@ -349,12 +303,8 @@ def expand_images(bundle, ids: list[int], images: list, names: Optional[list] = 
         raise SpecdecError(
             f"the prompt has {found} image placeholder(s) (id {spec.image_token_id}) for {len(images)} image(s)"
         )
-    args = spec.args
     names = names or [None if isinstance(im, (str, Path)) else f"image {i + 1}" for i, im in enumerate(images)]
-    patches = [
-        read_image(im, args.patch_size, args.pooling_kernel_size, spec.max_soft_tokens, name=n)
-        for im, n in zip(images, names)
-    ]
+    patches = [spec.read(im, name=n) for im, n in zip(images, names)]
     out, positions = [], []
     it = iter(patches)
     for t in ids:

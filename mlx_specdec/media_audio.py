@@ -190,15 +190,15 @@ class MediaPrompt:
             return self.images.encode(bundle)
         positions, soft = self.audio.encode(bundle)
         pad = bundle.target.config.get("pad_token_id", 0)
-        pad, bidirectional = 0 if pad is None else int(pad), False
+        pad, bidirectional, every_layer = 0 if pad is None else int(pad), False, False
         if self.images is not None:
             image_media = self.images.encode(bundle)
-            bidirectional = image_media.bidirectional
+            bidirectional, every_layer = image_media.bidirectional, image_media.every_layer
             positions = np.concatenate([image_media.positions, positions])
             soft = mx.concatenate([image_media.soft, soft], axis=0)
             order = np.argsort(positions, kind="stable")
             positions, soft = positions[order], soft[mx.array(order)]
-        return Media(positions, soft, pad, bidirectional)
+        return Media(positions, soft, pad, bidirectional, every_layer)
 
 
 def expand_media(

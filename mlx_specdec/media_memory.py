@@ -35,6 +35,7 @@ from .media import image_spec
 from .media_audio import audio_spec
 
 VISION_PREFIXES = ("model.vision_tower.", "model.embed_vision.", "vision_tower.", "embed_vision.")
+VISION_PREFIXES += ("model.vision_embedder.", "vision_embedder.")  # the 12B's encoder-free embedder
 AUDIO_PREFIXES = ("model.audio_tower.", "model.embed_audio.", "audio_tower.", "embed_audio.")
 _ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "U8": 1, "I8": 1, "I64": 8, "F64": 8}
 CLIP_FRAMES = 3000  # 30 s of 10 ms mel frames: the processor's cut
@@ -93,7 +94,9 @@ def media_bytes(folder: Path, images: bool, audio: bool) -> int:
         if not weights:
             continue
         a = spec.args
-        if part == "vision":
+        if part == "vision" and spec.unified:  # one linear over each 48 px patch: its input and a few outputs
+            work = itemsize * spec.max_soft_tokens * 2 * (3 * a.model_patch_size**2 + 4 * a.mm_embed_dim)
+        elif part == "vision":
             patches = spec.max_soft_tokens * a.pooling_kernel_size**2
             work = vision_work(patches, a.hidden_size, a.num_attention_heads, a.intermediate_size, itemsize)
         else:

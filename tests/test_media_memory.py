@@ -60,6 +60,7 @@ def test_a_text_run_counts_no_tower_and_a_run_with_media_counts_its_own():
     assert both.total == text.total + both.media
     assert provision.estimate(FIXTURES / "families" / "e2b" / "target", media=(True, True)).media == 0  # no towers
     assert media_bytes(FIXTURES / "media" / "target", False, True) == 0  # no audio tower there
+    assert media_bytes(FIXTURES / "media_12b" / "target", True, False) > 0  # the 12B's embedder
 
 
 def test_a_converted_bundle_counts_what_its_source_folder_counts(tmp_path):

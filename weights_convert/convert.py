@@ -61,12 +61,11 @@ from mlx_specdec import __version__
 from mlx_specdec.errors import SpecdecError, UsageError
 from mlx_specdec.files import check_apart, check_path, read_config, read_eos_ids, shown, user_path
 from mlx_specdec.load import check_pair, load_drafter
-from mlx_specdec.media import image_spec, load_vision
+from mlx_specdec.media import image_spec, load_vision, tower_class
 from mlx_specdec.media_audio import load_audio
 from mlx_specdec.models import quantise
 from mlx_specdec.models.drafter import Drafter, DrafterArgs, drafter_quantization
 from mlx_specdec.models.target import make_model, text_config, text_quantization, text_weights
-from mlx_specdec.models.vision import Vision
 from weights_convert import fetch, write
 from weights_convert.audio_plan import audio_plan, audio_sanitize
 
@@ -172,14 +171,11 @@ def _convert(target, drafter, output, bits, group_size, target_revision, drafter
     def draft_sanitize(key, array):
         return list(draft_model.sanitize({key: array}).items())  # the drafter's own names and dtypes
 
-    def vision_sanitize(key, array):
-        return list(Vision.sanitize({key: array}).items())  # the tower and its embedder, as they are
-
     # What is written per module (quantised here, copied already quantised, or float): the
     # configs and the manifest come from this, not from the plan.
     target_tensors, target_q = write.plan_tensors(tsrc.folder, target_sanitize, target_q, target_source_q)
     draft_tensors, draft_q = write.plan_tensors(dsrc.folder, draft_sanitize, draft_q, draft_source_q)
-    vision_cfg, vision_tensors = _vision_plan(tsrc, vision_sanitize, log)
+    vision_cfg, vision_tensors, vision_sanitize = _vision_plan(tsrc, log)
     audio_cfg, audio_tensors = audio_plan(tsrc, log, QUANT_KEYS)
     needed = sum(t.out_bytes for t in target_tensors + draft_tensors + vision_tensors + audio_tensors)
     _check_disk(output.parent, needed * DISK_MARGIN + DISK_SLACK, f"the bundle at {output}")
@@ -513,27 +509,31 @@ def _check_loadable(bundle: Path) -> None:
         load_audio(bundle / "audio", lazy=True)
 
 
-def _vision_plan(src: fetch.Source, sanitize: write.Sanitize, log) -> tuple[dict, list[write.Tensor]]:
-    """(config.json for BUNDLE/vision, its tensors): the source's vision tower and embedder, kept
-    in the source's floats; none when the target has no tower, or one `media.py` cannot load
-    (already quantised, or an image spec it refuses), said in `log`."""
+def _vision_plan(src: fetch.Source, log) -> tuple[dict, list[write.Tensor], write.Sanitize]:
+    """(config.json for BUNDLE/vision, its tensors, their sanitize): the source's vision tower and
+    embedder (the 12B's encoder-free embedder), kept in the source's floats; none when the target has
+    no tower, or one `media.py` cannot load (already quantised, or an image spec it refuses), said in `log`."""
     raw = read_config(src.folder)
     if not raw.get("vision_config"):
-        return {}, []
+        return {}, [], None
     try:
-        image_spec(src.folder)
+        cls = tower_class(image_spec(src.folder))
     except SpecdecError as e:
         log(f"vision tower not kept: {e}")
-        return {}, []
+        return {}, [], None
+
+    def sanitize(key, array):
+        return list(cls.sanitize({key: array}).items())  # the tower and its embedder, as they are
+
     tensors, _ = write.plan_tensors(src.folder, sanitize, {})
     if any(t.name.endswith(".scales") for t in tensors):
         log("vision tower not kept: it is quantised in the source; convert the original checkpoint to keep it")
-        return {}, []
+        return {}, [], None
     keys = ("model_type", "architectures", "vision_config", "text_config", "image_token_id")
     keys += ("boi_token_id", "eoi_token_id", "pad_token_id")
     config = {k: raw[k] for k in keys if k in raw}
     config["text_config"] = {k: v for k, v in (raw.get("text_config") or {}).items() if k not in QUANT_KEYS}
-    return config, tensors
+    return config, tensors, sanitize
 
 
 def _replace(tmp: Path, output: Path, replacing: bool) -> None:

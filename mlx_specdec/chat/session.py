@@ -38,7 +38,7 @@ from ..energy import Battery
 from ..errors import SpecdecError
 from ..files import user_path, write_atomically
 from ..gemma_format import parse
-from ..media import image_placeholders, read_image, spec_of
+from ..media import image_placeholders, spec_of
 from ..media_audio import MediaPrompt, attach_clip, audio_placeholders, expand_media
 from ..prompt import chat_ids, clean_text
 from ..settings import GenerationSettings, draft_label, parse_draft
@@ -343,8 +343,7 @@ class ChatSession:
         """Attach an image to the next message, read now so that a bad one is one error line."""
         path = Path(path).expanduser()
         spec = spec_of(self.bundle)  # a target without a vision tower says so here
-        args = spec.args.patch_size, spec.args.pooling_kernel_size, spec.max_soft_tokens
-        patches = self._first(lambda: read_image(path, *args))
+        patches = self._first(lambda: spec.read(path))
         self.images.append(str(path))
         return Action(f"attached {path} ({patches.soft_tokens} image tokens) to your next message")
 

@@ -1,11 +1,17 @@
-"""Bidirectional attention over an image's soft tokens (Gemma 4 26B-A4B and 31B).
+"""Bidirectional attention over an image's soft tokens (Gemma 4 12B, 26B-A4B and 31B).
 
 A target whose text config has `use_bidirectional_attention: "vision"` lets each image soft token
-also attend to the LATER soft tokens of the same image, on sliding-window layers only. That is
-transformers' `create_masks_for_vision_model` (gemma4, 5.24-5.25):
+also attend to the LATER soft tokens of the same image. On 26B-A4B and 31B (`gemma4`) that holds on
+sliding-window layers only: transformers' `create_masks_for_vision_model` (5.24-5.25):
 
     sliding layers   AND(kv > q - window, OR(kv <= q, same_image(q, kv)))
     full layers      kv <= q (causal)
+
+The 12B (`gemma4_unified`, 5.25) builds its masks with `block_sequence_ids` instead, on every layer,
+and the window does not bound an image (`every_layer`):
+
+    sliding layers   OR(AND(kv > q - window, kv <= q), same_image(q, kv))
+    full layers      OR(kv <= q, same_image(q, kv))
 
 An image is a run of consecutive soft-token positions (`<|image>` and `<image|>` are text, so two
 images never touch); text, audio and the image markers stay causal. The window bounds only the
@@ -52,12 +58,14 @@ def block_ids(spans: list[tuple[int, int]], start: int, n: int) -> np.ndarray:
 
 
 class _ImageBlocks:
-    """A sliding cache whose prefill mask also lets each image token see its image's later tokens.
-    Everything else (update_and_fetch, offset, state) is the wrapped cache's own."""
+    """A cache whose prefill mask also lets each image token see its image's later tokens (`whole`:
+    every token of its image, also those the window leaves out). Everything else (update_and_fetch,
+    offset, state) is the wrapped cache's own."""
 
-    def __init__(self, cache, blocks: np.ndarray):
+    def __init__(self, cache, blocks: np.ndarray, whole: bool = False):
         self._cache = cache
         self._blocks = blocks
+        self._whole = whole
 
     def __getattr__(self, name):
         return getattr(self._cache, name)
@@ -72,13 +80,18 @@ class _ImageBlocks:
         past = K - N  # the keys before the chunk: earlier positions, never of a later image
         q_block = mx.array(self._blocks)[:, None]
         k_block = mx.array(np.concatenate([np.full(past, -1, dtype=np.int32), self._blocks]))[None]
-        later = (mx.arange(K) - past)[None] > mx.arange(N)[:, None]
-        return base | ((q_block >= 0) & (q_block == k_block) & later)
+        same = (q_block >= 0) & (q_block == k_block)
+        if self._whole:  # the chunk holds the whole image (keep_whole), so every key of it is here
+            return base | same
+        return base | (same & ((mx.arange(K) - past)[None] > mx.arange(N)[:, None]))
 
 
-def with_image_blocks(cache: list, layer_types: list, blocks: np.ndarray) -> list:
+def with_image_blocks(cache: list, layer_types: list, blocks: np.ndarray, every_layer: bool = False) -> list:
     """The target's caches for one prefill chunk whose positions have image indices `blocks`
-    [chunk] (-1 text): sliding layers get the image overlay, full layers stay as they are."""
+    [chunk] (-1 text): sliding layers get the image overlay, full layers stay as they are;
+    `every_layer` (the 12B): every layer gets it, and an image is seen whole."""
     if not (blocks >= 0).any():
         return cache
+    if every_layer:
+        return [_ImageBlocks(c, blocks, whole=True) for c in cache]
     return [_ImageBlocks(c, blocks) if layer_types[i] == "sliding_attention" else c for i, c in enumerate(cache)]
