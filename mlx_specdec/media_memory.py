@@ -30,14 +30,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import SpecdecError
-from .files import safetensors_header
+from .files import DTYPE_BYTES, safetensors_header
 from .media import image_spec
 from .media_audio import audio_spec
 
 VISION_PREFIXES = ("model.vision_tower.", "model.embed_vision.", "vision_tower.", "embed_vision.")
 VISION_PREFIXES += ("model.vision_embedder.", "vision_embedder.")  # the 12B's encoder-free embedder
 AUDIO_PREFIXES = ("model.audio_tower.", "model.embed_audio.", "audio_tower.", "embed_audio.")
-_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "U8": 1, "I8": 1, "I64": 8, "F64": 8}
 CLIP_FRAMES = 3000  # 30 s of 10 ms mel frames: the processor's cut
 CLIP_TOKENS = 750
 
@@ -52,7 +51,7 @@ def _tensor_bytes(files, prefixes: tuple[str, ...] = ()) -> tuple[int, int]:
                 continue
             start, end = entry["data_offsets"]
             total += end - start
-            itemsize = max(itemsize, _ITEMSIZE.get(entry.get("dtype"), 2))
+            itemsize = max(itemsize, DTYPE_BYTES.get(entry.get("dtype"), 2))
     return total, itemsize
 
 
