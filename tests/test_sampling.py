@@ -36,6 +36,15 @@ def biased_accept_all(p, q, drafts):
     return mx.array(drafts.shape[0]), mx.argmax(p[-1])
 
 
+def resample_from_p_after_a_rejection(p, q, drafts):
+    """A wrong rule (the right acceptance test, but a rejected draft is replaced by a draw from p
+    instead of from the residual max(p - q, 0)): its output over-weights where q and p agree."""
+    k = drafts.shape[0]
+    rows = mx.arange(k)
+    n = mx.cumprod((mx.random.uniform(shape=(k,)) * q[rows, drafts] < p[rows, drafts]).astype(mx.int32)).sum()
+    return n, mx.random.categorical(mx.log(mx.take(p, n, axis=0)))
+
+
 def test_rejection_sampling_first_token_follows_target_distribution():
     p, q = fixed_pq()
     tokens = first_tokens(p, q, 3000, accept_rejection)
@@ -43,9 +52,10 @@ def test_rejection_sampling_first_token_follows_target_distribution():
     assert chi_square(counts, np.array(p[0])) < chi2_critical(5)
 
 
-def test_chi_square_check_rejects_a_biased_acceptance_rule():
+@pytest.mark.parametrize("rule", [biased_accept_all, resample_from_p_after_a_rejection])
+def test_chi_square_check_rejects_a_biased_acceptance_rule(rule):
     p, q = fixed_pq()
-    tokens = first_tokens(p, q, 3000, biased_accept_all)
+    tokens = first_tokens(p, q, 3000, rule)
     counts = np.bincount(tokens, minlength=6)
     assert chi_square(counts, np.array(p[0])) > chi2_critical(5)
 
