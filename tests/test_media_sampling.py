@@ -1,16 +1,17 @@
-"""Sampling after an image: every token the speculative rounds make is an exact sample of the
-target's own distribution given the image and the tokens before it, and wrong rules fail.
+"""Sampling after media: every token the speculative rounds make is an exact sample of the
+target's own distribution given an image, an audio clip and the tokens before them, and wrong
+rules fail (the E2B-shaped fixture with both towers, tests/fixtures/media_audio).
 
 The check is the randomised probability integral transform: for a token t drawn from p (tokens
 ordered by p, most likely first), u = P(tokens before t) + U * p(t), with U uniform, is uniform
 on [0, 1); and the u of each token given the ones before it are independent (Rosenblatt). So the
 u of tokens 2-5 of every run pool into one sample, whose counts in equal bins must pass a
-chi-square against uniform. p comes from the target's plain prefill of the image and a pass
+chi-square against uniform. p comes from the target's plain prefill of the media and a pass
 over the run's own tokens, never from the rounds under test.
 
 Temperature 2, no filter: the fixture's random drafter then agrees with the target on about one
-draft in five, so the accept/reject rule really runs (at temperature 1 almost nothing is accepted
-and a wrong rule cannot show). Unseeded sampling: the seeded path (exact match on coupled picks)
+draft in four, so the accept/reject rule really runs (one in fifteen at temperature 1: a wrong
+rule there has little to act on). Unseeded sampling: the seeded path (exact match on coupled picks)
 equals plain token for token, checked in the quick test below.
 """
 
@@ -23,37 +24,39 @@ from mlx_specdec import sampling
 from mlx_specdec.cache import PromptCache
 from mlx_specdec.decode import generate
 from mlx_specdec.load import load
-from mlx_specdec.media import attach_images, image_placeholders
+from mlx_specdec.media import image_placeholders
+from mlx_specdec.media_audio import attach_media, audio_placeholders
 from mlx_specdec.prompt import chat_ids
 from mlx_specdec.settings import GenerationSettings, SamplingParams
 
 from .conftest import FIXTURES
 from .helpers.stats import chi2_critical, chi_square
 
-MEDIA = FIXTURES / "media"
+AUDIO = FIXTURES / "media_audio"
 PARAMS = SamplingParams(temp=2.0)
 BINS = 5
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    b = load(target=MEDIA / "target", drafter=MEDIA / "assistant")
+    b = load(target=AUDIO / "target", drafter=AUDIO / "assistant")
     b.tokenizer.eos_token_ids = []  # every run makes its five tokens
     return b
 
 
 @pytest.fixture(scope="module")
 def prompt(bundle):
-    ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": image_placeholders(bundle, 1) + "Describe it."}])
-    return attach_images(bundle, ids, [MEDIA / "image.png"])
+    text = image_placeholders(bundle, 1) + audio_placeholders(bundle, 1) + "Say what you see and hear."
+    ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": text}])
+    return attach_media(bundle, ids, [FIXTURES / "media" / "image.png"], [AUDIO / "clip.wav"])
 
 
 def uniforms(bundle, prompt, runs: int) -> tuple[np.ndarray, int, int]:
-    """`runs` speculative runs (k = 3) after the image -> (the u of tokens 2-5 of every run,
+    """`runs` speculative runs (k = 3) after the media -> (the u of tokens 2-5 of every run,
     drafts accepted, drafts made)."""
     ids, media = prompt
     base = PromptCache(bundle)
-    media.prefill(bundle.target, ids, 0, base.cache)  # the plain path: the image's K/V once
+    media.prefill(bundle.target, ids, 0, base.cache)  # the plain path: the media's K/V once
     base.tokens = list(ids)
     rng = np.random.default_rng(0)
     us, accepted, drafted = [], 0, 0
@@ -76,7 +79,7 @@ def chi2_uniform(us: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-def test_speculative_sampling_after_an_image_follows_the_targets_distribution(bundle, prompt):
+def test_speculative_sampling_after_media_follows_the_targets_distribution(bundle, prompt):
     us, accepted, drafted = uniforms(bundle, prompt, 200)
     assert 0.1 < accepted / drafted < 0.9  # the rule both accepts and rejects here
     assert chi2_uniform(us) < chi2_critical(BINS - 1)
@@ -99,7 +102,7 @@ def drafter_reports_a_sharper_q(draft):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mutant, runs", [("accept_every_draft", 50), ("sharper_q", 200)])
-def test_the_check_after_an_image_fails_a_wrong_accept_rule(bundle, prompt, monkeypatch, mutant, runs):
+def test_the_check_after_media_fails_a_wrong_accept_rule(bundle, prompt, monkeypatch, mutant, runs):
     if mutant == "accept_every_draft":
         monkeypatch.setattr(sampling, "accept_rejection", accept_every_draft)
     else:
@@ -108,7 +111,7 @@ def test_the_check_after_an_image_fails_a_wrong_accept_rule(bundle, prompt, monk
     assert chi2_uniform(us) > chi2_critical(BINS - 1)
 
 
-def test_seeded_speculative_sampling_after_an_image_equals_seeded_plain(bundle, prompt):
+def test_seeded_speculative_sampling_after_media_equals_seeded_plain(bundle, prompt):
     ids, media = prompt
 
     def run(seed, k):
