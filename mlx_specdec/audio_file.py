@@ -7,7 +7,8 @@
               so an hour-long file costs no more than 30 s of it); channels are averaged to mono;
               other rates are resampled to 16 kHz by band-limited sinc interpolation
               (Hann-windowed, 32 zero crossings each side, cut off at the lower of the two Nyquist
-              frequencies). Anything unreadable is a one-line SpecdecError.
+              frequencies). Anything unreadable is a one-line SpecdecError (an MP4/M4A file: how to
+              convert it); libmpg123's own warnings about a damaged MP3 are kept off stderr.
 2. features   `log_mel`: transformers 5.25 `Gemma4AudioFeatureExtractor` step for step: the clip
               cut to `max_samples` (30 s) and padded with zeros to a multiple of 128 samples,
               `frame_length / 2` zeros before it (semicausal), frames of `frame_length + 1` samples
@@ -19,9 +20,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
+import sys
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,19 +149,56 @@ def _read_other(source, label: str, max_samples: int, why: str) -> tuple[np.ndar
     except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
         raise SpecdecError(f"{label}: not an integer-PCM WAV ({why}); pip install soundfile for {FORMATS}") from None
     opened = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
+    head = bytes(source[:12]) if isinstance(source, (bytes, bytearray)) else _head(source)
+    if head[4:8] == b"ftyp":  # MP4/M4A (AAC, ALAC): what a Mac's voice memo is; libsndfile has no decoder
+        raise SpecdecError(
+            f"{label}: an MP4/M4A audio file, which cannot be read here: convert it to WAV or FLAC "
+            "(macOS: afconvert -f WAVE -d LEI16 IN.m4a OUT.wav; elsewhere: ffmpeg -i IN.m4a OUT.flac)"
+        )
+    mp3 = head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
     try:
-        with soundfile.SoundFile(opened) as f:
+        with _stderr_silenced(mp3), soundfile.SoundFile(opened) as f:
             n = min(f.frames, _frames_to_read(f.samplerate, max_samples))
             rate, x = f.samplerate, f.read(n, dtype="float32", always_2d=True)
             mp3 = f.format == "MP3"
     except (RuntimeError, TypeError, ValueError, OSError) as e:  # soundfile.LibsndfileError is a RuntimeError
         detail = " ".join(str(getattr(e, "error_string", None) or e).split()).rstrip(".")
+        if mp3 and "does not exist" in detail:  # libsndfile's words for an MP3 cut inside its first frames
+            raise SpecdecError(f"{label}: a truncated or damaged MP3 file (no frame in it decodes)") from None
         raise SpecdecError(f"{label}: not an audio file that can be read ({detail[:120]}; {FORMATS} are)") from None
     if len(x) == 0:
         raise SpecdecError(f"{label}: the audio file holds no samples")
     if len(x) < n and not mp3:  # an MP3's frame count can be an estimate (no Xing header)
         raise SpecdecError(f"{label}: truncated audio file ({len(x)} of {n} frames)")
     return x, rate
+
+
+def _head(path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(12)
+    except OSError:
+        return b""  # soundfile says why below
+
+
+@contextlib.contextmanager
+def _stderr_silenced(on: bool):
+    """File descriptor 2 to the null device while `on`: libmpg123 (inside libsndfile) writes warnings
+    straight to it for a damaged MP3 ("Xing stream size off by more than 1%", "Cannot read next
+    header"), where the samples that decode or one error line say what matters. Process-wide for
+    those milliseconds: another thread's stderr output then is dropped too."""
+    if not on:
+        yield
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def read_audio(source, name: Optional[str] = None, max_samples: int = 480_000) -> np.ndarray:

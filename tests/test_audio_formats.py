@@ -62,6 +62,12 @@ def bad(tmp_path, kind):
         path.write_text("hello")
     elif kind == "cut":
         path.write_bytes(flac[: len(flac) // 3])
+    elif kind == "mp3 cut in its first frame":
+        path = tmp_path / "cut.mp3"
+        path.write_bytes(written(tmp_path / "c.mp3", PCM, subtype="MPEG_LAYER_III").read_bytes()[:200])
+    elif kind == "m4a":  # an MP4 box header, as a Mac's voice memo starts
+        path = tmp_path / "memo.m4a"
+        path.write_bytes(b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00M4A mp42isom" + bytes(200))
     elif kind == "empty":  # float samples: past the stdlib reader, to libsndfile
         path = written(tmp_path / "empty.wav", np.zeros(0, np.float32), subtype="FLOAT")
     return path
@@ -73,15 +79,33 @@ def bad(tmp_path, kind):
         ("not audio", "not an audio file that can be read (Format not recognised; WAV, FLAC, MP3 or OGG are)"),
         ("cut", "not an audio file that can be read (Error : flac decoder lost sync; WAV, FLAC, MP3 or OGG are)"),
         ("empty", "the audio file holds no samples"),
+        ("mp3 cut in its first frame", "a truncated or damaged MP3 file (no frame in it decodes)"),
+        (
+            "m4a",
+            "an MP4/M4A audio file, which cannot be read here: convert it to WAV or FLAC "
+            "(macOS: afconvert -f WAVE -d LEI16 IN.m4a OUT.wav; elsewhere: ffmpeg -i IN.m4a OUT.flac)",
+        ),
     ],
 )
-def test_bad_files_are_one_error_line_each(tmp_path, kind, message):
+def test_bad_files_are_one_error_line_each(tmp_path, capfd, kind, message):
     from mlx_specdec.errors import SpecdecError
 
     path = bad(tmp_path, kind)
+    capfd.readouterr()
     with pytest.raises(SpecdecError) as e:
         read_audio(path)
     assert str(e.value) == f"{path}: {message}"
+    assert capfd.readouterr().err == ""  # nothing else on stderr: the one line is the caller's to print
+
+
+def test_a_damaged_mp3_gives_what_decodes_and_keeps_libmpg123s_warnings_off_stderr(tmp_path, capfd):
+    whole = written(tmp_path / "c.mp3", PCM, subtype="MPEG_LAYER_III").read_bytes()
+    half = tmp_path / "half.mp3"
+    half.write_bytes(whole[: len(whole) // 2])  # its Xing header still counts the whole stream
+    capfd.readouterr()
+    got = read_audio(half)
+    assert capfd.readouterr().err == ""  # libmpg123 writes "Xing stream size off by more than 1%" to fd 2
+    assert 0 < len(got) < len(read_audio(tmp_path / "c.mp3"))
 
 
 @pytest.mark.slow
