@@ -135,6 +135,10 @@ def test_a_pasted_audio_path_attaches_the_clip_in_chat(tmp_path):
     action = session.line_action(str(mp3).replace(" ", "\\ "))
     assert action is not None and not action.error and "audio tokens" in action.message
     assert session.clips == [str(mp3)] and session.images == []
+    memo = tmp_path / "memo.m4a"
+    memo.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(200))
+    action = session.line_action(str(memo))
+    assert action.error and "afconvert" in action.message and session.clips == [str(mp3)]
 
 
 def test_the_server_reads_an_input_audio_part_by_its_content():

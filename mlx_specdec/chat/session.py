@@ -61,7 +61,8 @@ HELP = """\
 
 CHAT_SETTINGS = GenerationSettings(max_tokens=512)  # what `specdec chat` starts with
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff")
+# .m4a too: a pasted voice memo gets the line that says how to convert it, not a reply to its path
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff", ".m4a")
 
 
 def pasted_path(line: str) -> Optional[Path]:
