@@ -38,6 +38,7 @@ from .errors import SpecdecError
 from .files import read_config, read_weights
 from .image_file import DEFAULT_SOFT_TOKENS, ImagePatches, read_image, resized_size  # noqa: F401 (re-exported)
 from .models.image_attention import block_ids, image_spans, keep_whole, with_image_blocks
+from .models.quantise import float_dtype
 from .models.vision import Vision, VisionArgs
 from .models.vision_unified import UnifiedArgs, UnifiedVision
 
@@ -273,7 +274,7 @@ def encode_image(bundle, patches: ImagePatches) -> mx.array:
     """ImagePatches -> soft tokens [N, text hidden] in the target's embedding dtype."""
     vm = vision_of(bundle)
     soft = vm.vision(mx.array(patches.pixels), mx.array(patches.positions), patches.grid)
-    return soft.astype(bundle.target.model.model.embed_tokens.weight.dtype)
+    return soft.astype(float_dtype(bundle.target.model.model.embed_tokens))
 
 
 @dataclass

@@ -32,6 +32,7 @@ from .errors import SpecdecError
 from .files import read_config, read_weights
 from .media import ImagePrompt, Media, _check_ends_with_text, expand_images, load_tower
 from .models.audio import Audio, AudioArgs, subsampled_length
+from .models.quantise import float_dtype
 
 MAX_SOFT_TOKENS = 750  # the processor's audio_seq_length
 
@@ -141,7 +142,7 @@ class AudioPrompt:
         if getattr(bundle, "audio", None) is None:
             bundle.audio = load_audio(_folder(bundle))
         tower = bundle.audio[0]
-        dtype = bundle.target.model.model.embed_tokens.weight.dtype
+        dtype = float_dtype(bundle.target.model.model.embed_tokens)
         soft = mx.concatenate([tower(mx.array(f)) for f in self.features], axis=0)
         return self.positions, soft.astype(dtype)
 

@@ -35,6 +35,7 @@ from .blas import describe_blas
 from .cache import PromptCache, rewind
 from .errors import SpecdecError
 from .files import cache_dir, write_atomically
+from .models.quantise import float_dtype
 from .numerics import Difference, Verdict
 from .round import target_pass
 from .settings import MAX_DRAFT
@@ -141,8 +142,7 @@ def measure(bundle, context: int = CONTEXT, max_width: int = MAX_DRAFT + 1) -> V
 
 
 def _activation_dtype(target):
-    embed = target.model.model.embed_tokens
-    return embed.scales.dtype if isinstance(embed, nn.QuantizedEmbedding) else embed.weight.dtype
+    return float_dtype(target.model.model.embed_tokens)
 
 
 def _dtype(target) -> str:

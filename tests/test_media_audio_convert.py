@@ -51,3 +51,21 @@ def test_convert_command_reports_the_kept_audio_tower(tmp_path):
     r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b"), "--bits", "16"])
     assert r.exit_code == 0, r.output
     assert r.stdout.strip().endswith("MiB (read for audio only)") and "vision tower" in r.stdout
+
+
+@pytest.mark.slow  # a conversion: ~2.5 s
+def test_4_bit_bundle_hands_the_prompt_the_audio_towers_floats_and_drafts_exactly(tmp_path):
+    """The target's embedding table is quantised (packed uint32); the clip's soft tokens stay floats."""
+    from mlx_specdec.media_audio import expand_audio
+
+    out = tmp_path / "b4"
+    weights_convert.convert(str(AUDIO / "target"), str(AUDIO / "assistant"), out, bits=4, group_size=32)
+    b = load(out)
+    ids = chat_ids(b.tokenizer, [{"role": "user", "content": audio_placeholders(b, 1) + "Transcribe it."}])
+    _, prompt = expand_audio(b, ids, [AUDIO / "clip.wav"])
+    _, soft = prompt.encode(b)
+    tower = b.audio[0](mx.array(prompt.features[0]))
+    assert mx.issubdtype(soft.dtype, mx.floating) and np.array_equal(np.array(soft), np.array(tower))
+    ids, media = attach_media(b, ids, [], [AUDIO / "clip.wav"])
+    plain, spec = (generate(b, ids, GenerationSettings(max_tokens=12, draft=k), media=media).tokens for k in (0, 3))
+    assert spec == plain

@@ -75,6 +75,19 @@ def test_4_bit_bundle_drafts_exactly_after_an_image_and_text_never_loads_the_tow
     assert spec == plain and b.vision is not None
 
 
+@FOLDERS
+def test_4_bit_bundle_hands_the_prompt_the_towers_floats_not_its_packed_embedding_dtype(bundles, folder):
+    """The target's embedding table is quantised (packed uint32); the soft tokens must stay floats."""
+    from mlx_specdec.media import encode_image, expand_images, vision_of
+
+    b = load(bundles / "b4")
+    ids = chat_ids(b.tokenizer, [{"role": "user", "content": image_placeholders(b, 1) + PROMPT}])
+    patches = expand_images(b, ids, [folder / "image.png"])[1].patches[0]
+    soft = encode_image(b, patches)
+    tower = vision_of(b).vision(mx.array(patches.pixels), mx.array(patches.positions), patches.grid)
+    assert mx.issubdtype(soft.dtype, mx.floating) and np.array_equal(np.array(soft), np.array(tower))
+
+
 def test_convert_command_reports_the_kept_vision_tower(tmp_path):
     from typer.testing import CliRunner
 

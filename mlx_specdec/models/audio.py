@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from .quantise import float_dtype
 from .vision import ClippedLinear, RMSNorm
 
 
@@ -145,7 +146,7 @@ class Attention(nn.Module):
         inv = mx.exp(mx.arange(n, dtype=mx.float32) * -(math.log(10000.0) / max(n - 1, 1)))
         angles = mx.arange(self.left + 1, dtype=mx.float32)[:, None] * inv[None]
         pos = mx.concatenate([mx.sin(angles), mx.cos(angles)], axis=-1)
-        r = self.relative_k_proj(pos.astype(self.relative_k_proj.weight.dtype)).astype(mx.float32)
+        r = self.relative_k_proj(pos.astype(float_dtype(self.relative_k_proj))).astype(mx.float32)
         return r.reshape(self.left + 1, self.heads, self.head_dim).transpose(1, 0, 2)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -235,7 +236,7 @@ class AudioTower(nn.Module):
         self.output_proj = nn.Linear(args.hidden_size, args.output_proj_dims, bias=True)
 
     def __call__(self, features: mx.array) -> mx.array:
-        x = self.subsample_conv_projection(features.astype(self.output_proj.weight.dtype))
+        x = self.subsample_conv_projection(features.astype(float_dtype(self.output_proj)))
         for layer in self.layers:
             x = layer(x)
         return self.output_proj(x)

@@ -107,3 +107,9 @@ def quantised_bytes(shape: tuple, itemsize: int, params: dict | bool) -> int:
         return count * itemsize
     groups = count // params["group_size"]
     return count * params["bits"] // 8 + 2 * groups * itemsize
+
+
+def float_dtype(layer: nn.Module) -> mx.Dtype:
+    """The floating dtype a Linear or Embedding computes in, quantised or not (a quantised layer's
+    `weight` is packed uint32: its scales carry the dtype)."""
+    return layer.scales.dtype if "scales" in layer else layer.weight.dtype

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from .quantise import float_dtype
+
 
 @dataclass
 class VisionArgs:
@@ -177,7 +179,7 @@ class PatchEmbedder(nn.Module):
         self.position_embedding_table = mx.zeros((2, args.position_embedding_size, args.hidden_size))
 
     def __call__(self, pixels: mx.array, positions: mx.array) -> mx.array:
-        x = self.input_proj((2 * (pixels - 0.5)).astype(self.input_proj.weight.dtype))
+        x = self.input_proj((2 * (pixels - 0.5)).astype(float_dtype(self.input_proj)))
         table = self.position_embedding_table
         return x + table[0][positions[:, 0]] + table[1][positions[:, 1]]
 
@@ -227,7 +229,7 @@ class EmbedVision(nn.Module):
         self.embedding_projection = nn.Linear(args.hidden_size, args.text_hidden_size, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = self.embedding_pre_projection_norm(x.astype(self.embedding_projection.weight.dtype))
+        x = self.embedding_pre_projection_norm(x.astype(float_dtype(self.embedding_projection)))
         return self.embedding_projection(x)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from .quantise import float_dtype
 from .vision import RMSNorm
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which transformers keeps
@@ -89,7 +90,7 @@ class VisionEmbedder(nn.Module):
         self.pos_norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
 
     def __call__(self, pixels: mx.array, positions: mx.array) -> mx.array:
-        x = self.patch_ln2(self.patch_dense(self.patch_ln1(pixels.astype(self.patch_dense.weight.dtype))))
+        x = self.patch_ln2(self.patch_dense(self.patch_ln1(pixels.astype(float_dtype(self.patch_dense)))))
         x = x + self.pos_embedding[positions[:, 0], 0] + self.pos_embedding[positions[:, 1], 1]
         return self.pos_norm(x)
 
