@@ -38,7 +38,7 @@ from .errors import SpecdecError
 from .files import read_config, read_weights
 from .image_file import DEFAULT_SOFT_TOKENS, ImagePatches, read_image, resized_size  # noqa: F401 (re-exported)
 from .models.image_attention import block_ids, image_spans, keep_whole, with_image_blocks
-from .models.quantise import float_dtype
+from .models.quantise import float_dtype, quantisation_mode, quantise_as_stored
 from .models.vision import Vision, VisionArgs
 from .models.vision_unified import UnifiedArgs, UnifiedVision
 
@@ -141,14 +141,15 @@ def whole_image_tokens(folder: Path) -> int:
 
 
 def load_tower(tower, weights: dict, folder: Path, what: str, missing: str, lazy: bool):
-    """`tower` (an mlx.nn module) with `weights` loaded; a one-line SpecdecError naming `what`
-    ("vision", "audio") when there are none (`missing`), they are quantised or do not fit.
+    """`tower` (an mlx.nn module) with `weights` loaded, its quantised modules (an mlx-community
+    checkpoint's) quantised as stored; a one-line SpecdecError naming `what` ("vision", "audio")
+    when there are none (`missing`) or they do not fit.
     `lazy`: check names and shapes without reading the weights (the converter's check)."""
     if not weights:
         raise SpecdecError(missing)
-    if any(k.endswith(".scales") for k in weights):
-        raise SpecdecError(f"{folder}: a quantised {what} tower is not supported; use one in 16 or 32-bit floats")
     try:
+        if any(k.endswith(".scales") for k in weights):  # quantised in the source (mlx-community): as stored
+            quantise_as_stored(tower, weights, quantisation_mode(read_config(folder)))
         tower.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         why = " ".join(str(e).split())[:300]

@@ -4,9 +4,9 @@ The vision and audio towers load on the first image or clip (media.py, media_aud
 text-only run pays nothing for them; a run that is given media pays their weights plus the working
 memory of encoding one item:
 
-* weights: as stored. A bundle's `vision/` and `audio/` folders (`convert` keeps the towers in the
-  source's floats); a Hugging Face target folder's tensors under the towers' prefixes, read from
-  the safetensors headers.
+* weights: as stored. A bundle's `vision/` and `audio/` folders (`convert` keeps the towers as the
+  source has them: floats, or an mlx-community checkpoint's quantised modules); a target folder's
+  tensors under the towers' prefixes, read from the safetensors headers.
 * vision working memory, one encoder layer live at a time over the processor's budget
   (`max_soft_tokens` x pooling^2 patches): the attention scores and their softmax (heads x
   patches^2, twice), the MLP's two intermediate activations and six hidden-size tensors, at the
@@ -42,7 +42,7 @@ CLIP_TOKENS = 750
 
 
 def _tensor_bytes(files, prefixes: tuple[str, ...] = ()) -> tuple[int, int]:
-    """(bytes of the tensors whose names start with `prefixes` (all without), their widest itemsize)."""
+    """(bytes of the tensors whose names start with `prefixes` (all without), their widest float itemsize)."""
     total, itemsize = 0, 2
     for path in files:
         header, _ = safetensors_header(path)
@@ -51,7 +51,8 @@ def _tensor_bytes(files, prefixes: tuple[str, ...] = ()) -> tuple[int, int]:
                 continue
             start, end = entry["data_offsets"]
             total += end - start
-            itemsize = max(itemsize, DTYPE_BYTES.get(entry.get("dtype"), 2))
+            if str(entry.get("dtype", "")).startswith(("F", "BF")):  # not a quantised tower's packed U32
+                itemsize = max(itemsize, DTYPE_BYTES.get(entry.get("dtype"), 2))
     return total, itemsize
 
 

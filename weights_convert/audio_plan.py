@@ -24,8 +24,9 @@ def audio_sanitize(key, array):
 
 
 def audio_plan(src: fetch.Source, log, quant_keys=()) -> tuple[dict, list[write.Tensor]]:
-    """(config.json for BUNDLE/audio, its tensors); none when the target has no audio tower, or
-    one `media_audio.py` cannot load (quantised, or a spec it refuses), said in `log`."""
+    """(config.json for BUNDLE/audio, its tensors, as the source has them: floats, or modules an
+    mlx-community checkpoint quantised); none when the target has no audio tower, or one
+    `media_audio.py` cannot load (a spec it refuses), said in `log`."""
     raw = read_config(src.folder)
     if not raw.get("audio_config"):
         return {}, []
@@ -34,10 +35,7 @@ def audio_plan(src: fetch.Source, log, quant_keys=()) -> tuple[dict, list[write.
     except SpecdecError as e:
         log(f"audio tower not kept: {e}")
         return {}, []
-    tensors, _ = write.plan_tensors(src.folder, audio_sanitize, {})
-    if any(t.name.endswith(".scales") for t in tensors):
-        log("audio tower not kept: it is quantised in the source; convert the original checkpoint to keep it")
-        return {}, []
+    tensors, _ = write.plan_tensors(src.folder, audio_sanitize, {}, write.source_quantisation(raw))
     config = {k: raw[k] for k in KEYS if k in raw}
     config["text_config"] = {k: v for k, v in (raw.get("text_config") or {}).items() if k not in quant_keys}
-    return config, tensors
+    return write.tower_quantisation(config, raw, tensors, "audio", log), tensors

@@ -511,8 +511,9 @@ def _check_loadable(bundle: Path) -> None:
 
 def _vision_plan(src: fetch.Source, log) -> tuple[dict, list[write.Tensor], write.Sanitize]:
     """(config.json for BUNDLE/vision, its tensors, their sanitize): the source's vision tower and
-    embedder (the 12B's encoder-free embedder), kept in the source's floats; none when the target has
-    no tower, or one `media.py` cannot load (already quantised, or an image spec it refuses), said in `log`."""
+    embedder (the 12B's encoder-free embedder), kept as the source has them (floats, or modules an
+    mlx-community checkpoint quantised); none when the target has no tower, or one `media.py` cannot
+    load (an image spec it refuses), said in `log`."""
     raw = read_config(src.folder)
     if not raw.get("vision_config"):
         return {}, [], None
@@ -525,15 +526,12 @@ def _vision_plan(src: fetch.Source, log) -> tuple[dict, list[write.Tensor], writ
     def sanitize(key, array):
         return list(cls.sanitize({key: array}).items())  # the tower and its embedder, as they are
 
-    tensors, _ = write.plan_tensors(src.folder, sanitize, {})
-    if any(t.name.endswith(".scales") for t in tensors):
-        log("vision tower not kept: it is quantised in the source; convert the original checkpoint to keep it")
-        return {}, [], None
+    tensors, _ = write.plan_tensors(src.folder, sanitize, {}, write.source_quantisation(raw))
     keys = ("model_type", "architectures", "vision_config", "text_config", "image_token_id")
     keys += ("boi_token_id", "eoi_token_id", "pad_token_id")
     config = {k: raw[k] for k in keys if k in raw}
     config["text_config"] = {k: v for k, v in (raw.get("text_config") or {}).items() if k not in QUANT_KEYS}
-    return config, tensors, sanitize
+    return write.tower_quantisation(config, raw, tensors, "vision", log), tensors, sanitize
 
 
 def _replace(tmp: Path, output: Path, replacing: bool) -> None:

@@ -113,3 +113,34 @@ def float_dtype(layer: nn.Module) -> mx.Dtype:
     """The floating dtype a Linear or Embedding computes in, quantised or not (a quantised layer's
     `weight` is packed uint32: its scales carry the dtype)."""
     return layer.scales.dtype if "scales" in layer else layer.weight.dtype
+
+
+def quantise_as_stored(model: nn.Module, weights: dict, mode: str = "affine") -> int:
+    """Quantise every module of `model` whose `.scales` are in `weights` (module-path names), each
+    with the group size and bits its stored tensors show: a packed weight [out, in * bits / 32]
+    and scales [out, in / group]. So a tower quantised by mlx-vlm (no per-module config entries
+    for it, or none that name our paths) loads as stored. Returns how many modules it quantised;
+    shapes that fit no quantisation raise ValueError."""
+    count = 0
+
+    def predicate(path: str, module: nn.Module):
+        nonlocal count
+        scales, packed = weights.get(f"{path}.scales"), weights.get(f"{path}.weight")
+        if scales is None or packed is None or not hasattr(module, "to_quantized"):
+            return False
+        cols = module.weight.shape[-1]
+        groups, words = scales.shape[-1], packed.shape[-1]
+        if groups == 0 or cols % groups or (words * 32) % cols:
+            raise ValueError(f"{path}: stored shapes {tuple(packed.shape)} / {tuple(scales.shape)} fit no quantisation")
+        count += 1
+        return {"group_size": cols // groups, "bits": words * 32 // cols, "mode": mode}
+
+    nn.quantize(model, class_predicate=predicate)
+    return count
+
+
+def quantisation_mode(config: dict) -> str:
+    """The quantisation mode a checkpoint's config.json names (mlx-lm/mlx-vlm: top level or under
+    text_config), "affine" when it names none."""
+    q = config.get("quantization") or (config.get("text_config") or {}).get("quantization") or {}
+    return q.get("mode", "affine") if isinstance(q, dict) else "affine"
