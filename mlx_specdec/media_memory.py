@@ -16,7 +16,11 @@ memory of encoding one item:
   output and its norm and activation (frames/2 x mel/2 x its channels, four of them), the second
   convolution's unfolded input (frames/4 x mel/4 x 9 x those channels, twice: MLX's CPU
   convolution unfolds it), and eight hidden-size tensors over the 750 soft tokens (attention is
-  local: its scores are small). Measured on the audio fixture: 367 MB peak, 418 MB estimated.
+  local: its scores are small). A 16-bit tower also holds that working set in float32: MLX's CPU
+  backend runs 16-bit convolutions in float32. Measured on the audio fixture: 367 MB peak, 418 MB
+  estimated in float32; 466 MB peak, 627 MB estimated in bfloat16 (209 MB before the float32 term).
+  At E2B's widths (scripts/measure/measure_tower_memory.py): 401 MB peak / 455 MB estimated in
+  float32, 495 / 682 MB in bfloat16; an image at the default budget 566 / 761 MB and 303 / 381 MB.
 
 `published_media_bytes` gives the published pairs' towers for `specdec models`: the parameter
 counts of Google's model cards (~150M vision and ~300M audio on E2B/E4B, ~550M vision on the
@@ -62,10 +66,13 @@ def vision_work(patches: int, hidden: int, heads: int, intermediate: int, itemsi
 
 
 def audio_work(mel: int, channels: int, hidden: int, itemsize: int) -> int:
-    """Working bytes of encoding a 30 s clip (see the module docstring)."""
+    """Working bytes of encoding a 30 s clip (see the module docstring). A 16-bit tower is counted
+    twice, at its own itemsize and at float32's: MLX's CPU backend runs a 16-bit convolution in
+    float32 (the unfolded input and the output in float32, then converted back)."""
     first = (CLIP_FRAMES // 2) * (mel // 2) * channels
     unfolded = (CLIP_FRAMES // 4) * (mel // 4) * 9 * channels
-    return itemsize * (4 * first + 2 * unfolded + 8 * CLIP_TOKENS * hidden)
+    elements = 4 * first + 2 * unfolded + 8 * CLIP_TOKENS * hidden
+    return itemsize * elements + (4 * elements if itemsize < 4 else 0)
 
 
 def _tower(folder: Path, part: str) -> tuple[Path, list[Path], tuple[str, ...]]:
