@@ -34,17 +34,22 @@ def encode_peak(bundle, images=(), clips=()) -> int:
     return mx.get_peak_memory() - before
 
 
+def noise_clip(path):
+    """31 s of 16-bit noise at 16 kHz: more than the 30 s a clip is cut to."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes((np.random.default_rng(1).uniform(-0.3, 0.3, 16_000 * 31) * 32767).astype("<i2").tobytes())
+    return path
+
+
 @pytest.mark.slow
 def test_the_estimate_is_never_below_encoding_a_full_image_or_a_30_second_clip(tmp_path):
     bundle = load(target=AUDIO / "target", drafter=AUDIO / "assistant")
     big = tmp_path / "big.png"  # downscaled to the processor's budget
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(big)
-    clip = tmp_path / "long.wav"
-    with wave.open(str(clip), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16_000)
-        w.writeframes((np.random.default_rng(1).uniform(-0.3, 0.3, 16_000 * 31) * 32767).astype("<i2").tobytes())
+    clip = noise_clip(tmp_path / "long.wav")
     image_peak, clip_peak = encode_peak(bundle, images=[big]), encode_peak(bundle, clips=[clip])
     image_est, clip_est = media_bytes(AUDIO / "target", True, False), media_bytes(AUDIO / "target", False, True)
     # measured here: image 3.5 MB peak, 6.8 MB estimated; clip 367 MB peak, 418 MB estimated
@@ -62,12 +67,7 @@ def test_a_bfloat16_audio_tower_is_counted_with_its_float32_convolutions(tmp_pat
     weights = mx.load(str(folder / "model.safetensors"))
     weights = {k: v.astype(mx.bfloat16) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
     mx.save_safetensors(str(folder / "model.safetensors"), weights)
-    clip = tmp_path / "long.wav"
-    with wave.open(str(clip), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16_000)
-        w.writeframes((np.random.default_rng(1).uniform(-0.3, 0.3, 16_000 * 31) * 32767).astype("<i2").tobytes())
+    clip = noise_clip(tmp_path / "long.wav")
     peak = encode_peak(load(target=folder, drafter=AUDIO / "assistant"), clips=[clip])
     estimate = media_bytes(folder, False, True)
     # measured here: 466 MB peak, 627 MB estimated (209 MB without the float32 working set)

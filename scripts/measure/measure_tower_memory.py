@@ -49,11 +49,16 @@ def peak(fn) -> tuple[int, float]:
     return mx.get_peak_memory() - base, time.perf_counter() - t0
 
 
-def vision_row(layers: int, dtype) -> dict:
-    cfg = {"vision_config": {**VISION, "num_hidden_layers": layers}, "text_config": TEXT}
-    tower = Vision(VisionArgs.from_config(cfg))
+def build(cls, args, part: str, shape: dict, layers: int, dtype):
+    """A tower of `layers` layers at `shape`'s widths, random weights in `dtype`."""
+    tower = cls(args.from_config({part: {**shape, "num_hidden_layers": layers}, "text_config": TEXT}))
     tower.set_dtype(dtype)
     mx.eval(tower.parameters())
+    return tower
+
+
+def vision_row(layers: int, dtype) -> dict:
+    tower = build(Vision, VisionArgs, "vision_config", VISION, layers, dtype)
     a = tower.args
     side = int(round(SOFT_TOKENS**0.5)) * a.pooling_kernel_size  # a square grid near the budget
     rng = np.random.default_rng(0)
@@ -69,10 +74,7 @@ def vision_row(layers: int, dtype) -> dict:
 
 
 def audio_row(layers: int, dtype) -> dict:
-    cfg = {"audio_config": {**AUDIO, "num_hidden_layers": layers}, "text_config": TEXT}
-    tower = Audio(AudioArgs.from_config(cfg))
-    tower.set_dtype(dtype)
-    mx.eval(tower.parameters())
+    tower = build(Audio, AudioArgs, "audio_config", AUDIO, layers, dtype)
     a = tower.args
     noise = np.random.default_rng(0).uniform(-0.3, 0.3, 16_000 * 30).astype(np.float32)
     features = mx.array(log_mel(noise)[:CLIP_FRAMES])
