@@ -20,7 +20,8 @@ memory of encoding one item:
   backend runs 16-bit convolutions in float32. Measured on the audio fixture: 367 MB peak, 418 MB
   estimated in float32; 466 MB peak, 627 MB estimated in bfloat16 (209 MB before the float32 term).
   At E2B's widths (scripts/measure/measure_tower_memory.py): 401 MB peak / 455 MB estimated in
-  float32, 495 / 682 MB in bfloat16; an image at the default budget 566 / 761 MB and 303 / 381 MB.
+  float32, 495 / 682 MB in bfloat16; an image at the default budget 566 / 761 MB and 303 / 381 MB
+  (at the 26B-A4B/31B widths, `--large`: 785 / 1027 MB and 446 / 514 MB).
 
 `published_media_bytes` gives the published pairs' towers for `specdec models`: the parameter
 counts of Google's model cards (~150M vision and ~300M audio on E2B/E4B, ~550M vision on the

@@ -4,6 +4,7 @@ memory `media_memory` adds to the estimate (`vision_work`, `audio_work`, with th
 `published_media_bytes` assumes).
 
     python scripts/measure/measure_tower_memory.py [--layers 2] [--dtype float32 bfloat16] [--towers vision audio]
+    python scripts/measure/measure_tower_memory.py --large --towers vision      # the 26B-A4B/31B tower
 
 The towers get random weights at E2B/E4B's widths (transformers' Gemma4VisionConfig and
 Gemma4AudioConfig defaults for `google/gemma-4-e2b-it`: vision 768 wide, 12 heads, MLP 3072; audio
@@ -34,6 +35,8 @@ from mlx_specdec.models.vision import Vision, VisionArgs  # noqa: E402
 TEXT = {"hidden_size": 1536}  # E2B's text width: what the embedders project to
 VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "head_dim": 64}
 VISION |= {"use_clipped_linears": True, "standardize": False}
+# --large: the 26B-A4B's and 31B's tower as media_memory assumes it (transformers' vision defaults)
+LARGE = VISION | {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "head_dim": 72}
 AUDIO = {"hidden_size": 1024, "num_attention_heads": 8, "subsampling_conv_channels": [128, 32]}
 AUDIO |= {"output_proj_dims": 1536}
 SOFT_TOKENS = 280  # the processors' default image budget
@@ -57,8 +60,8 @@ def build(cls, args, part: str, shape: dict, layers: int, dtype):
     return tower
 
 
-def vision_row(layers: int, dtype) -> dict:
-    tower = build(Vision, VisionArgs, "vision_config", VISION, layers, dtype)
+def vision_row(layers: int, dtype, large: bool = False) -> dict:
+    tower = build(Vision, VisionArgs, "vision_config", LARGE if large else VISION, layers, dtype)
     a = tower.args
     side = int(round(SOFT_TOKENS**0.5)) * a.pooling_kernel_size  # a square grid near the budget
     rng = np.random.default_rng(0)
@@ -69,7 +72,7 @@ def vision_row(layers: int, dtype) -> dict:
     used, seconds = peak(lambda: tower(pixels, positions, (side, side)))
     itemsize = dtype.size
     estimate = vision_work(side * side, a.hidden_size, a.num_attention_heads, a.intermediate_size, itemsize)
-    row = {"tower": "vision", "patches": side * side}
+    row = {"tower": "vision", "hidden": a.hidden_size, "patches": side * side}
     return row | {"peak_mb": used / 1e6, "estimate_mb": estimate / 1e6, "s": seconds}
 
 
@@ -91,10 +94,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=("float32", "bfloat16"))
     parser.add_argument("--towers", nargs="+", default=["vision", "audio"], choices=("vision", "audio"))
+    parser.add_argument("--large", action="store_true", help="the 26B-A4B/31B vision widths (1152, 16 heads)")
     args = parser.parse_args()
     for name in args.dtype:
         for tower in args.towers:
-            row = (vision_row if tower == "vision" else audio_row)(args.layers, getattr(mx, name))
+            dtype = getattr(mx, name)
+            row = vision_row(args.layers, dtype, args.large) if tower == "vision" else audio_row(args.layers, dtype)
             row = {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}
             print(json.dumps({"dtype": name, "layers": args.layers, **row}), flush=True)
 
