@@ -18,12 +18,13 @@ from mlx_specdec.cli import app
 from mlx_specdec.decode import generate
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load
-from mlx_specdec.media import attach_images, image_placeholders, read_image, resized_size, vision_of
+from mlx_specdec.media import attach_images, read_image, resized_size, vision_of
 from mlx_specdec.models.vision import Vision, VisionArgs
 from mlx_specdec.prompt import chat_ids
 from mlx_specdec.settings import GenerationSettings
 
 from .conftest import FIXTURES, TARGET
+from .helpers.media import media_turn, reference, reference_pair
 
 MEDIA = FIXTURES / "media"
 IMAGE = MEDIA / "image.png"
@@ -32,19 +33,16 @@ PROMPT = "Describe it."
 
 @pytest.fixture(scope="module")
 def ref():
-    return {k: np.array(v) for k, v in mx.load(str(MEDIA / "reference.safetensors")).items()}
+    return reference(MEDIA)
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    b = load(target=MEDIA / "target", drafter=MEDIA / "assistant")
-    b.tokenizer.eos_token_ids = []  # the reference runs 40 tokens whatever they are
-    return b
+    return reference_pair(MEDIA)
 
 
 def image_prompt(bundle, images=(IMAGE,)):
-    ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": image_placeholders(bundle, len(images)) + PROMPT}])
-    return attach_images(bundle, ids, list(images))
+    return media_turn(bundle, PROMPT, images)
 
 
 def test_image_patches_equal_the_processors(ref):

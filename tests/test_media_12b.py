@@ -23,11 +23,12 @@ from mlx_specdec.cli import app
 from mlx_specdec.decode import generate
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.load import load
-from mlx_specdec.media import Media, attach_images, image_placeholders, image_spec, read_image, vision_of
+from mlx_specdec.media import Media, attach_images, image_spec, read_image, vision_of
 from mlx_specdec.prompt import chat_ids
 from mlx_specdec.settings import GenerationSettings
 
 from .conftest import FIXTURES
+from .helpers.media import media_turn, prefill_chunks, reference, reference_pair
 
 MEDIA = FIXTURES / "media_12b"
 IMAGE = MEDIA / "image.png"
@@ -37,19 +38,16 @@ TOL = 2e-3
 
 @pytest.fixture(scope="module")
 def ref():
-    return {k: np.array(v) for k, v in mx.load(str(MEDIA / "reference.safetensors")).items()}
+    return reference(MEDIA)
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    b = load(target=MEDIA / "target", drafter=MEDIA / "assistant")
-    b.tokenizer.eos_token_ids = []  # the reference runs 40 tokens whatever they are
-    return b
+    return reference_pair(MEDIA)
 
 
 def image_prompt(bundle, images=(IMAGE,)):
-    ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": image_placeholders(bundle, len(images)) + PROMPT}])
-    return attach_images(bundle, ids, list(images))
+    return media_turn(bundle, PROMPT, images)
 
 
 def last_logits(bundle, ids, media) -> np.ndarray:
@@ -107,14 +105,7 @@ def test_prefill_in_short_chunks_keeps_the_image_whole_and_gives_the_same_tokens
 
     monkeypatch.setattr(decode, "PREFILL_CHUNK", 16)  # cuts at 16, 32, 48, 64 fall inside the image [7, 67)
     ids, media = image_prompt(bundle)
-    chunks = []
-    real = Media.prefill
-
-    def spy(self, target, chunk_ids, start, cache):
-        chunks.append((start, start + len(chunk_ids)))
-        return real(self, target, chunk_ids, start, cache)
-
-    monkeypatch.setattr(Media, "prefill", spy)
+    chunks = prefill_chunks(monkeypatch)
     out = generate(bundle, ids, GenerationSettings(max_tokens=40, draft=3), media=media)
     assert chunks == [(0, 7), (7, 67), (67, 81)] and out.tokens == ref["greedy_ids"].tolist()
 

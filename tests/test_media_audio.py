@@ -19,6 +19,7 @@ from mlx_specdec.audio_file import MelSpec, log_mel, read_audio, resample
 from mlx_specdec.models.audio import Audio, AudioArgs, subsampled_length
 
 from .conftest import FIXTURES
+from .helpers.media import media_turn, reference, reference_pair
 
 AUDIO = FIXTURES / "media_audio"
 CLIP = AUDIO / "clip.wav"
@@ -26,7 +27,7 @@ CLIP = AUDIO / "clip.wav"
 
 @pytest.fixture(scope="module")
 def ref():
-    return {k: np.array(v) for k, v in mx.load(str(AUDIO / "reference.safetensors")).items()}
+    return reference(AUDIO)
 
 
 @pytest.fixture(scope="module")
@@ -92,19 +93,11 @@ PROMPT = "Transcribe it."
 
 @pytest.fixture(scope="module")
 def bundle():
-    from mlx_specdec.load import load
-
-    b = load(target=AUDIO / "target", drafter=AUDIO / "assistant")
-    b.tokenizer.eos_token_ids = []  # the reference runs 40 tokens whatever they are
-    return b
+    return reference_pair(AUDIO)
 
 
 def audio_prompt(bundle, clips=(CLIP,)):
-    from mlx_specdec.media_audio import attach_media, audio_placeholders
-    from mlx_specdec.prompt import chat_ids
-
-    ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": audio_placeholders(bundle, len(clips)) + PROMPT}])
-    return attach_media(bundle, ids, [], list(clips))
+    return media_turn(bundle, PROMPT, clips=clips)
 
 
 def test_expanded_prompt_ids_equal_the_processors(bundle, ref):

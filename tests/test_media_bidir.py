@@ -22,13 +22,12 @@ from mlx_specdec.cache import PromptCache
 from mlx_specdec.cli import app
 from mlx_specdec.decode import generate
 from mlx_specdec.errors import SpecdecError
-from mlx_specdec.load import load
-from mlx_specdec.media import Media, attach_images, image_placeholders, read_image, vision_of
+from mlx_specdec.media import Media, attach_images, read_image, vision_of
 from mlx_specdec.models.image_attention import image_spans, keep_whole
-from mlx_specdec.prompt import chat_ids
 from mlx_specdec.settings import GenerationSettings
 
 from .conftest import FIXTURES
+from .helpers.media import media_turn, prefill_chunks, reference, reference_pair
 
 DENSE, MOE = FIXTURES / "media_31b", FIXTURES / "media_26b"
 SLOW = pytest.mark.slow
@@ -47,19 +46,16 @@ def images(folder):
 
 @pytest.fixture(scope="module")
 def ref(folder):
-    return {k: np.array(v) for k, v in mx.load(str(folder / "reference.safetensors")).items()}
+    return reference(folder)
 
 
 @pytest.fixture(scope="module")
 def bundle(folder):
-    b = load(target=folder / "target", drafter=folder / "assistant")
-    b.tokenizer.eos_token_ids = []  # the reference runs 40 tokens whatever they are
-    return b
+    return reference_pair(folder)
 
 
 def image_prompt(bundle, folder, count=1, text=PROMPT):
-    ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": image_placeholders(bundle, count) + text}])
-    return attach_images(bundle, ids, list(images(folder)[:count]))
+    return media_turn(bundle, text, images(folder)[:count])
 
 
 def prompt_logits(bundle, ids, media) -> np.ndarray:
@@ -113,14 +109,7 @@ def test_chunk_cut_inside_an_image_moves_to_keep_it_whole(bundle, ref, folder, m
 
     monkeypatch.setattr(decode, "PREFILL_CHUNK", 16)  # cuts at 16 and 32 fall inside the image [7, 67)
     ids, media = image_prompt(bundle, folder)
-    chunks = []
-    real = Media.prefill
-
-    def spy(self, target, chunk_ids, start, cache):
-        chunks.append((start, start + len(chunk_ids)))
-        return real(self, target, chunk_ids, start, cache)
-
-    monkeypatch.setattr(Media, "prefill", spy)
+    chunks = prefill_chunks(monkeypatch)
     plain = generate(bundle, ids, GenerationSettings(max_tokens=40, draft=0), media=media)
     # Back to the image's start, then the image alone (longer than a chunk), then text again.
     assert chunks == [(0, 7), (7, 67), (67, 81)]

@@ -19,15 +19,13 @@ import pytest
 import weights_convert
 from mlx_specdec.decode import generate
 from mlx_specdec.load import load
-from mlx_specdec.media import image_placeholders
-from mlx_specdec.media_audio import attach_media, audio_placeholders
 from mlx_specdec.media_memory import media_bytes
 from mlx_specdec.models.audio import Audio, AudioArgs
 from mlx_specdec.models.quantise import quantise_as_stored
 from mlx_specdec.models.vision import Vision, VisionArgs
-from mlx_specdec.prompt import chat_ids
 from mlx_specdec.settings import GenerationSettings
 
+from .helpers.media import media_turn
 from .helpers.paths import FIXTURES
 
 AUDIO = FIXTURES / "media_audio"
@@ -72,8 +70,7 @@ def source(tmp_path_factory):
 
 
 def media_prompt(b):
-    text = image_placeholders(b, 1) + audio_placeholders(b, 1) + "Say what you see and hear."
-    return attach_media(b, chat_ids(b.tokenizer, [{"role": "user", "content": text}]), [IMAGE], [AUDIO / "clip.wav"])
+    return media_turn(b, "Say what you see and hear.", [IMAGE], [AUDIO / "clip.wav"])
 
 
 def test_quantise_as_stored_reads_each_modules_group_and_bits_from_its_shapes():

@@ -23,13 +23,10 @@ from mlx_specdec import round as round_module
 from mlx_specdec import sampling
 from mlx_specdec.cache import PromptCache
 from mlx_specdec.decode import generate
-from mlx_specdec.load import load
-from mlx_specdec.media import image_placeholders
-from mlx_specdec.media_audio import attach_media, audio_placeholders
-from mlx_specdec.prompt import chat_ids
 from mlx_specdec.settings import GenerationSettings, SamplingParams
 
 from .conftest import FIXTURES
+from .helpers.media import media_turn, reference_pair
 from .helpers.stats import chi2_critical, chi_square
 
 AUDIO = FIXTURES / "media_audio"
@@ -39,16 +36,12 @@ BINS = 5
 
 @pytest.fixture(scope="module")
 def bundle():
-    b = load(target=AUDIO / "target", drafter=AUDIO / "assistant")
-    b.tokenizer.eos_token_ids = []  # every run makes its five tokens
-    return b
+    return reference_pair(AUDIO)  # no end token: every run makes its five tokens
 
 
 @pytest.fixture(scope="module")
 def prompt(bundle):
-    text = image_placeholders(bundle, 1) + audio_placeholders(bundle, 1) + "Say what you see and hear."
-    ids = chat_ids(bundle.tokenizer, [{"role": "user", "content": text}])
-    return attach_media(bundle, ids, [FIXTURES / "media" / "image.png"], [AUDIO / "clip.wav"])
+    return media_turn(bundle, "Say what you see and hear.", [FIXTURES / "media" / "image.png"], [AUDIO / "clip.wav"])
 
 
 def uniforms(bundle, prompt, runs: int) -> tuple[np.ndarray, int, int]:
