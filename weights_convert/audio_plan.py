@@ -11,6 +11,7 @@ from __future__ import annotations
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.files import read_config
 from mlx_specdec.media_audio import audio_spec
+from mlx_specdec.models.quantise import source_quantization
 from weights_convert import fetch, write
 
 PREFIXES = ("model.audio_tower.", "model.embed_audio.", "audio_tower.", "embed_audio.")
@@ -35,7 +36,7 @@ def audio_plan(src: fetch.Source, log, quant_keys=()) -> tuple[dict, list[write.
     except SpecdecError as e:
         log(f"audio tower not kept: {e}")
         return {}, []
-    tensors, _ = write.plan_tensors(src.folder, audio_sanitize, {}, write.source_quantisation(raw))
+    tensors, _ = write.plan_tensors(src.folder, audio_sanitize, {}, source_quantization(raw))
     config = {k: raw[k] for k in KEYS if k in raw}
     config["text_config"] = {k: v for k, v in (raw.get("text_config") or {}).items() if k not in quant_keys}
     return write.tower_quantisation(config, raw, tensors, "audio", log), tensors

@@ -526,7 +526,7 @@ def _vision_plan(src: fetch.Source, log) -> tuple[dict, list[write.Tensor], writ
     def sanitize(key, array):
         return list(cls.sanitize({key: array}).items())  # the tower and its embedder, as they are
 
-    tensors, _ = write.plan_tensors(src.folder, sanitize, {}, write.source_quantisation(raw))
+    tensors, _ = write.plan_tensors(src.folder, sanitize, {}, quantise.source_quantization(raw))
     keys = ("model_type", "architectures", "vision_config", "text_config", "image_token_id")
     keys += ("boi_token_id", "eoi_token_id", "pad_token_id")
     config = {k: raw[k] for k in keys if k in raw}

@@ -29,7 +29,7 @@ import mlx.core as mx
 
 from mlx_specdec.errors import SpecdecError
 from mlx_specdec.files import load_safetensors, weight_files
-from mlx_specdec.models.quantise import quantise, quantised_bytes
+from mlx_specdec.models.quantise import quantise, quantised_bytes, source_quantization
 from weights_convert.tensor_io import ShardWriter, open_source, read_header, read_rows
 
 SHARD_BYTES = 2 << 30
@@ -189,17 +189,12 @@ def _write_group(writer: ShardWriter, file: Path, entry, group: list[Tensor], sa
     mx.clear_cache()  # hand the block buffers back
 
 
-def source_quantisation(raw: dict) -> dict | None:
-    """A source config's `quantization` (mlx-lm/mlx-vlm: top level or under text_config), or None."""
-    return raw.get("quantization") or (raw.get("text_config") or {}).get("quantization") or None
-
-
 def tower_quantisation(config: dict, raw: dict, tensors: list[Tensor], what: str, log) -> dict:
     """A tower quantised in the source (an mlx-community checkpoint) is copied as stored; its config
     says the source's mode and size (media.py reads each module's group and bits from its shapes)."""
     quantised = sum(t.name.endswith(".scales") for t in tensors)
     if quantised:
-        q = source_quantisation(raw) or {}
+        q = source_quantization(raw) or {}
         config["quantization"] = {k: q[k] for k in ("group_size", "bits", "mode") if k in q}
         log(f"{what} tower: {quantised} modules are already quantised in the source; copied as they are")
     return config

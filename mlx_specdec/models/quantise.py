@@ -139,8 +139,13 @@ def quantise_as_stored(model: nn.Module, weights: dict, mode: str = "affine") ->
     return count
 
 
+def source_quantization(config: dict) -> dict | None:
+    """An already-quantised checkpoint's `quantization` entry (mlx-lm and mlx-vlm write it at the
+    top level of config.json or under text_config), or None."""
+    return config.get("quantization") or (config.get("text_config") or {}).get("quantization") or None
+
+
 def quantisation_mode(config: dict) -> str:
-    """The quantisation mode a checkpoint's config.json names (mlx-lm/mlx-vlm: top level or under
-    text_config), "affine" when it names none."""
-    q = config.get("quantization") or (config.get("text_config") or {}).get("quantization") or {}
+    """The quantisation mode a checkpoint's config.json names, "affine" when it names none."""
+    q = source_quantization(config) or {}
     return q.get("mode", "affine") if isinstance(q, dict) else "affine"

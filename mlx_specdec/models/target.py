@@ -40,6 +40,7 @@ from mlx_lm.models import gemma4_text
 from mlx_lm.models.switch_layers import SwitchLinear
 
 from ..errors import SpecdecError
+from .quantise import source_quantization
 
 TEXT_TYPES = ("gemma4_text", "gemma4_unified_text")
 MULTIMODAL_TYPES = ("gemma4", "gemma4_unified")  # text under "text_config", tensors under model.language_model.*
@@ -253,7 +254,7 @@ def text_quantization(config: dict, text_cfg: dict) -> Optional[dict]:
     """An already-quantised source's `quantization` (mlx-lm/mlx-vlm format) with its per-path
     entries renamed like the tensors (`language_model.model.layers.N...` -> `model.layers.N...`).
     Entries of modules the text model drops (vision tower) are dropped too."""
-    q = config.get("quantization") or (config.get("text_config") or {}).get("quantization")
+    q = source_quantization(config)
     if not q:
         return None
     out = {}
